@@ -1,0 +1,171 @@
+/**
+ * Reverse-mode autograd: a tape of op records, each with its backward rule.
+ *
+ * An op calls {@link record} after computing its output; if grad mode is on and any input
+ * requires grad, the output requires grad and a node joins the tape. {@link backward} walks the
+ * tape in reverse and accumulates gradients into the `.grad` of leaves that require grad (kept,
+ * category "grads"); intermediate gradients are ordinary tensors of the enclosing scope.
+ * A frozen weight (requiresGrad false) never gets a gradient buffer.
+ *
+ * @module
+ */
+import { type Tensor, withCategory } from "./tensor.ts";
+
+/** Computes the gradients of an op's inputs from the gradient of its output (null: none). */
+export type BackwardFn = (gradOutput: Tensor) => (Tensor | null)[];
+
+interface Node {
+  output: Tensor;
+  inputs: readonly Tensor[];
+  backward: BackwardFn;
+  name: string;
+}
+
+let tape: Node[] = [];
+let gradEnabled = true;
+
+/** True when ops record onto the tape. */
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/**
+ * Run `fn` without recording (evaluation, optimizer updates).
+ *
+ * @example
+ * ```ts
+ * import { noGrad } from "./autograd.ts";
+ * const out = noGrad(() => 1 + 1);
+ * ```
+ */
+export function noGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+/** True when an op over `inputs` must be recorded. */
+export function needsGrad(...inputs: readonly Tensor[]): boolean {
+  return gradEnabled && inputs.some((t) => t.requiresGrad);
+}
+
+/**
+ * Record `output = op(inputs)` with its backward rule. Returns `output` (marked requiresGrad when
+ * recorded). The rule returns one gradient per input, in order; entries for inputs that do not
+ * require grad are ignored (return null to skip computing them).
+ */
+export function record(
+  name: string,
+  output: Tensor,
+  inputs: readonly Tensor[],
+  backward: BackwardFn,
+): Tensor {
+  if (!needsGrad(...inputs)) return output;
+  output.requiresGrad = true;
+  tape.push({ output, inputs, backward, name });
+  return output;
+}
+
+/** Number of nodes on the tape (for tests and leak checks). */
+export function tapeLength(): number {
+  return tape.length;
+}
+
+/** Drop the tape without computing gradients (e.g. after an evaluation forward pass). */
+export function clearTape(): void {
+  tape = [];
+}
+
+/** Hooks the elementwise module registers so autograd can add and fill without a cycle. */
+export interface GradArith {
+  add(a: Tensor, b: Tensor): Tensor;
+  addInto(target: Tensor, value: Tensor): void;
+  ones(shape: readonly number[]): Tensor;
+  copy(value: Tensor): Tensor;
+  copyKept(value: Tensor): Tensor;
+}
+
+let arith: GradArith | null = null;
+
+/** Called once by the elementwise module. */
+export function registerGradArith(a: GradArith): void {
+  arith = a;
+}
+
+/**
+ * Backpropagate from `loss` (a scalar unless `gradOutput` is given). Leaves that require grad get
+ * their gradient added to `.grad` (created, kept, on first use). The tape is cleared.
+ */
+export function backward(loss: Tensor, gradOutput?: Tensor): void {
+  if (!arith) throw new Error("autograd arithmetic not registered (import ops/mod.ts)");
+  const a = arith;
+  if (!loss.requiresGrad) {
+    tape = [];
+    throw new Error("backward(): the loss does not depend on any tensor that requires grad");
+  }
+  if (!gradOutput && loss.size !== 1) {
+    throw new Error(`backward(): loss must be a scalar, got shape [${loss.shape}]`);
+  }
+  const nodes = tape;
+  tape = [];
+  const produced = new Set<Tensor>(nodes.map((n) => n.output));
+  withCategory("grads", () => {
+    // Pending gradients of non-leaf tensors. A tensor is stored under at most one key, so each
+    // can be disposed as soon as its node has run.
+    const grads = new Map<Tensor, Tensor>();
+    const stored = new Set<Tensor>();
+    const store = (key: Tensor, value: Tensor) => {
+      const v = stored.has(value) || value === gradOutput ? a.copy(value) : value;
+      grads.set(key, v);
+      stored.add(v);
+    };
+    const release = (t: Tensor) => {
+      if (!stored.has(t) && t !== gradOutput && !t.disposed) t.dispose();
+    };
+    store(loss, gradOutput ?? a.ones(loss.shape));
+    const prev = gradEnabled;
+    gradEnabled = false;
+    try {
+      for (let i = nodes.length - 1; i >= 0; i--) {
+        const node = nodes[i];
+        const g = grads.get(node.output);
+        if (!g) continue;
+        grads.delete(node.output);
+        stored.delete(g);
+        const inputGrads = node.backward(g);
+        node.inputs.forEach((input, j) => {
+          const gi = inputGrads[j];
+          if (!gi || !input.requiresGrad) return;
+          if (gi.shape.join() !== input.shape.join()) {
+            throw new Error(
+              `backward of ${node.name}: gradient shape [${gi.shape}] ≠ input shape [${input.shape}]`,
+            );
+          }
+          if (produced.has(input)) {
+            const before = grads.get(input);
+            if (before) {
+              stored.delete(before);
+              store(input, a.add(before, gi));
+              release(before);
+            } else {
+              store(input, gi);
+            }
+          } else if (input.grad) {
+            a.addInto(input.grad, gi); // a leaf: accumulate into its persistent .grad
+          } else {
+            input.grad = a.copyKept(gi);
+          }
+        });
+        for (const gi of inputGrads) if (gi) release(gi);
+        release(g);
+      }
+    } finally {
+      gradEnabled = prev;
+      for (const g of grads.values()) if (g !== gradOutput && !g.disposed) g.dispose();
+    }
+  });
+}

@@ -1,0 +1,182 @@
+/**
+ * GPU memory: a size-class buffer pool with exact accounting per category.
+ *
+ * Every allocation carries a {@link Category}. Live and peak bytes are counted from the bytes that
+ * tensors asked for (the "logical" size, what a memory table reports); the pool separately counts
+ * what it really holds from the driver (size classes round up by at most 25 %).
+ *
+ * Buffers released while encoded-but-unsubmitted commands may still read them are parked until the
+ * next submit, so a buffer is never handed out again (and overwritten by `queue.writeBuffer`, which
+ * runs before pending commands) while an earlier command still needs it.
+ *
+ * @module
+ */
+
+/** What a piece of GPU memory is for; the memory report is broken down by these. */
+export type Category =
+  | "weights"
+  | "trainable"
+  | "grads"
+  | "optimizer"
+  | "activations"
+  | "scratch";
+
+/** Every category, in report order. */
+export const CATEGORIES: readonly Category[] = [
+  "weights",
+  "trainable",
+  "grads",
+  "optimizer",
+  "activations",
+  "scratch",
+];
+
+/** A snapshot of the pool's accounting. */
+export interface MemoryStats {
+  /** Bytes held by live allocations, per category. */
+  live: Record<Category, number>;
+  /** The highest `live` value each category reached since the last reset. */
+  peak: Record<Category, number>;
+  /** Sum of live bytes over categories. */
+  liveTotal: number;
+  /** The highest `liveTotal` reached since the last reset (not the sum of per-category peaks). */
+  peakTotal: number;
+  /** Bytes of GPU buffers the pool holds from the driver (live + free + parked). */
+  reservedBytes: number;
+  /** Number of live allocations. */
+  liveAllocations: number;
+}
+
+/** One pooled allocation. */
+export interface Allocation {
+  readonly buffer: GPUBuffer;
+  /** Bytes requested by the owner (what accounting counts). */
+  readonly bytes: number;
+  /** Size class of the underlying buffer. */
+  readonly capacity: number;
+  readonly category: Category;
+  released: boolean;
+}
+
+const MIN_CLASS = 256;
+
+/** Round `bytes` up to its size class: four classes per power of two (≤ 25 % waste). */
+export function sizeClass(bytes: number): number {
+  if (bytes <= MIN_CLASS) return MIN_CLASS;
+  const p = 2 ** Math.floor(Math.log2(bytes));
+  if (p === bytes) return p;
+  const step = p / 4;
+  return Math.ceil(bytes / step) * step;
+}
+
+function zeroes(): Record<Category, number> {
+  return {
+    weights: 0,
+    trainable: 0,
+    grads: 0,
+    optimizer: 0,
+    activations: 0,
+    scratch: 0,
+  };
+}
+
+/** A pool of storage buffers keyed by size class. */
+export class BufferPool {
+  #free = new Map<number, GPUBuffer[]>();
+  #parked: GPUBuffer[] = [];
+  #parkedCapacity: number[] = [];
+  #live = zeroes();
+  #peak = zeroes();
+  #liveTotal = 0;
+  #peakTotal = 0;
+  #reserved = 0;
+  #count = 0;
+
+  constructor(
+    private readonly device: GPUDevice,
+    /** True while commands that may reference released buffers are encoded but not submitted. */
+    private readonly hasPending: () => boolean,
+  ) {}
+
+  /** Take a buffer of at least `bytes` bytes for `category`. */
+  acquire(bytes: number, category: Category): Allocation {
+    const capacity = sizeClass(Math.max(4, bytes));
+    const limit = this.device.limits.maxBufferSize;
+    if (capacity > limit) {
+      throw new Error(
+        `allocation of ${bytes} bytes exceeds this adapter's maxBufferSize (${limit} bytes)`,
+      );
+    }
+    let buffer = this.#free.get(capacity)?.pop();
+    if (!buffer) {
+      buffer = this.device.createBuffer({
+        size: capacity,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      });
+      this.#reserved += capacity;
+    }
+    this.#live[category] += bytes;
+    this.#liveTotal += bytes;
+    this.#count++;
+    if (this.#live[category] > this.#peak[category]) this.#peak[category] = this.#live[category];
+    if (this.#liveTotal > this.#peakTotal) this.#peakTotal = this.#liveTotal;
+    return { buffer, bytes, capacity, category, released: false };
+  }
+
+  /** Give an allocation back. Releasing twice is a bug and throws. */
+  release(a: Allocation): void {
+    if (a.released) throw new Error("GPU allocation released twice");
+    a.released = true;
+    this.#live[a.category] -= a.bytes;
+    this.#liveTotal -= a.bytes;
+    this.#count--;
+    if (this.hasPending()) {
+      this.#parked.push(a.buffer);
+      this.#parkedCapacity.push(a.capacity);
+    } else {
+      this.#toFree(a.buffer, a.capacity);
+    }
+  }
+
+  /** Called by the runtime right after a submit: parked buffers become reusable. */
+  afterSubmit(): void {
+    for (let i = 0; i < this.#parked.length; i++) {
+      this.#toFree(this.#parked[i], this.#parkedCapacity[i]);
+    }
+    this.#parked = [];
+    this.#parkedCapacity = [];
+  }
+
+  #toFree(buffer: GPUBuffer, capacity: number): void {
+    let list = this.#free.get(capacity);
+    if (!list) this.#free.set(capacity, list = []);
+    list.push(buffer);
+  }
+
+  /** Destroy every free buffer (returns the driver memory; live buffers are untouched). */
+  trim(): void {
+    for (const [capacity, list] of this.#free) {
+      for (const b of list) b.destroy();
+      this.#reserved -= capacity * list.length;
+    }
+    this.#free.clear();
+  }
+
+  /** Current accounting. */
+  stats(): MemoryStats {
+    return {
+      live: { ...this.#live },
+      peak: { ...this.#peak },
+      liveTotal: this.#liveTotal,
+      peakTotal: this.#peakTotal,
+      reservedBytes: this.#reserved,
+      liveAllocations: this.#count,
+    };
+  }
+
+  /** Start peak tracking afresh from the current live values. */
+  resetPeak(): void {
+    this.#peak = { ...this.#live };
+    this.#peakTotal = this.#liveTotal;
+  }
+}

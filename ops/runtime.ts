@@ -1,0 +1,399 @@
+/**
+ * The runtime: WGSL kernel definitions, a pipeline cache keyed by source, batched command
+ * submission, per-dispatch parameters in a uniform arena, read-back and GPU timing.
+ *
+ * Dispatches are recorded into one command encoder (inside one compute pass while no copy
+ * intervenes) and submitted in groups: when `flush()` is called, when a read-back needs the
+ * results, or when the uniform arena fills up. Nothing is read back unless asked.
+ *
+ * @module
+ */
+import { getGpu, type Gpu, gpu } from "./device.ts";
+import { BufferPool } from "./memory.ts";
+
+/** Element types a storage binding may hold. */
+export type StorageType = "f32" | "f16" | "i32" | "u32" | "atomic<u32>" | "atomic<i32>";
+
+/** One storage-buffer binding of a kernel, in binding order. */
+export interface BindingDecl {
+  name: string;
+  type: StorageType;
+  access: "read" | "read_write";
+}
+
+/** A scalar kernel parameter, passed through the uniform arena. */
+export type ParamType = "u32" | "i32" | "f32";
+
+/** Everything needed to build one kernel's WGSL; see {@link defineKernel}. */
+export interface KernelSpec {
+  /** A short name for errors and profiles. */
+  name: string;
+  bindings: BindingDecl[];
+  /** Scalar parameters; they become `params.NAME` in the WGSL. */
+  params?: [string, ParamType][];
+  /**
+   * WGSL after the generated header (enable directives, `struct Params`, bindings). Must declare
+   * `@compute @workgroup_size(...) fn main(...)`.
+   */
+  source: string;
+}
+
+/** A kernel ready to dispatch: its full WGSL and how to lay out its parameters. */
+export interface Kernel {
+  readonly name: string;
+  readonly wgsl: string;
+  readonly bindings: readonly BindingDecl[];
+  readonly params: readonly [string, ParamType][];
+}
+
+/** Anything that owns a GPU buffer a kernel can bind. */
+export interface Bindable {
+  readonly buffer: GPUBuffer;
+}
+
+/** The uniform binding carrying a kernel's scalar parameters sits after the storage bindings. */
+function header(spec: KernelSpec): string {
+  const params = spec.params ?? [];
+  const usesF16 = spec.bindings.some((b) => b.type === "f16") || /\bf16\b/.test(spec.source);
+  const lines: string[] = [];
+  if (usesF16) lines.push("enable f16;");
+  lines.push(
+    "struct Params {",
+    ...(params.length ? params.map(([n, t]) => `  ${n}: ${t},`) : ["  _unused: u32,"]),
+    "}",
+  );
+  spec.bindings.forEach((b, i) => {
+    const access = b.access === "read" ? "read" : "read_write";
+    lines.push(`@group(0) @binding(${i}) var<storage, ${access}> ${b.name}: array<${b.type}>;`);
+  });
+  lines.push(`@group(0) @binding(${spec.bindings.length}) var<uniform> params: Params;`);
+  return lines.join("\n");
+}
+
+/**
+ * Build a kernel from its spec. The result is a plain value; compiling happens on first dispatch
+ * and pipelines are cached by WGSL source, so defining the same kernel twice costs nothing.
+ *
+ * @example
+ * ```ts
+ * import { defineKernel } from "./runtime.ts";
+ * const double = defineKernel({
+ *   name: "double",
+ *   bindings: [{ name: "x", type: "f32", access: "read_write" }],
+ *   params: [["n", "u32"]],
+ *   source: `@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+ *     if (g.x < params.n) { x[g.x] = 2.0 * x[g.x]; } }`,
+ * });
+ * ```
+ */
+export function defineKernel(spec: KernelSpec): Kernel {
+  return {
+    name: spec.name,
+    wgsl: `${header(spec)}\n${spec.source}`,
+    bindings: spec.bindings,
+    params: spec.params ?? [],
+  };
+}
+
+/** Split `n` workgroups over x and y so neither exceeds the per-dimension limit. */
+export function grid1d(workgroups: number): [number, number, number] {
+  const max = 65535;
+  if (workgroups <= max) return [Math.max(1, workgroups), 1, 1];
+  return [max, Math.ceil(workgroups / max), 1];
+}
+
+/** WGSL expression for the linear invocation index under {@link grid1d} with `wgSize` threads. */
+export function linearIndex(wgSize: number, gid = "gid", nwg = "nwg"): string {
+  return `(${gid}.x + ${gid}.y * ${nwg}.x * ${wgSize}u)`;
+}
+
+const ARENA_BYTES = 1 << 20;
+
+interface Pipeline {
+  pipeline: GPUComputePipeline;
+  layout: GPUBindGroupLayout;
+}
+
+/** Process-wide runtime state (one device, one encoder in flight). */
+class Runtime {
+  readonly gpu: Gpu;
+  readonly device: GPUDevice;
+  readonly pool: BufferPool;
+  #pipelines = new Map<string, Pipeline>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #pendingDispatches = 0;
+  #pendingBuffers = new Set<GPUBuffer>();
+  #arena: GPUBuffer;
+  #arenaMirror = new ArrayBuffer(ARENA_BYTES);
+  #arenaU32 = new Uint32Array(this.#arenaMirror);
+  #arenaI32 = new Int32Array(this.#arenaMirror);
+  #arenaF32 = new Float32Array(this.#arenaMirror);
+  #arenaUsed = 0;
+  #align: number;
+  #timing: { querySet: GPUQuerySet; next: number; capacity: number } | null = null;
+  /** Dispatches after which the runtime submits on its own, bounding parked memory. */
+  autoFlushDispatches = 1024;
+  /** Count of dispatches since start (for profiles and tests). */
+  dispatchCount = 0;
+  /** Count of submits since start. */
+  submitCount = 0;
+
+  constructor(g: Gpu) {
+    this.gpu = g;
+    this.device = g.device;
+    this.pool = new BufferPool(g.device, () => this.#encoder !== null);
+    this.#align = Math.max(16, g.device.limits.minUniformBufferOffsetAlignment);
+    this.#arena = g.device.createBuffer({
+      size: ARENA_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  #pipelineFor(k: Kernel): Pipeline {
+    let p = this.#pipelines.get(k.wgsl);
+    if (p) return p;
+    const module = this.device.createShaderModule({ code: k.wgsl, label: k.name });
+    const entries: GPUBindGroupLayoutEntry[] = k.bindings.map((b, i) => ({
+      binding: i,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+    }));
+    entries.push({
+      binding: k.bindings.length,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type: "uniform", hasDynamicOffset: false },
+    });
+    const layout = this.device.createBindGroupLayout({ entries, label: k.name });
+    const pipeline = this.device.createComputePipeline({
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+      label: k.name,
+    });
+    p = { pipeline, layout };
+    this.#pipelines.set(k.wgsl, p);
+    return p;
+  }
+
+  /** Number of distinct compiled pipelines (the kernel cache's size). */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  #ensureEncoder(): GPUCommandEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  #ensurePass(): GPUComputePassEncoder {
+    if (this.#pass) return this.#pass;
+    const enc = this.#ensureEncoder();
+    const t = this.#timing;
+    if (t && t.next + 2 <= t.capacity) {
+      this.#pass = enc.beginComputePass({
+        timestampWrites: {
+          querySet: t.querySet,
+          beginningOfPassWriteIndex: t.next,
+          endOfPassWriteIndex: t.next + 1,
+        },
+      });
+      t.next += 2;
+    } else {
+      this.#pass = enc.beginComputePass();
+    }
+    return this.#pass;
+  }
+
+  #endPass(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+  }
+
+  /** Record one dispatch of `k` over `workgroups`, binding `buffers` in declaration order. */
+  dispatch(
+    k: Kernel,
+    buffers: readonly Bindable[],
+    params: Readonly<Record<string, number>>,
+    workgroups: readonly [number, number?, number?],
+  ): void {
+    if (buffers.length !== k.bindings.length) {
+      throw new Error(
+        `kernel ${k.name}: ${k.bindings.length} bindings declared, ${buffers.length} given`,
+      );
+    }
+    const [x, y = 1, z = 1] = workgroups;
+    if (x === 0 || y === 0 || z === 0) return;
+    const limit = this.device.limits.maxComputeWorkgroupsPerDimension;
+    if (x > limit || y > limit || z > limit) {
+      throw new Error(`kernel ${k.name}: grid ${x}×${y}×${z} exceeds ${limit} per dimension`);
+    }
+    for (let i = 0; i < buffers.length; i++) {
+      for (let j = i + 1; j < buffers.length; j++) {
+        if (
+          buffers[i].buffer === buffers[j].buffer &&
+          (k.bindings[i].access === "read_write" || k.bindings[j].access === "read_write")
+        ) {
+          throw new Error(
+            `kernel ${k.name}: bindings ${k.bindings[i].name} and ${k.bindings[j].name} share a ` +
+              "buffer and one is written; WebGPU forbids that within one dispatch",
+          );
+        }
+      }
+    }
+    const { pipeline, layout } = this.#pipelineFor(k);
+    const paramBytes = Math.max(16, Math.ceil((k.params.length * 4) / 16) * 16);
+    const slot = Math.ceil(paramBytes / this.#align) * this.#align;
+    if (this.#arenaUsed + slot > ARENA_BYTES) this.flush();
+    const offset = this.#arenaUsed;
+    this.#arenaUsed += slot;
+    const base = offset / 4;
+    k.params.forEach(([name, type], i) => {
+      const v = params[name];
+      if (v === undefined) throw new Error(`kernel ${k.name}: parameter ${name} missing`);
+      if (type === "f32") this.#arenaF32[base + i] = v;
+      else if (type === "i32") this.#arenaI32[base + i] = v;
+      else this.#arenaU32[base + i] = v;
+    });
+    const entries: GPUBindGroupEntry[] = buffers.map((b, i) => ({
+      binding: i,
+      resource: { buffer: b.buffer },
+    }));
+    entries.push({
+      binding: buffers.length,
+      resource: { buffer: this.#arena, offset, size: paramBytes },
+    });
+    const bindGroup = this.device.createBindGroup({ layout, entries });
+    const pass = this.#ensurePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(x, y, z);
+    for (const b of buffers) this.#pendingBuffers.add(b.buffer);
+    this.#pendingDispatches++;
+    this.dispatchCount++;
+    if (this.#pendingDispatches >= this.autoFlushDispatches) this.flush();
+  }
+
+  /** Record a buffer-to-buffer copy (ends the current compute pass). */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.#endPass();
+    this.#ensureEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+    this.#pendingBuffers.add(src);
+    this.#pendingBuffers.add(dst);
+    this.#pendingDispatches++;
+  }
+
+  /** Submit everything recorded so far. */
+  flush(): void {
+    if (!this.#encoder) return;
+    this.#endPass();
+    if (this.#arenaUsed > 0) {
+      this.device.queue.writeBuffer(this.#arena, 0, this.#arenaMirror, 0, this.#arenaUsed);
+    }
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.#arenaUsed = 0;
+    this.#pendingDispatches = 0;
+    this.#pendingBuffers.clear();
+    this.submitCount++;
+    this.pool.afterSubmit();
+  }
+
+  /** Write host data into a buffer, submitting first if a pending command still uses it. */
+  write(dst: GPUBuffer, dstOffset: number, data: ArrayBufferView): void {
+    if (this.#pendingBuffers.has(dst)) this.flush();
+    // writeBuffer needs a multiple of 4 bytes.
+    const bytes = data.byteLength;
+    if (bytes % 4 === 0) {
+      this.device.queue.writeBuffer(
+        dst,
+        dstOffset,
+        data.buffer as ArrayBuffer,
+        data.byteOffset,
+        bytes,
+      );
+    } else {
+      const padded = new Uint8Array(Math.ceil(bytes / 4) * 4);
+      padded.set(new Uint8Array(data.buffer, data.byteOffset, bytes));
+      this.device.queue.writeBuffer(dst, dstOffset, padded);
+    }
+  }
+
+  /** Copy `bytes` from `src` at `offset` back to the host (submits pending work first). */
+  async read(src: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    const aligned = Math.ceil(bytes / 4) * 4;
+    const staging = this.device.createBuffer({
+      size: Math.max(4, aligned),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.copy(src, offset, staging, 0, aligned);
+    this.flush();
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /** Wait until the GPU has finished all submitted work. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+  }
+
+  /**
+   * GPU time in milliseconds of the work `fn` records, from pass timestamps (summed over passes).
+   * Returns null when the adapter has no timestamp queries; callers then time on the host.
+   */
+  async timeGpu(fn: () => void, maxPasses = 64): Promise<number | null> {
+    if (!this.gpu.hasTimestamps) {
+      fn();
+      await this.sync();
+      return null;
+    }
+    this.flush();
+    const capacity = maxPasses * 2;
+    const querySet = this.device.createQuerySet({ type: "timestamp", count: capacity });
+    this.#timing = { querySet, next: 0, capacity };
+    try {
+      fn();
+    } finally {
+      this.#endPass();
+    }
+    const used = this.#timing.next;
+    this.#timing = null;
+    const resolve = this.device.createBuffer({
+      size: capacity * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    this.#ensureEncoder().resolveQuerySet(querySet, 0, used, resolve, 0);
+    const raw = await this.read(resolve, 0, used * 8);
+    resolve.destroy();
+    querySet.destroy();
+    const ts = new BigUint64Array(raw);
+    let ns = 0n;
+    for (let i = 0; i + 1 < used; i += 2) ns += ts[i + 1] - ts[i];
+    return Number(ns) / 1e6;
+  }
+}
+
+let runtime: Runtime | null = null;
+
+/** Initialise WebGPU and the runtime once; every entry point awaits this before using ops. */
+export async function init(): Promise<Gpu> {
+  const g = await getGpu();
+  if (!runtime) runtime = new Runtime(g);
+  return g;
+}
+
+/** The runtime (after {@link init}). */
+export function rt(): Runtime {
+  if (!runtime) {
+    gpu(); // throws the "not initialised" error
+    runtime = new Runtime(gpu());
+  }
+  return runtime;
+}
+
+export type { Runtime };
