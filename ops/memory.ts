@@ -54,7 +54,8 @@ export interface Allocation {
   readonly bytes: number;
   /** Size class of the underlying buffer. */
   readonly capacity: number;
-  readonly category: Category;
+  /** Changed only through {@link BufferPool.retag}, which keeps the accounting exact. */
+  category: Category;
   released: boolean;
 }
 
@@ -136,6 +137,16 @@ export class BufferPool {
     } else {
       this.#toFree(a.buffer, a.capacity);
     }
+  }
+
+  /** Move a live allocation to another category (e.g. a frozen weight made trainable). */
+  retag(a: Allocation, category: Category): void {
+    if (a.released) throw new Error("retag of a released GPU allocation");
+    if (a.category === category) return;
+    this.#live[a.category] -= a.bytes;
+    this.#live[category] += a.bytes;
+    a.category = category;
+    if (this.#live[category] > this.#peak[category]) this.#peak[category] = this.#live[category];
   }
 
   /** Called by the runtime right after a submit: parked buffers become reusable. */

@@ -252,6 +252,12 @@ export class Tensor {
     return true;
   }
 
+  /** Move this tensor's storage (shared with its views) to another memory category. */
+  setCategory(category: Category): this {
+    rt().pool.retag(this.#storage.alloc, category);
+    return this;
+  }
+
   /** True when this tensor shares storage with `other`. */
   sharesStorage(other: Tensor): boolean {
     return this.#storage === other.#storage;
@@ -281,8 +287,10 @@ export class Tensor {
 
   /** Copy the values back to the host (widened to f32 for f16). Submits pending work. */
   async read(): Promise<HostArray> {
-    const src = this.isContiguous ? this : this.#contiguousForRead();
-    const bpe = BYTES_PER_ELEMENT[src.dtype];
+    const bpe = BYTES_PER_ELEMENT[this.dtype];
+    // Buffer copies need 4-byte-aligned offsets, which an f16 view at an odd offset lacks.
+    const aligned = (this.offset * bpe) % 4 === 0;
+    const src = this.isContiguous && aligned ? this : this.#contiguousForRead();
     const raw = await rt().read(src.buffer, src.offset * bpe, src.size * bpe);
     if (src !== this) src.dispose();
     switch (this.dtype) {

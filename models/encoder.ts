@@ -1,0 +1,268 @@
+/**
+ * RoBERTa and BERT encoders with Hugging Face module names and their sequence-classification
+ * heads: post-LN blocks with GELU (erf), RoBERTa's position ids offset past the padding index,
+ * BERT's token types and pooler, and a one-label regression head (STS-B).
+ *
+ * Deviation from Hugging Face, on purpose: attention-probability dropout is not applied (the
+ * attention kernel is fused and never materialises the probabilities); hidden dropout is.
+ *
+ * @module
+ */
+import {
+  add,
+  embedding,
+  gelu,
+  layerNorm,
+  reshape,
+  scaledDotProductAttention,
+  slice,
+  squeeze,
+  tanh,
+  type Tensor,
+  tensor,
+  transpose,
+} from "../ops/mod.ts";
+import { ForwardContext } from "./context.ts";
+import { Container, Linear, type LinearLike, ParamModule } from "./module.ts";
+import { orInit, required, type WeightSource } from "./weights.ts";
+
+/** The dimensions an encoder is built from (read from config.json by the loader). */
+export interface EncoderDims {
+  kind: "roberta" | "bert";
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  maxPositions: number;
+  typeVocabSize: number;
+  layerNormEps: number;
+  hiddenDropout: number;
+  padTokenId: number;
+  /** Labels of the classification head (1: regression). */
+  numLabels: number;
+}
+
+/** Inputs of an encoder forward pass. */
+export interface EncoderInputs {
+  /** Token ids [B, T] (i32, with hostData: position ids are derived on the host). */
+  ids: Tensor;
+  /** 1 for real tokens, 0 for padding [B, T]. */
+  attentionMask: Tensor;
+  /** Segment ids [B, T] (BERT); zeros when absent. */
+  tokenTypeIds?: Tensor;
+}
+
+/**
+ * RoBERTa's position ids: padding keeps `padIdx`, real tokens count up from padIdx + 1
+ * (Hugging Face's create_position_ids_from_input_ids).
+ */
+export function robertaPositionIds(
+  ids: ArrayLike<number>,
+  b: number,
+  t: number,
+  padIdx: number,
+): Int32Array {
+  const out = new Int32Array(b * t);
+  for (let i = 0; i < b; i++) {
+    let count = 0;
+    for (let j = 0; j < t; j++) {
+      const real = ids[i * t + j] !== padIdx;
+      if (real) count++;
+      out[i * t + j] = real ? count + padIdx : padIdx;
+    }
+  }
+  return out;
+}
+
+function layerNormModule(w: WeightSource, name: string, h: number): ParamModule {
+  return new ParamModule({
+    weight: required(w, `${name}.weight`, [h]),
+    bias: required(w, `${name}.bias`, [h]),
+  });
+}
+
+function linearFrom(
+  w: WeightSource,
+  name: string,
+  dOut: number,
+  dIn: number,
+  init = false,
+): Linear {
+  if (init) {
+    return new Linear(
+      orInit(w, `${name}.weight`, [dOut, dIn], "normal"),
+      orInit(w, `${name}.bias`, [dOut], "zeros"),
+    );
+  }
+  return new Linear(
+    required(w, `${name}.weight`, [dOut, dIn]),
+    required(w, `${name}.bias`, [dOut]),
+  );
+}
+
+/** `attention.self` + `attention.output`, `intermediate`, `output` of one encoder layer. */
+export class EncoderLayer extends Container {
+  constructor(readonly dims: EncoderDims, w: WeightSource, prefix: string) {
+    super();
+    const h = dims.hiddenSize;
+    const attention = this.add("attention", new Container());
+    const self = attention.add("self", new Container());
+    for (const n of ["query", "key", "value"]) {
+      self.add(n, linearFrom(w, `${prefix}.attention.self.${n}`, h, h));
+    }
+    const attnOut = attention.add("output", new Container());
+    attnOut.add("dense", linearFrom(w, `${prefix}.attention.output.dense`, h, h));
+    attnOut.add("LayerNorm", layerNormModule(w, `${prefix}.attention.output.LayerNorm`, h));
+    const inter = this.add("intermediate", new Container());
+    inter.add("dense", linearFrom(w, `${prefix}.intermediate.dense`, dims.intermediateSize, h));
+    const out = this.add("output", new Container());
+    out.add("dense", linearFrom(w, `${prefix}.output.dense`, h, dims.intermediateSize));
+    out.add("LayerNorm", layerNormModule(w, `${prefix}.output.LayerNorm`, h));
+  }
+
+  #norm(path: string, x: Tensor): Tensor {
+    const p = this.getModule(path) as ParamModule;
+    return layerNorm(x, p.get("weight"), p.get("bias"), this.dims.layerNormEps);
+  }
+
+  #lin(path: string, x: Tensor): Tensor {
+    return (this.getModule(path) as LinearLike).forward(x);
+  }
+
+  /** x [B, T, H] → [B, T, H]; keyMask [B, T] (1 keep, 0 pad). */
+  forward(x: Tensor, keyMask: Tensor, ctx: ForwardContext): Tensor {
+    const [b, t, h] = x.shape;
+    const nh = this.dims.numHeads;
+    const split = (y: Tensor) => transpose(reshape(y, [b, t, nh, h / nh]), 1, 2);
+    const q = split(this.#lin("attention.self.query", x));
+    const k = split(this.#lin("attention.self.key", x));
+    const v = split(this.#lin("attention.self.value", x));
+    const attn = scaledDotProductAttention(q, k, v, { keyPaddingMask: keyMask });
+    const merged = reshape(transpose(attn, 1, 2), [b, t, h]);
+    const p = this.dims.hiddenDropout;
+    const a = ctx.dropout(this.#lin("attention.output.dense", merged), p);
+    const h1 = this.#norm("attention.output.LayerNorm", add(a, x));
+    const inter = gelu(this.#lin("intermediate.dense", h1));
+    const o = ctx.dropout(this.#lin("output.dense", inter), p);
+    return this.#norm("output.LayerNorm", add(o, h1));
+  }
+}
+
+/**
+ * RobertaForSequenceClassification / BertForSequenceClassification: the backbone under `roberta`
+ * or `bert`, and the head (`classifier.dense` + `classifier.out_proj` for RoBERTa; `bert.pooler`
+ * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
+ */
+export class EncoderForSequenceClassification extends Container {
+  constructor(readonly dims: EncoderDims, w: WeightSource) {
+    super();
+    const d = dims;
+    const base = d.kind;
+    const backbone = this.add(base, new Container());
+    const emb = backbone.add("embeddings", new Container());
+    emb.add(
+      "word_embeddings",
+      new ParamModule({
+        weight: required(w, `${base}.embeddings.word_embeddings.weight`, [
+          d.vocabSize,
+          d.hiddenSize,
+        ]),
+      }),
+    );
+    emb.add(
+      "position_embeddings",
+      new ParamModule({
+        weight: required(w, `${base}.embeddings.position_embeddings.weight`, [
+          d.maxPositions,
+          d.hiddenSize,
+        ]),
+      }),
+    );
+    emb.add(
+      "token_type_embeddings",
+      new ParamModule({
+        weight: required(w, `${base}.embeddings.token_type_embeddings.weight`, [
+          d.typeVocabSize,
+          d.hiddenSize,
+        ]),
+      }),
+    );
+    emb.add("LayerNorm", layerNormModule(w, `${base}.embeddings.LayerNorm`, d.hiddenSize));
+    const layers = backbone.add("encoder", new Container()).add("layer", new Container());
+    for (let i = 0; i < d.numLayers; i++) {
+      layers.add(String(i), new EncoderLayer(d, w, `${base}.encoder.layer.${i}`));
+    }
+    if (d.kind === "roberta") {
+      const head = this.add("classifier", new Container());
+      head.add("dense", linearFrom(w, "classifier.dense", d.hiddenSize, d.hiddenSize, true));
+      head.add("out_proj", linearFrom(w, "classifier.out_proj", d.numLabels, d.hiddenSize, true));
+    } else {
+      backbone.add("pooler", new Container()).add(
+        "dense",
+        linearFrom(w, "bert.pooler.dense", d.hiddenSize, d.hiddenSize, true),
+      );
+      this.add("classifier", linearFrom(w, "classifier", d.numLabels, d.hiddenSize, true));
+    }
+  }
+
+  /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
+  get headModules(): string[] {
+    return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
+  }
+
+  /** Final hidden states [B, T, H]. */
+  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+    const d = this.dims;
+    const [b, t] = inputs.ids.shape;
+    const host = inputs.ids.hostData;
+    if (!host) {
+      throw new Error("encoder inputs: ids must be built from host data (tensor(Int32Array))");
+    }
+    const positions = d.kind === "roberta"
+      ? robertaPositionIds(host, b, t, d.padTokenId)
+      : Int32Array.from({ length: b * t }, (_, i) => i % t);
+    if (d.kind === "roberta" && t + d.padTokenId + 1 > d.maxPositions) {
+      throw new Error(
+        `sequence length ${t} exceeds RoBERTa's ${d.maxPositions - d.padTokenId - 1} positions`,
+      );
+    }
+    if (d.kind === "bert" && t > d.maxPositions) {
+      throw new Error(`sequence length ${t} exceeds BERT's ${d.maxPositions} positions`);
+    }
+    const emb = this.getModule(`${d.kind}.embeddings`);
+    const table = (n: string) => (emb.getModule(n) as ParamModule).get("weight");
+    const types = inputs.tokenTypeIds ?? tensor(new Int32Array(b * t), [b, t]);
+    let x = add(
+      add(
+        embedding(table("word_embeddings"), inputs.ids),
+        embedding(table("position_embeddings"), tensor(positions, [b, t])),
+      ),
+      embedding(table("token_type_embeddings"), types),
+    );
+    const ln = emb.getModule("LayerNorm") as ParamModule;
+    x = ctx.dropout(
+      layerNorm(x, ln.get("weight"), ln.get("bias"), d.layerNormEps),
+      d.hiddenDropout,
+    );
+    const layers = this.getModule(`${d.kind}.encoder.layer`);
+    for (let i = 0; i < d.numLayers; i++) {
+      x = (layers.getModule(String(i)) as EncoderLayer).forward(x, inputs.attentionMask, ctx);
+    }
+    return x;
+  }
+
+  /** Classification logits [B, numLabels] (regression: [B, 1]). */
+  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+    const h = this.hidden(inputs, ctx);
+    const first = squeeze(slice(h, 1, 0, 1), 1); // the <s> / [CLS] token, [B, H]
+    const p = this.dims.hiddenDropout;
+    const lin = (path: string, x: Tensor) => (this.getModule(path) as LinearLike).forward(x);
+    if (this.dims.kind === "roberta") {
+      const z = tanh(lin("classifier.dense", ctx.dropout(first, p)));
+      return lin("classifier.out_proj", ctx.dropout(z, p));
+    }
+    const pooled = tanh(lin("bert.pooler.dense", first));
+    return lin("classifier", ctx.dropout(pooled, p));
+  }
+}
