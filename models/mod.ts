@@ -1,0 +1,15 @@
+/**
+ * Models: safetensors I/O, Hugging Face config schemas, and (appended by their modules) the
+ * tokenizer wrapper, the RoBERTa/BERT encoder and the LLaMA decoder.
+ *
+ * @example
+ * ```ts
+ * import { loadConfig } from "./mod.ts";
+ * const config = await loadConfig("../shared/data/tokenizers/roberta-base");
+ * console.log(config.model_type, config.hidden_size); // roberta 768
+ * ```
+ *
+ * @module
+ */
+export * from "./safetensors.ts";
+export * from "./config.ts";
