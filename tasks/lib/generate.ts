@@ -1,0 +1,70 @@
+/**
+ * Library side of `deno task generate`: load a decoder folder and its tokenizer, generate.
+ *
+ * @module
+ */
+import { gpu, init } from "../../ops/mod.ts";
+import { generate } from "../../models/generate.ts";
+import { loadModel } from "../../models/load.ts";
+import { loadTokenizer } from "../../models/tokenizer.ts";
+
+/** Options of {@link generateText}. */
+export interface GenerateTextOptions {
+  /** A Hugging Face model folder (config.json, model.safetensors, tokenizer.json). */
+  model: string;
+  /** Prompt text; empty means the BOS token alone. */
+  prompt: string;
+  maxNewTokens: number;
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+}
+
+/** What {@link generateText} produced. */
+export interface GenerateTextResult {
+  prompt: string;
+  /** The decoded continuation. */
+  text: string;
+  /** The new token ids. */
+  tokens: number[];
+  tokensPerSecond: number;
+  device: string;
+}
+
+/**
+ * Generate a continuation of `prompt`. Stops at the tokenizer's EOS; for llama2.c-converted
+ * tokenizers also at BOS, which is where llama2.c's own `run` stops (stories are BOS-separated).
+ */
+export async function generateText(options: GenerateTextOptions): Promise<GenerateTextResult> {
+  await init();
+  const tokenizer = await loadTokenizer(options.model);
+  const loaded = await loadModel(options.model);
+  if (loaded.kind !== "decoder") {
+    throw new Error(`${options.model}: generation needs a decoder (LLaMA-family), got ${loaded.config.model_type}`);
+  }
+  const ids = tokenizer.encode(options.prompt).ids;
+  const prompt = ids.length > 0 ? ids : tokenizer.bosId !== null ? [tokenizer.bosId] : [];
+  if (prompt.length === 0) throw new Error("empty prompt and the tokenizer has no BOS token");
+  const stopTokens = [tokenizer.eosId, tokenizer.kind === "llama2c" ? tokenizer.bosId : null]
+    .filter((t): t is number => t !== null);
+  const started = performance.now();
+  const [tokens] = await generate(loaded.model, [prompt], {
+    maxNewTokens: options.maxNewTokens,
+    temperature: options.temperature ?? 0,
+    topP: options.topP ?? 1,
+    seed: options.seed ?? 0,
+    stopTokens,
+    padTokenId: tokenizer.padId ?? 0,
+  });
+  const seconds = (performance.now() - started) / 1000;
+  const text = tokenizer.decode([...prompt, ...tokens], true);
+  const promptText = tokenizer.decode(prompt, true);
+  loaded.model.dispose();
+  return {
+    prompt: promptText,
+    text: text.slice(promptText.length),
+    tokens,
+    tokensPerSecond: tokens.length / seconds,
+    device: gpu().adapter.name,
+  };
+}
