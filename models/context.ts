@@ -10,9 +10,30 @@
  */
 import { dropout, type Tensor } from "../ops/mod.ts";
 
+let active: ForwardContext | null = null;
+
 /** Forward-pass settings shared by every module of a model. */
 export class ForwardContext {
   #call = 0;
+
+  /**
+   * The context of the forward pass running now (set by {@link ForwardContext.run}); evaluation
+   * mode outside any. Adapter layers, which only see their input tensor, read dropout from it.
+   */
+  static current(): ForwardContext {
+    return active ?? EVAL;
+  }
+
+  /** Run `fn` with this context as {@link ForwardContext.current}. */
+  run<T>(fn: () => T): T {
+    const prev = active;
+    active = this;
+    try {
+      return fn();
+    } finally {
+      active = prev;
+    }
+  }
 
   constructor(
     /** Dropout and other training-only behaviour are on. */
@@ -36,3 +57,5 @@ export class ForwardContext {
     return dropout(x, p, { seed: this.seed, stream, training: true });
   }
 }
+
+const EVAL = new ForwardContext(false);

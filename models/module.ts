@@ -179,12 +179,21 @@ export function matchesTarget(name: string, target: string): boolean {
   return name === target || name.endsWith(`.${target}`);
 }
 
+/** Every Linear-like module below `root` (adapted layers count; their inner base does not). */
+export function allLinears(root: Module): [string, LinearLike][] {
+  const out: [string, LinearLike][] = [];
+  const visit = (m: Module, name: string) => {
+    if ("inFeatures" in m && "forward" in m) {
+      out.push([name, m as LinearLike]);
+      return;
+    }
+    for (const [n, c] of m.children()) visit(c, name ? `${name}.${n}` : n);
+  };
+  visit(root, "");
+  return out;
+}
+
 /** All Linear-like modules whose names match any of `targets`, in tree order. */
 export function findLinears(root: Module, targets: readonly string[]): [string, LinearLike][] {
-  const out: [string, LinearLike][] = [];
-  for (const [name, m] of root.namedModules()) {
-    if (!("inFeatures" in m) || !("forward" in m)) continue;
-    if (targets.some((t) => matchesTarget(name, t))) out.push([name, m as LinearLike]);
-  }
-  return out;
+  return allLinears(root).filter(([name]) => targets.some((t) => matchesTarget(name, t)));
 }

@@ -1,0 +1,63 @@
+/**
+ * Full fine-tuning: every parameter trains (f32), the baseline of every PEFT comparison.
+ * Saved as a complete Hugging Face checkpoint (`model.safetensors` with the model's own names).
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { z } from "zod";
+import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
+import { buildGroups } from "./groups.ts";
+import { toEntries, writeInto } from "./peft.ts";
+import type { Method } from "./types.ts";
+
+/** Full fine-tuning has no options of its own. */
+export const FullConfigSchema = z.object({}).strict();
+
+/** Parsed (empty) options. */
+export type FullConfig = z.infer<typeof FullConfigSchema>;
+
+/** Full fine-tuning as a registry entry. */
+export const full: Method<FullConfig> = {
+  name: "full",
+  config: FullConfigSchema,
+  apply(model, _config, ctx) {
+    const params = model.namedParameters();
+    for (const [name, t] of params) {
+      if (t.dtype !== "f32") {
+        throw new Error(
+          `full fine-tuning trains every weight in f32, but ${name} is stored as ${t.dtype}: ` +
+            "load the model with frozenDtype f32",
+        );
+      }
+      t.requiresGrad = true;
+      t.setCategory("trainable");
+    }
+    return {
+      method: "full",
+      groups: () => buildGroups("full", params, ctx.lrMultipliers, ctx.weightDecay),
+      merge: () => {},
+      save: async (dir) => {
+        await Deno.mkdir(dir, { recursive: true });
+        await writeSafetensors(join(dir, "model.safetensors"), await toEntries(params), {
+          format: "pt",
+        });
+      },
+      load: async (dir) => {
+        const reader = await openSafetensors(join(dir, "model.safetensors"));
+        try {
+          for (const [name, t] of params) {
+            if (!reader.has(name)) throw new Error(`${dir}/model.safetensors has no tensor ${name}`);
+            const info = reader.info(name);
+            if (info.shape.join() !== t.shape.join()) {
+              throw new Error(`${dir}/model.safetensors: ${name} has shape [${info.shape}], expected [${t.shape}]`);
+            }
+            writeInto(t, await reader.readF32(name));
+          }
+        } finally {
+          reader.close();
+        }
+      },
+    };
+  },
+};

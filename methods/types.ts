@@ -1,0 +1,67 @@
+/**
+ * The shape every fine-tuning method has: a zod config with the method's defaults, and
+ * `apply(model, config, ctx)` which adapts the model in place and returns an {@link Adapter}.
+ *
+ * Two knobs are the same for every method and live in {@link MethodContext}: which modules are
+ * targeted, and per-module learning-rate multipliers (e.g. `value: 4` trains W_v at 4× the rate).
+ *
+ * @module
+ */
+import type { z } from "zod";
+import type { Tensor } from "../ops/mod.ts";
+import type { Module } from "../models/module.ts";
+
+/** A group of trainable tensors sharing one learning rate and weight decay. */
+export interface ParamGroupSpec {
+  /** A readable label, e.g. "lora (value ×4)". */
+  label: string;
+  /** Full parameter names, aligned with `params`. */
+  names: string[];
+  params: Tensor[];
+  /** Multiplies the run's learning rate. */
+  lrMultiplier: number;
+  weightDecay: number;
+}
+
+/** What a method needs to know about the run besides its own config. */
+export interface MethodContext {
+  /** Module names or suffixes to adapt (PEFT's target_modules), e.g. ["query", "value"]. */
+  targets: string[];
+  /** Learning-rate multipliers by module name or suffix, e.g. { value: 4 }. */
+  lrMultipliers: Record<string, number>;
+  /** The run's weight decay (not applied to biases and norm weights). */
+  weightDecay: number;
+  /** Modules trained in full and saved whole (the task head), PEFT's modules_to_save. */
+  headModules: string[];
+  /** PEFT task type written to adapter_config.json. */
+  taskType: "SEQ_CLS" | "CAUSAL_LM";
+  /** The base model's name or path (adapter_config.json base_model_name_or_path). */
+  baseModel: string;
+  seed: number;
+}
+
+/** The result of applying a method to a model. */
+export interface Adapter {
+  /** The method's name (registry key). */
+  readonly method: string;
+  /** Trainable tensors grouped by learning-rate multiplier and weight decay. */
+  groups(): ParamGroupSpec[];
+  /** Optional data pass before training (EVA, LoRA-GA). */
+  beforeTraining?(): Promise<void>;
+  /** Optional hook after each optimizer step (AdaLoRA, LISA, SIFT). */
+  afterStep?(step: number): void;
+  /** Fold the adapter into the base weights; the model becomes a plain model again. */
+  merge(): void;
+  /** Write the adapter (PEFT format where PEFT has one) into `dir`. */
+  save(dir: string): Promise<void>;
+  /** Read adapter weights written by `save` (or by PEFT) from `dir`. */
+  load(dir: string): Promise<void>;
+}
+
+/** A fine-tuning method: its config schema and how it adapts a model. */
+export interface Method<C> {
+  readonly name: string;
+  /** The config schema; parsing `{}` gives the method's defaults. */
+  readonly config: z.ZodType<C>;
+  apply(model: Module, config: C, ctx: MethodContext): Adapter;
+}
