@@ -13,3 +13,5 @@
  */
 export * from "./safetensors.ts";
 export * from "./config.ts";
+export * from "./tokenizer.ts";
+export * from "./llama2c.ts";
