@@ -30,7 +30,9 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (x.isContiguous) {
     y = x.view(target, contiguousOf(target));
   } else {
-    const c = map([x], "a", { dtype: x.dtype, compute: x.dtype === "f16" ? "f32" : undefined });
+    // Integers are copied as integers: through f32 they would lose bits above 2^24.
+    const compute = x.dtype === "i32" || x.dtype === "u32" ? x.dtype : "f32";
+    const c = map([x], "a", { dtype: x.dtype, compute });
     y = c.view(target, contiguousOf(target));
     c.dispose();
   }
