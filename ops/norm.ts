@@ -1,0 +1,424 @@
+/**
+ * LayerNorm (BERT/RoBERTa) and RMSNorm (LLaMA) over the last dimension, as one family: RMSNorm
+ * is LayerNorm without centring and without bias, so every kernel here is generated from one
+ * function with a `centered` switch.
+ *
+ * The forward saves the per-row statistics (mean, 1/σ) so the backward never recomputes them.
+ * LayerNorm centres each row on its first element before anything else ("shifted data"): then
+ * x − x₀ is exact for nearby values and the saved mean is the small mean of x − x₀, so rows with
+ * |mean| ≫ σ keep their precision in the forward and the backward alike.
+ *
+ * The weight and bias gradients are column sums over rows; they are computed in two deterministic
+ * stages (per-chunk partial sums, then a fixed-order reduction), never with atomics, so two runs
+ * give bit-identical gradients.
+ *
+ * @module
+ */
+import { record } from "./autograd.ts";
+import { map } from "./elementwise.ts";
+import { reduceRaw } from "./reduce.ts";
+import { defineKernel, grid1d, type Kernel, type ParamType, rt } from "./runtime.ts";
+import { rowThreads } from "./softmax.ts";
+import { empty, type Tensor } from "./tensor.ts";
+
+/** Rows summed by one thread of the first stage of the weight/bias gradient (at least). */
+const ROWS_PER_CHUNK = 64;
+/** The most chunks one dispatch may have (the grid's y limit). */
+const MAX_CHUNKS = 65535;
+/** Columns (threads) per workgroup of that stage. */
+const COLS_PER_GROUP = 64;
+
+/** What differs between LayerNorm and RMSNorm, and which optional operands a kernel binds. */
+interface NormVariant {
+  /** Subtract the row mean (LayerNorm) or not (RMSNorm). */
+  centered: boolean;
+  /** A bias is added in the forward. */
+  bias: boolean;
+}
+
+const cache = new Map<string, Kernel>();
+
+function cached(key: string, build: () => Kernel): Kernel {
+  let k = cache.get(key);
+  if (!k) {
+    k = build();
+    cache.set(key, k);
+  }
+  return k;
+}
+
+type FloatType = "f32" | "f16";
+
+/**
+ * WGSL for x − mean of the element `x` of a row whose first element is `first`, where `shiftedMean`
+ * is the saved mean of x − first (see the module comment); just `x` when not centred.
+ */
+function centred(centered: boolean, x: string, first: string, shiftedMean: string): string {
+  return centered ? `((${x} - ${first}) - ${shiftedMean})` : x;
+}
+
+/** WGSL binding `first`, the row's first element, where the row is centred on it. */
+function firstOf(centered: boolean): string {
+  return centered ? "let first = f32(x[base]);" : "";
+}
+
+/** Forward: y = (x − mean)·rstd·w + b, saving the shifted mean (centred only) and rstd per row. */
+function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType): Kernel {
+  return cached(`fwd|${v.centered}|${v.bias}|${wg}|${xt}|${wt}`, () => {
+    // One workgroup per contiguous row. Centred: each thread runs Welford over its strided slice
+    // of x − x₀ and the tree merges (count, mean, M2) triples by Chan's rule. Uncentred: a plain
+    // Σx² tree. A second pass normalises and writes.
+    const stats = v.centered
+      ? `
+  var cnt: f32 = 0.0;
+  var mu: f32 = 0.0;
+  var m2: f32 = 0.0;
+  for (var j = l; j < d; j += ${wg}u) {
+    let xv = f32(x[base + j]) - first;
+    cnt += 1.0;
+    let delta = xv - mu;
+    mu += delta / cnt;
+    m2 += delta * (xv - mu);
+  }
+  s_cnt[l] = cnt;
+  s_mu[l] = mu;
+  s_m2[l] = m2;
+  workgroupBarrier();
+  for (var h = ${wg / 2}u; h > 0u; h = h >> 1u) {
+    if (l < h && s_cnt[l + h] > 0.0) {
+      let na = s_cnt[l];
+      let nb = s_cnt[l + h];
+      let nn = na + nb;
+      let delta = s_mu[l + h] - s_mu[l];
+      s_mu[l] = s_mu[l] + delta * nb / nn;
+      s_m2[l] = s_m2[l] + s_m2[l + h] + delta * delta * na * nb / nn;
+      s_cnt[l] = nn;
+    }
+    workgroupBarrier();
+  }
+  let mean = s_mu[0];
+  let rstd = inverseSqrt(s_m2[0] / f32(d) + params.eps);
+  if (l == 0u) { mean_out[row] = mean; rstd_out[row] = rstd; }`
+      : `
+  var sq: f32 = 0.0;
+  for (var j = l; j < d; j += ${wg}u) {
+    let xv = f32(x[base + j]);
+    sq += xv * xv;
+  }
+  s_m2[l] = sq;
+  workgroupBarrier();
+  for (var h = ${wg / 2}u; h > 0u; h = h >> 1u) {
+    if (l < h) { s_m2[l] = s_m2[l] + s_m2[l + h]; }
+    workgroupBarrier();
+  }
+  let mean = 0.0;
+  let rstd = inverseSqrt(s_m2[0] / f32(d) + params.eps);
+  if (l == 0u) { rstd_out[row] = rstd; }`;
+    const shared = (v.centered ? ["s_cnt", "s_mu", "s_m2"] : ["s_m2"])
+      .map((nm) => `var<workgroup> ${nm}: array<f32, ${wg}>;`).join("\n");
+    const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
+    const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
+    const params: [string, ParamType][] = [["rows", "u32"], ["d", "u32"], ["x_off", "u32"]];
+    params.push(["w_off", "u32"]);
+    if (v.bias) params.push(["b_off", "u32"]);
+    params.push(["eps", "f32"]);
+    return defineKernel({
+      name: v.centered ? "layer_norm" : "rms_norm",
+      bindings: [
+        { name: "x", type: xt, access: "read" },
+        { name: "w", type: wt, access: "read" },
+        ...(v.bias ? [{ name: "b", type: wt, access: "read" as const }] : []),
+        { name: "y", type: "f32", access: "read_write" },
+        ...(v.centered
+          ? [{ name: "mean_out", type: "f32" as const, access: "read_write" as const }]
+          : []),
+        { name: "rstd_out", type: "f32", access: "read_write" },
+      ],
+      params,
+      source: `
+${shared}
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base = params.x_off + row * d;
+  ${firstOf(v.centered)}
+${stats}
+  for (var j = l; j < d; j += ${wg}u) {
+    y[row * d + j] = ${shift} * rstd * f32(w[params.w_off + j])${addBias};
+  }
+}`,
+    });
+  });
+}
+
+/**
+ * Input gradient: with x̂ = (x − mean)·rstd and ĝ = g·w,
+ * dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)); the mean(ĝ) term drops for RMSNorm.
+ */
+function inputGradKernel(centered: boolean, wg: number, xt: FloatType, wt: FloatType): Kernel {
+  return cached(`dx|${centered}|${wg}|${xt}|${wt}`, () => {
+    // One workgroup per row: one strided pass accumulates Σĝ and Σĝ·x̂ (two shared trees), a
+    // second pass writes dx.
+    const xhat = `${centred(centered, "f32(x[base + j])", "first", "mean")} * rstd`;
+    return defineKernel({
+      name: centered ? "layer_norm_backward" : "rms_norm_backward",
+      bindings: [
+        { name: "x", type: xt, access: "read" },
+        { name: "w", type: wt, access: "read" },
+        { name: "g", type: "f32", access: "read" },
+        ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
+        { name: "rstd_in", type: "f32", access: "read" },
+        { name: "dx", type: "f32", access: "read_write" },
+      ],
+      params: [["rows", "u32"], ["d", "u32"], ["x_off", "u32"], ["w_off", "u32"], [
+        "g_off",
+        "u32",
+      ]],
+      source: `
+var<workgroup> s_g: array<f32, ${wg}>;
+var<workgroup> s_gx: array<f32, ${wg}>;
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base = params.x_off + row * d;
+  let gbase = params.g_off + row * d;
+  ${firstOf(centered)}
+  let mean = ${centered ? "mean_in[row]" : "0.0"};
+  let rstd = rstd_in[row];
+  var sg: f32 = 0.0;
+  var sgx: f32 = 0.0;
+  for (var j = l; j < d; j += ${wg}u) {
+    let gh = g[gbase + j] * f32(w[params.w_off + j]);
+    sg += gh;
+    sgx += gh * ${xhat};
+  }
+  s_g[l] = sg;
+  s_gx[l] = sgx;
+  workgroupBarrier();
+  for (var h = ${wg / 2}u; h > 0u; h = h >> 1u) {
+    if (l < h) {
+      s_g[l] = s_g[l] + s_g[l + h];
+      s_gx[l] = s_gx[l] + s_gx[l + h];
+    }
+    workgroupBarrier();
+  }
+  let inv_d = 1.0 / f32(d);
+  let mean_g = ${centered ? "s_g[0] * inv_d" : "0.0"};
+  let mean_gx = s_gx[0] * inv_d;
+  for (var j = l; j < d; j += ${wg}u) {
+    let gh = g[gbase + j] * f32(w[params.w_off + j]);
+    dx[row * d + j] = rstd * (gh - mean_g - ${xhat} * mean_gx);
+  }
+}`,
+    });
+  });
+}
+
+/** Which column sums the parameter-gradient stage produces. */
+interface ParamGrads {
+  weight: boolean;
+  bias: boolean;
+}
+
+/** Stage one of dw = Σ_rows g·x̂ and db = Σ_rows g: partial sums per chunk of rows. */
+function paramGradKernel(centered: boolean, want: ParamGrads, xt: FloatType): Kernel {
+  return cached(`dwb|${centered}|${want.weight}|${want.bias}|${xt}`, () => {
+    // Grid: x over groups of COLS_PER_GROUP columns (one thread per column, so neighbouring
+    // threads read neighbouring addresses), y over chunks of `per_chunk` rows. Each thread sums
+    // its chunk in row order and writes partial[chunk, col]; a fixed-order reduction over chunks
+    // follows, so the result is deterministic.
+    const xv = "f32(x[params.x_off + r * d + col])";
+    const xhat = `${
+      centred(centered, xv, "f32(x[params.x_off + r * d])", "mean_in[r]")
+    } * rstd_in[r]`;
+    return defineKernel({
+      name: centered ? "layer_norm_param_grad" : "rms_norm_param_grad",
+      bindings: [
+        { name: "x", type: xt, access: "read" },
+        { name: "g", type: "f32", access: "read" },
+        ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
+        { name: "rstd_in", type: "f32", access: "read" },
+        ...(want.weight
+          ? [{ name: "dw", type: "f32" as const, access: "read_write" as const }]
+          : []),
+        ...(want.bias ? [{ name: "db", type: "f32" as const, access: "read_write" as const }] : []),
+      ],
+      params: [
+        ["rows", "u32"],
+        ["d", "u32"],
+        ["x_off", "u32"],
+        ["g_off", "u32"],
+        ["per_chunk", "u32"],
+      ],
+      source: `
+@compute @workgroup_size(${COLS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let col = gid.x;
+  let d = params.d;
+  if (col >= d) { return; }
+  let chunk = gid.y;
+  let r0 = chunk * params.per_chunk;
+  let r1 = min(params.rows, r0 + params.per_chunk);
+  var sw: f32 = 0.0;
+  var sb: f32 = 0.0;
+  for (var r = r0; r < r1; r++) {
+    let gv = g[params.g_off + r * d + col];
+    ${want.weight ? `sw += gv * ${xhat};` : ""}
+    sb += gv;
+  }
+  ${want.weight ? "dw[chunk * d + col] = sw;" : ""}
+  ${want.bias ? "db[chunk * d + col] = sb;" : ""}
+}`,
+    });
+  });
+}
+
+function floatType(t: Tensor, what: string): FloatType {
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    throw new Error(`${what}: ${t} must be f32 or f16`);
+  }
+  return t.dtype;
+}
+
+/** `t` itself when contiguous, else a contiguous copy (the caller disposes copies it gets). */
+function dense(t: Tensor): Tensor {
+  return t.isContiguous ? t : map([t], "a", { dtype: t.dtype });
+}
+
+/** Sum the [chunks, d] partials over chunks into a [d] gradient. */
+function finishColumnSum(partial: Tensor): Tensor {
+  const out = reduceRaw(partial, "sum", 0);
+  partial.dispose();
+  return out;
+}
+
+function normOp(
+  name: string,
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  eps: number,
+  centered: boolean,
+): Tensor {
+  const xt = floatType(x, `${name} input`);
+  const wt = floatType(weight, `${name} weight`);
+  if (x.rank === 0) throw new Error(`${name}: input ${x} must have at least one dimension`);
+  const d = x.shape[x.rank - 1];
+  if (d === 0) throw new Error(`${name}: input ${x} has an empty last dimension`);
+  const checkParam = (p: Tensor, what: string) => {
+    if (p.rank !== 1 || p.shape[0] !== d || !p.isContiguous) {
+      throw new Error(`${name}: ${what} ${p} must be contiguous with shape [${d}]`);
+    }
+  };
+  checkParam(weight, "weight");
+  if (bias) {
+    checkParam(bias, "bias");
+    if (bias.dtype !== weight.dtype) {
+      throw new Error(`${name}: bias ${bias} and weight ${weight} must share a dtype`);
+    }
+  }
+  if (!(eps >= 0)) throw new Error(`${name}: eps must be ≥ 0, got ${eps}`);
+  const rows = x.size / d;
+  const xc = dense(x);
+  const y = empty(x.shape);
+  const mean = centered ? empty([rows]) : null;
+  const rstd = empty([rows]);
+  const wg = rowThreads(d);
+  if (rows > 0) {
+    const k = forwardKernel({ centered, bias: bias !== null }, wg, xt, wt);
+    const params: Record<string, number> = {
+      rows,
+      d,
+      x_off: xc.offset,
+      w_off: weight.offset,
+      eps,
+    };
+    if (bias) params.b_off = bias.offset;
+    const bufs = [xc, weight, ...(bias ? [bias] : []), y, ...(mean ? [mean] : []), rstd];
+    rt().dispatch(k, bufs, params, grid1d(rows));
+  }
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record(name, y, inputs, (gOut) => {
+    const g = dense(gOut);
+    const stats = mean ? [mean, rstd] : [rstd];
+    let dx: Tensor | null = null;
+    if (x.requiresGrad) {
+      dx = empty(x.shape);
+      const k = inputGradKernel(centered, wg, xt, wt);
+      rt().dispatch(k, [xc, weight, g, ...stats, dx], {
+        rows,
+        d,
+        x_off: xc.offset,
+        w_off: weight.offset,
+        g_off: g.offset,
+      }, grid1d(rows));
+    }
+    const want = { weight: weight.requiresGrad, bias: bias?.requiresGrad ?? false };
+    let dw: Tensor | null = null;
+    let db: Tensor | null = null;
+    if (want.weight || want.bias) {
+      const perChunk = Math.max(ROWS_PER_CHUNK, Math.ceil(rows / MAX_CHUNKS));
+      const chunks = Math.max(1, Math.ceil(rows / perChunk));
+      const pw = want.weight ? empty([chunks, d], { category: "scratch" }) : null;
+      const pb = want.bias ? empty([chunks, d], { category: "scratch" }) : null;
+      if (rows === 0) {
+        for (const p of [pw, pb]) if (p) map([], "0.0", { out: p });
+      } else {
+        const k = paramGradKernel(centered, want, xt);
+        const outs = [...(pw ? [pw] : []), ...(pb ? [pb] : [])];
+        rt().dispatch(
+          k,
+          [xc, g, ...stats, ...outs],
+          { rows, d, x_off: xc.offset, g_off: g.offset, per_chunk: perChunk },
+          [Math.ceil(d / COLS_PER_GROUP), chunks, 1],
+        );
+      }
+      dw = pw ? finishColumnSum(pw) : null;
+      db = pb ? finishColumnSum(pb) : null;
+    }
+    if (g !== gOut) g.dispose();
+    return bias ? [dx, dw, db] : [dx, dw];
+  });
+}
+
+/**
+ * Layer normalisation over the last dimension: (x − mean)/√(var + eps)·weight + bias, with the
+ * biased variance, as `torch.nn.LayerNorm`. RoBERTa uses eps 1e-5 (the default), BERT 1e-12.
+ *
+ * `x` is `[..., d]`; `weight` and `bias` are `[d]` (f32, or f16 for frozen weights; `bias` may be
+ * null). Differentiable in all three; a weight or bias that does not require grad gets none and
+ * costs no gradient memory. Output f32.
+ *
+ * @example
+ * ```ts
+ * import { init, layerNorm, ones, tensor, zeros } from "./mod.ts";
+ * await init();
+ * const y = layerNorm(tensor([[1, 2, 3]]), ones([3]), zeros([3]));
+ * console.log(await y.toArray()); // ≈ [-1.2247, 0, 1.2247]
+ * ```
+ */
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 1e-5): Tensor {
+  return normOp("layerNorm", x, weight, bias, eps, true);
+}
+
+/**
+ * RMS normalisation over the last dimension, as LLaMA: x·rsqrt(mean(x²) + eps)·weight, computed
+ * in f32. `x` is `[..., d]`, `weight` `[d]`. Differentiable in both. Output f32.
+ *
+ * @example
+ * ```ts
+ * import { init, ones, rmsNorm, tensor } from "./mod.ts";
+ * await init();
+ * const y = rmsNorm(tensor([[3, 4]]), ones([2]));
+ * console.log(await y.toArray()); // ≈ [0.8485, 1.1314]
+ * ```
+ */
+export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
+  return normOp("rmsNorm", x, weight, null, eps, false);
+}

@@ -1,0 +1,247 @@
+import assert from "node:assert/strict";
+import {
+  backward,
+  cast,
+  layerNorm,
+  mul,
+  rmsNorm,
+  scopeAsync,
+  setRowThreads,
+  sum,
+  tensor,
+  transpose,
+} from "../../ops/mod.ts";
+import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, setup } from "../helpers.ts";
+
+await setup();
+
+const WIDTHS = [...AWKWARD_SIZES, 1000];
+
+/** Thread counts to run under: the adapter's default, and the GPU sizes the tree reductions use. */
+const THREADS = [null, 32, 256] as const;
+
+/** Run `fn` with the row-wise kernels forced to `threads` per row (null: the default). */
+async function withRowThreads(threads: number | null, fn: () => Promise<void>): Promise<void> {
+  setRowThreads(threads);
+  try {
+    await fn();
+  } finally {
+    setRowThreads(null);
+  }
+}
+
+/** LayerNorm (centered) or RMSNorm over the last dim of a row-major [rows, d] array, float64. */
+function normRef(
+  x: ArrayLike<number>,
+  d: number,
+  w: ArrayLike<number>,
+  b: ArrayLike<number> | null,
+  eps: number,
+  centered: boolean,
+): Float64Array {
+  const rows = x.length / d;
+  const y = new Float64Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    let mean = 0;
+    if (centered) {
+      for (let j = 0; j < d; j++) mean += x[r * d + j];
+      mean /= d;
+    }
+    let v = 0;
+    for (let j = 0; j < d; j++) v += (x[r * d + j] - mean) ** 2;
+    const rstd = 1 / Math.sqrt(v / d + eps);
+    for (let j = 0; j < d; j++) {
+      y[r * d + j] = (x[r * d + j] - mean) * rstd * w[j] + (b ? b[j] : 0);
+    }
+  }
+  return y;
+}
+
+/** f32-rounded random values, so references see exactly what the GPU sees. */
+function f32Array(n: number, seed: number, lo = -1, hi = 1): Float32Array {
+  return Float32Array.from(randomArray(n, seed, lo, hi));
+}
+
+Deno.test("layerNorm and rmsNorm match the reference on awkward rows × widths", async () => {
+  for (const threads of THREADS) {
+    let seed = 100;
+    await withRowThreads(threads, async () => {
+      for (const rows of AWKWARD_SIZES) {
+        for (const d of WIDTHS) {
+          const xs = f32Array(rows * d, seed++, -3, 5);
+          const ws = f32Array(d, seed++, -2, 2);
+          const bs = f32Array(d, seed++, -1, 1);
+          const x = tensor(xs, [rows, d]);
+          const w = tensor(ws);
+          const b = tensor(bs);
+          const ln = layerNorm(x, w, b);
+          const rms = rmsNorm(x, w);
+          const what = `[${rows}, ${d}] threads ${threads}`;
+          assertClose(await ln.read(), normRef(xs, d, ws, bs, 1e-5, true), {
+            atol: 2e-5,
+            rtol: 1e-4,
+          }, `layerNorm ${what}`);
+          assertClose(await rms.read(), normRef(xs, d, ws, null, 1e-6, false), {
+            atol: 2e-5,
+            rtol: 1e-4,
+          }, `rmsNorm ${what}`);
+          for (const t of [x, w, b, ln, rms]) t.dispose();
+        }
+      }
+    });
+  }
+});
+
+Deno.test("layerNorm is accurate when |mean| ≫ σ (BERT eps 1e-12)", async () => {
+  // Rows around 1000 with σ ≈ 0.006: E[x²] − E[x]² in f32 would lose every digit of the variance.
+  const d = 768;
+  const xs = Float32Array.from(randomArray(7 * d, 5, -0.01, 0.01), (v) => 1000 + v);
+  const ws = f32Array(d, 6, 0.5, 1.5);
+  const bs = f32Array(d, 7);
+  for (const threads of THREADS) {
+    await withRowThreads(threads, async () => {
+      const y = await layerNorm(tensor(xs, [7, d]), tensor(ws), tensor(bs), 1e-12).read();
+      // A mean held in f32 near 1000 is off by up to half an ulp (3e-5, 0.5% of σ); the kernel
+      // centres on the row's first element, so it stays at ordinary f32 accuracy.
+      assertClose(y, normRef(xs, d, ws, bs, 1e-12, true), { atol: 1e-4, rtol: 1e-4 });
+    });
+  }
+});
+
+Deno.test("layerNorm over [B, T, D] with frozen f16 weights, no bias, and strided input", async () => {
+  const xs = f32Array(2 * 7 * 33, 8, -2, 2);
+  const ws = f32Array(33, 9, -2, 2);
+  const bs = f32Array(33, 10);
+  const wh = cast(tensor(ws), "f16");
+  const bh = cast(tensor(bs), "f16");
+  const wRounded = await wh.read();
+  const bRounded = await bh.read();
+  const y = layerNorm(tensor(xs, [2, 7, 33]), wh, bh);
+  assert.deepEqual(y.shape, [2, 7, 33]);
+  assertClose(await y.read(), normRef(xs, 33, wRounded, bRounded, 1e-5, true), {
+    atol: 2e-5,
+    rtol: 1e-4,
+  }, "f16 weight and bias");
+  const noBias = layerNorm(tensor(xs, [14, 33]), tensor(ws), null);
+  assertClose(await noBias.read(), normRef(xs, 33, ws, null, 1e-5, true), {
+    atol: 2e-5,
+    rtol: 1e-4,
+  }, "no bias");
+  // A transposed view: rows of the normalised tensor are columns of the stored one.
+  const base = f32Array(33 * 7, 11, -2, 2);
+  const xt = transpose(tensor(base, [33, 7]));
+  const rows = new Float32Array(7 * 33);
+  for (let i = 0; i < 33; i++) for (let j = 0; j < 7; j++) rows[j * 33 + i] = base[i * 7 + j];
+  assertClose(await rmsNorm(xt, tensor(ws)).read(), normRef(rows, 33, ws, null, 1e-6, false), {
+    atol: 2e-5,
+    rtol: 1e-4,
+  }, "rmsNorm of a transposed view");
+});
+
+Deno.test("layerNorm and rmsNorm reject mismatched parameters", () => {
+  const x = tensor(new Float32Array(12), [3, 4]);
+  assert.throws(() => layerNorm(x, tensor(new Float32Array(3)), null), /weight .* shape \[4\]/);
+  assert.throws(
+    () => layerNorm(x, tensor(new Float32Array(4)), tensor(new Float32Array(5))),
+    /bias .* shape \[4\]/,
+  );
+  assert.throws(() => rmsNorm(tensor([1, 2], { dtype: "i32" }), tensor([1, 1])), /f32 or f16/);
+});
+
+Deno.test("layerNorm backward matches finite differences for x, weight and bias", async () => {
+  const cases = [[7, 33, null], [130, 7, null], [3, 130, null], [5, 1, null], [3, 130, 256]];
+  for (const [rows, d, threads] of cases as [number, number, number | null][]) {
+    const eps = 1e-5;
+    await withRowThreads(threads, () =>
+      checkGradients(
+        ([x, w, b]) => layerNorm(x, w, b, eps),
+        ([x, w, b]) => normRef(x, d, w, b, eps, true),
+        [
+          { shape: [rows, d], values: randomArray(rows * d, rows + d, -2, 2) },
+          { shape: [d], values: randomArray(d, 2 * d + 1, 0.5, 1.5) },
+          { shape: [d], values: randomArray(d, 3 * d + 2) },
+        ],
+      ));
+  }
+});
+
+Deno.test("rmsNorm backward matches finite differences for x and weight", async () => {
+  const cases = [[7, 33, null], [130, 7, null], [3, 130, null], [3, 130, 256]];
+  for (const [rows, d, threads] of cases as [number, number, number | null][]) {
+    await withRowThreads(threads, () =>
+      checkGradients(
+        ([x, w]) => rmsNorm(x, w),
+        ([x, w]) => normRef(x, d, w, null, 1e-6, false),
+        [
+          { shape: [rows, d], values: randomArray(rows * d, 5 * rows + d, -2, 2) },
+          { shape: [d], values: randomArray(d, 7 * d, 0.5, 1.5) },
+        ],
+      ));
+  }
+});
+
+Deno.test("norm backward with frozen parameters gives gradients only where asked", async () => {
+  const [rows, d] = [33, 7];
+  const xs = randomArray(rows * d, 60, -2, 2);
+  const ws = randomArray(d, 61, 0.5, 1.5);
+  const bs = randomArray(d, 62);
+  // Frozen weight and bias: only x.
+  await checkGradients(
+    ([x, w, b]) => layerNorm(x, w, b),
+    ([x, w, b]) => normRef(x, d, w, b, 1e-5, true),
+    [
+      { shape: [rows, d], values: xs },
+      { shape: [d], values: ws, grad: false },
+      { shape: [d], values: bs, grad: false },
+    ],
+  );
+  // Frozen input and weight: only the bias.
+  await checkGradients(
+    ([x, w, b]) => layerNorm(x, w, b),
+    ([x, w, b]) => normRef(x, d, w, b, 1e-5, true),
+    [
+      { shape: [rows, d], values: xs, grad: false },
+      { shape: [d], values: ws, grad: false },
+      { shape: [d], values: bs },
+    ],
+  );
+  // Frozen input and bias: only the weight.
+  await checkGradients(
+    ([x, w, b]) => layerNorm(x, w, b),
+    ([x, w, b]) => normRef(x, d, w, b, 1e-5, true),
+    [
+      { shape: [rows, d], values: xs, grad: false },
+      { shape: [d], values: ws },
+      { shape: [d], values: bs, grad: false },
+    ],
+  );
+  await scopeAsync(async () => {
+    const x = tensor(Float32Array.from(xs), [rows, d], { requiresGrad: true });
+    const w = tensor(Float32Array.from(ws));
+    const b = tensor(Float32Array.from(bs));
+    backward(sum(layerNorm(x, w, b)));
+    assert.ok(x.grad, "x gets a gradient");
+    assert.ok((await x.grad.read()).every(Number.isFinite));
+    assert.equal(w.grad, null, "a frozen weight gets no gradient buffer");
+    assert.equal(b.grad, null, "a frozen bias gets no gradient buffer");
+  });
+});
+
+Deno.test("weight and bias gradients are deterministic across runs", async () => {
+  const [rows, d] = [130, 33];
+  const xs = f32Array(rows * d, 70, -3, 3);
+  const gs = f32Array(rows * d, 71, -1, 1);
+  const run = () =>
+    scopeAsync(async () => {
+      const x = tensor(xs, [rows, d], { requiresGrad: true });
+      const w = tensor(f32Array(d, 72), [d], { requiresGrad: true });
+      const b = tensor(f32Array(d, 73), [d], { requiresGrad: true });
+      backward(sum(mul(layerNorm(x, w, b), tensor(gs, [rows, d]))));
+      const out = [await w.grad!.read(), await b.grad!.read(), await x.grad!.read()];
+      for (const t of [x, w, b]) t.dispose();
+      return out;
+    });
+  const first = await run();
+  const second = await run();
+  first.forEach((a, i) => assert.deepEqual(a, second[i], `gradient ${i} differs between runs`));
+});
