@@ -1,0 +1,17 @@
+/**
+ * Library code behind the task entry points: data sets (GLUE, commonsense reasoning) and their
+ * official metrics. Other modules (training loop, sweep, report) append their exports below.
+ *
+ * @example
+ * ```ts
+ * import { glueMetrics, loadGlue } from "./mod.ts";
+ * const dev = await loadGlue("cola", "validation", { source: "../shared/data/glue" });
+ * const labels = dev.map((e) => e.label);
+ * console.log(glueMetrics("cola", labels, labels).main); // 1
+ * ```
+ *
+ * @module
+ */
+export * from "./glue.ts";
+export * from "./commonsense.ts";
+export * from "./metrics.ts";
