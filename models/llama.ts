@@ -268,17 +268,18 @@ export class LlamaForCausalLM extends Container {
    * padding). Mean over the counted tokens, as Hugging Face's LlamaForCausalLM.
    */
   causalLmLoss(inputs: DecoderInputs, labels: Tensor, ctx?: ForwardContext): Tensor {
-    const h = this.hidden(inputs, ctx);
     const [b, t] = inputs.ids.shape;
-    const logits = this.logits(slice(h, 1, 0, t - 1));
-    const targets = slice(labels, 1, 1, t);
-    return crossEntropy(
-      reshape(logits, [b * (t - 1), this.dims.vocabSize]),
-      reshape(targets, [b * (t - 1)]),
-      {
-        ignoreIndex: -100,
-      },
-    );
+    return this.lmLoss(this.hidden(inputs, ctx), reshape(slice(labels, 1, 1, t), [b * (t - 1)]));
+  }
+
+  /**
+   * Next-token loss from hidden states [B, T, H] and targets already shifted, [B·(T−1)] (i32,
+   * −100 ignored): position t's logits against targets[t].
+   */
+  lmLoss(hidden: Tensor, shiftedTargets: Tensor): Tensor {
+    const [b, t] = hidden.shape;
+    const logits = this.logits(slice(hidden, 1, 0, t - 1));
+    return crossEntropy(reshape(logits, [b * (t - 1), this.dims.vocabSize]), shiftedTargets, { ignoreIndex: -100 });
   }
 
   /**

@@ -139,7 +139,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         if (!t) continue;
         if (t.shape.join() !== shape.join()) {
           throw new Error(
-            `${dir}: tensor ${key} has shape [${t.shape}], the config implies [${shape.join(", ")}]`,
+            `${dir}: tensor ${key} has shape [${t.shape.join(", ")}], the config implies [${shape.join(", ")}]`,
           );
         }
         used.add(key);

@@ -1,0 +1,129 @@
+/**
+ * The run configuration of `deno task train`: from command-line flags and/or a YAML file,
+ * validated with zod. Every error names the field (and the file) and what was expected.
+ *
+ * @module
+ */
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+/** Defaults of the quick start: roberta-base + LoRA on SST-2. */
+export const DEFAULT_MODEL = "FacebookAI/roberta-base";
+
+const positiveInt = z.number().int().positive();
+
+/** The run configuration schema (YAML keys are these names; flags are their kebab-case). */
+export const RunConfigSchema = z.object({
+  /** A Hugging Face repo id (downloaded into the HF cache) or a local model folder. */
+  model: z.string().min(1).default(DEFAULT_MODEL),
+  /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …). */
+  task: z.string().min(1).default("sst2"),
+  /** Local data folder (GLUE parquet/TSV root or commonsense root); default: download. */
+  data: z.string().min(1).optional(),
+  /** Fine-tuning method (see methods/registry.ts). */
+  method: z.string().min(1).default("lora"),
+  /** Method-specific options (e.g. { r: 8, alpha: 16 }), validated by the method's schema. */
+  methodOptions: z.record(z.string(), z.unknown()).default({}),
+  /** Modules to adapt: names or suffixes. Default: query,value (encoders), q_proj,v_proj (LLaMA). */
+  targets: z.array(z.string().min(1)).min(1).optional(),
+  /** Learning-rate multipliers by module, e.g. { value: 4 }. */
+  lrMultipliers: z.record(z.string(), z.number().positive()).default({}),
+  lr: z.number().positive().default(5e-4),
+  /** Train for this many epochs … */
+  epochs: z.number().positive().default(3),
+  /** … or exactly this many optimizer steps (overrides epochs). */
+  steps: positiveInt.optional(),
+  batchSize: positiveInt.default(16),
+  gradAccum: positiveInt.default(1),
+  maxLength: positiveInt.default(128),
+  /** Warm-up as a fraction of the training steps (0..1) … */
+  warmupRatio: z.number().min(0).max(1).default(0.06),
+  /** … or as a number of steps (overrides the ratio). */
+  warmupSteps: z.number().int().min(0).optional(),
+  schedule: z.enum(["linear", "cosine", "constant"]).default("linear"),
+  weightDecay: z.number().min(0).default(0.01),
+  maxGradNorm: z.number().positive().nullable().default(1),
+  seed: z.number().int().default(0),
+  /** Evaluate every N optimizer steps (0: only at the end). */
+  evalInterval: z.number().int().min(0).default(0),
+  /** Read back and log the loss every N steps. */
+  logInterval: positiveInt.default(10),
+  /** Save a resumable checkpoint every N steps (0: at evaluations and the end only). */
+  saveInterval: z.number().int().min(0).default(0),
+  /** Use at most this many training / evaluation examples (quick runs, tests). */
+  trainLimit: positiveInt.optional(),
+  evalLimit: positiveInt.optional(),
+  evalBatchSize: positiveInt.default(32),
+  /** Frozen matrices on the GPU as f16 (halves weight memory; not with full fine-tuning). */
+  frozenDtype: z.enum(["f32", "f16"]).default("f32"),
+  /** Commonsense: evaluate by generation + answer extraction, or by candidate log-likelihood. */
+  evalMode: z.enum(["generate", "loglik"]).default("generate"),
+  maxNewTokens: positiveInt.default(32),
+  /** Where run files go. */
+  output: z.string().min(1).default("runs/latest"),
+  /** Never touch the network; resolve models and data from the cache or local folders. */
+  offline: z.boolean().default(false),
+}).strict();
+
+/** A validated run configuration. */
+export type RunConfig = z.infer<typeof RunConfigSchema>;
+
+/** Turn zod issues into one message naming each field and what was expected. */
+export function formatIssues(error: z.ZodError, source: string): string {
+  return error.issues.map((i) => {
+    const field = i.path.length ? i.path.join(".") : "(top level)";
+    return `${source}: field "${field}": ${i.message}`;
+  }).join("\n");
+}
+
+/** Validate a plain object as a RunConfig (source names where it came from, for errors). */
+export function parseRunConfig(raw: unknown, source = "config"): RunConfig {
+  const r = RunConfigSchema.safeParse(raw);
+  if (!r.success) throw new Error(formatIssues(r.error, source));
+  return r.data;
+}
+
+/** Read a YAML run file (keys as in {@link RunConfigSchema}). */
+export async function readRunYaml(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new Error(`${path}: invalid YAML (${e instanceof Error ? e.message : e})`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== "object" || Array.isArray(doc)) {
+    throw new Error(`${path}: expected a mapping of run settings at the top level`);
+  }
+  return doc as Record<string, unknown>;
+}
+
+/** "query,value" → ["query", "value"]. */
+export function parseList(text: string): string[] {
+  return text.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** "value=4,key=2" → { value: 4, key: 2 }, with an error naming the flag. */
+export function parseMultipliers(text: string, flag = "--lr-multipliers"): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of parseList(text)) {
+    const [k, v] = part.split("=");
+    const n = Number(v);
+    if (!k || v === undefined || !Number.isFinite(n) || n <= 0) {
+      throw new Error(`${flag}: expected module=multiplier pairs like "value=4", got "${part}"`);
+    }
+    out[k.trim()] = n;
+  }
+  return out;
+}
+
+/** Default targets for a model type. */
+export function defaultTargets(modelType: string): string[] {
+  return modelType === "roberta" || modelType === "bert" ? ["query", "value"] : ["q_proj", "v_proj"];
+}

@@ -1,0 +1,34 @@
+/**
+ * Where a model comes from: a local folder, or a Hugging Face repo id resolved through the
+ * standard HF cache (downloading on first use unless offline).
+ *
+ * @module
+ */
+import { downloadModel } from "./hub.ts";
+
+/** True when `path` is a folder with a config.json. */
+async function isModelFolder(path: string): Promise<boolean> {
+  return await Deno.stat(`${path}/config.json`).then((s) => s.isFile, () => false);
+}
+
+/**
+ * The local folder of `model`: itself when it is a model folder; else the HF cache snapshot of
+ * the repo id, downloaded first unless `offline`. The error says how to work offline.
+ */
+export async function resolveModelDir(model: string, offline: boolean): Promise<string> {
+  if (await isModelFolder(model)) return model;
+  const looksLocal = model.startsWith(".") || model.startsWith("/") || model.includes("\\");
+  if (looksLocal) throw new Error(`--model ${model}: no config.json in that folder`);
+  try {
+    return (await downloadModel(model, undefined, { offline })).snapshotDir;
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(
+      `model ${model}: not available (${why}).\n` +
+        "Offline? Use a local Hugging Face folder, e.g. convert the bundled stories260K:\n" +
+        "  deno task convert --checkpoint ../shared/data/models/stories260K/stories260K.bin \\\n" +
+        "    --tokenizer ../shared/data/models/stories260K/tok512.bin --output models-local/stories260K\n" +
+        "  deno task train --model models-local/stories260K --task sst2 --data ../shared/data/glue/tsv",
+    );
+  }
+}

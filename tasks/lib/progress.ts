@@ -1,0 +1,55 @@
+/**
+ * A one-line progress bar on stderr (step, loss, learning rate, tokens/s, ETA). On a terminal it
+ * redraws in place; elsewhere it prints a line at most every 10 % so logs stay readable.
+ *
+ * @module
+ */
+
+/** Values shown next to the bar. */
+export interface ProgressValues {
+  loss: number;
+  lr: number;
+  tokensPerSecond: number;
+}
+
+/** A progress bar for `total` steps. */
+export class Progress {
+  #start = performance.now();
+  #lastDecile = -1;
+  readonly #encoder = new TextEncoder();
+
+  constructor(readonly total: number, readonly interactive: boolean) {}
+
+  /** Show progress after `done` steps. */
+  update(done: number, v: ProgressValues): void {
+    const frac = done / this.total;
+    const elapsed = (performance.now() - this.#start) / 1000;
+    const eta = frac > 0 ? elapsed * (1 / frac - 1) : 0;
+    const width = 24;
+    const filled = Math.round(frac * width);
+    const bar = "█".repeat(filled) + "░".repeat(width - filled);
+    const line = `${bar} ${done}/${this.total} loss ${v.loss.toFixed(4)} lr ${v.lr.toExponential(2)} ` +
+      `${Math.round(v.tokensPerSecond)} tok/s ETA ${formatSeconds(eta)}`;
+    if (this.interactive) {
+      Deno.stderr.writeSync(this.#encoder.encode(`\r${line}\x1b[K`));
+    } else {
+      const decile = Math.floor(frac * 10);
+      if (decile !== this.#lastDecile) {
+        this.#lastDecile = decile;
+        console.error(line);
+      }
+    }
+  }
+
+  /** End the bar's line. */
+  finish(): void {
+    if (this.interactive) Deno.stderr.writeSync(this.#encoder.encode("\n"));
+  }
+}
+
+/** 75 → "1m15s". */
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${Math.round(s % 60).toString().padStart(2, "0")}s` : `${Math.round(s)}s`;
+}

@@ -1,0 +1,538 @@
+/**
+ * The training loop of `deno task train`.
+ *
+ * Flow: resolve model and data (local folders or the Hugging Face cache) → tokenise (cached) →
+ * load the model (frozen) → apply the method → AdamW over the method's parameter groups → steps of
+ * forward/backward/update in a memory scope each → evaluation at intervals and at the end →
+ * checkpoints → metrics.jsonl, summary.json, adapter/.
+ *
+ * Resumability: batches are a pure function of (seed, epoch), dropout masks of (seed, step, call),
+ * kernels are deterministic (no float atomics), and a checkpoint holds the trainable tensors and
+ * the optimizer state exactly, so `--resume` after a kill -9 continues the same trajectory and
+ * ends with the same final loss. Checkpoints are written to a temporary folder and renamed.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import {
+  AdamW,
+  addInto,
+  backward,
+  constantSchedule,
+  cosineSchedule,
+  crossEntropy,
+  gpu,
+  init,
+  linearSchedule,
+  mseLoss,
+  mul,
+  noGrad,
+  reshape,
+  rt,
+  scope,
+  type Schedule,
+  type Tensor,
+  tensor,
+  zeros,
+} from "../../ops/mod.ts";
+import { ForwardContext } from "../../models/context.ts";
+import { loadModel, type LoadedModel } from "../../models/load.ts";
+import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
+import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
+import { applyMethod } from "../../methods/registry.ts";
+import type { Adapter, ParamGroupSpec } from "../../methods/types.ts";
+import { toEntries, writeInto, writeTextAtomic } from "../../methods/peft.ts";
+import { defaultTargets, type RunConfig } from "./config.ts";
+import {
+  cachedEncode,
+  collate,
+  commonsenseRecords,
+  dataSource,
+  type Encoded,
+  encodeCommonsenseTrain,
+  encodeGlue,
+  epochBatches,
+  glueExamples,
+  type HostBatch,
+  resolveTask,
+  type TaskInfo,
+} from "./data.ts";
+import {
+  type Classifier,
+  classifierLogits,
+  type ClassificationEval,
+  type CommonsenseEval,
+  evaluateClassification,
+  evaluateCommonsenseGenerate,
+  evaluateCommonsenseLoglik,
+  shiftLabels,
+} from "./evaluate.ts";
+import { resolveModelDir } from "./model_source.ts";
+import { Progress } from "./progress.ts";
+import { VERSION } from "./version.ts";
+
+/** Thrown when the loss becomes NaN or infinite. */
+export class DivergedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DivergedError";
+  }
+}
+
+/** One evaluation's scores (flat, for tables). */
+export type Scores = Record<string, number>;
+
+/** What summary.json holds. */
+export interface Summary {
+  toolkit: string;
+  model: string;
+  task: string;
+  method: string;
+  seed: number;
+  config: RunConfig;
+  steps: number;
+  epochs: number;
+  finalLoss: number;
+  final: Scores;
+  best: Scores;
+  bestStep: number;
+  mainMetric: string;
+  trainableParams: number;
+  totalParams: number;
+  /** Peak bytes per memory category and total, from the engine's pool. */
+  memory: { peak: Record<string, number>; peakTotal: number; reservedBytes: number };
+  tokensPerSecond: number;
+  trainSeconds: number;
+  wallSeconds: number;
+  device: ReturnType<typeof gpu>["adapter"];
+  versions: { toolkit: string; deno: string; v8: string; typescript: string };
+  newlyInitialized: string[];
+  resumedFrom: number | null;
+}
+
+/** Options of {@link train} beyond the run config. */
+export interface TrainOptions {
+  /** Continue from `output/checkpoint` when it exists. */
+  resume?: boolean;
+  /** Draw a progress bar (default: when stderr is a terminal). */
+  progress?: boolean;
+  /** Called after every optimizer step (tests use it to stop a run midway). */
+  onStep?: (step: number) => void;
+  /** Log lines (default: stderr). */
+  log?: (line: string) => void;
+}
+
+interface Prepared {
+  task: TaskInfo;
+  tokenizer: Tokenizer;
+  loaded: LoadedModel;
+  train: Encoded[];
+  evaluate: () => Promise<{ scores: Scores; main: number; mainMetric: string; detail: ClassificationEval | CommonsenseEval }>;
+  loss: (h: HostBatch) => Tensor;
+  padSide: "left" | "right";
+  padId: number;
+}
+
+async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
+  const task = resolveTask(config.task);
+  const modelDir = await resolveModelDir(config.model, config.offline);
+  const tokenizer = await loadTokenizer(modelDir);
+  const source = await dataSource(task, config.data, config.offline);
+  const padId = tokenizer.padId ?? 0;
+  const tokKey = { tokenizer: modelDir, vocab: tokenizer.vocabSize, maxLength: config.maxLength, task: config.task };
+  if (task.kind === "glue") {
+    const [trainEx, evalEx] = await Promise.all([
+      glueExamples(task.name, "train", source, config.trainLimit),
+      glueExamples(task.name, task.evalSplit, source, config.evalLimit),
+    ]);
+    const train = await cachedEncode({ ...tokKey, split: "train" }, trainEx, () => encodeGlue(tokenizer, trainEx, config.maxLength));
+    const evalSet = await cachedEncode({ ...tokKey, split: task.evalSplit }, evalEx, () => encodeGlue(tokenizer, evalEx, config.maxLength));
+    const loaded = await loadModel(modelDir, {
+      numLabels: task.spec.numLabels,
+      classificationHead: true,
+      frozenDtype: config.frozenDtype,
+      seed: config.seed,
+    });
+    const classifier: Classifier = loaded.kind === "encoder"
+      ? { kind: "encoder", model: loaded.model }
+      : { kind: "decoder", model: loaded.model };
+    log(`${task.name}: ${train.length} train / ${evalSet.length} ${task.evalSplit} examples from ${source}`);
+    return {
+      task,
+      tokenizer,
+      loaded,
+      train,
+      padSide: "right",
+      padId,
+      loss: (h) => {
+        const logits = classifierLogits(classifier, h);
+        if (task.spec.isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
+        return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
+      },
+      evaluate: async () => {
+        const r = await evaluateClassification(classifier, evalSet, task.spec, config.evalBatchSize, padId);
+        return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
+      },
+    };
+  }
+  const loaded = await loadModel(modelDir, { frozenDtype: config.frozenDtype, seed: config.seed });
+  if (loaded.kind !== "decoder") {
+    throw new Error(`commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`);
+  }
+  const model = loaded.model;
+  const [trainRec, evalRec] = await Promise.all([
+    commonsenseRecords(task.name, "train", source, config.trainLimit),
+    commonsenseRecords(task.name, "test", source, config.evalLimit),
+  ]);
+  const train = await cachedEncode({ ...tokKey, split: "train", lm: true }, trainRec, () =>
+    encodeCommonsenseTrain(tokenizer, trainRec, config.maxLength));
+  log(`${task.name}: ${train.length} train / ${evalRec.length} test records from ${source}`);
+  return {
+    task,
+    tokenizer,
+    loaded,
+    train,
+    padSide: "right",
+    padId,
+    loss: (h) => {
+      const hidden = model.hidden({ ids: tensor(h.ids, [h.b, h.t]), keyMask: tensor(h.mask, [h.b, h.t]) });
+      return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
+    },
+    evaluate: async () => {
+      const opts = { batchSize: config.evalBatchSize, maxPromptTokens: model.dims.maxPositions - config.maxNewTokens };
+      const r = config.evalMode === "loglik"
+        ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)
+        : await evaluateCommonsenseGenerate(model, tokenizer, task.name, evalRec, { ...opts, maxNewTokens: config.maxNewTokens });
+      return { scores: { accuracy: r.accuracy }, main: r.accuracy, mainMetric: "accuracy", detail: r };
+    },
+  };
+}
+
+function scheduleOf(config: RunConfig, total: number): Schedule {
+  const warmupSteps = config.warmupSteps ?? Math.round(config.warmupRatio * total);
+  if (config.schedule === "constant") return constantSchedule({ warmupSteps });
+  if (config.schedule === "cosine") return cosineSchedule({ warmupSteps, totalSteps: total });
+  return linearSchedule({ warmupSteps, totalSteps: total });
+}
+
+const CHECKPOINT = "checkpoint";
+
+interface CheckpointState {
+  step: number;
+  metricsLines: number;
+  best: { main: number; step: number; scores: Scores } | null;
+  lastLoss: number;
+  trainSeconds: number;
+  tokens: number;
+  configHash: string;
+}
+
+async function configHash(config: RunConfig): Promise<string> {
+  // Settings that change the trajectory; output paths and intervals of logging do not.
+  const { output: _o, logInterval: _l, offline: _off, evalInterval: _e, saveInterval: _s, ...rest } = config;
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(rest)));
+  return [...new Uint8Array(d)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Replace `dir` by a folder written through `write(tmp)`, atomically (rename). */
+async function writeDirAtomic(dir: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(tmp, { recursive: true });
+  await write(tmp);
+  const old = `${dir}.old`;
+  await Deno.remove(old, { recursive: true }).catch(() => {});
+  const had = await Deno.stat(dir).then(() => true, () => false);
+  if (had) await Deno.rename(dir, old);
+  await Deno.rename(tmp, dir);
+  if (had) await Deno.remove(old, { recursive: true });
+}
+
+function namedTrainable(groups: readonly ParamGroupSpec[]): [string, Tensor][] {
+  return groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as [string, Tensor]));
+}
+
+async function saveCheckpoint(
+  dir: string,
+  state: CheckpointState,
+  named: readonly [string, Tensor][],
+  optimizer: AdamW,
+): Promise<void> {
+  const opt = await optimizerEntries(optimizer);
+  await writeDirAtomic(dir, async (tmp) => {
+    await writeSafetensors(join(tmp, "trainable.safetensors"), await toEntries(named));
+    await writeSafetensors(join(tmp, "optimizer.safetensors"), opt.entries);
+    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify({ ...state, optimizer: opt.meta }, null, 2));
+  });
+}
+
+async function optimizerEntries(optimizer: AdamW) {
+  const s = await optimizer.exportState();
+  const entries = s.params.flatMap((p, i) =>
+    p
+      ? [
+        { name: `${i}.exp_avg`, dtype: "F32" as const, shape: [p.expAvg.length], data: p.expAvg },
+        { name: `${i}.exp_avg_sq`, dtype: "F32" as const, shape: [p.expAvgSq.length], data: p.expAvgSq },
+      ]
+      : []
+  );
+  const meta = { step: s.step, groups: s.groups, params: s.params.map((p) => (p ? { name: p.name, step: p.step } : null)) };
+  return { entries, meta };
+}
+
+async function loadCheckpoint(
+  dir: string,
+  named: readonly [string, Tensor][],
+  optimizer: AdamW,
+): Promise<CheckpointState> {
+  const raw = JSON.parse(await Deno.readTextFile(join(dir, "state.json")));
+  const params = await openSafetensors(join(dir, "trainable.safetensors"));
+  try {
+    for (const [name, t] of named) {
+      if (!params.has(name)) throw new Error(`${dir}: checkpoint has no tensor ${name}; was it written by another method?`);
+      writeInto(t, await params.readF32(name));
+    }
+  } finally {
+    params.close();
+  }
+  const moments = await openSafetensors(join(dir, "optimizer.safetensors"));
+  try {
+    const meta = raw.optimizer as { step: number; groups: AdamWStateGroups; params: ({ name?: string; step: number } | null)[] };
+    const state = {
+      step: meta.step,
+      groups: meta.groups,
+      params: await Promise.all(meta.params.map(async (p, i) =>
+        p
+          ? { ...p, expAvg: await moments.readF32(`${i}.exp_avg`), expAvgSq: await moments.readF32(`${i}.exp_avg_sq`) }
+          : null
+      )),
+    };
+    optimizer.importState(state);
+  } finally {
+    moments.close();
+  }
+  return raw as CheckpointState;
+}
+
+type AdamWStateGroups = Awaited<ReturnType<AdamW["exportState"]>>["groups"];
+
+async function truncateLines(file: string, keep: number): Promise<void> {
+  const text = await Deno.readTextFile(file).catch(() => "");
+  const lines = text.split("\n").filter(Boolean).slice(0, keep);
+  await writeTextAtomic(file, lines.map((l) => l + "\n").join(""));
+}
+
+/** Parameters of a model: trainable (in groups) and total. */
+function countParams(loaded: LoadedModel, groups: readonly ParamGroupSpec[]): { trainable: number; total: number } {
+  const all = new Set(loaded.model.namedParameters().map(([, t]) => t));
+  let trainable = 0;
+  for (const g of groups) for (const p of g.params) trainable += p.size;
+  let total = 0;
+  for (const t of all) total += t.size;
+  return { trainable, total };
+}
+
+/**
+ * Train (and evaluate) as `config` says, writing run files into `config.output`.
+ *
+ * @example
+ * ```ts ignore
+ * const summary = await train(parseRunConfig({ model: "stories-hf", task: "sst2", data: "glue/tsv" }));
+ * ```
+ */
+export async function train(config: RunConfig, options: TrainOptions = {}): Promise<Summary> {
+  const log = options.log ?? ((s: string) => console.error(s));
+  const started = performance.now();
+  await init();
+  const out = config.output;
+  await Deno.mkdir(out, { recursive: true });
+  const ckptDir = join(out, CHECKPOINT);
+  const metricsFile = join(out, "metrics.jsonl");
+  const hash = await configHash(config);
+  const resumable = options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
+  if (!options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false)) {
+    throw new Error(`${out} already holds a checkpoint: pass --resume to continue it, or choose another --output`);
+  }
+  rt().pool.resetPeak();
+  const p = await prepare(config, log);
+  const { loaded } = p;
+  const modelType = loaded.config.model_type;
+  const headModules = p.task.kind === "glue" ? (loaded.kind === "encoder" ? ["classifier"] : ["score"]) : [];
+  const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
+    targets: config.targets ?? defaultTargets(modelType),
+    lrMultipliers: config.lrMultipliers,
+    weightDecay: config.weightDecay,
+    headModules,
+    taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
+    baseModel: config.model,
+    seed: config.seed,
+  });
+  const groups = adapter.groups();
+  const named = namedTrainable(groups);
+  for (const [n, t] of named) t.name = n;
+  const counts = countParams(loaded, groups);
+  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
+  const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
+  const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
+  const schedule = scheduleOf(config, total);
+  const optimizer = new AdamW(
+    groups.map((g) => ({ params: g.params, lr: config.lr * g.lrMultiplier, weightDecay: g.weightDecay })),
+    { schedule, maxGradNorm: config.maxGradNorm ?? undefined },
+  );
+  log(
+    `${config.method} on ${config.model} (${modelType}): ${counts.trainable.toLocaleString()} trainable of ` +
+      `${counts.total.toLocaleString()} parameters (${((100 * counts.trainable) / counts.total).toFixed(3)} %); ` +
+      `${total} steps; device ${gpu().adapter.name}`,
+  );
+
+  let start = 0;
+  let state: CheckpointState = { step: 0, metricsLines: 0, best: null, lastLoss: NaN, trainSeconds: 0, tokens: 0, configHash: hash };
+  if (resumable) {
+    state = await loadCheckpoint(ckptDir, named, optimizer);
+    if (state.configHash !== hash) {
+      throw new Error(`${ckptDir} was written by a run with other settings; resume needs the same configuration`);
+    }
+    start = state.step;
+    await truncateLines(metricsFile, state.metricsLines);
+    log(`resumed from ${ckptDir} at step ${start}`);
+  } else {
+    await writeTextAtomic(metricsFile, "");
+    await writeTextAtomic(join(out, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  }
+  const metricsLog: string[] = [];
+  const flushMetrics = async () => {
+    if (!metricsLog.length) return;
+    await Deno.writeTextFile(metricsFile, metricsLog.join(""), { append: true });
+    state.metricsLines += metricsLog.length;
+    metricsLog.length = 0;
+  };
+  const record = (obj: Record<string, unknown>) => metricsLog.push(JSON.stringify(obj) + "\n");
+
+  // Loss of the steps since the last read-back, accumulated on the GPU (no read per step).
+  const lossSum = zeros([], { category: "scratch" }).keep();
+  let lossSteps = 0;
+  const readLoss = async (step: number): Promise<number> => {
+    const total = (await lossSum.read())[0];
+    const mean = total / Math.max(1, lossSteps);
+    noGrad(() => addInto(lossSum, tensor(-total)));
+    if (lossSteps > 0 && !Number.isFinite(mean)) {
+      throw new DivergedError(
+        `loss became ${mean} by step ${step}; stopped. The last good checkpoint is ${ckptDir} ` +
+          `(step ${state.step}); lower the learning rate or enable --max-grad-norm`,
+      );
+    }
+    lossSteps = 0;
+    return mean;
+  };
+
+  const progress = new Progress(total, options.progress ?? Deno.stderr.isTerminal());
+  let epochCache: { epoch: number; batches: number[][] } | null = null;
+  const lengths = p.train.map((e) => e.ids.length);
+  const batchAt = (k: number): HostBatch => {
+    const epoch = Math.floor(k / batchesPerEpoch);
+    if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
+    const idx = epochCache.batches[k % batchesPerEpoch];
+    return collate(idx.map((i) => p.train[i]), p.padId, p.padSide);
+  };
+
+  const evaluate = async (step: number) => {
+    const t0 = performance.now();
+    const r = await p.evaluate();
+    record({ step, eval: r.scores, main: r.main, seconds: (performance.now() - t0) / 1000 });
+    if (!state.best || r.main > state.best.main) {
+      state.best = { main: r.main, step, scores: r.scores };
+      await writeDirAtomic(join(out, "best"), (tmp) => adapter.save(tmp));
+    }
+    log(`step ${step}: ${Object.entries(r.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")}`);
+    return r;
+  };
+  const checkpoint = async (step: number) => {
+    if (lossSteps > 0) state.lastLoss = await readLoss(step);
+    await flushMetrics();
+    state.step = step;
+    await saveCheckpoint(ckptDir, state, named, optimizer);
+  };
+
+  let trainSeconds = state.trainSeconds, tokens = state.tokens;
+  let windowStart = performance.now(), windowTokens = 0;
+  for (let step = start; step < total; step++) {
+    const t0 = performance.now();
+    let stepTokens = 0;
+    for (let m = 0; m < config.gradAccum; m++) {
+      const h = batchAt(step * config.gradAccum + m);
+      stepTokens += h.tokens;
+      const ctx = new ForwardContext(true, config.seed, step * config.gradAccum + m);
+      scope(() => {
+        const loss = ctx.run(() => p.loss(h));
+        // Accumulated micro-batches average: each contributes loss / gradAccum.
+        backward(config.gradAccum > 1 ? mul(loss, 1 / config.gradAccum) : loss);
+        const part = config.gradAccum > 1 ? mul(loss, 1 / config.gradAccum) : loss;
+        noGrad(() => addInto(lossSum, reshape(part, [])));
+      });
+    }
+    lossSteps++;
+    optimizer.step();
+    optimizer.zeroGrad();
+    adapter.afterStep?.(step + 1);
+    tokens += stepTokens;
+    windowTokens += stepTokens;
+    const done = step + 1;
+    const logNow = done % config.logInterval === 0 || done === total;
+    if (logNow) {
+      const loss = await readLoss(done);
+      state.lastLoss = loss;
+      const seconds = (performance.now() - windowStart) / 1000;
+      const tps = windowTokens / Math.max(1e-9, seconds);
+      record({ step: done, epoch: (done * config.gradAccum) / batchesPerEpoch, loss, lr: optimizer.lr(0), tokensPerSecond: tps });
+      progress.update(done, { loss, lr: optimizer.lr(0), tokensPerSecond: tps });
+      windowStart = performance.now();
+      windowTokens = 0;
+    }
+    trainSeconds += (performance.now() - t0) / 1000;
+    state.trainSeconds = trainSeconds;
+    state.tokens = tokens;
+    const evalNow = config.evalInterval > 0 && done % config.evalInterval === 0 && done < total;
+    if (evalNow) await evaluate(done);
+    if (evalNow || (config.saveInterval > 0 && done % config.saveInterval === 0 && done < total)) {
+      await checkpoint(done);
+    }
+    options.onStep?.(done);
+  }
+  progress.finish();
+  const final = await evaluate(total);
+  await checkpoint(total);
+  await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+  const stats = rt().pool.stats();
+  const summary: Summary = {
+    toolkit: `@ruc/peft ${VERSION}`,
+    model: config.model,
+    task: config.task,
+    method: config.method,
+    seed: config.seed,
+    config,
+    steps: total,
+    epochs: (total * config.gradAccum) / batchesPerEpoch,
+    finalLoss: state.lastLoss,
+    final: final.scores,
+    best: state.best!.scores,
+    bestStep: state.best!.step,
+    mainMetric: final.mainMetric,
+    trainableParams: counts.trainable,
+    totalParams: counts.total,
+    memory: { peak: stats.peak, peakTotal: stats.peakTotal, reservedBytes: stats.reservedBytes },
+    tokensPerSecond: tokens / Math.max(1e-9, trainSeconds),
+    trainSeconds,
+    wallSeconds: (performance.now() - started) / 1000,
+    device: gpu().adapter,
+    versions: { toolkit: VERSION, deno: Deno.version.deno, v8: Deno.version.v8, typescript: Deno.version.typescript },
+    newlyInitialized: loaded.newlyInitialized,
+    resumedFrom: resumable ? start : null,
+  };
+  await flushMetrics();
+  await writeTextAtomic(join(out, "summary.json"), JSON.stringify(summary, null, 2) + "\n");
+  optimizer.dispose();
+  lossSum.dispose();
+  loaded.model.dispose();
+  return summary;
+}
+
