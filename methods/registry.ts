@@ -50,3 +50,52 @@ export function applyMethod(
   }
   return method.apply(model, parsed.data, ctx);
 }
+
+/** PEFT's peft_type → our method name and options (for adapters written by PEFT or by us). */
+function methodFromPeftConfig(config: Record<string, unknown>, file: string): { method: string; options: Record<string, unknown> } {
+  const type = config.peft_type;
+  if (type === "LORA") {
+    if (config.use_dora) throw new Error(`${file}: DoRA adapters (use_dora) are not supported yet`);
+    return {
+      method: config.use_rslora ? "rslora" : "lora",
+      options: {
+        r: config.r,
+        alpha: config.lora_alpha,
+        dropout: config.lora_dropout ?? 0,
+        rslora: config.use_rslora === true,
+      },
+    };
+  }
+  throw new Error(`${file}: peft_type ${String(type)} is not supported yet; supported: LORA`);
+}
+
+/**
+ * Apply the adapter stored in `dir` (adapter_config.json + adapter_model.safetensors, written by
+ * this toolkit or by Hugging Face PEFT) to `model` and load its weights.
+ */
+export async function loadAdapter(
+  model: Module,
+  dir: string,
+  ctx: Omit<MethodContext, "targets" | "headModules"> & { headModules?: string[] },
+): Promise<Adapter> {
+  const file = `${dir}/adapter_config.json`;
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await Deno.readTextFile(file));
+  } catch (e) {
+    throw new Error(`${file}: cannot read the adapter config (${e instanceof Error ? e.message : e})`);
+  }
+  const { method, options } = methodFromPeftConfig(config, file);
+  const targets = config.target_modules;
+  if (!Array.isArray(targets) || !targets.every((t) => typeof t === "string")) {
+    throw new Error(`${file}: target_modules must be a list of module names (regex strings are not supported)`);
+  }
+  const saved = Array.isArray(config.modules_to_save) ? config.modules_to_save.map(String) : [];
+  const adapter = applyMethod(method, model, options, {
+    ...ctx,
+    targets,
+    headModules: ctx.headModules ?? saved,
+  });
+  await adapter.load(dir);
+  return adapter;
+}

@@ -1,0 +1,127 @@
+/**
+ * Library side of `deno task evaluate`: a model (optionally with an adapter folder, also one
+ * written by Hugging Face PEFT) on a task split → metrics and a readable table.
+ *
+ * @module
+ */
+import { gpu, init } from "../../ops/mod.ts";
+import { loadModel } from "../../models/load.ts";
+import { loadTokenizer } from "../../models/tokenizer.ts";
+import { loadAdapter } from "../../methods/registry.ts";
+import { cachedEncode, commonsenseRecords, dataSource, encodeGlue, glueExamples, resolveTask } from "./data.ts";
+import {
+  type Classifier,
+  evaluateClassification,
+  evaluateCommonsenseGenerate,
+  evaluateCommonsenseLoglik,
+} from "./evaluate.ts";
+import { resolveModelDir } from "./model_source.ts";
+
+/** Options of {@link runEvaluation}. */
+export interface EvaluationOptions {
+  model: string;
+  adapter?: string;
+  task: string;
+  data?: string;
+  /** Split name; default validation (GLUE; validation_matched for MNLI) or test (commonsense). */
+  split?: string;
+  limit?: number;
+  batchSize?: number;
+  maxLength?: number;
+  evalMode?: "generate" | "loglik";
+  maxNewTokens?: number;
+  frozenDtype?: "f32" | "f16";
+  offline?: boolean;
+}
+
+/** What an evaluation reports. */
+export interface EvaluationReport {
+  model: string;
+  adapter: string | null;
+  task: string;
+  split: string;
+  examples: number;
+  metrics: Record<string, number>;
+  mainMetric: string;
+  main: number;
+  seconds: number;
+  device: string;
+  /** Commonsense: a few generations with their extracted answers. */
+  samples?: { answer: string; predicted: string; output: string }[];
+}
+
+/** Evaluate a model (+ adapter) on a task split. */
+export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationReport> {
+  await init();
+  const started = performance.now();
+  const task = resolveTask(o.task);
+  const modelDir = await resolveModelDir(o.model, o.offline ?? false);
+  const tokenizer = await loadTokenizer(modelDir);
+  const source = await dataSource(task, o.data, o.offline ?? false);
+  const split = o.split ?? task.evalSplit;
+  const batchSize = o.batchSize ?? 32;
+  const base = { model: o.model, adapter: o.adapter ?? null, task: task.name, split, device: gpu().adapter.name };
+  const attach = async (m: Parameters<typeof loadAdapter>[0], taskType: "SEQ_CLS" | "CAUSAL_LM") => {
+    if (!o.adapter) return;
+    await loadAdapter(m, o.adapter, { lrMultipliers: {}, weightDecay: 0, taskType, baseModel: o.model, seed: 0 });
+  };
+  if (task.kind === "glue") {
+    const examples = await glueExamples(task.name, split, source, o.limit);
+    const maxLength = o.maxLength ?? 128;
+    const encoded = await cachedEncode(
+      { tokenizer: modelDir, vocab: tokenizer.vocabSize, maxLength, task: task.name, split },
+      examples,
+      () => encodeGlue(tokenizer, examples, maxLength),
+    );
+    const loaded = await loadModel(modelDir, {
+      numLabels: task.spec.numLabels,
+      classificationHead: true,
+      frozenDtype: o.frozenDtype,
+    });
+    await attach(loaded.model, "SEQ_CLS");
+    const c: Classifier = loaded.kind === "encoder"
+      ? { kind: "encoder", model: loaded.model }
+      : { kind: "decoder", model: loaded.model };
+    if (!o.adapter && loaded.newlyInitialized.length) {
+      console.error(`warning: ${loaded.newlyInitialized.join(", ")} newly initialised (no trained head): scores are untrained`);
+    }
+    const r = await evaluateClassification(c, encoded, task.spec, batchSize, tokenizer.padId ?? 0);
+    loaded.model.dispose();
+    return { ...base, examples: r.examples, metrics: r.metrics, mainMetric: r.mainMetric, main: r.main, seconds: (performance.now() - started) / 1000 };
+  }
+  if (split !== "train" && split !== "test") throw new Error(`commonsense split must be train or test, got ${split}`);
+  const records = await commonsenseRecords(task.name, split, source, o.limit);
+  const loaded = await loadModel(modelDir, { frozenDtype: o.frozenDtype });
+  if (loaded.kind !== "decoder") throw new Error(`commonsense evaluation needs a decoder; ${o.model} is an encoder`);
+  await attach(loaded.model, "CAUSAL_LM");
+  const maxNewTokens = o.maxNewTokens ?? 32;
+  const opts = { batchSize, maxPromptTokens: loaded.model.dims.maxPositions - maxNewTokens };
+  const r = o.evalMode === "loglik"
+    ? await evaluateCommonsenseLoglik(loaded.model, tokenizer, task.name, records, opts)
+    : await evaluateCommonsenseGenerate(loaded.model, tokenizer, task.name, records, { ...opts, maxNewTokens });
+  loaded.model.dispose();
+  return {
+    ...base,
+    examples: r.total,
+    metrics: { accuracy: r.accuracy, correct: r.correct },
+    mainMetric: "accuracy",
+    main: r.accuracy,
+    seconds: (performance.now() - started) / 1000,
+    samples: r.samples,
+  };
+}
+
+/** A readable table of a report. */
+export function formatReport(r: EvaluationReport): string {
+  const rows: [string, string][] = [
+    ["model", r.model],
+    ["adapter", r.adapter ?? "—"],
+    ["task / split", `${r.task} / ${r.split}`],
+    ["examples", String(r.examples)],
+    ...Object.entries(r.metrics).map(([k, v]): [string, string] => [k, Number.isInteger(v) ? String(v) : v.toFixed(4)]),
+    ["seconds", r.seconds.toFixed(1)],
+    ["device", r.device],
+  ];
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join("\n");
+}
