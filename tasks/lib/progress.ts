@@ -18,10 +18,11 @@ export class Progress {
   #lastDecile = -1;
   readonly #encoder = new TextEncoder();
 
-  constructor(readonly total: number, readonly interactive: boolean) {}
+  constructor(readonly total: number, readonly interactive: boolean, readonly enabled = true) {}
 
   /** Show progress after `done` steps. */
   update(done: number, v: ProgressValues): void {
+    if (!this.enabled) return;
     const frac = done / this.total;
     const elapsed = (performance.now() - this.#start) / 1000;
     const eta = frac > 0 ? elapsed * (1 / frac - 1) : 0;
@@ -43,7 +44,7 @@ export class Progress {
 
   /** End the bar's line. */
   finish(): void {
-    if (this.interactive) Deno.stderr.writeSync(this.#encoder.encode("\n"));
+    if (this.enabled && this.interactive) Deno.stderr.writeSync(this.#encoder.encode("\n"));
   }
 }
 

@@ -114,7 +114,7 @@ export interface Summary {
 export interface TrainOptions {
   /** Continue from `output/checkpoint` when it exists. */
   resume?: boolean;
-  /** Draw a progress bar (default: when stderr is a terminal). */
+  /** Show progress (default true: a bar on a terminal, a line per 10 % elsewhere). */
   progress?: boolean;
   /** Called after every optimizer step (tests use it to stop a run midway). */
   onStep?: (step: number) => void;
@@ -425,7 +425,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     return mean;
   };
 
-  const progress = new Progress(total, options.progress ?? Deno.stderr.isTerminal());
+  const progress = new Progress(total, Deno.stderr.isTerminal(), options.progress !== false);
   let epochCache: { epoch: number; batches: number[][] } | null = null;
   const lengths = p.train.map((e) => e.ids.length);
   const batchAt = (k: number): HostBatch => {
