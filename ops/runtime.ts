@@ -15,10 +15,37 @@ import { BufferPool } from "./memory.ts";
 export type StorageType = "f32" | "f16" | "i32" | "u32" | "atomic<u32>" | "atomic<i32>";
 
 /** One storage-buffer binding of a kernel, in binding order. */
-export interface BindingDecl {
+export interface BufferBindingDecl {
+  /** The WGSL variable name. */
   name: string;
+  /** Element type of the `array<…>`. */
   type: StorageType;
+  /** Read-only or read-write storage. */
   access: "read" | "read_write";
+}
+
+/** Texel formats a storage-texture binding may use. */
+export type StorageTextureFormat = "rgba32float";
+
+/**
+ * One 2D storage-texture binding: read-only (`textureLoad`) or write-only (`textureStore`).
+ * Software adapters serve texture loads far faster than storage-buffer loads, so kernel variants
+ * for them stage operands in textures.
+ */
+export interface TextureBindingDecl {
+  /** The WGSL variable name. */
+  name: string;
+  /** The texel format. */
+  texture: StorageTextureFormat;
+  /** `textureLoad` only, or `textureStore` only. */
+  access: "read" | "write";
+}
+
+/** A kernel binding: a storage buffer or a storage texture. */
+export type BindingDecl = BufferBindingDecl | TextureBindingDecl;
+
+function isTextureDecl(b: BindingDecl): b is TextureBindingDecl {
+  return "texture" in b;
 }
 
 /** A scalar kernel parameter, passed through the uniform arena. */
@@ -28,6 +55,7 @@ export type ParamType = "u32" | "i32" | "f32";
 export interface KernelSpec {
   /** A short name for errors and profiles. */
   name: string;
+  /** Buffer and texture bindings, in binding order. */
   bindings: BindingDecl[];
   /** Scalar parameters; they become `params.NAME` in the WGSL. */
   params?: [string, ParamType][];
@@ -40,21 +68,42 @@ export interface KernelSpec {
 
 /** A kernel ready to dispatch: its full WGSL and how to lay out its parameters. */
 export interface Kernel {
+  /** The spec's name. */
   readonly name: string;
+  /** The complete WGSL (generated header + source); also the pipeline cache key. */
   readonly wgsl: string;
+  /** The bindings, in binding order. */
   readonly bindings: readonly BindingDecl[];
+  /** Scalar parameters in uniform layout order. */
   readonly params: readonly [string, ParamType][];
 }
 
-/** Anything that owns a GPU buffer a kernel can bind. */
-export interface Bindable {
+/** Anything that owns a GPU buffer a kernel can bind to a storage-buffer binding. */
+export interface BufferBindable {
+  /** The buffer bound whole. */
   readonly buffer: GPUBuffer;
+}
+
+/** A 2D texture (and a view of it) a kernel can bind to a storage-texture binding. */
+export interface TextureBindable {
+  /** The texture (compared to detect a read/write conflict within one dispatch). */
+  readonly texture: GPUTexture;
+  /** The view that is bound. */
+  readonly view: GPUTextureView;
+}
+
+/** What {@link Runtime.dispatch} binds: buffers (tensors) and textures, in declaration order. */
+export type Bindable = BufferBindable | TextureBindable;
+
+function resourceOf(b: Bindable): GPUBuffer | GPUTexture {
+  return "buffer" in b ? b.buffer : b.texture;
 }
 
 /** The uniform binding carrying a kernel's scalar parameters sits after the storage bindings. */
 function header(spec: KernelSpec): string {
   const params = spec.params ?? [];
-  const usesF16 = spec.bindings.some((b) => b.type === "f16") || /\bf16\b/.test(spec.source);
+  const usesF16 = spec.bindings.some((b) => !isTextureDecl(b) && b.type === "f16") ||
+    /\bf16\b/.test(spec.source);
   const lines: string[] = [];
   if (usesF16) lines.push("enable f16;");
   lines.push(
@@ -63,6 +112,12 @@ function header(spec: KernelSpec): string {
     "}",
   );
   spec.bindings.forEach((b, i) => {
+    if (isTextureDecl(b)) {
+      lines.push(
+        `@group(0) @binding(${i}) var ${b.name}: texture_storage_2d<${b.texture}, ${b.access}>;`,
+      );
+      return;
+    }
     const access = b.access === "read" ? "read" : "read_write";
     lines.push(`@group(0) @binding(${i}) var<storage, ${access}> ${b.name}: array<${b.type}>;`);
   });
@@ -109,6 +164,91 @@ export function linearIndex(wgSize: number, gid = "gid", nwg = "nwg"): string {
 
 const ARENA_BYTES = 1 << 20;
 
+/** A pooled 2D rgba32float texture for staging operands; see {@link TexturePool}. */
+export interface ScratchTexture extends TextureBindable {
+  /** Allocated texels per row (≥ what was asked for). */
+  readonly width: number;
+  /** Allocated rows (≥ what was asked for). */
+  readonly height: number;
+}
+
+/** Round a texture dimension up to one of four classes per power of two (as buffer classes). */
+function textureClass(d: number): number {
+  if (d <= 16) return 16;
+  const p = 2 ** Math.floor(Math.log2(d));
+  if (p === d) return p;
+  const step = p / 4;
+  return Math.ceil(d / step) * step;
+}
+
+/**
+ * Scratch rgba32float textures, reused by size class. A texture handed back may be handed out
+ * again at once: every user writes it from a command recorded later in the same queue order, so
+ * GPU ordering (not host timing) protects earlier readers. Textures are never destroyed while
+ * commands may reference them; {@link Runtime.clearTextures} frees the idle ones.
+ */
+export class TexturePool {
+  #free = new Map<string, ScratchTexture[]>();
+  #idle: ScratchTexture[] = [];
+  #reserved = 0;
+  /** An empty pool on `device`. */
+  constructor(private readonly device: GPUDevice) {}
+
+  /** The largest width or height this adapter allows. */
+  get maxDimension(): number {
+    return this.device.limits.maxTextureDimension2D;
+  }
+
+  /** Take a texture of at least `width` × `height` texels. */
+  acquire(width: number, height: number): ScratchTexture {
+    const max = this.maxDimension;
+    if (width > max || height > max || width < 1 || height < 1) {
+      throw new Error(
+        `scratch texture ${width}×${height} is outside this adapter's 1…${max} texels per side`,
+      );
+    }
+    const w = Math.min(max, textureClass(width)), h = Math.min(max, textureClass(height));
+    const key = `${w}x${h}`;
+    const hit = this.#free.get(key)?.pop();
+    if (hit) {
+      this.#idle.splice(this.#idle.indexOf(hit), 1);
+      return hit;
+    }
+    const texture = this.device.createTexture({
+      size: [w, h],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+      label: `scratch ${key}`,
+    });
+    this.#reserved += w * h * 16;
+    return { texture, view: texture.createView(), width: w, height: h };
+  }
+
+  /** Give a texture back for reuse. */
+  release(t: ScratchTexture): void {
+    const key = `${t.width}x${t.height}`;
+    const list = this.#free.get(key) ?? [];
+    list.push(t);
+    this.#free.set(key, list);
+    this.#idle.push(t);
+  }
+
+  /** Bytes of texture memory the pool holds from the driver. */
+  get reservedBytes(): number {
+    return this.#reserved;
+  }
+
+  /** Destroy idle textures (the caller has submitted every command that used them). */
+  destroyIdle(): void {
+    for (const t of this.#idle) {
+      t.texture.destroy();
+      this.#reserved -= t.width * t.height * 16;
+    }
+    this.#idle = [];
+    this.#free.clear();
+  }
+}
+
 interface Pipeline {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
@@ -116,9 +256,14 @@ interface Pipeline {
 
 /** Process-wide runtime state (one device, one encoder in flight). */
 class Runtime {
+  /** The device and what is known about its adapter. */
   readonly gpu: Gpu;
+  /** The one GPUDevice. */
   readonly device: GPUDevice;
+  /** Storage buffers by size class, with per-category accounting. */
   readonly pool: BufferPool;
+  /** Scratch textures for kernel variants that stage operands in textures. */
+  readonly textures: TexturePool;
   #pipelines = new Map<string, Pipeline>();
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
@@ -139,10 +284,12 @@ class Runtime {
   /** Count of submits since start. */
   submitCount = 0;
 
+  /** Runtime state over `g`'s device; use {@link rt}. */
   constructor(g: Gpu) {
     this.gpu = g;
     this.device = g.device;
     this.pool = new BufferPool(g.device, () => this.#encoder !== null);
+    this.textures = new TexturePool(g.device);
     this.#align = Math.max(16, g.device.limits.minUniformBufferOffsetAlignment);
     this.#arena = g.device.createBuffer({
       size: ARENA_BYTES,
@@ -154,11 +301,23 @@ class Runtime {
     let p = this.#pipelines.get(k.wgsl);
     if (p) return p;
     const module = this.device.createShaderModule({ code: k.wgsl, label: k.name });
-    const entries: GPUBindGroupLayoutEntry[] = k.bindings.map((b, i) => ({
-      binding: i,
-      visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
-    }));
+    const entries: GPUBindGroupLayoutEntry[] = k.bindings.map((b, i) =>
+      isTextureDecl(b)
+        ? {
+          binding: i,
+          visibility: GPUShaderStage.COMPUTE,
+          storageTexture: {
+            access: b.access === "read" ? "read-only" : "write-only",
+            format: b.texture,
+            viewDimension: "2d",
+          },
+        }
+        : {
+          binding: i,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+        }
+    );
     entries.push({
       binding: k.bindings.length,
       visibility: GPUShaderStage.COMPUTE,
@@ -229,15 +388,25 @@ class Runtime {
     if (x > limit || y > limit || z > limit) {
       throw new Error(`kernel ${k.name}: grid ${x}×${y}×${z} exceeds ${limit} per dimension`);
     }
+    k.bindings.forEach((decl, i) => {
+      if (isTextureDecl(decl) !== !("buffer" in buffers[i])) {
+        throw new Error(
+          `kernel ${k.name}: binding ${decl.name} expects a ${
+            isTextureDecl(decl) ? "texture" : "buffer"
+          }, got a ${"buffer" in buffers[i] ? "buffer" : "texture"}`,
+        );
+      }
+    });
     for (let i = 0; i < buffers.length; i++) {
+      const decl = k.bindings[i];
       for (let j = i + 1; j < buffers.length; j++) {
         if (
-          buffers[i].buffer === buffers[j].buffer &&
-          (k.bindings[i].access === "read_write" || k.bindings[j].access === "read_write")
+          resourceOf(buffers[i]) === resourceOf(buffers[j]) &&
+          (decl.access !== "read" || k.bindings[j].access !== "read")
         ) {
           throw new Error(
-            `kernel ${k.name}: bindings ${k.bindings[i].name} and ${k.bindings[j].name} share a ` +
-              "buffer and one is written; WebGPU forbids that within one dispatch",
+            `kernel ${k.name}: bindings ${decl.name} and ${k.bindings[j].name} share a ` +
+              "resource and one is written; WebGPU forbids that within one dispatch",
           );
         }
       }
@@ -258,7 +427,7 @@ class Runtime {
     });
     const entries: GPUBindGroupEntry[] = buffers.map((b, i) => ({
       binding: i,
-      resource: { buffer: b.buffer },
+      resource: "buffer" in b ? { buffer: b.buffer } : b.view,
     }));
     entries.push({
       binding: buffers.length,
@@ -269,7 +438,7 @@ class Runtime {
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
-    for (const b of buffers) this.#pendingBuffers.add(b.buffer);
+    for (const b of buffers) if ("buffer" in b) this.#pendingBuffers.add(b.buffer);
     this.#pendingDispatches++;
     this.dispatchCount++;
     if (this.#pendingDispatches >= this.autoFlushDispatches) this.flush();
@@ -282,6 +451,12 @@ class Runtime {
     this.#pendingBuffers.add(src);
     this.#pendingBuffers.add(dst);
     this.#pendingDispatches++;
+  }
+
+  /** Submit pending work, then destroy the scratch textures nobody holds. */
+  clearTextures(): void {
+    this.flush();
+    this.textures.destroyIdle();
   }
 
   /** Submit everything recorded so far. */

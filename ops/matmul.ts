@@ -1,0 +1,1117 @@
+/**
+ * Matrix products: batched `matmul` with NumPy-broadcast batch dimensions and `linear`
+ * (x·Wᵀ + b, the Hugging Face nn.Linear convention), both differentiable.
+ *
+ * Operands are read in place when their last two dimensions have a unit stride on either side,
+ * so a transposed view (`transpose(w)` of a contiguous [N, K] weight) costs no copy: the kernel is
+ * specialised to walk such an operand down its columns. Other strided operands are copied first.
+ * B (and A) may be f16 (frozen weights); it is widened in the kernel and accumulation is f32.
+ * Backward rules use the same transposed reads: dA = dC·Bᵀ, dB = Aᵀ·dC, summed over broadcast
+ * batch dimensions (folded into the contraction when B is shared by the whole batch).
+ *
+ * Two kernel variants form the "matmul" family (see ./variants.ts):
+ * - "buffer": shared-memory tiles read from storage buffers, the variant for real GPUs;
+ * - "texture": operands packed into rgba32float textures first, preferred on software adapters,
+ *   where texture loads are an order of magnitude faster than storage-buffer loads.
+ *
+ * @module
+ */
+import { record } from "./autograd.ts";
+import type { Gpu } from "./device.ts";
+import { assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import { reduceRaw, sumTo } from "./reduce.ts";
+import { type Bindable, defineKernel, type Kernel, rt, type ScratchTexture } from "./runtime.ts";
+import { contiguousStrides, type DType, empty, numel, type Tensor } from "./tensor.ts";
+import { type KernelFamily, kernelFamily, type VariantTiming } from "./variants.ts";
+
+// ---- planning ---------------------------------------------------------------------------------
+
+/**
+ * One matrix operand as the kernels read it: element (r, c) of batch entry z sits at
+ * `offset + Σ batchStrides[d]·z_d + r·rowStride + c·colStride` of `tensor`'s buffer, where one of
+ * the two strides is 1 (`transposed` says which: true when the rows are the unit-stride side).
+ */
+export interface MatrixOperand {
+  /** The tensor whose buffer is bound. */
+  readonly tensor: Tensor;
+  /** Rows per matrix (M for A, K for B). */
+  readonly rows: number;
+  /** Columns per matrix (K for A, N for B). */
+  readonly cols: number;
+  /** Element offset of entry (0, 0) of batch entry 0. */
+  readonly offset: number;
+  /** Elements between consecutive rows. */
+  readonly rowStride: number;
+  /** Elements between consecutive columns. */
+  readonly colStride: number;
+  /** True when the rows side has unit stride (the operand is a transposed view). */
+  readonly transposed: boolean;
+  /** Element stride per batch dimension of the plan; 0 where this operand is broadcast. */
+  readonly batchStrides: readonly number[];
+}
+
+/** A matmul ready to dispatch: C[z] = A[z]·B[z] (+ bias) for every batch entry z. */
+export interface MatmulPlan {
+  /** Rows of A and C. */
+  readonly M: number;
+  /** Columns of B and C. */
+  readonly N: number;
+  /** The contracted dimension. */
+  readonly K: number;
+  /** Batch dimensions after dropping unit dims and merging mergeable ones. */
+  readonly batchDims: readonly number[];
+  /** Number of batch entries (the product of `batchDims`). */
+  readonly batch: number;
+  /** The left operand, [M, K] per batch entry. */
+  readonly a: MatrixOperand;
+  /** The right operand, [K, N] per batch entry. */
+  readonly b: MatrixOperand;
+  /** [N] contiguous, added to every row; null when absent. */
+  readonly bias: Tensor | null;
+  /** Contiguous output storage; batch entry z starts at `outOffset + z·M·N`. */
+  readonly out: Tensor;
+  /** Element offset of C's first entry in `out`. */
+  readonly outOffset: number;
+}
+
+/** What a variant needs to know to say whether it supports a call. */
+export interface MatmulShapes {
+  /** Rows of the product (after folding a shared-B batch into rows). */
+  M: number;
+  /** Columns of the product. */
+  N: number;
+  /** The contracted dimension. */
+  K: number;
+  /** Batch entries. */
+  batch: number;
+  /** Distinct A matrices (A's own batch entries; 1 when broadcast over the batch). */
+  aMatrices: number;
+  /** Distinct B matrices. */
+  bMatrices: number;
+  /** Storage type of A. */
+  aDtype: DType;
+  /** Storage type of B. */
+  bDtype: DType;
+}
+
+/** A matmul implementation: records the dispatches that fill `plan.out`. */
+export type MatmulRun = (plan: MatmulPlan) => void;
+
+/** The matmul kernel family; its variants are "buffer" and "texture". */
+export const MATMUL: KernelFamily<MatmulShapes, MatmulRun> = kernelFamily("matmul");
+
+const FLOAT: readonly DType[] = ["f32", "f16"];
+
+function checkFloat(t: Tensor, what: string): void {
+  if (!FLOAT.includes(t.dtype)) {
+    throw new Error(`${what}: ${t} must be f32 or f16, got ${t.dtype}`);
+  }
+}
+
+/** Raw copy (not recorded) keeping the dtype. */
+function copyOf(t: Tensor): Tensor {
+  return map([t], "a", { dtype: t.dtype });
+}
+
+/** Strides of `t`'s leading dims read as `batchShape` (0 on broadcast or missing dims). */
+function batchStridesOf(t: Tensor, batchShape: readonly number[]): number[] {
+  const own = t.rank - 2;
+  return batchShape.map((d, o) => {
+    const i = o - (batchShape.length - own);
+    if (i < 0 || (t.shape[i] === 1 && d !== 1)) return 0;
+    return t.strides[i];
+  });
+}
+
+/** Read `t`'s last two dims in place when one side has unit stride; copy otherwise. */
+function matrixOf(
+  t: Tensor,
+  batchShape: readonly number[],
+  temps: Tensor[],
+): MatrixOperand {
+  const rows = t.shape[t.rank - 2], cols = t.shape[t.rank - 1];
+  const sr = t.strides[t.rank - 2], sc = t.strides[t.rank - 1];
+  const base = { rows, cols, offset: t.offset };
+  if (cols === 1 || sc === 1) {
+    return {
+      ...base,
+      tensor: t,
+      rowStride: sr,
+      colStride: 1,
+      transposed: false,
+      batchStrides: batchStridesOf(t, batchShape),
+    };
+  }
+  if (rows === 1 || sr === 1) {
+    return {
+      ...base,
+      tensor: t,
+      rowStride: 1,
+      colStride: sc,
+      transposed: true,
+      batchStrides: batchStridesOf(t, batchShape),
+    };
+  }
+  const c = copyOf(t);
+  temps.push(c);
+  return matrixOf(c, batchShape, temps);
+}
+
+/**
+ * Drop unit batch dims and merge neighbours that step uniformly for A, B and the output, then
+ * fold a batch that B is shared across into A's rows (one big product instead of many).
+ */
+function simplify(
+  M: number,
+  batchShape: readonly number[],
+  a: MatrixOperand,
+  b: MatrixOperand,
+): { M: number; batchDims: number[]; a: MatrixOperand; b: MatrixOperand } {
+  const dims: number[] = [], sa: number[] = [], sb: number[] = [];
+  batchShape.forEach((d, i) => {
+    if (d === 1) return;
+    const last = dims.length - 1;
+    if (
+      last >= 0 && sa[last] === a.batchStrides[i] * d && sb[last] === b.batchStrides[i] * d
+    ) {
+      dims[last] *= d;
+      sa[last] = a.batchStrides[i];
+      sb[last] = b.batchStrides[i];
+      return;
+    }
+    dims.push(d);
+    sa.push(a.batchStrides[i]);
+    sb.push(b.batchStrides[i]);
+  });
+  if (dims.length === 1 && sb[0] === 0 && sa[0] === M * a.rowStride) {
+    return {
+      M: M * dims[0],
+      batchDims: [],
+      a: { ...a, rows: M * dims[0], batchStrides: [] },
+      b: { ...b, batchStrides: [] },
+    };
+  }
+  return { M, batchDims: dims, a: { ...a, batchStrides: sa }, b: { ...b, batchStrides: sb } };
+}
+
+/** Number of distinct matrices of an operand (the product of its non-broadcast batch dims). */
+function ownMatrices(batchDims: readonly number[], strides: readonly number[]): number {
+  return batchDims.reduce((p, d, i) => (strides[i] === 0 ? p : p * d), 1);
+}
+
+/** The shapes a variant is chosen by. */
+export function matmulShapes(plan: MatmulPlan): MatmulShapes {
+  return {
+    M: plan.M,
+    N: plan.N,
+    K: plan.K,
+    batch: plan.batch,
+    aMatrices: ownMatrices(plan.batchDims, plan.a.batchStrides),
+    bMatrices: ownMatrices(plan.batchDims, plan.b.batchStrides),
+    aDtype: plan.a.tensor.dtype,
+    bDtype: plan.b.tensor.dtype,
+  };
+}
+
+/** The autotuning key of a plan. */
+export function matmulKey(s: MatmulShapes): string {
+  return `${s.batch}x${s.M}x${s.K}x${s.N}:${s.aDtype}${s.bDtype}`;
+}
+
+// ---- the storage-buffer variant ---------------------------------------------------------------
+
+/** Tile shape of the storage-buffer kernel. */
+export interface BufferTile {
+  /** Output rows per workgroup. */
+  m: number;
+  /** Output columns per workgroup. */
+  n: number;
+  /** Depth of the K slice staged in workgroup memory per step. */
+  k: number;
+  /** Output rows per thread. */
+  perThreadM: number;
+  /** Output columns per thread (a multiple of 4: accumulators are vec4). */
+  perThreadN: number;
+}
+
+/** The tile the buffer variant uses: 64×64 outputs, 16×16 threads of 4×4, K in slices of 16. */
+export const BUFFER_TILE: BufferTile = { m: 64, n: 64, k: 16, perThreadM: 4, perThreadN: 4 };
+
+interface KernelTypes {
+  transA: boolean;
+  transB: boolean;
+  aType: DType;
+  bType: DType;
+  biasType: DType | null;
+  batchRank: number;
+}
+
+const kernels = new Map<string, Kernel>();
+
+function cached(key: string, build: () => Kernel): Kernel {
+  let k = kernels.get(key);
+  if (!k) {
+    k = build();
+    kernels.set(key, k);
+  }
+  return k;
+}
+
+/** WGSL that walks batch entry `z` into per-operand base offsets `<name>_base`. */
+function batchBases(batchRank: number, operands: { name: string; start: string }[]): string {
+  const lines = operands.map((o) => `  var ${o.name}_base = ${o.start};`);
+  if (batchRank > 0) lines.push("  var rest = z;");
+  for (let d = batchRank - 1; d >= 0; d--) {
+    lines.push(`  { let c = rest % params.bd${d}; rest = rest / params.bd${d};`);
+    for (const o of operands) lines.push(`    ${o.name}_base += c * params.${o.name}_bs${d};`);
+    lines.push("  }");
+  }
+  return lines.join("\n");
+}
+
+function batchParams(batchRank: number, names: string[]): [string, "u32"][] {
+  const p: [string, "u32"][] = [];
+  for (let d = 0; d < batchRank; d++) {
+    p.push([`bd${d}`, "u32"]);
+    for (const n of names) p.push([`${n}_bs${d}`, "u32"]);
+  }
+  return p;
+}
+
+/** Loads one operand tile into workgroup memory, coalesced along the operand's unit stride. */
+function loadTile(o: {
+  src: string;
+  dst: string;
+  rows: number;
+  cols: number;
+  threads: number;
+  transposed: boolean;
+  row0: string;
+  col0: string;
+  rowLimit: string;
+  colLimit: string;
+  ld: string;
+  /** Workgroup-memory index of tile element (r, c). */
+  at: (r: string, c: string) => string;
+}): string {
+  const per = (o.rows * o.cols) / o.threads;
+  if (!Number.isInteger(per)) throw new Error("matmul tile: elements must divide among threads");
+  const addr = o.transposed ? `gr + gc * ${o.ld}` : `gr * ${o.ld} + gc`;
+  return `  for (var e = 0u; e < ${per}u; e++) {
+    let flat = e * ${o.threads}u + li;
+    let r = ${o.transposed ? `flat % ${o.rows}u` : `flat / ${o.cols}u`};
+    let c = ${o.transposed ? `flat / ${o.rows}u` : `flat % ${o.cols}u`};
+    let gr = ${o.row0} + r;
+    let gc = ${o.col0} + c;
+    var v = 0.0;
+    if (gr < ${o.rowLimit} && gc < ${o.colLimit}) { v = f32(${o.src}[${o.src}_base + ${addr}]); }
+    ${o.dst}[${o.at("r", "c")}] = v;
+  }`;
+}
+
+/** Store a thread's vec4 accumulators, guarding the ragged edges and adding the bias. */
+function storeLines(rowsPerThread: number, vec4PerRow: number, hasBias: boolean): string {
+  const lines: string[] = [];
+  for (let i = 0; i < rowsPerThread; i++) {
+    lines.push(`  if (m_out + ${i}u < params.M) {`);
+    for (let j = 0; j < vec4PerRow; j++) {
+      for (let l = 0; l < 4; l++) {
+        const n = `n_out + ${4 * j + l}u`;
+        const bias = hasBias ? ` + f32(bias[params.bias_off + ${n}])` : "";
+        lines.push(
+          `    if (${n} < params.N) { C[c_base + (m_out + ${i}u) * params.N + ${n}] = ` +
+            `acc[${i * vec4PerRow + j}][${l}]${bias}; }`,
+        );
+      }
+    }
+    lines.push("  }");
+  }
+  return lines.join("\n");
+}
+
+function biasBinding(t: DType | null): { name: string; type: DType; access: "read" }[] {
+  return t ? [{ name: "bias", type: t, access: "read" }] : [];
+}
+
+/** The tiled storage-buffer kernel for one combination of operand layouts and dtypes. */
+function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
+  return cached(`buffer|${JSON.stringify(tile)}|${JSON.stringify(t)}`, () => {
+    const { m: TM, n: TN, k: TK, perThreadM: PM, perThreadN: PN } = tile;
+    if (PN % 4 !== 0 || TM % PM !== 0 || TN % PN !== 0) {
+      throw new Error(`matmul: invalid buffer tile ${JSON.stringify(tile)}`);
+    }
+    const TX = TN / PN, TY = TM / PM, threads = TX * TY, V = PN / 4;
+    const inner: string[] = [];
+    for (let j = 0; j < V; j++) {
+      const b = [0, 1, 2, 3].map((l) => `Bs[kk * ${TN}u + tx * ${PN}u + ${4 * j + l}u]`);
+      inner.push(`      let b${j} = vec4f(${b.join(", ")});`);
+    }
+    for (let i = 0; i < PM; i++) {
+      inner.push(`      { let a = As[kk * ${TM}u + ty * ${PM}u + ${i}u];`);
+      for (let j = 0; j < V; j++) inner.push(`        acc[${i * V + j}] += a * b${j};`);
+      inner.push("      }");
+    }
+    return defineKernel({
+      name: `matmul_buffer${t.transA ? "_tA" : ""}${t.transB ? "_tB" : ""}`,
+      bindings: [
+        { name: "A", type: t.aType, access: "read" },
+        { name: "B", type: t.bType, access: "read" },
+        ...biasBinding(t.biasType),
+        { name: "C", type: "f32", access: "read_write" },
+      ],
+      params: [
+        ["M", "u32"],
+        ["N", "u32"],
+        ["K", "u32"],
+        ["a_off", "u32"],
+        ["b_off", "u32"],
+        ["lda", "u32"],
+        ["ldb", "u32"],
+        ["c_off", "u32"],
+        ["bias_off", "u32"],
+        ["batch_base", "u32"],
+        ...batchParams(t.batchRank, ["A", "B"]),
+      ],
+      source: /* wgsl */ `
+// Tiled matmul from storage buffers. Workgroup (${TX}, ${TY}) computes a ${TM}×${TN} tile of C;
+// thread (tx, ty) owns rows ty·${PM}…+${PM - 1} and columns tx·${PN}…+${PN - 1} as vec4
+// accumulators. Each step stages a ${TM}×${TK} slice of A and a ${TK}×${TN} slice of B in
+// workgroup memory, both K-major, loaded along each operand's unit stride (a transposed operand
+// is loaded down its columns). Out-of-range elements load as 0; stores are guarded.
+var<workgroup> As: array<f32, ${TK * TM}>;
+var<workgroup> Bs: array<f32, ${TK * TN}>;
+@compute @workgroup_size(${TX}, ${TY})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let z = wid.z + params.batch_base;
+${
+        batchBases(t.batchRank, [{ name: "A", start: "params.a_off" }, {
+          name: "B",
+          start: "params.b_off",
+        }])
+      }
+  let c_base = params.c_off + z * params.M * params.N;
+  let m0 = wid.y * ${TM}u;
+  let n0 = wid.x * ${TN}u;
+  let tx = lid.x;
+  let ty = lid.y;
+  var acc: array<vec4f, ${PM * V}>;
+  for (var k0 = 0u; k0 < params.K; k0 += ${TK}u) {
+${
+        loadTile({
+          src: "A",
+          dst: "As",
+          rows: TM,
+          cols: TK,
+          threads,
+          transposed: t.transA,
+          row0: "m0",
+          col0: "k0",
+          rowLimit: "params.M",
+          colLimit: "params.K",
+          ld: "params.lda",
+          at: (r, c) => `${c} * ${TM}u + ${r}`,
+        })
+      }
+${
+        loadTile({
+          src: "B",
+          dst: "Bs",
+          rows: TK,
+          cols: TN,
+          threads,
+          transposed: t.transB,
+          row0: "k0",
+          col0: "n0",
+          rowLimit: "params.K",
+          colLimit: "params.N",
+          ld: "params.ldb",
+          at: (r, c) => `${r} * ${TN}u + ${c}`,
+        })
+      }
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${TK}u; kk++) {
+${inner.join("\n")}
+    }
+    workgroupBarrier();
+  }
+  let m_out = m0 + ty * ${PM}u;
+  let n_out = n0 + tx * ${PN}u;
+${storeLines(PM, V, t.biasType !== null)}
+}`,
+    });
+  });
+}
+
+function kernelTypes(plan: MatmulPlan): KernelTypes {
+  return {
+    transA: plan.a.transposed,
+    transB: plan.b.transposed,
+    aType: plan.a.tensor.dtype,
+    bType: plan.b.tensor.dtype,
+    biasType: plan.bias?.dtype ?? null,
+    batchRank: plan.batchDims.length,
+  };
+}
+
+/** The leading dimension: the stride of the operand's non-unit side. */
+function ld(o: MatrixOperand): number {
+  return o.transposed ? o.colStride : o.rowStride;
+}
+
+const MAX_GRID = 65535;
+
+/** Dispatch `kernel` once per chunk of at most 65535 batch entries (grid z). */
+function dispatchBatches(
+  kernel: Kernel,
+  bindings: readonly Bindable[],
+  params: Record<string, number>,
+  gx: number,
+  gy: number,
+  batch: number,
+): void {
+  for (let base = 0; base < batch; base += MAX_GRID) {
+    rt().dispatch(kernel, bindings, { ...params, batch_base: base }, [
+      gx,
+      gy,
+      Math.min(MAX_GRID, batch - base),
+    ]);
+  }
+}
+
+function commonParams(plan: MatmulPlan): Record<string, number> {
+  const p: Record<string, number> = {
+    M: plan.M,
+    N: plan.N,
+    K: plan.K,
+    c_off: plan.outOffset,
+    bias_off: plan.bias?.offset ?? 0,
+  };
+  plan.batchDims.forEach((d, i) => (p[`bd${i}`] = d));
+  return p;
+}
+
+function runBuffer(plan: MatmulPlan, tile: BufferTile = BUFFER_TILE): void {
+  const kernel = bufferKernel(tile, kernelTypes(plan));
+  const p = commonParams(plan);
+  p.a_off = plan.a.offset;
+  p.b_off = plan.b.offset;
+  p.lda = ld(plan.a);
+  p.ldb = ld(plan.b);
+  plan.batchDims.forEach((_, i) => {
+    p[`A_bs${i}`] = plan.a.batchStrides[i];
+    p[`B_bs${i}`] = plan.b.batchStrides[i];
+  });
+  const bindings = [plan.a.tensor, plan.b.tensor, ...(plan.bias ? [plan.bias] : []), plan.out];
+  dispatchBatches(
+    kernel,
+    bindings,
+    p,
+    Math.ceil(plan.N / tile.n),
+    Math.ceil(plan.M / tile.m),
+    plan.batch,
+  );
+}
+
+MATMUL.register({
+  name: "buffer",
+  preference: () => 1,
+  supports: () => true,
+  run: (plan) => runBuffer(plan),
+});
+
+// ---- the texture variant ----------------------------------------------------------------------
+
+/** Work split of the texture kernel. */
+export interface TextureTile {
+  /** Output rows per thread. */
+  rowsPerThread: number;
+  /** Output vec4 columns per thread. */
+  vec4PerThread: number;
+  /** Workgroup width in threads. */
+  wgX: number;
+  /** Workgroup height in threads. */
+  wgY: number;
+}
+
+/** Wide tile for wide outputs: 8 rows × 16 columns per thread, 8×8 threads. */
+export const TEXTURE_TILE: TextureTile = { rowsPerThread: 8, vec4PerThread: 4, wgX: 8, wgY: 8 };
+/** Narrow tile for outputs of at most 64 columns. */
+export const TEXTURE_TILE_NARROW: TextureTile = {
+  rowsPerThread: 8,
+  vec4PerThread: 1,
+  wgX: 8,
+  wgY: 8,
+};
+
+/**
+ * Pack kernel: texel (x, y) of an rgba32float texture receives elements (r, 4x…4x+3) of matrix
+ * `y / rows_padded` (the matrices stacked down the texture), row r = y % rows_padded; rows
+ * r ≥ rows and columns ≥ cols are written as 0 so the product needs no K guard. Grid z walks the
+ * matrices: entry `z_base + gid.z` decomposed over the packed batch dims.
+ */
+function packKernel(srcType: DType, packRank: number): Kernel {
+  return cached(`pack|${srcType}|${packRank}`, () => {
+    const params: [string, "u32"][] = [
+      ["rows", "u32"],
+      ["rows_padded", "u32"],
+      ["cols", "u32"],
+      ["texels", "u32"],
+      ["off", "u32"],
+      ["sr", "u32"],
+      ["sc", "u32"],
+      ["z_base", "u32"],
+    ];
+    const walk: string[] = ["  var base = params.off;", "  var rest = params.z_base + gid.z;"];
+    for (let d = packRank - 1; d >= 0; d--) {
+      params.push([`pd${d}`, "u32"], [`ps${d}`, "u32"]);
+      walk.push(
+        `  base += (rest % params.pd${d}) * params.ps${d}; rest = rest / params.pd${d};`,
+      );
+    }
+    return defineKernel({
+      name: "matmul_pack",
+      bindings: [
+        { name: "src", type: srcType, access: "read" },
+        { name: "dst", texture: "rgba32float", access: "write" },
+      ],
+      params,
+      source: /* wgsl */ `
+// One thread per texel, 8×8 per workgroup.
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let x = gid.x;
+  let r = gid.y;
+  if (x >= params.texels || r >= params.rows_padded) { return; }
+${walk.join("\n")}
+  var v = vec4f(0.0);
+  if (r < params.rows) {
+    for (var j = 0u; j < 4u; j++) {
+      let c = 4u * x + j;
+      if (c < params.cols) { v[j] = f32(src[base + r * params.sr + c * params.sc]); }
+    }
+  }
+  textureStore(dst, vec2u(x, gid.z * params.rows_padded + r), v);
+}`,
+    });
+  });
+}
+
+/** The product kernel reading A and B from packed textures. */
+function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: number): Kernel {
+  return cached(`texture|${JSON.stringify(tile)}|${biasType}|${batchRank}`, () => {
+    const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
+    const body: string[] = [];
+    for (let c = 0; c < CN; c++) {
+      for (let j = 0; j < 4; j++) {
+        body.push(
+          `    let b${c}_${j} = textureLoad(TB, vec2u(n4 + ${c}u, B_base + 4u * k4 + ${j}u));`,
+        );
+      }
+    }
+    for (let r = 0; r < RM; r++) {
+      body.push(`    { let a = textureLoad(TA, vec2u(k4, A_base + m_out + ${r}u));`);
+      for (let c = 0; c < CN; c++) {
+        body.push(
+          `      acc[${r * CN + c}] += a.x * b${c}_0 + a.y * b${c}_1 + a.z * b${c}_2 + ` +
+            `a.w * b${c}_3;`,
+        );
+      }
+      body.push("    }");
+    }
+    return defineKernel({
+      name: "matmul_texture",
+      bindings: [
+        { name: "TA", texture: "rgba32float", access: "read" },
+        { name: "TB", texture: "rgba32float", access: "read" },
+        ...biasBinding(biasType),
+        { name: "C", type: "f32", access: "read_write" },
+      ],
+      params: [
+        ["M", "u32"],
+        ["N", "u32"],
+        ["K", "u32"],
+        ["c_off", "u32"],
+        ["bias_off", "u32"],
+        ["batch_base", "u32"],
+        ...batchParams(batchRank, ["A", "B"]),
+      ],
+      source: /* wgsl */ `
+// Matmul from packed textures: TA texel (k4, row) holds A[row, 4k4…4k4+3], TB texel (n4, k)
+// holds B[k, 4n4…4n4+3]; batch entries are stacked down the rows. Thread (x, y) owns ${RM} rows
+// × ${CN} vec4 columns of C and reads its operands straight from the textures (no workgroup
+// memory: on software rasterisers texture loads are the fast path and barriers are not).
+// Rows and columns past the edge read harmless texels whose results are never stored.
+@compute @workgroup_size(${wgX}, ${wgY})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wid: vec3u) {
+  let z = wid.z + params.batch_base;
+  let n4 = gid.x * ${CN}u;
+  let m_out = gid.y * ${RM}u;
+  let n_out = 4u * n4;
+  if (m_out >= params.M || n_out >= params.N) { return; }
+${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }])}
+  let c_base = params.c_off + z * params.M * params.N;
+  var acc: array<vec4f, ${RM * CN}>;
+  let k4_end = (params.K + 3u) / 4u;
+  for (var k4 = 0u; k4 < k4_end; k4++) {
+${body.join("\n")}
+  }
+${storeLines(RM, CN, biasType !== null)}
+}`,
+    });
+  });
+}
+
+/** Texture rows per batch dim of an operand's own (packed, contiguous) batch. */
+function packedRowStrides(
+  batchDims: readonly number[],
+  strides: readonly number[],
+  rowsPerMatrix: number,
+): number[] {
+  const out = new Array<number>(batchDims.length).fill(0);
+  let acc = rowsPerMatrix;
+  for (let d = batchDims.length - 1; d >= 0; d--) {
+    if (strides[d] === 0) continue;
+    out[d] = acc;
+    acc *= batchDims[d];
+  }
+  return out;
+}
+
+/** Batch dims a pack walks: each with its size and the operand's element stride. */
+interface PackDim {
+  d: number;
+  s: number;
+}
+
+/**
+ * Pack `count` matrices of an operand (entries `zBase…` over `dims`) into a scratch texture,
+ * stacked every `rowsPadded` rows.
+ */
+function pack(
+  o: MatrixOperand,
+  dims: readonly PackDim[],
+  zBase: number,
+  count: number,
+  rowsPadded: number,
+): ScratchTexture {
+  const texels = Math.ceil(o.cols / 4);
+  const tex = rt().textures.acquire(texels, count * rowsPadded);
+  const p: Record<string, number> = {
+    rows: o.rows,
+    rows_padded: rowsPadded,
+    cols: o.cols,
+    texels,
+    off: o.offset,
+    sr: o.rowStride,
+    sc: o.colStride,
+    z_base: zBase,
+  };
+  dims.forEach((x, i) => {
+    p[`pd${i}`] = x.d;
+    p[`ps${i}`] = x.s;
+  });
+  rt().dispatch(packKernel(o.tensor.dtype, dims.length), [o.tensor, tex], p, [
+    Math.ceil(texels / 8),
+    Math.ceil(rowsPadded / 8),
+    count,
+  ]);
+  return tex;
+}
+
+function textureFits(g: Gpu, s: MatmulShapes): boolean {
+  const max = g.device.limits.maxTextureDimension2D;
+  const k4 = Math.ceil(s.K / 4);
+  // A tall single product is split into row chunks, a tall batch into batch chunks.
+  return k4 <= max && Math.ceil(s.N / 4) <= max && 4 * k4 <= max &&
+    (s.batch === 1 || s.M <= max);
+}
+
+/** Record the product over packed textures `ta`, `tb` (row strides per batch dim given). */
+function productFromTextures(
+  plan: MatmulPlan,
+  ta: ScratchTexture,
+  tb: ScratchTexture,
+  rowStridesA: readonly number[],
+  rowStridesB: readonly number[],
+): void {
+  const tile = plan.N <= 64 ? TEXTURE_TILE_NARROW : TEXTURE_TILE;
+  const kernel = textureKernel(tile, plan.bias?.dtype ?? null, plan.batchDims.length);
+  const p = commonParams(plan);
+  plan.batchDims.forEach((_, i) => {
+    p[`A_bs${i}`] = rowStridesA[i];
+    p[`B_bs${i}`] = rowStridesB[i];
+  });
+  dispatchBatches(
+    kernel,
+    [ta, tb, ...(plan.bias ? [plan.bias] : []), plan.out],
+    p,
+    Math.ceil(plan.N / (4 * tile.vec4PerThread * tile.wgX)),
+    Math.ceil(plan.M / (tile.rowsPerThread * tile.wgY)),
+    plan.batch,
+  );
+  rt().textures.release(ta);
+  rt().textures.release(tb);
+}
+
+function runTexture(plan: MatmulPlan): void {
+  const max = rt().textures.maxDimension;
+  const { M, N, K, batchDims } = plan;
+  const kPad = 4 * Math.ceil(K / 4);
+  if (plan.batch === 1 && M > max) {
+    // Rows of A are independent: run the product in chunks of rows that fit a texture.
+    for (let r0 = 0; r0 < M; r0 += max) {
+      const rows = Math.min(max, M - r0);
+      runTexture({
+        ...plan,
+        M: rows,
+        a: { ...plan.a, rows, offset: plan.a.offset + r0 * plan.a.rowStride },
+        outOffset: plan.outOffset + r0 * N,
+      });
+    }
+    return;
+  }
+  const own = (o: MatrixOperand) =>
+    batchDims.map((d, i) => ({ d, s: o.batchStrides[i] })).filter((x) => x.s !== 0);
+  const countOf = (dims: PackDim[]) => dims.reduce((p, x) => p * x.d, 1);
+  const ownA = own(plan.a), ownB = own(plan.b);
+  if (countOf(ownA) * M <= max && countOf(ownB) * kPad <= max) {
+    // Each operand's distinct matrices fit one texture: pack each once.
+    const ta = pack(plan.a, ownA, 0, countOf(ownA), M);
+    const tb = pack(plan.b, ownB, 0, countOf(ownB), kPad);
+    productFromTextures(
+      plan,
+      ta,
+      tb,
+      packedRowStrides(batchDims, plan.a.batchStrides, M),
+      packedRowStrides(batchDims, plan.b.batchStrides, kPad),
+    );
+    return;
+  }
+  // A tall batch: pack the matrices of a chunk of batch entries at a time, one per entry.
+  const all = (o: MatrixOperand) => batchDims.map((d, i) => ({ d, s: o.batchStrides[i] }));
+  const chunk = Math.floor(max / Math.max(M, kPad));
+  for (let z0 = 0; z0 < plan.batch; z0 += chunk) {
+    const count = Math.min(chunk, plan.batch - z0);
+    const ta = pack(plan.a, all(plan.a), z0, count, M);
+    const tb = pack(plan.b, all(plan.b), z0, count, kPad);
+    productFromTextures(
+      { ...plan, batchDims: [count], batch: count, outOffset: plan.outOffset + z0 * M * N },
+      ta,
+      tb,
+      [M],
+      [kPad],
+    );
+  }
+}
+
+MATMUL.register({
+  name: "texture",
+  // Verified faster on llvmpipe (see bench/results/llvmpipe.md); buffers win on real GPUs.
+  preference: (g) => (g.adapter.isFallback ? 2 : 0),
+  supports: textureFits,
+  run: runTexture,
+});
+
+// ---- the ops ----------------------------------------------------------------------------------
+
+/** Options of {@link matmulRaw}. */
+export interface MatmulOptions {
+  /** [N] added to every output row (fused into the kernel's store). */
+  bias?: Tensor;
+}
+
+function shapeStr(t: Tensor): string {
+  return `[${t.shape.join(", ")}]`;
+}
+
+/** View `t` with a unit dimension inserted before dim `at` (stride 1: never stepped). */
+function withUnitDim(t: Tensor, at: number): Tensor {
+  const shape = [...t.shape], strides = [...t.strides];
+  shape.splice(at, 0, 1);
+  strides.splice(at, 0, 1);
+  return t.view(shape, strides);
+}
+
+/** The view of `t` with its last two dimensions swapped (no copy). */
+function transposedView(t: Tensor): Tensor {
+  const shape = [...t.shape], strides = [...t.strides];
+  const n = t.rank;
+  [shape[n - 2], shape[n - 1]] = [shape[n - 1], shape[n - 2]];
+  [strides[n - 2], strides[n - 1]] = [strides[n - 1], strides[n - 2]];
+  return t.view(shape, strides);
+}
+
+/**
+ * A·B without recording (for ops that record their own backward): batched over NumPy-broadcast
+ * leading dimensions, rank-1 operands as in torch.matmul, an optional fused bias.
+ */
+export function matmulRaw(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
+  const call = prepare(a, b, options.bias);
+  if (call.plan) {
+    const shapes = matmulShapes(call.plan);
+    MATMUL.choose(shapes, matmulKey(shapes)).run(call.plan);
+  }
+  return finish(call);
+}
+
+/** A validated call: the output, its plan (null when there is nothing to multiply). */
+interface PreparedCall {
+  plan: MatmulPlan | null;
+  out: Tensor;
+  /** Copies and views to dispose once the dispatches are recorded. */
+  temps: Tensor[];
+  /** The result's shape (rank-1 operands' unit dims dropped). */
+  finalShape: number[];
+}
+
+/** Validate, allocate the output and plan the product (empty and K = 0 cases are filled here). */
+function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
+  checkFloat(a, "matmul operand A");
+  checkFloat(b, "matmul operand B");
+  if (a.rank === 0 || b.rank === 0) {
+    throw new Error(`matmul: operands need rank ≥ 1, got A ${shapeStr(a)} and B ${shapeStr(b)}`);
+  }
+  const [M, K] = a.rank === 1 ? [1, a.shape[0]] : a.shape.slice(-2);
+  const [K2, N] = b.rank === 1 ? [b.shape[0], 1] : b.shape.slice(-2);
+  if (K !== K2) {
+    throw new Error(
+      `matmul: A ${shapeStr(a)} and B ${shapeStr(b)} have inner dimensions ${K} and ${K2}`,
+    );
+  }
+  let batchShape: number[];
+  try {
+    batchShape = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2));
+  } catch {
+    throw new Error(
+      `matmul: batch dimensions of A ${shapeStr(a)} and B ${shapeStr(b)} do not broadcast`,
+    );
+  }
+  if (bias) {
+    checkFloat(bias, "matmul bias");
+    if (bias.rank !== 1 || bias.shape[0] !== N) {
+      throw new Error(`matmul: bias ${shapeStr(bias)} must have shape [${N}]`);
+    }
+  }
+  const finalShape = [...batchShape];
+  if (a.rank > 1) finalShape.push(M);
+  if (b.rank > 1) finalShape.push(N);
+  const out = empty([...batchShape, M, N]);
+  const temps: Tensor[] = [];
+  if (out.size === 0 || K === 0) {
+    if (out.size > 0 && bias) assign(out, bias);
+    else if (out.size > 0) fillInto(out, 0);
+    return { plan: null, out, temps, finalShape };
+  }
+  const a2 = a.rank === 1 ? withUnitDim(a, 0) : a;
+  const b2 = b.rank === 1 ? withUnitDim(b, 1) : b;
+  for (const v of [a2, b2]) if (v !== a && v !== b) temps.push(v);
+  const biasC = bias && bias.strides[0] !== 1 && N > 1 ? copyOf(bias) : bias;
+  if (biasC && biasC !== bias) temps.push(biasC);
+  const s = simplify(
+    M,
+    batchShape,
+    matrixOf(a2, batchShape, temps),
+    matrixOf(b2, batchShape, temps),
+  );
+  const plan: MatmulPlan = {
+    M: s.M,
+    N,
+    K,
+    batchDims: s.batchDims,
+    batch: numel(s.batchDims),
+    a: s.a,
+    b: s.b,
+    bias: biasC ?? null,
+    out,
+    outOffset: 0,
+  };
+  return { plan, out, temps, finalShape };
+}
+
+/** Dispose the call's temporaries and return the output in its final shape. */
+function finish(call: PreparedCall): Tensor {
+  for (const t of call.temps) t.dispose();
+  const { out, finalShape } = call;
+  if (finalShape.length === out.rank) return out;
+  const y = out.view(finalShape, contiguousStrides(finalShape));
+  out.dispose();
+  return y;
+}
+
+/**
+ * Time every matmul variant that supports A·B on this adapter and record the fastest for calls
+ * of the same shapes (see {@link KernelFamily.autotune}); later `matmul` calls with that key use
+ * it. Each variant runs once untimed first (pipeline compilation), then the best of
+ * `iterations` timed runs counts. Returns the timings, fastest first.
+ */
+export async function autotuneMatmul(
+  a: Tensor,
+  b: Tensor,
+  iterations = 3,
+): Promise<VariantTiming[]> {
+  const call = prepare(a, b, undefined);
+  const plan = call.plan;
+  try {
+    if (!plan) return [];
+    const shapes = matmulShapes(plan);
+    return await MATMUL.autotune(shapes, matmulKey(shapes), async (v) => {
+      v.run(plan);
+      await rt().sync();
+      let best = Infinity;
+      for (let i = 0; i < iterations; i++) {
+        const t0 = performance.now();
+        const gpuMs = await rt().timeGpu(() => v.run(plan));
+        best = Math.min(best, gpuMs ?? performance.now() - t0);
+      }
+      return best;
+    });
+  } finally {
+    finish(call).dispose();
+  }
+}
+
+/** `t` as its last two dims with every leading dim folded into the rows, when a view can. */
+function foldRows(t: Tensor): Tensor | null {
+  const n = t.rank;
+  let rows = t.shape[n - 2], rowStride = t.strides[n - 2];
+  for (let i = n - 3; i >= 0; i--) {
+    if (t.shape[i] === 1) continue;
+    if (rows !== 1 && t.strides[i] !== rowStride * rows) return null;
+    if (rows === 1) rowStride = t.strides[i];
+    rows *= t.shape[i];
+  }
+  return t.view([rows, t.shape[n - 1]], [rowStride, t.strides[n - 1]]);
+}
+
+/** Reshape a contiguous gradient back to `shape` (a view), disposing the original. */
+function reshapeTo(g: Tensor, shape: readonly number[]): Tensor {
+  if (g.shape.join() === shape.join()) return g;
+  const v = g.view(shape, contiguousStrides(shape));
+  g.dispose();
+  return v;
+}
+
+/** dA = dC·Bᵀ, summed over the batch dims A was broadcast along. */
+function matmulGradA(a2: Tensor, b2: Tensor, g2: Tensor, aShape: readonly number[]): Tensor {
+  const bT = transposedView(b2);
+  const full = matmulRaw(g2, bT);
+  bT.dispose();
+  if (full.shape.join() === a2.shape.join()) return reshapeTo(full, aShape);
+  const r = sumTo(full, a2.shape);
+  full.dispose();
+  return reshapeTo(r, aShape);
+}
+
+/** dB = Aᵀ·dC; a B shared by the whole batch contracts over batch and rows in one product. */
+function matmulGradB(a2: Tensor, b2: Tensor, g2: Tensor, bShape: readonly number[]): Tensor {
+  if (b2.shape.slice(0, -2).every((d) => d === 1)) {
+    const af = foldRows(a2), gf = af ? foldRows(g2) : null;
+    if (af && gf && af.shape[0] === gf.shape[0]) {
+      const aT = transposedView(af);
+      const r = matmulRaw(aT, gf);
+      for (const t of [aT, af, gf]) t.dispose();
+      return reshapeTo(r, bShape);
+    }
+    af?.dispose();
+    gf?.dispose();
+  }
+  const aT = transposedView(a2);
+  const full = matmulRaw(aT, g2);
+  aT.dispose();
+  if (full.shape.join() === b2.shape.join()) return reshapeTo(full, bShape);
+  const r = sumTo(full, b2.shape);
+  full.dispose();
+  return reshapeTo(r, bShape);
+}
+
+/**
+ * Matrix product with torch.matmul semantics: [..., M, K]·[..., K, N] → [..., M, N] with
+ * NumPy-broadcast batch dims; a rank-1 A is a row, a rank-1 B a column (their unit dim is
+ * dropped from the result). Differentiable in both operands.
+ *
+ * @example
+ * ```ts
+ * import { init, matmul, tensor, transpose } from "./mod.ts";
+ * await init();
+ * const x = tensor([[1, 2], [3, 4]]);
+ * const w = tensor([[1, 0], [0, 1], [1, 1]]); // [dOut, dIn]
+ * const y = matmul(x, transpose(w)); // [2, 3], reads w transposed in place
+ * ```
+ */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  const y = matmulRaw(a, b);
+  return record("matmul", y, [a, b], (g) => {
+    const a2 = a.rank === 1 ? withUnitDim(a, 0) : a;
+    const b2 = b.rank === 1 ? withUnitDim(b, 1) : b;
+    // Put back the unit dims a rank-1 operand dropped: M before N, N last.
+    let g2 = a.rank === 1 ? withUnitDim(g, b.rank === 1 ? g.rank : g.rank - 1) : g;
+    if (b.rank === 1) {
+      const v = withUnitDim(g2, g2.rank);
+      if (g2 !== g) g2.dispose();
+      g2 = v;
+    }
+    const ga = a.requiresGrad ? matmulGradA(a2, b2, g2, a.shape) : null;
+    const gb = b.requiresGrad ? matmulGradB(a2, b2, g2, b.shape) : null;
+    for (const t of [a2, b2, g2]) if (t !== a && t !== b && t !== g) t.dispose();
+    return [ga, gb];
+  });
+}
+
+/** `x` as [rows, dIn]: a view when the leading dims fold into rows, a copy otherwise. */
+function rowsOf(x: Tensor): Tensor {
+  const x2 = x.rank === 1 ? withUnitDim(x, 0) : x;
+  const f = foldRows(x2);
+  if (x2 !== x) x2.dispose();
+  if (f) return f;
+  const c = copyOf(x);
+  const v = c.view([c.size / x.shape[x.rank - 1], x.shape[x.rank - 1]], [x.shape[x.rank - 1], 1]);
+  c.dispose();
+  return v;
+}
+
+/**
+ * y = x·Wᵀ + b with `weight` stored [dOut, dIn] as in Hugging Face nn.Linear; x is [..., dIn].
+ * W is read transposed in place and may be f16 (a frozen weight). Differentiable: dx = g·W,
+ * dW = gᵀ·x summed over all leading dims, db = Σ g.
+ *
+ * @example
+ * ```ts
+ * import { init, linear, tensor } from "./mod.ts";
+ * await init();
+ * const y = linear(tensor([[1, 2, 3]]), tensor([[1, 0, 0], [0, 1, 1]]), tensor([0.5, -1]));
+ * console.log(await y.toArray()); // [1.5, 4]
+ * ```
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+  if (weight.rank !== 2) throw new Error(`linear: weight ${weight} must be [dOut, dIn]`);
+  const [dOut, dIn] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
+    throw new Error(`linear: input ${x} must end in dIn = ${dIn} (weight ${weight})`);
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== dOut)) {
+    throw new Error(`linear: bias ${bias} must have shape [${dOut}] (weight ${weight})`);
+  }
+  const x2 = rowsOf(x);
+  const wT = transposedView(weight);
+  const y2 = matmulRaw(x2, wT, { bias });
+  wT.dispose();
+  const outShape = [...x.shape.slice(0, -1), dOut];
+  const y = reshapeTo(y2, outShape);
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  const recorded = record("linear", y, inputs, (g) => {
+    const g2 = rowsOf(g);
+    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight), x.shape) : null;
+    let dw: Tensor | null = null;
+    if (weight.requiresGrad) {
+      const gT = transposedView(g2);
+      dw = matmulRaw(gT, x2);
+      gT.dispose();
+    }
+    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    g2.dispose();
+    return [dx, dw, db];
+  });
+  if (!recorded.requiresGrad) x2.dispose();
+  return recorded;
+}

@@ -1,0 +1,558 @@
+/**
+ * matmul and linear against a plain-TS float64 reference, for every kernel variant forced in
+ * turn: awkward sizes (1, 7, 33, 130, not multiples of any tile), broadcast batches, transposed
+ * views read in place, f16 B, rank-1 operands, fused bias, the texture variant's chunking past
+ * the texture size limit; the variant registry's choice rules; and the backward rules of both by
+ * finite differences.
+ */
+import assert from "node:assert/strict";
+import {
+  autotuneMatmul,
+  defineKernel,
+  expand,
+  type Gpu,
+  gpu,
+  linear,
+  MATMUL,
+  matmul,
+  matmulKey,
+  matmulRaw,
+  type MatmulShapes,
+  rt,
+  scopeAsync,
+  slice,
+  type Tensor,
+  tensor,
+  transpose,
+  withVariant,
+} from "../../ops/mod.ts";
+import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, setup } from "../helpers.ts";
+
+await setup();
+
+const VARIANTS = MATMUL.variantNames();
+/** f32 accumulation over K ≤ 130 of products of values in [-1, 1]. */
+const TOL = { atol: 2e-5, rtol: 1e-4 };
+
+// ---- the reference ------------------------------------------------------------------------------
+
+function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+/** torch.matmul semantics in float64 on row-major arrays. */
+function refMatmul(
+  a: ArrayLike<number>,
+  aShape: readonly number[],
+  b: ArrayLike<number>,
+  bShape: readonly number[],
+): { values: Float64Array; shape: number[] } {
+  const as = aShape.length === 1 ? [1, aShape[0]] : [...aShape];
+  const bs = bShape.length === 1 ? [bShape[0], 1] : [...bShape];
+  const [M, K] = as.slice(-2), [K2, N] = bs.slice(-2);
+  if (K !== K2) throw new Error("reference: inner dims differ");
+  const ab = as.slice(0, -2), bb = bs.slice(0, -2);
+  const rank = Math.max(ab.length, bb.length);
+  const pad = (s: number[]) => [...new Array(rank - s.length).fill(1), ...s];
+  const pa = pad(ab), pb = pad(bb);
+  const batch = pa.map((d, i) => Math.max(d, pb[i]));
+  const sa = stridesOf(pa), sb = stridesOf(pb);
+  const nb = batch.reduce((p, d) => p * d, 1);
+  const out = new Float64Array(nb * M * N);
+  for (let z = 0; z < nb; z++) {
+    let rest = z, ia = 0, ib = 0;
+    for (let d = rank - 1; d >= 0; d--) {
+      const c = rest % batch[d];
+      rest = Math.floor(rest / batch[d]);
+      if (pa[d] !== 1) ia += c * sa[d];
+      if (pb[d] !== 1) ib += c * sb[d];
+    }
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += a[ia * M * K + m * K + k] * b[ib * K * N + k * N + n];
+        out[z * M * N + m * N + n] = s;
+      }
+    }
+  }
+  const shape = [...batch];
+  if (aShape.length > 1) shape.push(M);
+  if (bShape.length > 1) shape.push(N);
+  return { values: out, shape };
+}
+
+/** Row-major values of the transpose of a [rows, cols] matrix. */
+function transposeValues(v: ArrayLike<number>, rows: number, cols: number): Float64Array {
+  const out = new Float64Array(v.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = v[r * cols + c];
+  return out;
+}
+
+const size = (shape: readonly number[]) => shape.reduce((p, d) => p * d, 1);
+
+/** Run `fn` once per variant (forced), inside a scope. */
+async function eachVariant(fn: (variant: string) => Promise<void>): Promise<void> {
+  for (const v of VARIANTS) await withVariant("matmul", v, () => scopeAsync(() => fn(v)));
+}
+
+async function expectMatmul(
+  y: Tensor,
+  expected: { values: Float64Array; shape: number[] },
+  what: string,
+): Promise<void> {
+  assert.deepEqual([...y.shape], expected.shape, `${what}: shape`);
+  assertClose(await y.read(), expected.values, TOL, what);
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+Deno.test("matmul: awkward 2D shapes match the reference for every variant", async () => {
+  const shapes: [number, number, number][] = [[1, 1, 1], [7, 33, 130], [65, 1, 64], [64, 64, 64]];
+  for (const s of AWKWARD_SIZES) shapes.push([s, 130, 7], [130, s, 33]);
+  await eachVariant(async (v) => {
+    for (const [M, K, N] of shapes) {
+      const a = randomArray(M * K, M * 7 + K), b = randomArray(K * N, N * 3 + K);
+      const y = matmul(tensor(a, [M, K]), tensor(b, [K, N]));
+      await expectMatmul(y, refMatmul(a, [M, K], b, [K, N]), `${v} ${M}×${K}×${N}`);
+    }
+  });
+});
+
+Deno.test("matmul: broadcast batch dimensions", async () => {
+  const cases: [number[], number[]][] = [
+    [[2, 3, 7, 33], [33, 5]], // B shared by the batch: folded into rows
+    [[3, 1, 7, 9], [1, 4, 9, 6]], // both broadcast
+    [[4, 7, 9], [2, 1, 9, 5]], // A broadcast over a new leading dim
+    [[7, 9], [3, 9, 130]], // A shared by the batch
+    [[1, 1, 5], [2, 5, 1]],
+  ];
+  await eachVariant(async (v) => {
+    for (const [as, bs] of cases) {
+      const a = randomArray(size(as), size(as)), b = randomArray(size(bs), size(bs) + 1);
+      const y = matmul(tensor(a, as), tensor(b, bs));
+      await expectMatmul(y, refMatmul(a, as, b, bs), `${v} [${as}]·[${bs}]`);
+    }
+    // A zero-stride (expanded) operand is read in place as a broadcast.
+    const a = randomArray(7 * 9, 1), b = randomArray(3 * 9 * 4, 2);
+    const ae = expand(tensor(a, [1, 7, 9]), [3, 7, 9]);
+    const y = matmul(ae, tensor(b, [3, 9, 4]));
+    await expectMatmul(y, refMatmul(a, [1, 7, 9], b, [3, 9, 4]), `${v} expanded A`);
+  });
+});
+
+Deno.test("matmul: transposed views are read in place, other strides are copied", async () => {
+  const [M, K, N] = [33, 7, 130];
+  const x = randomArray(M * K, 11), w = randomArray(N * K, 12), at = randomArray(K * M, 13);
+  // One dispatch for the buffer variant; two packs and one product for the texture variant.
+  const expectedDispatches: Record<string, number> = { buffer: 1, texture: 3 };
+  await eachVariant(async (v) => {
+    const xt = tensor(x, [M, K]), wt = tensor(w, [N, K]), att = tensor(at, [K, M]);
+    await rt().sync();
+    const cases: [string, () => Tensor, { values: Float64Array; shape: number[] }][] = [
+      [
+        "x·wᵀ",
+        () => matmul(xt, transpose(wt)),
+        refMatmul(x, [M, K], transposeValues(w, N, K), [K, N]),
+      ],
+      [
+        "aᵀ·w",
+        () => matmul(transpose(att), transpose(wt)),
+        refMatmul(transposeValues(at, K, M), [M, K], transposeValues(w, N, K), [K, N]),
+      ],
+      [
+        "aᵀ·xᵀ",
+        () => matmul(transpose(att), tensor(transposeValues(x, M, K), [K, M])),
+        refMatmul(transposeValues(at, K, M), [M, K], transposeValues(x, M, K), [K, M]),
+      ],
+    ];
+    for (const [name, run, expected] of cases) {
+      const before = rt().dispatchCount;
+      const y = run();
+      const dispatches = rt().dispatchCount - before;
+      assert.equal(dispatches, expectedDispatches[v], `${v} ${name}: dispatches (no copy)`);
+      await expectMatmul(y, expected, `${v} ${name}`);
+    }
+    // Batched transposed operand: [2, K, M] viewed as [2, M, K].
+    const ab = randomArray(2 * K * M, 14);
+    const abT = transpose(tensor(ab, [2, K, M]));
+    const aVals = new Float64Array(2 * M * K);
+    for (let z = 0; z < 2; z++) {
+      aVals.set(transposeValues(ab.subarray(z * K * M, (z + 1) * K * M), K, M), z * M * K);
+    }
+    const wb = randomArray(K * 5, 15);
+    await expectMatmul(
+      matmul(abT, tensor(wb, [K, 5])),
+      refMatmul(aVals, [2, M, K], wb, [K, 5]),
+      `${v} batched Aᵀ`,
+    );
+    // Neither last dim unit-stride (every other column): copied first, still right.
+    const wide = randomArray(M * 2 * K, 16);
+    const strided = slice(tensor(wide, [M, 2 * K]), 1, 0, 2 * K, 2);
+    const sv = new Float64Array(M * K);
+    for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) sv[m * K + k] = wide[m * 2 * K + 2 * k];
+    const before = rt().dispatchCount;
+    const y = matmul(strided, tensor(w, [K, N]));
+    assert.equal(rt().dispatchCount - before, expectedDispatches[v] + 1, `${v} strided: one copy`);
+    await expectMatmul(y, refMatmul(sv, [M, K], w, [K, N]), `${v} strided A`);
+  });
+});
+
+Deno.test("matmul: f16 B is widened in the kernel", async () => {
+  const [M, K, N] = [7, 33, 130];
+  const a = randomArray(M * K, 21), w = randomArray(N * K, 22);
+  await eachVariant(async (v) => {
+    const wh = tensor(w, [N, K], { dtype: "f16" });
+    const wRounded = Float64Array.from(await wh.read()); // the values f16 can hold
+    const y = matmul(tensor(a, [M, K]), transpose(wh));
+    await expectMatmul(
+      y,
+      refMatmul(a, [M, K], transposeValues(wRounded, N, K), [K, N]),
+      `${v} f16 Bᵀ`,
+    );
+    const bh = tensor(w, [K, N], { dtype: "f16" });
+    const bRounded = Float64Array.from(await bh.read());
+    const y2 = matmul(tensor(a, [1, M, K]), bh);
+    await expectMatmul(y2, refMatmul(a, [1, M, K], bRounded, [K, N]), `${v} f16 B`);
+  });
+});
+
+Deno.test("matmul: rank-1 operands as torch.matmul", async () => {
+  const cases: [number[], number[]][] = [[[33], [33, 7]], [[7, 33], [33]], [[33], [33]], [
+    [2, 5, 33],
+    [33],
+  ], [[33], [3, 33, 4]]];
+  await eachVariant(async (v) => {
+    for (const [as, bs] of cases) {
+      const a = randomArray(size(as), 31), b = randomArray(size(bs), 32);
+      const y = matmul(tensor(a, as), tensor(b, bs));
+      await expectMatmul(y, refMatmul(a, as, b, bs), `${v} [${as}]·[${bs}]`);
+    }
+  });
+});
+
+Deno.test("matmul: fused bias, empty and K = 0 products", async () => {
+  const [M, K, N] = [33, 7, 130];
+  const a = randomArray(M * K, 41), b = randomArray(K * N, 42), bias = randomArray(N, 43);
+  const ref = refMatmul(a, [M, K], b, [K, N]);
+  for (let i = 0; i < ref.values.length; i++) ref.values[i] += bias[i % N];
+  await eachVariant(async (v) => {
+    const y = matmulRaw(tensor(a, [M, K]), tensor(b, [K, N]), { bias: tensor(bias) });
+    await expectMatmul(y, ref, `${v} bias`);
+    const z = matmul(tensor(new Float32Array(0), [3, 0]), tensor(new Float32Array(0), [0, 4]));
+    await expectMatmul(z, { values: new Float64Array(12), shape: [3, 4] }, `${v} K = 0`);
+    const e = matmul(tensor(new Float32Array(0), [0, 5]), tensor(b.subarray(0, 20), [5, 4]));
+    assert.deepEqual([...e.shape], [0, 4]);
+  });
+});
+
+Deno.test("matmul: the texture variant splits products past the texture size limit", async () => {
+  const max = gpu().device.limits.maxTextureDimension2D;
+  // A batch whose stacked A rows exceed one texture: packed chunk by chunk.
+  const batch = Math.ceil((max + 1) / 64);
+  const as = [batch, 64, 3], bs = [batch, 3, 2];
+  const a = randomArray(size(as), 51), b = randomArray(size(bs), 52);
+  // A single A taller than a texture: split into row chunks.
+  const tall = max + 5;
+  const t = randomArray(tall * 2, 53), w = randomArray(2 * 3, 54);
+  await withVariant("matmul", "texture", () =>
+    scopeAsync(async () => {
+      // Two chunks each: two packs and one product per chunk.
+      let before = rt().dispatchCount;
+      const y = matmul(tensor(a, as), tensor(b, bs));
+      assert.equal(rt().dispatchCount - before, 6, "batch chunks: dispatches");
+      await expectMatmul(y, refMatmul(a, as, b, bs), "batch chunks");
+      before = rt().dispatchCount;
+      const y2 = matmul(tensor(t, [tall, 2]), tensor(w, [2, 3]));
+      assert.equal(rt().dispatchCount - before, 6, "row chunks: dispatches");
+      await expectMatmul(y2, refMatmul(t, [tall, 2], w, [2, 3]), "row chunks");
+    }));
+});
+
+Deno.test("matmul: validation names the operands", () => {
+  assert.throws(
+    () => matmul(tensor([1, 2, 3], [1, 3]), tensor([1, 2], [2, 1])),
+    /inner dimensions 3 and 2/,
+  );
+  assert.throws(
+    () => matmul(tensor(new Float32Array(12), [3, 2, 2]), tensor(new Float32Array(8), [2, 2, 2])),
+    /do not broadcast/,
+  );
+  assert.throws(
+    () => matmul(tensor(new Int32Array(4), [2, 2]), tensor([1, 2], [2, 1])),
+    /operand A.*f32 or f16/,
+  );
+  assert.throws(
+    () => matmulRaw(tensor([1, 2], [1, 2]), tensor([1, 2], [2, 1]), { bias: tensor([1, 2]) }),
+    /bias \[2\] must have shape \[1\]/,
+  );
+  assert.throws(() => linear(tensor([1, 2, 3]), tensor([1, 2], [1, 2])), /must end in dIn = 2/);
+  assert.throws(() => linear(tensor([1, 2]), tensor([1, 2]), undefined), /must be \[dOut, dIn\]/);
+});
+
+// ---- runtime support for textures ---------------------------------------------------------------
+
+Deno.test("runtime: write-only and read-only storage-texture bindings round-trip", async () => {
+  const write = defineKernel({
+    name: "test_tex_write",
+    bindings: [
+      { name: "src", type: "f32", access: "read" },
+      { name: "dst", texture: "rgba32float", access: "write" },
+    ],
+    params: [["w", "u32"]],
+    source: `@compute @workgroup_size(1) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let i = 4u * (g.y * params.w + g.x);
+  textureStore(dst, g.xy, vec4f(src[i], src[i + 1u], src[i + 2u], src[i + 3u]) * 2.0);
+}`,
+  });
+  const read = defineKernel({
+    name: "test_tex_read",
+    bindings: [
+      { name: "src", texture: "rgba32float", access: "read" },
+      { name: "out", type: "f32", access: "read_write" },
+    ],
+    params: [["w", "u32"]],
+    source: `@compute @workgroup_size(1) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let v = textureLoad(src, g.xy);
+  let i = 4u * (g.y * params.w + g.x);
+  out[i] = v.x; out[i + 1u] = v.y; out[i + 2u] = v.z; out[i + 3u] = v.w;
+}`,
+  });
+  assert.match(write.wgsl, /var dst: texture_storage_2d<rgba32float, write>;/);
+  assert.match(read.wgsl, /var src: texture_storage_2d<rgba32float, read>;/);
+  await scopeAsync(async () => {
+    const [w, h] = [3, 5];
+    const values = randomArray(w * h * 4, 91);
+    const src = tensor(values, [h, w, 4]);
+    const out = tensor(new Float32Array(w * h * 4), [h, w, 4]);
+    const tex = rt().textures.acquire(w, h);
+    assert.ok(tex.width >= w && tex.height >= h, "the pool rounds sizes up");
+    rt().dispatch(write, [src, tex], { w }, [w, h]);
+    rt().dispatch(read, [tex, out], { w }, [w, h]);
+    assertClose(await out.read(), values.map((x) => 2 * x), { atol: 1e-6 }, "texture round trip");
+    assert.throws(() => rt().dispatch(read, [src, out], { w }, [1]), /src expects a texture/);
+    assert.throws(() => rt().dispatch(write, [src, src], { w }, [1]), /dst expects a texture/);
+    rt().textures.release(tex);
+    assert.equal(rt().textures.acquire(w, h), tex, "a released texture is reused");
+    rt().textures.release(tex);
+    const max = rt().textures.maxDimension;
+    assert.throws(() => rt().textures.acquire(max + 1, 1), /outside this adapter's 1…/);
+  });
+});
+
+// ---- variant choice ----------------------------------------------------------------------------
+
+Deno.test("matmul variants: preference by adapter, limits, tuning and overrides", () => {
+  const real = gpu();
+  const fake = (isFallback: boolean): Gpu => ({
+    ...real,
+    adapter: { ...real.adapter, isFallback },
+  });
+  const shapes: MatmulShapes = {
+    M: 64,
+    N: 64,
+    K: 64,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  assert.equal(MATMUL.choose(shapes, undefined, fake(true)).name, "texture");
+  assert.equal(MATMUL.choose(shapes, undefined, fake(false)).name, "buffer");
+  // K beyond what a texture row can hold: only the buffer variant supports it.
+  const deep = { ...shapes, K: 4 * real.device.limits.maxTextureDimension2D + 4 };
+  assert.equal(MATMUL.choose(deep, undefined, fake(true)).name, "buffer");
+  // A recorded tuning result wins over preference for its key only.
+  MATMUL.setTuned("tuned-key", "buffer");
+  try {
+    assert.equal(MATMUL.choose(shapes, "tuned-key", fake(true)).name, "buffer");
+    assert.equal(MATMUL.choose(shapes, "other-key", fake(true)).name, "texture");
+  } finally {
+    MATMUL.clearTuned();
+  }
+  // An override wins over everything, and refuses shapes its variant cannot run.
+  withVariant("matmul", "buffer", () => {
+    assert.equal(MATMUL.choose(shapes, undefined, fake(true)).name, "buffer");
+  });
+  withVariant("matmul", "texture", () => {
+    assert.throws(() => MATMUL.choose(deep, undefined, fake(true)), /forced variant texture/);
+  });
+  assert.throws(() => withVariant("matmul", "nope", () => 0), /has no variant "nope"/);
+});
+
+Deno.test("matmul variants: autotune records the fastest variant for a key", async () => {
+  const shapes: MatmulShapes = {
+    M: 8,
+    N: 8,
+    K: 8,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  const fakeMs: Record<string, number> = { buffer: 1, texture: 5 };
+  try {
+    const timings = await MATMUL.autotune(shapes, "k", (v) => Promise.resolve(fakeMs[v.name]));
+    assert.deepEqual(timings.map((t) => t.name), ["buffer", "texture"]);
+    assert.equal(MATMUL.tuned("k"), "buffer");
+  } finally {
+    MATMUL.clearTuned();
+  }
+});
+
+Deno.test("matmul variants: autotuneMatmul times both and later calls use the winner", async () => {
+  await scopeAsync(async () => {
+    const a = tensor(randomArray(7 * 9, 1), [7, 9]), b = tensor(randomArray(9 * 5, 2), [9, 5]);
+    try {
+      const timings = await autotuneMatmul(a, b, 1);
+      assert.deepEqual(timings.map((t) => t.name).sort(), [...VARIANTS].sort());
+      assert.ok(timings.every((t) => t.ms > 0 && Number.isFinite(t.ms)), "positive timings");
+      const winner = timings[0].name;
+      const key = matmulKey({
+        M: 7,
+        N: 5,
+        K: 9,
+        batch: 1,
+        aMatrices: 1,
+        bMatrices: 1,
+        aDtype: "f32",
+        bDtype: "f32",
+      });
+      assert.equal(MATMUL.tuned(key), winner);
+      // The buffer variant records one dispatch, the texture variant three.
+      const before = rt().dispatchCount;
+      const y = matmul(a, b);
+      assert.equal(rt().dispatchCount - before, winner === "buffer" ? 1 : 3, "tuned variant ran");
+      const ref = refMatmul(await a.read(), [7, 9], await b.read(), [9, 5]);
+      await expectMatmul(y, ref, "after tuning");
+    } finally {
+      MATMUL.clearTuned();
+    }
+  });
+});
+
+// ---- linear -------------------------------------------------------------------------------------
+
+/** Reference x·Wᵀ + b over [rows, dIn] values. */
+function refLinear(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  bias: ArrayLike<number> | null,
+  rows: number,
+  dIn: number,
+  dOut: number,
+): Float64Array {
+  const y = new Float64Array(rows * dOut);
+  for (let r = 0; r < rows; r++) {
+    for (let o = 0; o < dOut; o++) {
+      let s = bias ? bias[o] : 0;
+      for (let i = 0; i < dIn; i++) s += x[r * dIn + i] * w[o * dIn + i];
+      y[r * dOut + o] = s;
+    }
+  }
+  return y;
+}
+
+Deno.test("linear: x·Wᵀ + b for rank-1/3 inputs, with and without bias, f16 weights", async () => {
+  const [dIn, dOut] = [33, 7];
+  const x = randomArray(2 * 5 * dIn, 61),
+    w = randomArray(dOut * dIn, 62),
+    b = randomArray(dOut, 63);
+  await eachVariant(async (v) => {
+    const y = linear(tensor(x, [2, 5, dIn]), tensor(w, [dOut, dIn]), tensor(b));
+    assert.deepEqual([...y.shape], [2, 5, dOut]);
+    assertClose(await y.read(), refLinear(x, w, b, 10, dIn, dOut), TOL, `${v} rank 3`);
+    const y1 = linear(tensor(x.subarray(0, dIn)), tensor(w, [dOut, dIn]));
+    assert.deepEqual([...y1.shape], [dOut]);
+    assertClose(await y1.read(), refLinear(x, w, null, 1, dIn, dOut), TOL, `${v} rank 1`);
+    const wh = tensor(w, [dOut, dIn], { dtype: "f16" });
+    const wr = await wh.read();
+    const yh = linear(tensor(x, [10, dIn]), wh, tensor(b));
+    assertClose(await yh.read(), refLinear(x, wr, b, 10, dIn, dOut), TOL, `${v} f16 weight`);
+    // A strided input (a transposed view) is copied to rows first.
+    const xt = transpose(tensor(transposeValues(x.subarray(0, 10 * dIn), 10, dIn), [dIn, 10]));
+    const ys = linear(xt, tensor(w, [dOut, dIn]), tensor(b));
+    assertClose(await ys.read(), refLinear(x, w, b, 10, dIn, dOut), TOL, `${v} strided x`);
+  });
+});
+
+// ---- gradients ----------------------------------------------------------------------------------
+
+/** Gradient-check matmul on shapes `as`·`bs`, optionally through a transposed view of B. */
+async function checkMatmulGrad(as: number[], bs: number[], transposeB = false): Promise<void> {
+  const bStored = transposeB ? [...bs.slice(0, -2), bs.at(-1)!, bs.at(-2)!] : bs;
+  await checkGradients(
+    ([a, b]) => matmul(a, transposeB ? transpose(b) : b),
+    ([a, b]) => {
+      let bv: Float64Array = b;
+      if (transposeB) {
+        const [r, c] = bStored.slice(-2), n = r * c;
+        bv = new Float64Array(b.length);
+        for (let z = 0; z < b.length / n; z++) {
+          bv.set(transposeValues(b.subarray(z * n, (z + 1) * n), r, c), z * n);
+        }
+      }
+      return refMatmul(a, as, bv, bs).values;
+    },
+    [
+      { shape: as, values: randomArray(size(as), 71) },
+      { shape: bStored, values: randomArray(size(bStored), 72) },
+    ],
+  );
+}
+
+Deno.test("matmul backward: dA = dC·Bᵀ and dB = Aᵀ·dC, summed over broadcast dims", async () => {
+  const cases: [number[], number[], boolean][] = [
+    [[7, 5], [5, 3], false],
+    [[2, 3, 4], [4, 5], false], // B shared: dB contracts over batch and rows at once
+    [[3, 4], [2, 4, 5], false], // A shared: dA summed over the batch
+    [[2, 1, 3, 4], [1, 2, 4, 5], false], // both broadcast
+    [[3, 6], [6, 5], true], // B through a transposed view
+    [[2, 3, 6], [2, 6, 5], true],
+    [[4], [4, 3], false], // rank-1 operands
+    [[2, 3, 4], [4], false],
+    [[4], [4], false],
+    [[4], [2, 4, 3], false],
+  ];
+  for (const v of VARIANTS) {
+    await withVariant("matmul", v, async () => {
+      for (const [as, bs, t] of cases) await checkMatmulGrad(as, bs, t);
+    });
+  }
+});
+
+Deno.test("linear backward: dx = g·W, dW = gᵀ·x, db = Σ g", async () => {
+  const [dIn, dOut] = [6, 5];
+  for (const v of VARIANTS) {
+    await withVariant("matmul", v, async () => {
+      for (const lead of [[4], [2, 3], []]) {
+        const xs = [...lead, dIn], rows = size(lead);
+        await checkGradients(
+          ([x, w, b]) => linear(x, w, b),
+          ([x, w, b]) => refLinear(x, w, b, rows, dIn, dOut),
+          [
+            { shape: xs, values: randomArray(size(xs), 81) },
+            { shape: [dOut, dIn], values: randomArray(dOut * dIn, 82) },
+            { shape: [dOut], values: randomArray(dOut, 83) },
+          ],
+        );
+      }
+      // Frozen weight, no bias: only x gets a gradient.
+      await checkGradients(
+        ([x, w]) => linear(x, w),
+        ([x, w]) => refLinear(x, w, null, 3, dIn, dOut),
+        [
+          { shape: [3, dIn], values: randomArray(3 * dIn, 84) },
+          { shape: [dOut, dIn], values: randomArray(dOut * dIn, 85), grad: false },
+        ],
+      );
+    });
+  }
+});
