@@ -86,7 +86,8 @@ export async function requestGpu(provider?: GpuProvider): Promise<Gpu> {
   }
   const device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
   device.addEventListener("uncapturederror", (event) => {
-    console.error("WebGPU error:", (event as GPUUncapturedErrorEvent).error.message);
+    const message = (event as GPUUncapturedErrorEvent).error.message;
+    if (pendingErrors.length < 20) pendingErrors.push(message);
   });
   const info = adapter.info;
   return {
@@ -102,6 +103,18 @@ export async function requestGpu(provider?: GpuProvider): Promise<Gpu> {
     hasF16: features.includes("shader-f16"),
     hasTimestamps: features.includes("timestamp-query"),
   };
+}
+
+/** WebGPU validation/out-of-memory errors not yet reported (see {@link takeGpuErrors}). */
+const pendingErrors: string[] = [];
+
+/**
+ * Errors the device reported since the last call, emptied. An invalid dispatch makes WebGPU drop
+ * the whole command buffer, so the runtime throws these on the next read-back instead of letting
+ * results silently stay zero.
+ */
+export function takeGpuErrors(): string[] {
+  return pendingErrors.splice(0);
 }
 
 let cached: Promise<Gpu> | null = null;

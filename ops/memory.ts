@@ -92,6 +92,17 @@ export class BufferPool {
   #peakTotal = 0;
   #reserved = 0;
   #count = 0;
+  /** Bytes held in free lists (reusable, not live). */
+  #freeBytes = 0;
+  /** Submit counter and, per size class, the submit at which it was last used. */
+  #tick = 0;
+  #lastUsed = new Map<number, number>();
+  /**
+   * Free buffers kept for reuse are bounded by max(this, the peak live bytes): beyond it the
+   * classes unused for longest are destroyed after a submit. Dynamic shapes touch many size
+   * classes; without a bound the pool would keep every one of them.
+   */
+  idleFloorBytes = 64 * 2 ** 20;
 
   constructor(
     private readonly device: GPUDevice,
@@ -109,6 +120,8 @@ export class BufferPool {
       );
     }
     let buffer = this.#free.get(capacity)?.pop();
+    this.#lastUsed.set(capacity, this.#tick);
+    if (buffer) this.#freeBytes -= capacity;
     if (!buffer) {
       buffer = this.device.createBuffer({
         size: capacity,
@@ -156,12 +169,33 @@ export class BufferPool {
     }
     this.#parked = [];
     this.#parkedCapacity = [];
+    this.#tick++;
+    this.#evictIdle();
   }
 
   #toFree(buffer: GPUBuffer, capacity: number): void {
     let list = this.#free.get(capacity);
     if (!list) this.#free.set(capacity, list = []);
     list.push(buffer);
+    this.#freeBytes += capacity;
+  }
+
+  #evictIdle(): void {
+    const limit = Math.max(this.idleFloorBytes, this.#peakTotal);
+    if (this.#freeBytes <= limit) return;
+    const classes = [...this.#free.keys()].sort((a, b) =>
+      (this.#lastUsed.get(a) ?? 0) - (this.#lastUsed.get(b) ?? 0) || b - a
+    );
+    for (const capacity of classes) {
+      const list = this.#free.get(capacity)!;
+      while (list.length && this.#freeBytes > limit) {
+        list.pop()!.destroy();
+        this.#freeBytes -= capacity;
+        this.#reserved -= capacity;
+      }
+      if (list.length === 0) this.#free.delete(capacity);
+      if (this.#freeBytes <= limit) break;
+    }
   }
 
   /** Destroy every free buffer (returns the driver memory; live buffers are untouched). */
@@ -171,6 +205,7 @@ export class BufferPool {
       this.#reserved -= capacity * list.length;
     }
     this.#free.clear();
+    this.#freeBytes = 0;
   }
 
   /** Current accounting. */

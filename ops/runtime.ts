@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { getGpu, type Gpu, gpu } from "./device.ts";
+import { getGpu, type Gpu, gpu, takeGpuErrors } from "./device.ts";
 import { BufferPool } from "./memory.ts";
 
 /** Element types a storage binding may hold. */
@@ -277,6 +277,8 @@ class Runtime {
   #arenaUsed = 0;
   #align: number;
   #timing: { querySet: GPUQuerySet; next: number; capacity: number } | null = null;
+  #profileNames: string[] | null = null;
+  #lastTimestamps: number[] = [];
   /** Dispatches after which the runtime submits on its own, bounding parked memory. */
   autoFlushDispatches = 1024;
   /** Count of dispatches since start (for profiles and tests). */
@@ -434,10 +436,16 @@ class Runtime {
       resource: { buffer: this.#arena, offset, size: paramBytes },
     });
     const bindGroup = this.device.createBindGroup({ layout, entries });
+    if (this.#profileNames) {
+      // Profiling: one pass per dispatch, so each gets its own pair of timestamps.
+      this.#endPass();
+      this.#profileNames.push(k.name);
+    }
     const pass = this.#ensurePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
+    if (this.#profileNames) this.#endPass();
     for (const b of buffers) if ("buffer" in b) this.#pendingBuffers.add(b.buffer);
     this.#pendingDispatches++;
     this.dispatchCount++;
@@ -508,6 +516,7 @@ class Runtime {
     const out = staging.getMappedRange().slice(0, bytes);
     staging.unmap();
     staging.destroy();
+    this.#throwGpuErrors();
     return out;
   }
 
@@ -515,6 +524,46 @@ class Runtime {
   async sync(): Promise<void> {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
+    this.#throwGpuErrors();
+  }
+
+  /** Throw the device's pending errors, if any (results computed after one are not valid). */
+  #throwGpuErrors(): void {
+    const errors = takeGpuErrors();
+    if (errors.length) {
+      throw new Error(
+        `WebGPU reported ${errors.length} error(s); results since then are invalid:\n  ` +
+          errors.slice(0, 5).join("\n  "),
+      );
+    }
+  }
+
+  /**
+   * GPU time per kernel name of the work `fn` records (each dispatch timed alone), sorted by
+   * total time. Null without timestamp queries. Kernel names group variants (`map(a + b)` etc.).
+   */
+  async profile(
+    fn: () => void,
+    maxDispatches = 2048,
+  ): Promise<[string, { ms: number; count: number }][] | null> {
+    if (!this.gpu.hasTimestamps) return null;
+    this.#profileNames = [];
+    let names: string[];
+    try {
+      await this.timeGpu(fn, maxDispatches);
+    } finally {
+      names = this.#profileNames;
+      this.#profileNames = null;
+    }
+    const per = this.#lastTimestamps;
+    const out = new Map<string, { ms: number; count: number }>();
+    for (let i = 0; i < Math.min(names.length, per.length); i++) {
+      const e = out.get(names[i]) ?? { ms: 0, count: 0 };
+      e.ms += per[i];
+      e.count++;
+      out.set(names[i], e);
+    }
+    return [...out].sort((a, b) => b[1].ms - a[1].ms);
   }
 
   /**
@@ -548,7 +597,11 @@ class Runtime {
     querySet.destroy();
     const ts = new BigUint64Array(raw);
     let ns = 0n;
-    for (let i = 0; i + 1 < used; i += 2) ns += ts[i + 1] - ts[i];
+    this.#lastTimestamps = [];
+    for (let i = 0; i + 1 < used; i += 2) {
+      ns += ts[i + 1] - ts[i];
+      this.#lastTimestamps.push(Number(ts[i + 1] - ts[i]) / 1e6);
+    }
     return Number(ns) / 1e6;
   }
 }

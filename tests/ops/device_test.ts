@@ -126,3 +126,19 @@ Deno.test("timeGpu measures recorded work when the adapter has timestamps", asyn
   }
   for (const t of [x, y]) t.dispose();
 });
+
+Deno.test("a WebGPU error (here an invalid shader) makes the next read-back throw instead of returning stale zeros", async () => {
+  const broken = defineKernel({
+    name: "broken_on_purpose",
+    bindings: [{ name: "x", type: "f32", access: "read_write" }],
+    source: `@compute @workgroup_size(1) fn main() { let a = 1.0; let a = 2.0; x[0] = a; }`,
+  });
+  const t = tensor([5]);
+  rt().dispatch(broken, [t], {}, [1]);
+  await assert.rejects(t.read(), /WebGPU reported \d+ error\(s\)/);
+  assert.deepStrictEqual(
+    await t.toArray(),
+    [5],
+    "the device works again after the error was reported",
+  );
+});
