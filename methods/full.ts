@@ -18,7 +18,7 @@ export const FullConfigSchema = z.object({}).strict();
 export type FullConfig = z.infer<typeof FullConfigSchema>;
 
 /** Full fine-tuning as a registry entry. */
-export const full: Method<FullConfig> = {
+export const fullFineTuning: Method<FullConfig> = {
   name: "full",
   config: FullConfigSchema,
   apply(model, _config, ctx) {

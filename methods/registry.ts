@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { full } from "./full.ts";
+import { fullFineTuning } from "./full.ts";
 import { applyLora, lora, LoraConfigSchema } from "./lora.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
 import type { Module } from "../models/module.ts";
@@ -17,7 +17,7 @@ const rslora: Method<ReturnType<typeof LoraConfigSchema.parse>> = {
 
 /** Every registered method. */
 export const METHODS: Readonly<Record<string, Method<never>>> = {
-  full: full as Method<never>,
+  full: fullFineTuning as Method<never>,
   lora: lora as Method<never>,
   rslora: rslora as Method<never>,
 };
