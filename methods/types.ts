@@ -8,7 +8,7 @@
  * @module
  */
 import type { z } from "zod";
-import type { Tensor } from "../ops/mod.ts";
+import type { AdamWOptions, Optimizer, ParamGroup, Tensor } from "../ops/mod.ts";
 import type { Module } from "../models/module.ts";
 
 /** A group of trainable tensors sharing one learning rate and weight decay. */
@@ -40,16 +40,35 @@ export interface MethodContext {
   seed: number;
 }
 
+/**
+ * Access to training data before training starts (EVA's activation statistics, LoRA-GA's gradient
+ * estimate). Each thunk builds the task loss of one training batch when called — inside noGrad for
+ * statistics, or with gradients enabled followed by `backward`.
+ */
+export interface DataPass {
+  /** Loss thunks of the first `n` training batches (deterministic for a run's seed). */
+  losses(n: number): (() => Tensor)[];
+}
+
 /** The result of applying a method to a model. */
 export interface Adapter {
   /** The method's name (registry key). */
   readonly method: string;
   /** Trainable tensors grouped by learning-rate multiplier and weight decay. */
   groups(): ParamGroupSpec[];
-  /** Optional data pass before training (EVA, LoRA-GA). */
-  beforeTraining?(): Promise<void>;
-  /** Optional hook after each optimizer step (AdaLoRA, LISA, SIFT). */
-  afterStep?(step: number): void;
+  /**
+   * Optional data pass before training (EVA, LoRA-GA). Runs on resume too (it is deterministic),
+   * so frozen weights it changes are the same; the checkpoint then restores trainable tensors.
+   */
+  beforeTraining?(data: DataPass): Promise<void>;
+  /** A term added to the task loss at `step` (AdaLoRA's orthogonality regulariser), or null. */
+  extraLoss?(step: number): Tensor | null;
+  /** After backward, before the optimizer step (SIFT's gradient masks). */
+  beforeStep?(step: number): void;
+  /** After each optimizer step (AdaLoRA's budget, LISA's layer resampling). */
+  afterStep?(step: number, optimizer: Optimizer): void;
+  /** Replace AdamW (GaLore's projected AdamW; LoRA+ needs only groups). */
+  createOptimizer?(groups: ParamGroup[], options: AdamWOptions): Optimizer;
   /** Fold the adapter into the base weights; the model becomes a plain model again. */
   merge(): void;
   /** Write the adapter (PEFT format where PEFT has one) into `dir`. */

@@ -419,6 +419,37 @@ interface MomentState {
   expAvgSq: Tensor;
 }
 
+/** An optimizer's state as JSON metadata plus named host arrays (what a checkpoint stores). */
+export interface OptimizerState {
+  meta: unknown;
+  arrays: Record<string, Float32Array>;
+}
+
+/**
+ * What the training loop needs of an optimizer. AdamW implements it; methods that change the
+ * update rule (GaLore's projected AdamW) provide their own.
+ */
+export interface Optimizer {
+  /** Steps taken (the schedule's step). */
+  readonly stepCount: number;
+  /** Update every parameter that has a gradient. */
+  step(): void;
+  /** Drop (or zero) the gradients. */
+  zeroGrad(): void;
+  /** The current learning rate of a group (after the schedule). */
+  lr(group?: number): number;
+  /** Free a parameter's state (e.g. when LISA freezes its layer). */
+  releaseState(param: Tensor): void;
+  /** Bytes of optimizer state held on the GPU. */
+  readonly stateBytes: number;
+  /** Copy the state to the host (exact), for checkpoints. */
+  saveState(): Promise<OptimizerState>;
+  /** Restore a state from {@link Optimizer.saveState}. */
+  loadState(state: OptimizerState): void;
+  /** Free everything. */
+  dispose(): void;
+}
+
 /** A parameter group with its defaults filled in; its fields may be changed between steps. */
 export interface AdamWGroup {
   /** The group's parameters. */
@@ -475,7 +506,7 @@ function resolveGroup(g: ParamGroup, i: number): AdamWGroup {
  * opt.zeroGrad();
  * ```
  */
-export class AdamW {
+export class AdamW implements Optimizer {
   /** The parameter groups with defaults filled in. */
   readonly groups: readonly AdamWGroup[];
   /** The learning-rate multiplier as a function of the optimizer step. */
@@ -705,6 +736,49 @@ export class AdamW {
       }
     });
     this.#step = state.step;
+  }
+
+  /** {@link exportState} as generic metadata + arrays. */
+  async saveState(): Promise<OptimizerState> {
+    const s = await this.exportState();
+    const arrays: Record<string, Float32Array> = {};
+    s.params.forEach((p, i) => {
+      if (!p) return;
+      arrays[`${i}.exp_avg`] = p.expAvg;
+      arrays[`${i}.exp_avg_sq`] = p.expAvgSq;
+    });
+    const meta = {
+      type: "adamw",
+      step: s.step,
+      groups: s.groups,
+      params: s.params.map((p) => (p ? { name: p.name, step: p.step } : null)),
+    };
+    return { meta, arrays };
+  }
+
+  /** Restore from {@link saveState}'s output. */
+  loadState(state: OptimizerState): void {
+    const meta = state.meta as {
+      type?: string;
+      step: number;
+      groups: AdamWState["groups"];
+      params: ({ name?: string; step: number } | null)[];
+    };
+    if (meta?.type !== "adamw") {
+      throw new Error(`optimizer state is not AdamW's (type ${meta?.type})`);
+    }
+    const array = (key: string) => {
+      const a = state.arrays[key];
+      if (!a) throw new Error(`AdamW state: missing array ${key}`);
+      return a;
+    };
+    this.importState({
+      step: meta.step,
+      groups: meta.groups,
+      params: meta.params.map((p, i) =>
+        p ? { ...p, expAvg: array(`${i}.exp_avg`), expAvgSq: array(`${i}.exp_avg_sq`) } : null
+      ),
+    });
   }
 
   /** Free every moment and the clipping buffers. */

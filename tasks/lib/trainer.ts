@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import {
   AdamW,
+  add,
   addInto,
   backward,
   constantSchedule,
@@ -27,16 +28,17 @@ import {
   mseLoss,
   mul,
   noGrad,
+  type Optimizer,
   reshape,
   rt,
-  scope,
   type Schedule,
+  scope,
   type Tensor,
   tensor,
   zeros,
 } from "../../ops/mod.ts";
 import { ForwardContext } from "../../models/context.ts";
-import { loadModel, type LoadedModel } from "../../models/load.ts";
+import { type LoadedModel, loadModel } from "../../models/load.ts";
 import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
 import { applyMethod } from "../../methods/registry.ts";
@@ -48,8 +50,8 @@ import {
   collate,
   commonsenseRecords,
   dataSource,
-  type Encoded,
   encodeCommonsenseTrain,
+  type Encoded,
   encodeGlue,
   epochBatches,
   glueExamples,
@@ -58,9 +60,9 @@ import {
   type TaskInfo,
 } from "./data.ts";
 import {
+  type ClassificationEval,
   type Classifier,
   classifierLogits,
-  type ClassificationEval,
   type CommonsenseEval,
   evaluateClassification,
   evaluateCommonsenseGenerate,
@@ -127,7 +129,14 @@ interface Prepared {
   tokenizer: Tokenizer;
   loaded: LoadedModel;
   train: Encoded[];
-  evaluate: () => Promise<{ scores: Scores; main: number; mainMetric: string; detail: ClassificationEval | CommonsenseEval }>;
+  evaluate: () => Promise<
+    {
+      scores: Scores;
+      main: number;
+      mainMetric: string;
+      detail: ClassificationEval | CommonsenseEval;
+    }
+  >;
   loss: (h: HostBatch) => Tensor;
   padSide: "left" | "right";
   padId: number;
@@ -139,14 +148,27 @@ async function prepare(config: RunConfig, log: (s: string) => void): Promise<Pre
   const tokenizer = await loadTokenizer(modelDir);
   const source = await dataSource(task, config.data, config.offline);
   const padId = tokenizer.padId ?? 0;
-  const tokKey = { tokenizer: modelDir, vocab: tokenizer.vocabSize, maxLength: config.maxLength, task: config.task };
+  const tokKey = {
+    tokenizer: modelDir,
+    vocab: tokenizer.vocabSize,
+    maxLength: config.maxLength,
+    task: config.task,
+  };
   if (task.kind === "glue") {
     const [trainEx, evalEx] = await Promise.all([
       glueExamples(task.name, "train", source, config.trainLimit),
       glueExamples(task.name, task.evalSplit, source, config.evalLimit),
     ]);
-    const train = await cachedEncode({ ...tokKey, split: "train" }, trainEx, () => encodeGlue(tokenizer, trainEx, config.maxLength));
-    const evalSet = await cachedEncode({ ...tokKey, split: task.evalSplit }, evalEx, () => encodeGlue(tokenizer, evalEx, config.maxLength));
+    const train = await cachedEncode(
+      { ...tokKey, split: "train" },
+      trainEx,
+      () => encodeGlue(tokenizer, trainEx, config.maxLength),
+    );
+    const evalSet = await cachedEncode(
+      { ...tokKey, split: task.evalSplit },
+      evalEx,
+      () => encodeGlue(tokenizer, evalEx, config.maxLength),
+    );
     const loaded = await loadModel(modelDir, {
       numLabels: task.spec.numLabels,
       classificationHead: true,
@@ -156,7 +178,9 @@ async function prepare(config: RunConfig, log: (s: string) => void): Promise<Pre
     const classifier: Classifier = loaded.kind === "encoder"
       ? { kind: "encoder", model: loaded.model }
       : { kind: "decoder", model: loaded.model };
-    log(`${task.name}: ${train.length} train / ${evalSet.length} ${task.evalSplit} examples from ${source}`);
+    log(
+      `${task.name}: ${train.length} train / ${evalSet.length} ${task.evalSplit} examples from ${source}`,
+    );
     return {
       task,
       tokenizer,
@@ -170,22 +194,33 @@ async function prepare(config: RunConfig, log: (s: string) => void): Promise<Pre
         return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
       },
       evaluate: async () => {
-        const r = await evaluateClassification(classifier, evalSet, task.spec, config.evalBatchSize, padId);
+        const r = await evaluateClassification(
+          classifier,
+          evalSet,
+          task.spec,
+          config.evalBatchSize,
+          padId,
+        );
         return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
       },
     };
   }
   const loaded = await loadModel(modelDir, { frozenDtype: config.frozenDtype, seed: config.seed });
   if (loaded.kind !== "decoder") {
-    throw new Error(`commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`);
+    throw new Error(
+      `commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`,
+    );
   }
   const model = loaded.model;
   const [trainRec, evalRec] = await Promise.all([
     commonsenseRecords(task.name, "train", source, config.trainLimit),
     commonsenseRecords(task.name, "test", source, config.evalLimit),
   ]);
-  const train = await cachedEncode({ ...tokKey, split: "train", lm: true }, trainRec, () =>
-    encodeCommonsenseTrain(tokenizer, trainRec, config.maxLength));
+  const train = await cachedEncode(
+    { ...tokKey, split: "train", lm: true },
+    trainRec,
+    () => encodeCommonsenseTrain(tokenizer, trainRec, config.maxLength),
+  );
   log(`${task.name}: ${train.length} train / ${evalRec.length} test records from ${source}`);
   return {
     task,
@@ -195,15 +230,29 @@ async function prepare(config: RunConfig, log: (s: string) => void): Promise<Pre
     padSide: "right",
     padId,
     loss: (h) => {
-      const hidden = model.hidden({ ids: tensor(h.ids, [h.b, h.t]), keyMask: tensor(h.mask, [h.b, h.t]) });
+      const hidden = model.hidden({
+        ids: tensor(h.ids, [h.b, h.t]),
+        keyMask: tensor(h.mask, [h.b, h.t]),
+      });
       return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
     },
     evaluate: async () => {
-      const opts = { batchSize: config.evalBatchSize, maxPromptTokens: model.dims.maxPositions - config.maxNewTokens };
+      const opts = {
+        batchSize: config.evalBatchSize,
+        maxPromptTokens: model.dims.maxPositions - config.maxNewTokens,
+      };
       const r = config.evalMode === "loglik"
         ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)
-        : await evaluateCommonsenseGenerate(model, tokenizer, task.name, evalRec, { ...opts, maxNewTokens: config.maxNewTokens });
-      return { scores: { accuracy: r.accuracy }, main: r.accuracy, mainMetric: "accuracy", detail: r };
+        : await evaluateCommonsenseGenerate(model, tokenizer, task.name, evalRec, {
+          ...opts,
+          maxNewTokens: config.maxNewTokens,
+        });
+      return {
+        scores: { accuracy: r.accuracy },
+        main: r.accuracy,
+        mainMetric: "accuracy",
+        detail: r,
+      };
     },
   };
 }
@@ -229,7 +278,14 @@ interface CheckpointState {
 
 async function configHash(config: RunConfig): Promise<string> {
   // Settings that change the trajectory; output paths and intervals of logging do not.
-  const { output: _o, logInterval: _l, offline: _off, evalInterval: _e, saveInterval: _s, ...rest } = config;
+  const {
+    output: _o,
+    logInterval: _l,
+    offline: _off,
+    evalInterval: _e,
+    saveInterval: _s,
+    ...rest
+  } = config;
   const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(rest)));
   return [...new Uint8Array(d)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -255,40 +311,41 @@ async function saveCheckpoint(
   dir: string,
   state: CheckpointState,
   named: readonly [string, Tensor][],
-  optimizer: AdamW,
+  optimizer: Optimizer,
 ): Promise<void> {
-  const opt = await optimizerEntries(optimizer);
+  const opt = await optimizer.saveState();
   await writeDirAtomic(dir, async (tmp) => {
     await writeSafetensors(join(tmp, "trainable.safetensors"), await toEntries(named));
-    await writeSafetensors(join(tmp, "optimizer.safetensors"), opt.entries);
-    await Deno.writeTextFile(join(tmp, "state.json"), JSON.stringify({ ...state, optimizer: opt.meta }, null, 2));
+    await writeSafetensors(
+      join(tmp, "optimizer.safetensors"),
+      Object.entries(opt.arrays).map(([name, data]) => ({
+        name,
+        dtype: "F32" as const,
+        shape: [data.length],
+        data,
+      })),
+    );
+    await Deno.writeTextFile(
+      join(tmp, "state.json"),
+      JSON.stringify({ ...state, optimizer: opt.meta }, null, 2),
+    );
   });
-}
-
-async function optimizerEntries(optimizer: AdamW) {
-  const s = await optimizer.exportState();
-  const entries = s.params.flatMap((p, i) =>
-    p
-      ? [
-        { name: `${i}.exp_avg`, dtype: "F32" as const, shape: [p.expAvg.length], data: p.expAvg },
-        { name: `${i}.exp_avg_sq`, dtype: "F32" as const, shape: [p.expAvgSq.length], data: p.expAvgSq },
-      ]
-      : []
-  );
-  const meta = { step: s.step, groups: s.groups, params: s.params.map((p) => (p ? { name: p.name, step: p.step } : null)) };
-  return { entries, meta };
 }
 
 async function loadCheckpoint(
   dir: string,
   named: readonly [string, Tensor][],
-  optimizer: AdamW,
+  optimizer: Optimizer,
 ): Promise<CheckpointState> {
   const raw = JSON.parse(await Deno.readTextFile(join(dir, "state.json")));
   const params = await openSafetensors(join(dir, "trainable.safetensors"));
   try {
     for (const [name, t] of named) {
-      if (!params.has(name)) throw new Error(`${dir}: checkpoint has no tensor ${name}; was it written by another method?`);
+      if (!params.has(name)) {
+        throw new Error(
+          `${dir}: checkpoint has no tensor ${name}; was it written by another method?`,
+        );
+      }
       writeInto(t, await params.readF32(name));
     }
   } finally {
@@ -296,24 +353,14 @@ async function loadCheckpoint(
   }
   const moments = await openSafetensors(join(dir, "optimizer.safetensors"));
   try {
-    const meta = raw.optimizer as { step: number; groups: AdamWStateGroups; params: ({ name?: string; step: number } | null)[] };
-    const state = {
-      step: meta.step,
-      groups: meta.groups,
-      params: await Promise.all(meta.params.map(async (p, i) =>
-        p
-          ? { ...p, expAvg: await moments.readF32(`${i}.exp_avg`), expAvgSq: await moments.readF32(`${i}.exp_avg_sq`) }
-          : null
-      )),
-    };
-    optimizer.importState(state);
+    const arrays: Record<string, Float32Array> = {};
+    for (const name of moments.names) arrays[name] = await moments.readF32(name);
+    optimizer.loadState({ meta: raw.optimizer, arrays });
   } finally {
     moments.close();
   }
   return raw as CheckpointState;
 }
-
-type AdamWStateGroups = Awaited<ReturnType<AdamW["exportState"]>>["groups"];
 
 async function truncateLines(file: string, keep: number): Promise<void> {
   const text = await Deno.readTextFile(file).catch(() => "");
@@ -322,7 +369,10 @@ async function truncateLines(file: string, keep: number): Promise<void> {
 }
 
 /** Parameters of a model: trainable (in groups) and total. */
-function countParams(loaded: LoadedModel, groups: readonly ParamGroupSpec[]): { trainable: number; total: number } {
+function countParams(
+  loaded: LoadedModel,
+  groups: readonly ParamGroupSpec[],
+): { trainable: number; total: number } {
   const all = new Set(loaded.model.namedParameters().map(([, t]) => t));
   let trainable = 0;
   for (const g of groups) for (const p of g.params) trainable += p.size;
@@ -348,15 +398,22 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const ckptDir = join(out, CHECKPOINT);
   const metricsFile = join(out, "metrics.jsonl");
   const hash = await configHash(config);
-  const resumable = options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
-  if (!options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false)) {
-    throw new Error(`${out} already holds a checkpoint: pass --resume to continue it, or choose another --output`);
+  const resumable = options.resume &&
+    await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
+  if (
+    !options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false)
+  ) {
+    throw new Error(
+      `${out} already holds a checkpoint: pass --resume to continue it, or choose another --output`,
+    );
   }
   rt().pool.resetPeak();
   const p = await prepare(config, log);
   const { loaded } = p;
   const modelType = loaded.config.model_type;
-  const headModules = p.task.kind === "glue" ? (loaded.kind === "encoder" ? ["classifier"] : ["score"]) : [];
+  const headModules = p.task.kind === "glue"
+    ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
+    : [];
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets: config.targets ?? defaultTargets(modelType),
     lrMultipliers: config.lrMultipliers,
@@ -366,31 +423,69 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     baseModel: config.model,
     seed: config.seed,
   });
+  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
+  let epochCache: { epoch: number; batches: number[][] } | null = null;
+  const lengths = p.train.map((e) => e.ids.length);
+  const batchAt = (k: number): HostBatch => {
+    const epoch = Math.floor(k / batchesPerEpoch);
+    if (epochCache?.epoch !== epoch) {
+      epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
+    }
+    const idx = epochCache.batches[k % batchesPerEpoch];
+    return collate(idx.map((i) => p.train[i]), p.padId, p.padSide);
+  };
+  if (adapter.beforeTraining) {
+    const t0 = performance.now();
+    await adapter.beforeTraining({
+      losses: (n) =>
+        Array.from({ length: Math.min(n, batchesPerEpoch) }, (_, k) => () => p.loss(batchAt(k))),
+    });
+    log(
+      `${config.method}: data pass before training took ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s`,
+    );
+  }
   const groups = adapter.groups();
   const named = namedTrainable(groups);
   for (const [n, t] of named) t.name = n;
   const counts = countParams(loaded, groups);
-  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
-  if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
   const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
   const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
   const schedule = scheduleOf(config, total);
-  const optimizer = new AdamW(
-    groups.map((g) => ({ params: g.params, lr: config.lr * g.lrMultiplier, weightDecay: g.weightDecay })),
-    { schedule, maxGradNorm: config.maxGradNorm ?? undefined },
-  );
+  const paramGroups = groups.map((g) => ({
+    params: g.params,
+    lr: config.lr * g.lrMultiplier,
+    weightDecay: g.weightDecay,
+  }));
+  const optimizerOptions = { schedule, maxGradNorm: config.maxGradNorm ?? undefined };
+  const optimizer: Optimizer = adapter.createOptimizer?.(paramGroups, optimizerOptions) ??
+    new AdamW(paramGroups, optimizerOptions);
   log(
     `${config.method} on ${config.model} (${modelType}): ${counts.trainable.toLocaleString()} trainable of ` +
-      `${counts.total.toLocaleString()} parameters (${((100 * counts.trainable) / counts.total).toFixed(3)} %); ` +
+      `${counts.total.toLocaleString()} parameters (${
+        ((100 * counts.trainable) / counts.total).toFixed(3)
+      } %); ` +
       `${total} steps; device ${gpu().adapter.name}`,
   );
 
   let start = 0;
-  let state: CheckpointState = { step: 0, metricsLines: 0, best: null, lastLoss: NaN, trainSeconds: 0, tokens: 0, configHash: hash };
+  let state: CheckpointState = {
+    step: 0,
+    metricsLines: 0,
+    best: null,
+    lastLoss: NaN,
+    trainSeconds: 0,
+    tokens: 0,
+    configHash: hash,
+  };
   if (resumable) {
     state = await loadCheckpoint(ckptDir, named, optimizer);
     if (state.configHash !== hash) {
-      throw new Error(`${ckptDir} was written by a run with other settings; resume needs the same configuration`);
+      throw new Error(
+        `${ckptDir} was written by a run with other settings; resume needs the same configuration`,
+      );
     }
     start = state.step;
     await truncateLines(metricsFile, state.metricsLines);
@@ -426,14 +521,6 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   };
 
   const progress = new Progress(total, Deno.stderr.isTerminal(), options.progress !== false);
-  let epochCache: { epoch: number; batches: number[][] } | null = null;
-  const lengths = p.train.map((e) => e.ids.length);
-  const batchAt = (k: number): HostBatch => {
-    const epoch = Math.floor(k / batchesPerEpoch);
-    if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
-    const idx = epochCache.batches[k % batchesPerEpoch];
-    return collate(idx.map((i) => p.train[i]), p.padId, p.padSide);
-  };
 
   const evaluate = async (step: number) => {
     const t0 = performance.now();
@@ -443,7 +530,11 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       state.best = { main: r.main, step, scores: r.scores };
       await writeDirAtomic(join(out, "best"), (tmp) => adapter.save(tmp));
     }
-    log(`step ${step}: ${Object.entries(r.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")}`);
+    log(
+      `step ${step}: ${
+        Object.entries(r.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")
+      }`,
+    );
     return r;
   };
   const checkpoint = async (step: number) => {
@@ -463,7 +554,9 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       stepTokens += h.tokens;
       const ctx = new ForwardContext(true, config.seed, step * config.gradAccum + m);
       scope(() => {
-        const loss = ctx.run(() => p.loss(h));
+        const taskLoss = ctx.run(() => p.loss(h));
+        const extra = adapter.extraLoss?.(step) ?? null;
+        const loss = extra ? add(taskLoss, extra) : taskLoss;
         // Accumulated micro-batches average: each contributes loss / gradAccum.
         backward(config.gradAccum > 1 ? mul(loss, 1 / config.gradAccum) : loss);
         const part = config.gradAccum > 1 ? mul(loss, 1 / config.gradAccum) : loss;
@@ -471,9 +564,10 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       });
     }
     lossSteps++;
+    adapter.beforeStep?.(step);
     optimizer.step();
     optimizer.zeroGrad();
-    adapter.afterStep?.(step + 1);
+    adapter.afterStep?.(step + 1, optimizer);
     tokens += stepTokens;
     windowTokens += stepTokens;
     const done = step + 1;
@@ -483,7 +577,13 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       state.lastLoss = loss;
       const seconds = (performance.now() - windowStart) / 1000;
       const tps = windowTokens / Math.max(1e-9, seconds);
-      record({ step: done, epoch: (done * config.gradAccum) / batchesPerEpoch, loss, lr: optimizer.lr(0), tokensPerSecond: tps });
+      record({
+        step: done,
+        epoch: (done * config.gradAccum) / batchesPerEpoch,
+        loss,
+        lr: optimizer.lr(0),
+        tokensPerSecond: tps,
+      });
       progress.update(done, { loss, lr: optimizer.lr(0), tokensPerSecond: tps });
       windowStart = performance.now();
       windowTokens = 0;
@@ -524,7 +624,12 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     trainSeconds,
     wallSeconds: (performance.now() - started) / 1000,
     device: gpu().adapter,
-    versions: { toolkit: VERSION, deno: Deno.version.deno, v8: Deno.version.v8, typescript: Deno.version.typescript },
+    versions: {
+      toolkit: VERSION,
+      deno: Deno.version.deno,
+      v8: Deno.version.v8,
+      typescript: Deno.version.typescript,
+    },
     newlyInitialized: loaded.newlyInitialized,
     resumedFrom: resumable ? start : null,
   };
@@ -535,4 +640,3 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   loaded.model.dispose();
   return summary;
 }
-
