@@ -47,10 +47,14 @@ export const fullFineTuning: Method<FullConfig> = {
         const reader = await openSafetensors(join(dir, "model.safetensors"));
         try {
           for (const [name, t] of params) {
-            if (!reader.has(name)) throw new Error(`${dir}/model.safetensors has no tensor ${name}`);
+            if (!reader.has(name)) {
+              throw new Error(`${dir}/model.safetensors has no tensor ${name}`);
+            }
             const info = reader.info(name);
             if (info.shape.join() !== t.shape.join()) {
-              throw new Error(`${dir}/model.safetensors: ${name} has shape [${info.shape}], expected [${t.shape}]`);
+              throw new Error(
+                `${dir}/model.safetensors: ${name} has shape [${info.shape}], expected [${t.shape}]`,
+              );
             }
             writeInto(t, await reader.readF32(name));
           }

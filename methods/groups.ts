@@ -58,7 +58,9 @@ export function buildGroups(
     let g = groups.get(id);
     if (!g) {
       g = {
-        label: `${label}${m !== 1 ? ` ×${m}` : ""}${wd === 0 && weightDecay !== 0 ? " (no decay)" : ""}`,
+        label: `${label}${m !== 1 ? ` ×${m}` : ""}${
+          wd === 0 && weightDecay !== 0 ? " (no decay)" : ""
+        }`,
         names: [],
         params: [],
         lrMultiplier: m,

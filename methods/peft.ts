@@ -69,7 +69,9 @@ export async function readAdapter(dir: string): Promise<AdapterFiles> {
   try {
     config = JSON.parse(await Deno.readTextFile(configPath));
   } catch (e) {
-    throw new Error(`${configPath}: cannot read the adapter config (${e instanceof Error ? e.message : e})`);
+    throw new Error(
+      `${configPath}: cannot read the adapter config (${e instanceof Error ? e.message : e})`,
+    );
   }
   if (!config || typeof config !== "object" || typeof config.peft_type !== "string") {
     throw new Error(`${configPath}: expected a PEFT adapter config with a "peft_type" field`);

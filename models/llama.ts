@@ -279,7 +279,9 @@ export class LlamaForCausalLM extends Container {
   lmLoss(hidden: Tensor, shiftedTargets: Tensor): Tensor {
     const [b, t] = hidden.shape;
     const logits = this.logits(slice(hidden, 1, 0, t - 1));
-    return crossEntropy(reshape(logits, [b * (t - 1), this.dims.vocabSize]), shiftedTargets, { ignoreIndex: -100 });
+    return crossEntropy(reshape(logits, [b * (t - 1), this.dims.vocabSize]), shiftedTargets, {
+      ignoreIndex: -100,
+    });
   }
 
   /**

@@ -12,7 +12,7 @@
  */
 import { f16ToF32, randNormal, type Tensor, tensor } from "../ops/mod.ts";
 import { isEncoderConfig, loadConfig, type ModelConfig } from "./config.ts";
-import { EncoderForSequenceClassification, type EncoderDims } from "./encoder.ts";
+import { type EncoderDims, EncoderForSequenceClassification } from "./encoder.ts";
 import { type LlamaDims, LlamaForCausalLM } from "./llama.ts";
 import { openCheckpoint } from "./safetensors.ts";
 import type { InitKind, WeightSource } from "./weights.ts";
@@ -139,7 +139,9 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         if (!t) continue;
         if (t.shape.join() !== shape.join()) {
           throw new Error(
-            `${dir}: tensor ${key} has shape [${t.shape.join(", ")}], the config implies [${shape.join(", ")}]`,
+            `${dir}: tensor ${key} has shape [${t.shape.join(", ")}], the config implies [${
+              shape.join(", ")
+            }]`,
           );
         }
         used.add(key);
@@ -153,9 +155,13 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
         return randNormal(shape, 0, initStd, { seed, stream: 1000 + stream++, category: "weights" })
           .keep();
       }
-      return tensor(new Float32Array(shape.reduce((p, d) => p * d, 1)).fill(kind === "ones" ? 1 : 0), shape, {
-        category: "weights",
-      }).keep();
+      return tensor(
+        new Float32Array(shape.reduce((p, d) => p * d, 1)).fill(kind === "ones" ? 1 : 0),
+        shape,
+        {
+          category: "weights",
+        },
+      ).keep();
     },
   };
   try {
@@ -166,7 +172,10 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     };
     if (isEncoderConfig(config)) {
       const numLabels = options.numLabels ?? config.num_labels;
-      const model = new EncoderForSequenceClassification(encoderDimsFromConfig(config, numLabels), source);
+      const model = new EncoderForSequenceClassification(
+        encoderDimsFromConfig(config, numLabels),
+        source,
+      );
       return { kind: "encoder", model, config, dir, newlyInitialized, unused: unused() };
     }
     const numLabels = options.classificationHead ? options.numLabels ?? config.num_labels : 0;

@@ -78,13 +78,11 @@ export class Module {
 
   /** The module at a dotted path below this one. */
   getModule(path: string): Module {
-    let m: Module = this;
-    for (const part of path.split(".")) {
+    return path.split(".").reduce<Module>((m, part) => {
       const next = m.#children.get(part);
       if (!next) throw new Error(`no module named ${path} (missing part "${part}")`);
-      m = next;
-    }
-    return m;
+      return next;
+    }, this);
   }
 
   /** Replace the module at a dotted path. */

@@ -32,7 +32,9 @@ if (import.meta.main) {
   const number = (flag: string, text: string, integer: boolean): number => {
     const v = Number(text);
     if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < 0) {
-      console.error(`--${flag}: expected a ${integer ? "non-negative integer" : "number ≥ 0"}, got "${text}"`);
+      console.error(
+        `--${flag}: expected a ${integer ? "non-negative integer" : "number ≥ 0"}, got "${text}"`,
+      );
       Deno.exit(2);
     }
     return v;
@@ -47,7 +49,11 @@ if (import.meta.main) {
       seed: number("seed", values.seed, true),
     });
     console.log(result.prompt + result.text);
-    console.error(`\n[${result.tokens.length} tokens, ${result.tokensPerSecond.toFixed(1)} tokens/s on ${result.device}]`);
+    console.error(
+      `\n[${result.tokens.length} tokens, ${
+        result.tokensPerSecond.toFixed(1)
+      } tokens/s on ${result.device}]`,
+    );
   } catch (e) {
     console.error(`error: ${e instanceof Error ? e.message : e}`);
     Deno.exit(1);

@@ -13,7 +13,6 @@ import {
   parseRunConfig,
   readRunYaml,
   type RunConfig,
-
 } from "./lib/config.ts";
 import { train } from "./lib/trainer.ts";
 
@@ -68,7 +67,9 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
 };
 
 /** Build a RunConfig from command-line arguments (and the YAML file they name). */
-export async function configFromArgs(args: string[]): Promise<{ config: RunConfig; resume: boolean }> {
+export async function configFromArgs(
+  args: string[],
+): Promise<{ config: RunConfig; resume: boolean }> {
   const options: Record<string, { type: "string" | "boolean" }> = {
     config: { type: "string" },
     targets: { type: "string" },
@@ -82,7 +83,9 @@ export async function configFromArgs(args: string[]): Promise<{ config: RunConfi
     resume: { type: "boolean" },
     help: { type: "boolean" },
   };
-  for (const f of [...Object.keys(NUMBER_FLAGS), ...Object.keys(STRING_FLAGS)]) options[f] = { type: "string" };
+  for (const f of [...Object.keys(NUMBER_FLAGS), ...Object.keys(STRING_FLAGS)]) {
+    options[f] = { type: "string" };
+  }
   let values: Record<string, string | boolean | undefined>;
   try {
     values = parseArgs({ args, options, strict: true }).values;
@@ -93,22 +96,30 @@ export async function configFromArgs(args: string[]): Promise<{ config: RunConfi
     console.log(USAGE);
     Deno.exit(0);
   }
-  const raw: Record<string, unknown> = values.config ? await readRunYaml(String(values.config)) : {};
+  const raw: Record<string, unknown> = values.config
+    ? await readRunYaml(String(values.config))
+    : {};
   const source = values.config ? `${values.config} + flags` : "flags";
   for (const [flag, key] of Object.entries(NUMBER_FLAGS)) {
     const v = values[flag];
     if (v === undefined) continue;
     const n = Number(v);
-    if (v === "" || !Number.isFinite(n)) throw new Error(`--${flag}: expected a number, got "${v}"`);
+    if (v === "" || !Number.isFinite(n)) {
+      throw new Error(`--${flag}: expected a number, got "${v}"`);
+    }
     raw[key] = n;
   }
   for (const [flag, key] of Object.entries(STRING_FLAGS)) {
     if (values[flag] !== undefined) raw[key] = values[flag];
   }
   if (values.targets) raw.targets = parseList(String(values.targets));
-  if (values["lr-multipliers"]) raw.lrMultipliers = parseMultipliers(String(values["lr-multipliers"]));
+  if (values["lr-multipliers"]) {
+    raw.lrMultipliers = parseMultipliers(String(values["lr-multipliers"]));
+  }
   if (values.offline) raw.offline = true;
-  const methodOptions: Record<string, unknown> = { ...(raw.methodOptions as Record<string, unknown> ?? {}) };
+  const methodOptions: Record<string, unknown> = {
+    ...(raw.methodOptions as Record<string, unknown> ?? {}),
+  };
   if (values["method-options"]) {
     try {
       Object.assign(methodOptions, JSON.parse(String(values["method-options"])));
@@ -137,8 +148,12 @@ if (import.meta.main) {
       Object.entries(s).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
     console.log(
       `\n${summary.method} · ${summary.task} · ${summary.model}\n` +
-        `  final: ${fmt(summary.final)}\n  best (step ${summary.bestStep}): ${fmt(summary.best)}\n` +
-        `  final loss ${summary.finalLoss.toFixed(4)} · ${summary.trainableParams.toLocaleString()} trainable ` +
+        `  final: ${fmt(summary.final)}\n  best (step ${summary.bestStep}): ${
+          fmt(summary.best)
+        }\n` +
+        `  final loss ${
+          summary.finalLoss.toFixed(4)
+        } · ${summary.trainableParams.toLocaleString()} trainable ` +
         `params · ${Math.round(summary.tokensPerSecond)} tokens/s · peak memory ` +
         `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n  run files: ${config.output}`,
     );

@@ -125,5 +125,7 @@ export function parseMultipliers(text: string, flag = "--lr-multipliers"): Recor
 
 /** Default targets for a model type. */
 export function defaultTargets(modelType: string): string[] {
-  return modelType === "roberta" || modelType === "bert" ? ["query", "value"] : ["q_proj", "v_proj"];
+  return modelType === "roberta" || modelType === "bert"
+    ? ["query", "value"]
+    : ["q_proj", "v_proj"];
 }

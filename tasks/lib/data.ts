@@ -15,7 +15,14 @@ import {
   loadCommonsense,
   trainingText,
 } from "./commonsense.ts";
-import { GLUE_TASKS, type GlueExample, type GlueTask, type GlueTaskSpec, glueTaskSpec, loadGlue } from "./glue.ts";
+import {
+  GLUE_TASKS,
+  type GlueExample,
+  type GlueTask,
+  type GlueTaskSpec,
+  glueTaskSpec,
+  loadGlue,
+} from "./glue.ts";
 import { downloadGlue } from "./hub.ts";
 
 /** What a task is. */
@@ -33,12 +40,18 @@ export function resolveTask(name: string): TaskInfo {
   const cs = COMMONSENSE_DATASETS.find((d) => d.toLowerCase() === name.toLowerCase());
   if (cs) return { kind: "commonsense", name: cs, evalSplit: "test" };
   throw new Error(
-    `unknown task "${name}"; GLUE: ${GLUE_TASKS.join(", ")}; commonsense: ${COMMONSENSE_DATASETS.join(", ")}`,
+    `unknown task "${name}"; GLUE: ${GLUE_TASKS.join(", ")}; commonsense: ${
+      COMMONSENSE_DATASETS.join(", ")
+    }`,
   );
 }
 
 /** Where a task's files live: a local folder, or the Hugging Face cache (downloading if needed). */
-export async function dataSource(task: TaskInfo, local: string | undefined, offline: boolean): Promise<string> {
+export async function dataSource(
+  task: TaskInfo,
+  local: string | undefined,
+  offline: boolean,
+): Promise<string> {
   if (local) {
     const ok = await Deno.stat(local).then((s) => s.isDirectory, () => false);
     if (!ok) throw new Error(`--data ${local}: not a folder`);
@@ -126,7 +139,9 @@ export async function cachedEncode(
   texts: readonly unknown[],
   encode: () => Encoded[],
 ): Promise<Encoded[]> {
-  const id = await sha256Hex(JSON.stringify({ key, texts: await sha256Hex(JSON.stringify(texts)) }));
+  const id = await sha256Hex(
+    JSON.stringify({ key, texts: await sha256Hex(JSON.stringify(texts)) }),
+  );
   const file = join(cacheRoot(), `${id}.bin`);
   try {
     const hit = unpack(await Deno.readFile(file));
@@ -171,7 +186,9 @@ export function encodeCommonsenseTrain(
 ): Encoded[] {
   return records.map((r) => {
     let ids = tokenizer.encode(trainingText(r)).ids;
-    if (tokenizer.eosId !== null && ids[ids.length - 1] !== tokenizer.eosId) ids = [...ids, tokenizer.eosId];
+    if (tokenizer.eosId !== null && ids[ids.length - 1] !== tokenizer.eosId) {
+      ids = [...ids, tokenizer.eosId];
+    }
     return { ids: Int32Array.from(ids.slice(0, maxLength)), label: 0, promptTokens: 0 };
   });
 }
@@ -184,7 +201,9 @@ export function encodeCommonsensePrompts(
 ): number[][] {
   return records.map((r) => {
     const ids = tokenizer.encode(evaluationPrompt(r)).ids;
-    const trimmed = tokenizer.eosId !== null && ids[ids.length - 1] === tokenizer.eosId ? ids.slice(0, -1) : ids;
+    const trimmed = tokenizer.eosId !== null && ids[ids.length - 1] === tokenizer.eosId
+      ? ids.slice(0, -1)
+      : ids;
     return trimmed.slice(Math.max(0, trimmed.length - maxLength));
   });
 }

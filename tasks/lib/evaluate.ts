@@ -19,12 +19,12 @@ import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import type { LlamaForCausalLM } from "../../models/llama.ts";
 import type { Tokenizer } from "../../models/tokenizer.ts";
 import {
+  answerCandidates,
   type CommonsenseDataset,
   type CommonsenseRecord,
   extractAnswer,
   scoreCommonsense,
   scoringContinuations,
-  answerCandidates,
 } from "./commonsense.ts";
 import { collate, encodeCommonsensePrompts, type Encoded, type HostBatch } from "./data.ts";
 import type { GlueTaskSpec } from "./glue.ts";
@@ -47,7 +47,9 @@ export function batchTensors(h: HostBatch): { ids: Tensor; mask: Tensor; typeIds
 /** Classification logits [B, numLabels] of a batch (no dropout unless the context says so). */
 export function classifierLogits(c: Classifier, h: HostBatch): Tensor {
   const { ids, mask, typeIds } = batchTensors(h);
-  if (c.kind === "encoder") return c.model.forward({ ids, attentionMask: mask, tokenTypeIds: typeIds });
+  if (c.kind === "encoder") {
+    return c.model.forward({ ids, attentionMask: mask, tokenTypeIds: typeIds });
+  }
   return c.model.classify({ ids, keyMask: mask }, h.lastIndex);
 }
 
@@ -85,7 +87,9 @@ export async function evaluateClassification(
   }
   const labels = examples.map((e) => e.label);
   if (labels.some((l) => l < 0)) {
-    throw new Error(`GLUE ${spec.name}: this split has no labels (a test split); evaluate on validation`);
+    throw new Error(
+      `GLUE ${spec.name}: this split has no labels (a test split); evaluate on validation`,
+    );
   }
   const result = glueMetrics(spec.name, predictions, labels);
   return {
@@ -171,7 +175,10 @@ export async function evaluateCommonsenseLoglik(
     const h = collate(items, tokenizer.padId ?? 0, "right");
     const nll = await scopeAsync(() =>
       noGrad(() => {
-        const hidden = model.hidden({ ids: tensor(h.ids, [h.b, h.t]), keyMask: tensor(h.mask, [h.b, h.t]) });
+        const hidden = model.hidden({
+          ids: tensor(h.ids, [h.b, h.t]),
+          keyMask: tensor(h.mask, [h.b, h.t]),
+        });
         const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
         const targets = tensor(shiftLabels(h), [h.b * (h.t - 1)]);
         return crossEntropy(reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]), targets, {
@@ -189,7 +196,9 @@ export async function evaluateCommonsenseLoglik(
   const best = new Map<number, { score: number; candidate: string }>();
   owner.forEach((o, k) => {
     const cur = best.get(o.record);
-    if (!cur || scores[k] > cur.score) best.set(o.record, { score: scores[k], candidate: o.candidate });
+    if (!cur || scores[k] > cur.score) {
+      best.set(o.record, { score: scores[k], candidate: o.candidate });
+    }
   });
   const predicted = records.map((_, i) => best.get(i)?.candidate ?? "");
   const correct = predicted.filter((p, i) => p === records[i].answer).length;
@@ -198,7 +207,11 @@ export async function evaluateCommonsenseLoglik(
     correct,
     total: records.length,
     mode: "loglik",
-    samples: records.slice(0, 5).map((r, i) => ({ answer: r.answer, predicted: predicted[i], output: predicted[i] })),
+    samples: records.slice(0, 5).map((r, i) => ({
+      answer: r.answer,
+      predicted: predicted[i],
+      output: predicted[i],
+    })),
   };
 }
 

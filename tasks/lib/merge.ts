@@ -25,7 +25,12 @@ const TOKENIZER_FILES = [
 const HEAD_ROWS = ["classifier.out_proj.weight", "classifier.weight", "score.weight"];
 
 /** Merge `adapter` into `model` and write the result to `output`. Returns the tensor count. */
-export async function mergeAdapter(model: string, adapter: string, output: string, offline = false): Promise<number> {
+export async function mergeAdapter(
+  model: string,
+  adapter: string,
+  output: string,
+  offline = false,
+): Promise<number> {
   await init();
   const dir = await resolveModelDir(model, offline);
   const files = await readAdapter(adapter);
@@ -33,17 +38,31 @@ export async function mergeAdapter(model: string, adapter: string, output: strin
   const numLabels = head?.shape[0];
   const loaded = await loadModel(dir, { numLabels, classificationHead: numLabels !== undefined });
   const taskType = files.config.task_type === "CAUSAL_LM" ? "CAUSAL_LM" : "SEQ_CLS";
-  const a = await loadAdapter(loaded.model, adapter, { lrMultipliers: {}, weightDecay: 0, taskType, baseModel: model, seed: 0 });
+  const a = await loadAdapter(loaded.model, adapter, {
+    lrMultipliers: {},
+    weightDecay: 0,
+    taskType,
+    baseModel: model,
+    seed: 0,
+  });
   a.merge();
   await Deno.mkdir(output, { recursive: true });
   const params = loaded.model.namedParameters();
-  await writeSafetensors(join(output, "model.safetensors"), await toEntries(params), { format: "pt" });
+  await writeSafetensors(join(output, "model.safetensors"), await toEntries(params), {
+    format: "pt",
+  });
   const config = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
   if (numLabels !== undefined) {
     config.num_labels = numLabels;
-    config.id2label = Object.fromEntries([...Array(numLabels).keys()].map((i) => [String(i), `LABEL_${i}`]));
-    config.label2id = Object.fromEntries([...Array(numLabels).keys()].map((i) => [`LABEL_${i}`, i]));
-    const kind = loaded.kind === "encoder" ? (loaded.config.model_type === "bert" ? "Bert" : "Roberta") : "Llama";
+    config.id2label = Object.fromEntries(
+      [...Array(numLabels).keys()].map((i) => [String(i), `LABEL_${i}`]),
+    );
+    config.label2id = Object.fromEntries(
+      [...Array(numLabels).keys()].map((i) => [`LABEL_${i}`, i]),
+    );
+    const kind = loaded.kind === "encoder"
+      ? (loaded.config.model_type === "bert" ? "Bert" : "Roberta")
+      : "Llama";
     config.architectures = [`${kind}ForSequenceClassification`];
   }
   await writeTextAtomic(join(output, "config.json"), JSON.stringify(config, null, 2) + "\n");

@@ -29,7 +29,8 @@ export class Progress {
     const width = 24;
     const filled = Math.round(frac * width);
     const bar = "█".repeat(filled) + "░".repeat(width - filled);
-    const line = `${bar} ${done}/${this.total} loss ${v.loss.toFixed(4)} lr ${v.lr.toExponential(2)} ` +
+    const line =
+      `${bar} ${done}/${this.total} loss ${v.loss.toFixed(4)} lr ${v.lr.toExponential(2)} ` +
       `${Math.round(v.tokensPerSecond)} tok/s ETA ${formatSeconds(eta)}`;
     if (this.interactive) {
       Deno.stderr.writeSync(this.#encoder.encode(`\r${line}\x1b[K`));

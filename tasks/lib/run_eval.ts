@@ -8,7 +8,14 @@ import { gpu, init } from "../../ops/mod.ts";
 import { loadModel } from "../../models/load.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
 import { loadAdapter } from "../../methods/registry.ts";
-import { cachedEncode, commonsenseRecords, dataSource, encodeGlue, glueExamples, resolveTask } from "./data.ts";
+import {
+  cachedEncode,
+  commonsenseRecords,
+  dataSource,
+  encodeGlue,
+  glueExamples,
+  resolveTask,
+} from "./data.ts";
 import {
   type Classifier,
   evaluateClassification,
@@ -60,10 +67,25 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
   const source = await dataSource(task, o.data, o.offline ?? false);
   const split = o.split ?? task.evalSplit;
   const batchSize = o.batchSize ?? 32;
-  const base = { model: o.model, adapter: o.adapter ?? null, task: task.name, split, device: gpu().adapter.name };
-  const attach = async (m: Parameters<typeof loadAdapter>[0], taskType: "SEQ_CLS" | "CAUSAL_LM") => {
+  const base = {
+    model: o.model,
+    adapter: o.adapter ?? null,
+    task: task.name,
+    split,
+    device: gpu().adapter.name,
+  };
+  const attach = async (
+    m: Parameters<typeof loadAdapter>[0],
+    taskType: "SEQ_CLS" | "CAUSAL_LM",
+  ) => {
     if (!o.adapter) return;
-    await loadAdapter(m, o.adapter, { lrMultipliers: {}, weightDecay: 0, taskType, baseModel: o.model, seed: 0 });
+    await loadAdapter(m, o.adapter, {
+      lrMultipliers: {},
+      weightDecay: 0,
+      taskType,
+      baseModel: o.model,
+      seed: 0,
+    });
   };
   if (task.kind === "glue") {
     const examples = await glueExamples(task.name, split, source, o.limit);
@@ -83,22 +105,40 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
       ? { kind: "encoder", model: loaded.model }
       : { kind: "decoder", model: loaded.model };
     if (!o.adapter && loaded.newlyInitialized.length) {
-      console.error(`warning: ${loaded.newlyInitialized.join(", ")} newly initialised (no trained head): scores are untrained`);
+      console.error(
+        `warning: ${
+          loaded.newlyInitialized.join(", ")
+        } newly initialised (no trained head): scores are untrained`,
+      );
     }
     const r = await evaluateClassification(c, encoded, task.spec, batchSize, tokenizer.padId ?? 0);
     loaded.model.dispose();
-    return { ...base, examples: r.examples, metrics: r.metrics, mainMetric: r.mainMetric, main: r.main, seconds: (performance.now() - started) / 1000 };
+    return {
+      ...base,
+      examples: r.examples,
+      metrics: r.metrics,
+      mainMetric: r.mainMetric,
+      main: r.main,
+      seconds: (performance.now() - started) / 1000,
+    };
   }
-  if (split !== "train" && split !== "test") throw new Error(`commonsense split must be train or test, got ${split}`);
+  if (split !== "train" && split !== "test") {
+    throw new Error(`commonsense split must be train or test, got ${split}`);
+  }
   const records = await commonsenseRecords(task.name, split, source, o.limit);
   const loaded = await loadModel(modelDir, { frozenDtype: o.frozenDtype });
-  if (loaded.kind !== "decoder") throw new Error(`commonsense evaluation needs a decoder; ${o.model} is an encoder`);
+  if (loaded.kind !== "decoder") {
+    throw new Error(`commonsense evaluation needs a decoder; ${o.model} is an encoder`);
+  }
   await attach(loaded.model, "CAUSAL_LM");
   const maxNewTokens = o.maxNewTokens ?? 32;
   const opts = { batchSize, maxPromptTokens: loaded.model.dims.maxPositions - maxNewTokens };
   const r = o.evalMode === "loglik"
     ? await evaluateCommonsenseLoglik(loaded.model, tokenizer, task.name, records, opts)
-    : await evaluateCommonsenseGenerate(loaded.model, tokenizer, task.name, records, { ...opts, maxNewTokens });
+    : await evaluateCommonsenseGenerate(loaded.model, tokenizer, task.name, records, {
+      ...opts,
+      maxNewTokens,
+    });
   loaded.model.dispose();
   return {
     ...base,
@@ -118,7 +158,9 @@ export function formatReport(r: EvaluationReport): string {
     ["adapter", r.adapter ?? "—"],
     ["task / split", `${r.task} / ${r.split}`],
     ["examples", String(r.examples)],
-    ...Object.entries(r.metrics).map(([k, v]): [string, string] => [k, Number.isInteger(v) ? String(v) : v.toFixed(4)]),
+    ...Object.entries(r.metrics).map((
+      [k, v],
+    ): [string, string] => [k, Number.isInteger(v) ? String(v) : v.toFixed(4)]),
     ["seconds", r.seconds.toFixed(1)],
     ["device", r.device],
   ];

@@ -6,14 +6,31 @@ import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { assertClose, randomArray, setup } from "../helpers.ts";
 import { backward, noGrad, scopeAsync, sum, tensor } from "../../ops/mod.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import { applyMethod, type Adapter, LoraLinear, type MethodContext, readAdapter, writeInto } from "../../methods/mod.ts";
+import {
+  type Adapter,
+  applyMethod,
+  LoraLinear,
+  type MethodContext,
+  readAdapter,
+  writeInto,
+} from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
 import type { RefEncoderDims } from "../models/reference.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = { kind: "roberta", vocab: 13, hidden: 16, inter: 32, layers: 2, heads: 4, eps: 1e-5, pad: 1, labels: 2 };
+const DIMS: RefEncoderDims = {
+  kind: "roberta",
+  vocab: 13,
+  hidden: 16,
+  inter: 32,
+  layers: 2,
+  heads: 4,
+  eps: 1e-5,
+  pad: 1,
+  labels: 2,
+};
 const W = encoderWeights(DIMS, 12, 5);
 
 function model(): EncoderForSequenceClassification {
@@ -38,7 +55,8 @@ const inputs = () => ({
   attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
 });
 
-const logits = (m: EncoderForSequenceClassification) => scopeAsync(() => noGrad(() => m.forward(inputs())).read());
+const logits = (m: EncoderForSequenceClassification) =>
+  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
 
 function loraLayers(m: EncoderForSequenceClassification): [string, LoraLinear][] {
   return m.namedModules().filter((e): e is [string, LoraLinear] => e[1] instanceof LoraLinear);
@@ -46,7 +64,9 @@ function loraLayers(m: EncoderForSequenceClassification): [string, LoraLinear][]
 
 /** Give every B random values so the update is not zero. */
 function randomizeB(m: EncoderForSequenceClassification): void {
-  loraLayers(m).forEach(([, l], i) => writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 100 + i, -0.3, 0.3))));
+  loraLayers(m).forEach(([, l], i) =>
+    writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 100 + i, -0.3, 0.3)))
+  );
 }
 
 Deno.test("LoRA starts equal to the base model (B = 0) and A ~ U(±1/√dIn)", async () => {
@@ -82,7 +102,9 @@ Deno.test("LoRA forward equals x·Wᵀ + b + (α/r)·x·Aᵀ·Bᵀ; rsLoRA uses 
     const want = new Float64Array(3 * 16);
     for (let row = 0; row < 3; row++) {
       const xa = new Float64Array(4);
-      for (let k = 0; k < 4; k++) for (let i = 0; i < 16; i++) xa[k] += x[row * 16 + i] * a[k * 16 + i];
+      for (let k = 0; k < 4; k++) {
+        for (let i = 0; i < 16; i++) xa[k] += x[row * 16 + i] * a[k * 16 + i];
+      }
       for (let o = 0; o < 16; o++) {
         let y = b[o];
         for (let i = 0; i < 16; i++) y += x[row * 16 + i] * w[o * 16 + i];
@@ -103,7 +125,9 @@ Deno.test("only A, B and the head receive gradients; trainable count is Σ r·(d
     backward(loss);
     await Promise.resolve();
   });
-  const trainable = adapter.groups().flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
+  const trainable = adapter.groups().flatMap((g) =>
+    g.names.map((n, i) => [n, g.params[i]] as const)
+  );
   const withGrad = m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort();
   deepStrictEqual(withGrad, trainable.map(([n]) => n).sort());
   const count = trainable.reduce((s, [, t]) => s + t.size, 0);
@@ -120,12 +144,25 @@ Deno.test("learning-rate multipliers group W_v's adapter apart; a multiplier mat
   const groups = applyMethod("lora", m, {}, ctx({ lrMultipliers: { value: 4 } })).groups();
   const v = groups.find((g) => g.lrMultiplier === 4)!;
   ok(v.names.length === 4 && v.names.every((n) => n.includes(".value.lora_")));
-  ok(groups.filter((g) => g.lrMultiplier === 1).some((g) => g.names.some((n) => n.includes(".query.lora_"))));
+  ok(
+    groups.filter((g) => g.lrMultiplier === 1).some((g) =>
+      g.names.some((n) => n.includes(".query.lora_"))
+    ),
+  );
   ok(groups.some((g) => g.names.includes("classifier.dense.bias") && g.weightDecay === 0));
-  throws(() => applyMethod("lora", model(), {}, ctx({ lrMultipliers: { valeu: 4 } })).groups(), /valeu.*matches no trainable/);
+  throws(
+    () => applyMethod("lora", model(), {}, ctx({ lrMultipliers: { valeu: 4 } })).groups(),
+    /valeu.*matches no trainable/,
+  );
   throws(() => applyMethod("lora", model(), { rank: 4 }, ctx()), /method lora: invalid options/);
-  throws(() => applyMethod("lora", model(), {}, ctx({ targets: ["nope"] })), /no Linear module matches/);
-  throws(() => applyMethod("dora2", model(), {}, ctx()), /unknown method "dora2"; available: full, lora/);
+  throws(
+    () => applyMethod("lora", model(), {}, ctx({ targets: ["nope"] })),
+    /no Linear module matches/,
+  );
+  throws(
+    () => applyMethod("dora2", model(), {}, ctx()),
+    /unknown method "dora2"; available: full, lora/,
+  );
 });
 
 Deno.test("LoRA save writes PEFT names and shapes; load restores identical outputs; merge keeps them", async () => {
@@ -145,8 +182,14 @@ Deno.test("LoRA save writes PEFT names and shapes; load restores identical outpu
     const reader = await openSafetensors(`${dir}/adapter_model.safetensors`);
     const shapes = Object.fromEntries(reader.names.map((n) => [n, reader.info(n).shape.join("x")]));
     reader.close();
-    equal(shapes["base_model.model.roberta.encoder.layer.0.attention.self.query.lora_A.weight"], "4x16");
-    equal(shapes["base_model.model.roberta.encoder.layer.1.attention.self.value.lora_B.weight"], "16x4");
+    equal(
+      shapes["base_model.model.roberta.encoder.layer.0.attention.self.query.lora_A.weight"],
+      "4x16",
+    );
+    equal(
+      shapes["base_model.model.roberta.encoder.layer.1.attention.self.value.lora_B.weight"],
+      "16x4",
+    );
     equal(shapes["base_model.model.classifier.out_proj.weight"], "2x16");
     equal(Object.keys(shapes).length, 8 + 4);
     const fresh = model();
@@ -169,7 +212,10 @@ Deno.test("full fine-tuning trains every weight; save/load round-trips", async (
     const m = model();
     const adapter = applyMethod("full", m, {}, ctx());
     const total = m.namedParameters().reduce((s, [, t]) => s + t.size, 0);
-    equal(adapter.groups().reduce((s, g) => s + g.params.reduce((a, t) => a + t.size, 0), 0), total);
+    equal(
+      adapter.groups().reduce((s, g) => s + g.params.reduce((a, t) => a + t.size, 0), 0),
+      total,
+    );
     ok(m.namedParameters().every(([, t]) => t.requiresGrad && t.category === "trainable"));
     const w = m.namedParameters()[5][1];
     writeInto(w, Float32Array.from(randomArray(w.size, 77)));

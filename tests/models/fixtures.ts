@@ -22,7 +22,10 @@ export function hostSource(w: HostWeights, seed = 0): WeightSource {
     },
     init(_name: string, shape: readonly number[], kind): Tensor {
       if (kind === "normal") return randNormal(shape, 0, 0.02, { seed, stream: stream++ });
-      return tensor(new Float32Array(shape.reduce((p, d) => p * d, 1)).fill(kind === "ones" ? 1 : 0), shape);
+      return tensor(
+        new Float32Array(shape.reduce((p, d) => p * d, 1)).fill(kind === "ones" ? 1 : 0),
+        shape,
+      );
     },
   };
 }
@@ -31,7 +34,8 @@ export function hostSource(w: HostWeights, seed = 0): WeightSource {
 export function llamaWeights(d: RefLlamaDims, seed: number): HostWeights {
   const w: HostWeights = new Map();
   let s = seed;
-  const put = (name: string, n: number, lo = -0.5, hi = 0.5) => w.set(name, randomArray(n, s++, lo, hi));
+  const put = (name: string, n: number, lo = -0.5, hi = 0.5) =>
+    w.set(name, randomArray(n, s++, lo, hi));
   const hd = d.hidden / d.heads;
   put("model.embed_tokens.weight", d.vocab * d.hidden, -1, 1);
   for (let l = 0; l < d.layers; l++) {
@@ -73,7 +77,8 @@ export function llamaDims(d: RefLlamaDims, numLabels = 0): LlamaDims {
 export function encoderWeights(d: RefEncoderDims, maxPositions: number, seed: number): HostWeights {
   const w: HostWeights = new Map();
   let s = seed;
-  const put = (name: string, n: number, lo = -0.5, hi = 0.5) => w.set(name, randomArray(n, s++, lo, hi));
+  const put = (name: string, n: number, lo = -0.5, hi = 0.5) =>
+    w.set(name, randomArray(n, s++, lo, hi));
   const b = d.kind, h = d.hidden;
   put(`${b}.embeddings.word_embeddings.weight`, d.vocab * h, -1, 1);
   put(`${b}.embeddings.position_embeddings.weight`, maxPositions * h, -1, 1);

@@ -11,7 +11,17 @@ import type { RefLlamaDims } from "./reference.ts";
 
 await setup();
 
-const DIMS: RefLlamaDims = { vocab: 23, hidden: 16, inter: 24, layers: 2, heads: 4, kvHeads: 2, eps: 1e-5, theta: 10000, tied: false };
+const DIMS: RefLlamaDims = {
+  vocab: 23,
+  hidden: 16,
+  inter: 24,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  eps: 1e-5,
+  theta: 10000,
+  tied: false,
+};
 const model = new LlamaForCausalLM(llamaDims(DIMS), hostSource(llamaWeights(DIMS, 17)));
 
 Deno.test("batched greedy generation with left padding equals generating each prompt alone", async () => {
@@ -26,7 +36,10 @@ Deno.test("batched greedy generation with left padding equals generating each pr
 Deno.test("a stop token ends its row (emitted, then nothing more) while other rows go on", async () => {
   const [free] = await generate(model, [[1, 5, 9]], { maxNewTokens: 10 });
   const stop = free[3];
-  const [stopped, other] = await generate(model, [[1, 5, 9], [1, 4]], { maxNewTokens: 10, stopTokens: [stop] });
+  const [stopped, other] = await generate(model, [[1, 5, 9], [1, 4]], {
+    maxNewTokens: 10,
+    stopTokens: [stop],
+  });
   deepStrictEqual(stopped, free.slice(0, free.indexOf(stop) + 1));
   ok(other.length === 10 || other.at(-1) === stop);
 });
@@ -47,7 +60,9 @@ Deno.test("chooseToken: temperature 0 is argmax; top-p keeps the smallest nucleu
   const counts = [0, 0, 0, 0];
   for (let i = 0; i < 20000; i++) counts[chooseToken(logits, 1, 1, random)]++;
   const p = [1 / 10, 3 / 10, 6 / 10];
-  p.forEach((pi, k) => ok(Math.abs(counts[k] / 20000 - pi) < 0.015, `token ${k}: ${counts[k] / 20000} vs ${pi}`));
+  p.forEach((pi, k) =>
+    ok(Math.abs(counts[k] / 20000 - pi) < 0.015, `token ${k}: ${counts[k] / 20000} vs ${pi}`)
+  );
   equal(counts[3], 0);
   // top-p 0.6: {2} alone reaches 0.6, so only token 2 is ever drawn.
   const r2 = seededRandom(7);

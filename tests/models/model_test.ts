@@ -47,7 +47,10 @@ for (const tied of [false, true]) {
     const v = dims.vocab;
     for (let r = 0; r < 10; r++) {
       if (!KEEP[Math.floor(r / 5)][r % 5]) continue;
-      assertClose(got.subarray(r * v, (r + 1) * v), want.subarray(r * v, (r + 1) * v), { atol: 2e-4, rtol: 1e-3 }, `logits row ${r}`);
+      assertClose(got.subarray(r * v, (r + 1) * v), want.subarray(r * v, (r + 1) * v), {
+        atol: 2e-4,
+        rtol: 1e-3,
+      }, `logits row ${r}`);
     }
     model.dispose();
   });
@@ -62,7 +65,8 @@ Deno.test("LLaMA KV-cache decoding equals recomputing the whole sequence", async
   for (let step = 0; step < 5; step++) {
     const [a, b] = [step, step + 1];
     const logits = await scopeAsync(() => {
-      const col = (rows: (number | boolean)[][]) => rows.map((r) => r.slice(a, b)).flat().map(Number);
+      const col = (rows: (number | boolean)[][]) =>
+        rows.map((r) => r.slice(a, b)).flat().map(Number);
       const keyMask = KEEP.map((r) => r.slice(0, b)).flat().map(Number);
       const h = model.hidden({
         ids: tensor(Int32Array.from(col(IDS)), [2, 1]),
@@ -75,7 +79,10 @@ Deno.test("LLaMA KV-cache decoding equals recomputing the whole sequence", async
     for (let row = 0; row < 2; row++) {
       if (!KEEP[row][step]) continue;
       const at = (row * 5 + step) * v;
-      assertClose(logits.subarray(row * v, (row + 1) * v), full.subarray(at, at + v), { atol: 1e-4, rtol: 1e-4 }, `step ${step} row ${row}`);
+      assertClose(logits.subarray(row * v, (row + 1) * v), full.subarray(at, at + v), {
+        atol: 1e-4,
+        rtol: 1e-4,
+      }, `step ${step} row ${row}`);
     }
   }
   cache.dispose();
@@ -131,14 +138,26 @@ Deno.test("gradient of the causal-LM loss w.r.t. a deep Linear weight matches fi
 
 for (const kind of ["roberta", "bert"] as const) {
   Deno.test(`${kind} sequence-classification logits match the float64 reference`, async () => {
-    const ref: RefEncoderDims = { kind, vocab: 13, hidden: 16, inter: 32, layers: 2, heads: 4, eps: 1e-5, pad: 1, labels: 3 };
+    const ref: RefEncoderDims = {
+      kind,
+      vocab: 13,
+      hidden: 16,
+      inter: 32,
+      layers: 2,
+      heads: 4,
+      eps: 1e-5,
+      pad: 1,
+      labels: 3,
+    };
     const maxPos = 12;
     const w = encoderWeights(ref, maxPos, 21);
     const model = new EncoderForSequenceClassification(encoderDims(ref, maxPos), hostSource(w));
     // Right padding with the pad id 1 in row 1.
     const ids = [[0, 5, 9, 4, 2], [0, 7, 2, 1, 1]];
     const keep = ids.map((r) => r.map((x, j) => !(j >= 3 && x === 1)));
-    const types = kind === "bert" ? [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]] : ids.map((r) => r.map(() => 0));
+    const types = kind === "bert"
+      ? [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
+      : ids.map((r) => r.map(() => 0));
     const positions = kind === "roberta"
       ? ids.map((r) => Array.from(robertaPositionIds(r, 1, r.length, 1)))
       : ids.map((r) => r.map((_, j) => j));
@@ -149,7 +168,12 @@ for (const kind of ["roberta", "bert"] as const) {
         tokenTypeIds: tensor(Int32Array.from(types.flat()), [2, 5]),
       }).read()
     );
-    assertClose(got, encoderRef(w, ref, ids, keep, positions, types), { atol: 2e-4, rtol: 1e-3 }, `${kind} logits`);
+    assertClose(
+      got,
+      encoderRef(w, ref, ids, keep, positions, types),
+      { atol: 2e-4, rtol: 1e-3 },
+      `${kind} logits`,
+    );
     model.dispose();
   });
 }

@@ -66,8 +66,8 @@ function erf(x: number): number {
   const t = 1 / (1 + 0.5 * Math.abs(x));
   const y = 1 - t * Math.exp(
         -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-          t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-            t * (-0.82215223 + t * 0.17087277)))))))),
+                      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+                                      t * (-0.82215223 + t * 0.17087277)))))))),
       );
   return x >= 0 ? y : -y;
 }
@@ -194,7 +194,8 @@ export function llamaRef(
   for (let l = 0; l < dims.layers; l++) {
     const p = `model.layers.${l}`;
     const n1 = rmsNormRef(x, h, get(w, `${p}.input_layernorm.weight`), dims.eps);
-    const proj = (n: string, out: number) => linearRef(n1, rows, get(w, `${p}.self_attn.${n}.weight`), out, h);
+    const proj = (n: string, out: number) =>
+      linearRef(n1, rows, get(w, `${p}.self_attn.${n}.weight`), out, h);
     const q = ropeRef(proj("q_proj", h), b, t, dims.heads, d, pos, dims.theta);
     const k = ropeRef(proj("k_proj", dims.kvHeads * d), b, t, dims.kvHeads, d, pos, dims.theta);
     const v = proj("v_proj", dims.kvHeads * d);
@@ -238,18 +239,22 @@ export function encoderRef(
   const b = ids.length, t = ids[0].length, h = dims.hidden, base = dims.kind;
   const rows = b * t;
   const table = (n: string) => get(w, `${base}.embeddings.${n}.weight`);
-  const we = table("word_embeddings"), pe = table("position_embeddings"), te = table("token_type_embeddings");
+  const we = table("word_embeddings"),
+    pe = table("position_embeddings"),
+    te = table("token_type_embeddings");
   let x: Float64Array = new Float64Array(rows * h);
   for (let r = 0; r < rows; r++) {
     const bi = Math.floor(r / t), j = r % t;
     for (let i = 0; i < h; i++) {
-      x[r * h + i] = we[ids[bi][j] * h + i] + pe[positions[bi][j] * h + i] + te[types[bi][j] * h + i];
+      x[r * h + i] = we[ids[bi][j] * h + i] + pe[positions[bi][j] * h + i] +
+        te[types[bi][j] * h + i];
     }
   }
   x = layerNormRef(x, h, table("LayerNorm"), get(w, `${base}.embeddings.LayerNorm.bias`), dims.eps);
   const lin = (input: Float64Array, n: string, out: number, inp: number, r = rows) =>
     linearRef(input, r, get(w, `${n}.weight`), out, inp, get(w, `${n}.bias`));
-  const ln = (input: Float64Array, n: string) => layerNormRef(input, h, get(w, `${n}.weight`), get(w, `${n}.bias`), dims.eps);
+  const ln = (input: Float64Array, n: string) =>
+    layerNormRef(input, h, get(w, `${n}.weight`), get(w, `${n}.bias`), dims.eps);
   for (let l = 0; l < dims.layers; l++) {
     const p = `${base}.encoder.layer.${l}`;
     const q = lin(x, `${p}.attention.self.query`, h, h);

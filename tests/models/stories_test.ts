@@ -7,7 +7,11 @@
  * the tokenizer and the whole engine at once.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { convertLlama2c, readLlama2cCheckpoint, type Llama2cCheckpoint } from "../../models/llama2c.ts";
+import {
+  convertLlama2c,
+  type Llama2cCheckpoint,
+  readLlama2cCheckpoint,
+} from "../../models/llama2c.ts";
 import { generateText } from "../../tasks/lib/generate.ts";
 
 const DIR = new URL("../../../shared/data/models/stories260K/", import.meta.url).pathname;
@@ -16,7 +20,14 @@ const present = await Deno.stat(`${DIR}stories260K.bin`).then(() => true, () => 
 /** llama2.c's greedy generation (run.c semantics) from BOS; stops at BOS like `run`. */
 function llama2cGreedy({ config: c, weights: w }: Llama2cCheckpoint, steps: number): number[] {
   const dim = c.dim, hd = dim / c.nHeads, kvDim = hd * c.nKvHeads, kvMul = c.nHeads / c.nKvHeads;
-  const matvec = (out: Float64Array, x: Float64Array, m: Float32Array, off: number, n: number, d: number) => {
+  const matvec = (
+    out: Float64Array,
+    x: Float64Array,
+    m: Float32Array,
+    off: number,
+    n: number,
+    d: number,
+  ) => {
     for (let i = 0; i < d; i++) {
       let s = 0;
       for (let j = 0; j < n; j++) s += m[off + i * n + j] * x[j];
@@ -33,7 +44,9 @@ function llama2cGreedy({ config: c, weights: w }: Llama2cCheckpoint, steps: numb
   const vals = Array.from({ length: c.nLayers }, () => new Float64Array(c.seqLen * kvDim));
   const x = new Float64Array(dim), xb = new Float64Array(dim), q = new Float64Array(dim);
   const k = new Float64Array(kvDim), v = new Float64Array(kvDim), att = new Float64Array(dim);
-  const h1 = new Float64Array(c.hiddenDim), h3 = new Float64Array(c.hiddenDim), o = new Float64Array(dim);
+  const h1 = new Float64Array(c.hiddenDim),
+    h3 = new Float64Array(c.hiddenDim),
+    o = new Float64Array(dim);
   const logits = new Float64Array(c.vocabSize);
   const out: number[] = [];
   let token = 1;
@@ -65,7 +78,7 @@ function llama2cGreedy({ config: c, weights: w }: Llama2cCheckpoint, steps: numb
         }
         const m = Math.max(...scores);
         let z = 0;
-        for (let t = 0; t <= pos; t++) z += (scores[t] = Math.exp(scores[t] - m));
+        for (let t = 0; t <= pos; t++) z += scores[t] = Math.exp(scores[t] - m);
         for (let e = 0; e < hd; e++) {
           let s = 0;
           for (let t = 0; t <= pos; t++) s += (scores[t] / z) * vals[l][t * kvDim + kvh * hd + e];
@@ -105,7 +118,12 @@ Deno.test({
         tokenizer: `${DIR}tok512.bin`,
         output: out,
       });
-      const result = await generateText({ model: out, prompt: "", maxNewTokens: 200, temperature: 0 });
+      const result = await generateText({
+        model: out,
+        prompt: "",
+        maxNewTokens: 200,
+        temperature: 0,
+      });
       assert(
         result.text.startsWith(
           "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.",
