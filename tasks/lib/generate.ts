@@ -40,7 +40,9 @@ export async function generateText(options: GenerateTextOptions): Promise<Genera
   const tokenizer = await loadTokenizer(options.model);
   const loaded = await loadModel(options.model);
   if (loaded.kind !== "decoder") {
-    throw new Error(`${options.model}: generation needs a decoder (LLaMA-family), got ${loaded.config.model_type}`);
+    throw new Error(
+      `${options.model}: generation needs a decoder (LLaMA-family), got ${loaded.config.model_type}`,
+    );
   }
   const ids = tokenizer.encode(options.prompt).ids;
   const prompt = ids.length > 0 ? ids : tokenizer.bosId !== null ? [tokenizer.bosId] : [];

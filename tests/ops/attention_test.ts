@@ -1,0 +1,409 @@
+/**
+ * Fused scaled dot-product attention against a plain-TS float64 reference: awkward T, S, D,
+ * batches, grouped-query heads, causal masking (also with T < S and T > S), key padding masks,
+ * fully masked rows, strided q/k/v views, and the backward rule for q, k and v by finite
+ * differences in several of those settings.
+ */
+import assert from "node:assert/strict";
+import {
+  backward,
+  noGrad,
+  scaledDotProductAttention,
+  scopeAsync,
+  sum,
+  tapeLength,
+  type Tensor,
+  tensor,
+  transpose,
+} from "../../ops/mod.ts";
+import { assertClose, checkGradients, randomArray, setup } from "../helpers.ts";
+
+await setup();
+
+/** One attention configuration: q [B, Hq, T, D], k/v [B, Hkv, S, D]. */
+interface Case {
+  B: number;
+  Hq: number;
+  Hkv: number;
+  T: number;
+  S: number;
+  D: number;
+  causal?: boolean;
+  /** [B, S] keep flags (1 keep, 0 pad). */
+  mask?: number[];
+  scale?: number;
+}
+
+const FORWARD_TOL = { atol: 2e-5, rtol: 2e-4 };
+/** Tighter than checkGradients' default so that a 0.1% slip in one gradient term is caught. */
+const GRAD_TOL = { atol: 3e-5, rtol: 3e-4 };
+
+/** The textbook definition in float64: full scores, masked softmax, weighted sum of values. */
+function referenceAttention(
+  c: Case,
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+): Float64Array {
+  const { B, Hq, Hkv, T, S, D } = c;
+  const scale = c.scale ?? 1 / Math.sqrt(D);
+  const out = new Float64Array(B * Hq * T * D);
+  const scores = new Float64Array(S);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < Hq; h++) {
+      const kh = Math.floor((h * Hkv) / Hq);
+      for (let i = 0; i < T; i++) {
+        const qo = ((b * Hq + h) * T + i) * D;
+        let m = -Infinity;
+        for (let j = 0; j < S; j++) {
+          const visible = (!c.causal || j <= i + S - T) && (!c.mask || c.mask[b * S + j] !== 0);
+          if (!visible) {
+            scores[j] = -Infinity;
+            continue;
+          }
+          const ko = ((b * Hkv + kh) * S + j) * D;
+          let s = 0;
+          for (let d = 0; d < D; d++) s += q[qo + d] * k[ko + d];
+          scores[j] = s * scale;
+          m = Math.max(m, scores[j]);
+        }
+        if (m === -Infinity) continue; // every key masked: the row stays 0
+        let l = 0;
+        for (let j = 0; j < S; j++) l += scores[j] === -Infinity ? 0 : Math.exp(scores[j] - m);
+        for (let j = 0; j < S; j++) {
+          if (scores[j] === -Infinity) continue;
+          const p = Math.exp(scores[j] - m) / l;
+          const vo = ((b * Hkv + kh) * S + j) * D;
+          for (let d = 0; d < D; d++) out[qo + d] += p * v[vo + d];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function inputs(c: Case, seed: number): [Float64Array, Float64Array, Float64Array] {
+  return [
+    randomArray(c.B * c.Hq * c.T * c.D, seed, -1.5, 1.5),
+    randomArray(c.B * c.Hkv * c.S * c.D, seed + 1, -1.5, 1.5),
+    randomArray(c.B * c.Hkv * c.S * c.D, seed + 2, -1, 1),
+  ];
+}
+
+function run(c: Case, q: Tensor, k: Tensor, v: Tensor, maskDtype: "f32" | "i32" = "f32"): Tensor {
+  const keyPaddingMask = c.mask ? tensor(c.mask, [c.B, c.S], { dtype: maskDtype }) : undefined;
+  return scaledDotProductAttention(q, k, v, { causal: c.causal, keyPaddingMask, scale: c.scale });
+}
+
+async function checkForward(c: Case, seed: number): Promise<Float32Array> {
+  const [q, k, v] = inputs(c, seed);
+  const expected = referenceAttention(c, q, k, v);
+  const actual = await scopeAsync(async () => {
+    const out = run(
+      c,
+      tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
+      tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D]),
+      tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D]),
+    );
+    assert.deepEqual(out.shape, [c.B, c.Hq, c.T, c.D]);
+    return (await out.read()) as Float32Array;
+  });
+  assertClose(
+    actual,
+    expected,
+    FORWARD_TOL,
+    `attention ${JSON.stringify({ ...c, mask: !!c.mask })}`,
+  );
+  return actual;
+}
+
+/** A [B, S] mask keeping a prefix of each batch's keys (lengths cycle through `lengths`). */
+function prefixMask(B: number, S: number, lengths: number[]): number[] {
+  const m: number[] = [];
+  for (let b = 0; b < B; b++) {
+    for (let j = 0; j < S; j++) m.push(j < lengths[b % lengths.length] ? 1 : 0);
+  }
+  return m;
+}
+
+Deno.test("attention forward matches the reference on awkward shapes", async () => {
+  const cases: Case[] = [
+    { B: 1, Hq: 1, Hkv: 1, T: 1, S: 1, D: 8 },
+    { B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16 },
+    { B: 1, Hq: 3, Hkv: 3, T: 33, S: 7, D: 64 },
+    { B: 2, Hq: 1, Hkv: 1, T: 130, S: 130, D: 8 },
+    { B: 1, Hq: 2, Hkv: 1, T: 7, S: 7, D: 33 },
+    { B: 2, Hq: 2, Hkv: 2, T: 5, S: 9, D: 16, scale: 0.7 },
+  ];
+  let seed = 10;
+  for (const c of cases) await checkForward(c, seed += 3);
+});
+
+Deno.test("attention forward: grouped-query heads (Hq 4 with Hkv 2 and 1)", async () => {
+  await checkForward({ B: 2, Hq: 4, Hkv: 2, T: 33, S: 7, D: 16 }, 40);
+  await checkForward({ B: 1, Hq: 4, Hkv: 1, T: 33, S: 33, D: 64 }, 41);
+  await checkForward({ B: 3, Hq: 4, Hkv: 1, T: 1, S: 130, D: 8 }, 42);
+});
+
+Deno.test("attention forward: causal, also with T < S (KV cache) and T > S", async () => {
+  await checkForward({ B: 2, Hq: 2, Hkv: 2, T: 33, S: 33, D: 16, causal: true }, 50);
+  await checkForward({ B: 1, Hq: 4, Hkv: 2, T: 130, S: 130, D: 8, causal: true }, 51);
+  await checkForward({ B: 2, Hq: 4, Hkv: 1, T: 7, S: 33, D: 64, causal: true }, 52);
+  await checkForward({ B: 1, Hq: 2, Hkv: 2, T: 1, S: 33, D: 16, causal: true }, 53);
+  // T > S: the first T − S rows see no key and must be exactly 0.
+  const c: Case = { B: 1, Hq: 2, Hkv: 1, T: 33, S: 7, D: 8, causal: true };
+  const out = await checkForward(c, 54);
+  for (let h = 0; h < c.Hq; h++) {
+    for (let i = 0; i < c.T - c.S; i++) {
+      for (let d = 0; d < c.D; d++) assert.equal(out[(h * c.T + i) * c.D + d], 0);
+    }
+  }
+});
+
+Deno.test("attention forward: key padding masks (f32 and i32), combined with causal", async () => {
+  await checkForward({
+    B: 3,
+    Hq: 4,
+    Hkv: 2,
+    T: 7,
+    S: 33,
+    D: 16,
+    mask: prefixMask(3, 33, [33, 1, 20]),
+  }, 60);
+  await checkForward(
+    { B: 2, Hq: 2, Hkv: 1, T: 7, S: 33, D: 8, causal: true, mask: prefixMask(2, 33, [30, 12]) },
+    61,
+  );
+  // A scattered mask, read as i32, must give exactly what the f32 mask gives.
+  const c: Case = { B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16 };
+  c.mask = Array.from({ length: 2 * 33 }, (_, i) => (i * 7) % 3 === 0 ? 0 : 1);
+  const f32 = await checkForward(c, 62);
+  const [q, k, v] = inputs(c, 62);
+  const viaI32 = await scopeAsync(async () => {
+    const out = run(
+      c,
+      tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
+      tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D]),
+      tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D]),
+      "i32",
+    );
+    return await out.read();
+  });
+  assert.deepEqual(Array.from(viaI32), Array.from(f32));
+});
+
+Deno.test("attention forward: fully masked rows output 0, not NaN", async () => {
+  // Batch 1 pads every key; with causal and T > S the early rows of batch 0 see none either.
+  const c: Case = {
+    B: 2,
+    Hq: 2,
+    Hkv: 1,
+    T: 9,
+    S: 7,
+    D: 16,
+    causal: true,
+    mask: prefixMask(2, 7, [7, 0]),
+  };
+  const out = await checkForward(c, 70);
+  assert.ok(out.every(Number.isFinite), "no NaN or infinity in the output");
+  const rowSize = c.Hq * c.T * c.D;
+  assert.ok(out.subarray(rowSize).every((x) => x === 0), "a fully padded batch is all zeros");
+});
+
+Deno.test("attention forward reads strided q/k/v views in place", async () => {
+  // q/k/v as the transposes of [B, T, H, D] projections, the layout a linear layer produces.
+  const c: Case = { B: 2, Hq: 4, Hkv: 2, T: 7, S: 33, D: 16, causal: true };
+  const [q, k, v] = inputs(c, 80);
+  const toBTHD = (x: Float64Array, H: number, L: number): Float32Array => {
+    const y = new Float32Array(x.length);
+    for (let b = 0; b < c.B; b++) {
+      for (let h = 0; h < H; h++) {
+        for (let l = 0; l < L; l++) {
+          for (let d = 0; d < c.D; d++) {
+            y[((b * L + l) * H + h) * c.D + d] = x[((b * H + h) * L + l) * c.D + d];
+          }
+        }
+      }
+    }
+    return y;
+  };
+  const expected = referenceAttention(c, q, k, v);
+  const actual = await scopeAsync(async () => {
+    const qv = transpose(tensor(toBTHD(q, c.Hq, c.T), [c.B, c.T, c.Hq, c.D]), 1, 2);
+    const kv = transpose(tensor(toBTHD(k, c.Hkv, c.S), [c.B, c.S, c.Hkv, c.D]), 1, 2);
+    const vv = transpose(tensor(toBTHD(v, c.Hkv, c.S), [c.B, c.S, c.Hkv, c.D]), 1, 2);
+    assert.ok(!qv.isContiguous && !kv.isContiguous, "the test must feed strided views");
+    return await run(c, qv, kv, vv).read();
+  });
+  assertClose(actual, expected, FORWARD_TOL, "attention on transposed views");
+});
+
+// ---- gradients -----------------------------------------------------------------------------------
+
+async function checkAttentionGradients(c: Case, seed: number): Promise<void> {
+  const [q, k, v] = inputs(c, seed);
+  await checkGradients(
+    ([qt, kt, vt]) => run(c, qt, kt, vt),
+    ([qa, ka, va]) => referenceAttention(c, qa, ka, va),
+    [
+      { shape: [c.B, c.Hq, c.T, c.D], values: q },
+      { shape: [c.B, c.Hkv, c.S, c.D], values: k },
+      { shape: [c.B, c.Hkv, c.S, c.D], values: v },
+    ],
+    GRAD_TOL,
+  );
+}
+
+Deno.test("attention backward: q, k, v gradients, plain and grouped-query", async () => {
+  await checkAttentionGradients({ B: 2, Hq: 2, Hkv: 2, T: 7, S: 5, D: 8 }, 90);
+  await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 2, T: 5, S: 7, D: 16 }, 91);
+  await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 1, T: 1, S: 7, D: 8, scale: 0.9 }, 92);
+});
+
+Deno.test("attention backward: several tiles, causal, T < S, padding", async () => {
+  // S = 33 and T = 33 span two key tiles and two query tiles; 4·33 rows span three row blocks.
+  await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 1, T: 33, S: 33, D: 8, causal: true }, 100);
+  await checkAttentionGradients(
+    { B: 2, Hq: 2, Hkv: 1, T: 7, S: 33, D: 8, causal: true, mask: prefixMask(2, 33, [33, 20]) },
+    101,
+  );
+});
+
+Deno.test("attention backward: fully masked rows get zero gradients", async () => {
+  const c: Case = {
+    B: 2,
+    Hq: 2,
+    Hkv: 2,
+    T: 9,
+    S: 5,
+    D: 8,
+    causal: true,
+    mask: prefixMask(2, 5, [5, 0]),
+  };
+  await checkAttentionGradients(c, 110);
+  // And explicitly: the padded batch's dq, dk, dv are exactly 0 and everything is finite.
+  const [q, k, v] = inputs(c, 110);
+  await scopeAsync(async () => {
+    const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
+    const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+    const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+    backward(sum(run(c, qt, kt, vt)));
+    for (
+      const [name, t, half] of [["dq", qt, c.Hq * c.T * c.D], ["dk", kt, c.Hkv * c.S * c.D], [
+        "dv",
+        vt,
+        c.Hkv * c.S * c.D,
+      ]] as const
+    ) {
+      const g = await t.grad!.read();
+      assert.ok(g.every(Number.isFinite), `${name} is finite`);
+      assert.ok(g.subarray(half).every((x) => x === 0), `${name} of the padded batch is 0`);
+      assert.ok(g.subarray(0, half).some((x) => x !== 0), `${name} of the live batch is not 0`);
+    }
+    for (const t of [qt, kt, vt]) t.dispose();
+  });
+});
+
+Deno.test("attention backward through strided views of [B, T, H, D] inputs", async () => {
+  const c: Case = { B: 2, Hq: 2, Hkv: 1, T: 5, S: 7, D: 8, causal: true };
+  const [q, k, v] = inputs(c, 120);
+  const fromBTHD = (x: ArrayLike<number>, H: number, L: number): Float64Array => {
+    const y = new Float64Array(x.length);
+    for (let b = 0; b < c.B; b++) {
+      for (let l = 0; l < L; l++) {
+        for (let h = 0; h < H; h++) {
+          for (let d = 0; d < c.D; d++) {
+            y[((b * H + h) * L + l) * c.D + d] = x[((b * L + l) * H + h) * c.D + d];
+          }
+        }
+      }
+    }
+    return y;
+  };
+  await checkGradients(
+    ([qt, kt, vt]) => run(c, transpose(qt, 1, 2), transpose(kt, 1, 2), transpose(vt, 1, 2)),
+    ([qa, ka, va]) =>
+      referenceAttention(
+        c,
+        fromBTHD(qa, c.Hq, c.T),
+        fromBTHD(ka, c.Hkv, c.S),
+        fromBTHD(va, c.Hkv, c.S),
+      ),
+    [
+      { shape: [c.B, c.T, c.Hq, c.D], values: q },
+      { shape: [c.B, c.S, c.Hkv, c.D], values: k },
+      { shape: [c.B, c.S, c.Hkv, c.D], values: v },
+    ],
+    GRAD_TOL,
+  );
+});
+
+Deno.test("attention backward is deterministic and only computes requested gradients", async () => {
+  const c: Case = { B: 1, Hq: 4, Hkv: 2, T: 33, S: 33, D: 16, causal: true };
+  const [q, k, v] = inputs(c, 130);
+  const grads = async (kvGrad: boolean): Promise<(Float32Array | null)[]> =>
+    await scopeAsync(async () => {
+      const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
+      const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
+      const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
+      backward(sum(run(c, qt, kt, vt)));
+      const out = [];
+      for (const t of [qt, kt, vt]) out.push(t.grad ? (await t.grad.read()) as Float32Array : null);
+      for (const t of [qt, kt, vt]) t.dispose();
+      return out;
+    });
+  const first = await grads(true);
+  const second = await grads(true);
+  first.forEach((g, i) => assert.deepEqual(second[i], g, `gradient ${i} differs between runs`));
+  const qOnly = await grads(false);
+  assert.equal(qOnly[1], null);
+  assert.equal(qOnly[2], null);
+  assert.deepEqual(qOnly[0], first[0]);
+});
+
+Deno.test("attention records nothing under noGrad", async () => {
+  const c: Case = { B: 1, Hq: 1, Hkv: 1, T: 7, S: 7, D: 8 };
+  const [q, k, v] = inputs(c, 140);
+  await scopeAsync(async () => {
+    const qt = tensor(Float32Array.from(q), [1, 1, 7, 8], { requiresGrad: true });
+    const before = tapeLength();
+    const out = noGrad(() =>
+      run(
+        c,
+        qt,
+        tensor(Float32Array.from(k), [1, 1, 7, 8]),
+        tensor(Float32Array.from(v), [1, 1, 7, 8]),
+      )
+    );
+    assert.equal(tapeLength(), before);
+    assert.equal(out.requiresGrad, false);
+    assertClose(await out.read(), referenceAttention(c, q, k, v), FORWARD_TOL, "noGrad output");
+    qt.dispose();
+  });
+});
+
+Deno.test("attention rejects mismatched shapes, dtypes and masks with named errors", () => {
+  const q = tensor(new Float32Array(2 * 3 * 4 * 8), [2, 3, 4, 8]);
+  const kv = tensor(new Float32Array(2 * 2 * 5 * 8), [2, 2, 5, 8]);
+  const kv1 = tensor(new Float32Array(2 * 1 * 5 * 8), [2, 1, 5, 8]);
+  assert.throws(() => scaledDotProductAttention(q, kv, kv), /multiple of kv heads/);
+  assert.throws(
+    () => scaledDotProductAttention(tensor([1, 2]), kv1, kv1),
+    /q must have rank 4/,
+  );
+  const kvWrongD = tensor(new Float32Array(2 * 5 * 4), [2, 1, 5, 4]);
+  assert.throws(() => scaledDotProductAttention(q, kvWrongD, kvWrongD), /k \[2,1,5,4\] must be/);
+  assert.throws(() => scaledDotProductAttention(q, kv1, kvWrongD), /v \[2,1,5,4\] must equal/);
+  assert.throws(
+    () => scaledDotProductAttention(q, kv1, kv1, { keyPaddingMask: tensor([1, 1, 1, 1, 1]) }),
+    /keyPaddingMask must be \[B, S\] = \[2, 5\]/,
+  );
+  assert.throws(
+    () =>
+      scaledDotProductAttention(q, kv1, kv1, {
+        keyPaddingMask: tensor(new Uint32Array(10), [2, 5]),
+      }),
+    /keyPaddingMask must be f32 or i32/,
+  );
+  for (const t of [q, kv, kv1, kvWrongD]) t.dispose();
+});
