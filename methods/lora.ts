@@ -11,9 +11,26 @@
  * @module
  */
 import { z } from "zod";
-import { add, cast, linear, matmul, mul, noGrad, randUniform, type Tensor, zeros } from "../ops/mod.ts";
+import {
+  add,
+  cast,
+  linear,
+  matmul,
+  mul,
+  noGrad,
+  randUniform,
+  type Tensor,
+  zeros,
+} from "../ops/mod.ts";
 import { ForwardContext } from "../models/context.ts";
-import { allLinears, findLinears, Linear, type LinearLike, Module, ParamModule } from "../models/module.ts";
+import {
+  allLinears,
+  findLinears,
+  Linear,
+  type LinearLike,
+  Module,
+  ParamModule,
+} from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import { headParameters, loadInto, readAdapter, writeAdapter } from "./peft.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
@@ -99,10 +116,15 @@ export function trainHead(model: Module, ctx: MethodContext): [string, Tensor][]
 }
 
 /** Fold every LoraLinear's update into its base weight and put the base Linear back. */
-export function mergeLowRank(model: Module, layers: readonly [string, LoraLinear][]): void {
+export function mergeLowRank(
+  model: Module,
+  layers: readonly [string, Pick<LoraLinear, "base" | "deltaWeight">][],
+): void {
   noGrad(() => {
     for (const [name, layer] of layers) {
-      if (!(layer.base instanceof Linear)) throw new Error(`${name}: cannot merge into a non-Linear base`);
+      if (!(layer.base instanceof Linear)) {
+        throw new Error(`${name}: cannot merge into a non-Linear base`);
+      }
       const delta = layer.deltaWeight();
       const w = layer.base.weight;
       const sum = add(w, delta); // f16 weights are widened by the kernel; the sum is f32
@@ -115,8 +137,45 @@ export function mergeLowRank(model: Module, layers: readonly [string, LoraLinear
   });
 }
 
+/**
+ * LoRA's adapter_config.json as PEFT writes it. `init` is PEFT's init_lora_weights: true for
+ * LoRA's own start, or the name of a decomposition start ("pissa", "olora", "lora_ga").
+ */
+export function loraPeftConfig(
+  config: LoraConfig,
+  ctx: MethodContext,
+  init: boolean | string = true,
+): Record<string, unknown> {
+  return {
+    peft_type: "LORA",
+    task_type: ctx.taskType,
+    base_model_name_or_path: ctx.baseModel,
+    r: config.r,
+    lora_alpha: config.alpha,
+    lora_dropout: config.dropout,
+    use_rslora: config.rslora,
+    use_dora: false,
+    target_modules: ctx.targets,
+    modules_to_save: ctx.headModules.length ? ctx.headModules : null,
+    bias: "none",
+    fan_in_fan_out: false,
+    init_lora_weights: init,
+    inference_mode: true,
+    rank_pattern: {},
+    alpha_pattern: {},
+    layers_to_transform: null,
+    layers_pattern: null,
+    revision: null,
+  };
+}
+
 /** Apply LoRA to the targeted Linear layers of `model`. */
-export function applyLora(model: Module, config: LoraConfig, ctx: MethodContext, method = "lora"): Adapter {
+export function applyLora(
+  model: Module,
+  config: LoraConfig,
+  ctx: MethodContext,
+  method = "lora",
+): Adapter {
   const targets = adaptableLinears(model, ctx);
   if (targets.length === 0) {
     throw new Error(
@@ -149,28 +208,7 @@ export function applyLora(model: Module, config: LoraConfig, ctx: MethodContext,
       ...buildGroups("head", head, {}, ctx.weightDecay),
     ],
     merge: () => mergeLowRank(model, layers),
-    save: (dir) =>
-      writeAdapter(dir, {
-        peft_type: "LORA",
-        task_type: ctx.taskType,
-        base_model_name_or_path: ctx.baseModel,
-        r: config.r,
-        lora_alpha: config.alpha,
-        lora_dropout: config.dropout,
-        use_rslora: config.rslora,
-        use_dora: false,
-        target_modules: ctx.targets,
-        modules_to_save: ctx.headModules.length ? ctx.headModules : null,
-        bias: "none",
-        fan_in_fan_out: false,
-        init_lora_weights: true,
-        inference_mode: true,
-        rank_pattern: {},
-        alpha_pattern: {},
-        layers_to_transform: null,
-        layers_pattern: null,
-        revision: null,
-      }, [...loraParams(), ...head]),
+    save: (dir) => writeAdapter(dir, loraPeftConfig(config, ctx), [...loraParams(), ...head]),
     load: async (dir) => {
       const files = await readAdapter(dir);
       for (const [name, t] of [...loraParams(), ...head]) loadInto(files, name, t);

@@ -4,6 +4,20 @@
  * @module
  */
 import { fullFineTuning } from "./full.ts";
+import { adalora } from "./adalora.ts";
+import { eva } from "./eva.ts";
+import { pissa } from "./pissa.ts";
+import { olora } from "./olora.ts";
+import { loraGa } from "./loraga.ts";
+import { residualMethodFromPeft } from "./residual_lora.ts";
+import { galore } from "./galore.ts";
+import { lisa } from "./lisa.ts";
+import { sift } from "./sift.ts";
+import { loraPlus } from "./loraplus.ts";
+import { dora } from "./dora.ts";
+import { vera } from "./vera.ts";
+import { ia3 } from "./ia3.ts";
+import { bitFit } from "./bitfit.ts";
 import { applyLora, lora, LoraConfigSchema } from "./lora.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
 import type { Module } from "../models/module.ts";
@@ -20,6 +34,19 @@ export const METHODS: Readonly<Record<string, Method<never>>> = {
   full: fullFineTuning as Method<never>,
   lora: lora as Method<never>,
   rslora: rslora as Method<never>,
+  adalora: adalora as Method<never>,
+  eva: eva as Method<never>,
+  pissa: pissa as Method<never>,
+  olora: olora as Method<never>,
+  loraga: loraGa as Method<never>,
+  galore: galore as Method<never>,
+  lisa: lisa as Method<never>,
+  sift: sift as Method<never>,
+  loraplus: loraPlus as Method<never>,
+  dora: dora as Method<never>,
+  vera: vera as Method<never>,
+  ia3: ia3 as Method<never>,
+  bitfit: bitFit as Method<never>,
 };
 
 /** The method called `name`, or an error listing the available ones. */
@@ -52,12 +79,41 @@ export function applyMethod(
 }
 
 /** PEFT's peft_type → our method name and options (for adapters written by PEFT or by us). */
-function methodFromPeftConfig(config: Record<string, unknown>, file: string): { method: string; options: Record<string, unknown> } {
+function methodFromPeftConfig(
+  config: Record<string, unknown>,
+  file: string,
+): { method: string; options: Record<string, unknown> } {
   const type = config.peft_type;
+  if (type === "LORA" && config.init_lora_weights === "eva") {
+    const options = {
+      r: config.r,
+      alpha: config.lora_alpha,
+      dropout: config.lora_dropout ?? 0,
+      rslora: config.use_rslora === true,
+    };
+    return { method: "eva", options };
+  }
+  if (type === "ADALORA") {
+    const options = {
+      targetR: config.target_r,
+      initR: config.init_r,
+      tinit: config.tinit,
+      tfinal: config.tfinal,
+      deltaT: config.deltaT,
+      beta1: config.beta1,
+      beta2: config.beta2,
+      orthRegWeight: config.orth_reg_weight,
+      totalSteps: config.total_step ?? undefined,
+      alpha: config.lora_alpha,
+      dropout: config.lora_dropout ?? 0,
+    };
+    return { method: "adalora", options };
+  }
   if (type === "LORA") {
-    if (config.use_dora) throw new Error(`${file}: DoRA adapters (use_dora) are not supported yet`);
+    const residual = residualMethodFromPeft(config);
+    if (residual) return residual;
     return {
-      method: config.use_rslora ? "rslora" : "lora",
+      method: config.use_dora === true ? "dora" : config.use_rslora ? "rslora" : "lora",
       options: {
         r: config.r,
         alpha: config.lora_alpha,
@@ -66,7 +122,26 @@ function methodFromPeftConfig(config: Record<string, unknown>, file: string): { 
       },
     };
   }
-  throw new Error(`${file}: peft_type ${String(type)} is not supported yet; supported: LORA`);
+  if (type === "IA3") {
+    const ff = config.feedforward_modules;
+    return { method: "ia3", options: Array.isArray(ff) ? { feedforward: ff.map(String) } : {} };
+  }
+  if (type === "VERA") {
+    return {
+      method: "vera",
+      options: {
+        r: config.r,
+        dropout: config.vera_dropout ?? 0,
+        dInitial: config.d_initial ?? 0.1,
+        projectionPrngKey: config.projection_prng_key ?? 0,
+        saveProjection: config.save_projection !== false,
+      },
+    };
+  }
+  if (type === "BITFIT") return { method: "bitfit", options: {} };
+  throw new Error(
+    `${file}: peft_type ${String(type)} is not supported yet; supported: LORA, IA3, VERA, BITFIT`,
+  );
 }
 
 /**
@@ -83,12 +158,16 @@ export async function loadAdapter(
   try {
     config = JSON.parse(await Deno.readTextFile(file));
   } catch (e) {
-    throw new Error(`${file}: cannot read the adapter config (${e instanceof Error ? e.message : e})`);
+    throw new Error(
+      `${file}: cannot read the adapter config (${e instanceof Error ? e.message : e})`,
+    );
   }
   const { method, options } = methodFromPeftConfig(config, file);
   const targets = config.target_modules;
   if (!Array.isArray(targets) || !targets.every((t) => typeof t === "string")) {
-    throw new Error(`${file}: target_modules must be a list of module names (regex strings are not supported)`);
+    throw new Error(
+      `${file}: target_modules must be a list of module names (regex strings are not supported)`,
+    );
   }
   const saved = Array.isArray(config.modules_to_save) ? config.modules_to_save.map(String) : [];
   const adapter = applyMethod(method, model, options, {

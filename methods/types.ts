@@ -38,6 +38,8 @@ export interface MethodContext {
   /** The base model's name or path (adapter_config.json base_model_name_or_path). */
   baseModel: string;
   seed: number;
+  /** Optimizer steps the run will take (AdaLoRA's budget schedule), when the caller knows it. */
+  totalSteps?: number;
 }
 
 /**
@@ -48,6 +50,20 @@ export interface MethodContext {
 export interface DataPass {
   /** Loss thunks of the first `n` training batches (deterministic for a run's seed). */
   losses(n: number): (() => Tensor)[];
+  /**
+   * Which token positions of the same batches count, aligned with `losses(n)`: statistics over
+   * layer inputs skip padding (EVA). Absent: every position counts.
+   */
+  tokenMasks?(n: number): TokenMask[];
+}
+
+/** The positions of one batch, row-major [b, t]: 1 where a real token is, 0 at padding. */
+export interface TokenMask {
+  b: number;
+  t: number;
+  mask: Float32Array;
+  /** Language modelling: 1 where the token carries a training label (answer tokens), else 0. */
+  labelMask?: Float32Array;
 }
 
 /** The result of applying a method to a model. */
@@ -82,5 +98,10 @@ export interface Method<C> {
   readonly name: string;
   /** The config schema; parsing `{}` gives the method's defaults. */
   readonly config: z.ZodType<C>;
+  /**
+   * The method's own default targets for `model` (IA3's per-architecture modules, BitFit's every
+   * bias), used when the run names none; absent: the run's default (query,value / q_proj,v_proj).
+   */
+  defaultTargets?(model: Module): string[];
   apply(model: Module, config: C, ctx: MethodContext): Adapter;
 }

@@ -32,3 +32,4 @@ export * from "./dropout.ts";
 export * from "./rope.ts";
 export * from "./variants.ts";
 export * from "./matmul.ts";
+export * from "./linalg.ts";

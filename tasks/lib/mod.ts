@@ -26,3 +26,5 @@ export * from "./hub.ts";
 export * from "./model_source.ts";
 export * from "./progress.ts";
 export * from "./version.ts";
+export * from "./sweep.ts";
+export * from "./report.ts";

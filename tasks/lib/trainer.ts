@@ -41,7 +41,7 @@ import { ForwardContext } from "../../models/context.ts";
 import { type LoadedModel, loadModel } from "../../models/load.ts";
 import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
-import { applyMethod } from "../../methods/registry.ts";
+import { applyMethod, getMethod } from "../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../methods/types.ts";
 import { toEntries, writeInto, writeTextAtomic } from "../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
@@ -414,17 +414,23 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const headModules = p.task.kind === "glue"
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
+  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
+  const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
+  const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
-    targets: config.targets ?? defaultTargets(modelType),
+    targets: config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
+      defaultTargets(modelType),
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
     taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
     baseModel: config.model,
     seed: config.seed,
+    totalSteps: total,
   });
-  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
-  if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
+  // Peaks describe training: loading moved weights between categories (frozen → trainable).
+  rt().pool.resetPeak();
   let epochCache: { epoch: number; batches: number[][] } | null = null;
   const lengths = p.train.map((e) => e.ids.length);
   const batchAt = (k: number): HostBatch => {
@@ -440,6 +446,14 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     await adapter.beforeTraining({
       losses: (n) =>
         Array.from({ length: Math.min(n, batchesPerEpoch) }, (_, k) => () => p.loss(batchAt(k))),
+      tokenMasks: (n) =>
+        Array.from({ length: Math.min(n, batchesPerEpoch) }, (_, k) => {
+          const h = batchAt(k);
+          const labelMask = p.task.kind === "glue"
+            ? undefined
+            : Float32Array.from(h.lmLabels, (l) => (l === -100 ? 0 : 1));
+          return { b: h.b, t: h.t, mask: h.mask, labelMask };
+        }),
     });
     log(
       `${config.method}: data pass before training took ${
@@ -451,8 +465,6 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const named = namedTrainable(groups);
   for (const [n, t] of named) t.name = n;
   const counts = countParams(loaded, groups);
-  const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
-  const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
   const schedule = scheduleOf(config, total);
   const paramGroups = groups.map((g) => ({
     params: g.params,

@@ -1,0 +1,306 @@
+/**
+ * (IA)³ on a tiny random RoBERTa and LLaMA and on standalone layers: PEFT's per-architecture
+ * default targets and feed-forward modules, ones at the start (base outputs), output and input
+ * scaling against host formulas in float64, gradients against finite differences, honoured
+ * targets and the `feedforward` option, counts and memory categories, PEFT files (`ia3_l` shapes,
+ * feedforward_modules), loadAdapter and merge.
+ */
+import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
+import { assertClose, checkGradients, randomArray, setup } from "../helpers.ts";
+import {
+  AdamW,
+  backward,
+  noGrad,
+  rt,
+  scope,
+  scopeAsync,
+  sum,
+  type Tensor,
+  tensor,
+} from "../../ops/mod.ts";
+import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import { LlamaForCausalLM } from "../../models/llama.ts";
+import { Linear } from "../../models/module.ts";
+import {
+  applyMethod,
+  getMethod,
+  ia3,
+  Ia3Linear,
+  loadAdapter,
+  type MethodContext,
+  writeInto,
+} from "../../methods/mod.ts";
+import { openSafetensors } from "../../models/safetensors.ts";
+import {
+  encoderDims,
+  encoderWeights,
+  hostSource,
+  llamaDims,
+  llamaWeights,
+} from "../models/fixtures.ts";
+import type { RefEncoderDims, RefLlamaDims } from "../models/reference.ts";
+
+await setup();
+
+const DIMS: RefEncoderDims = {
+  kind: "roberta",
+  vocab: 13,
+  hidden: 16,
+  inter: 32,
+  layers: 2,
+  heads: 4,
+  eps: 1e-5,
+  pad: 1,
+  labels: 2,
+};
+const W = encoderWeights(DIMS, 12, 5);
+const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
+
+const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
+const probe = model();
+/** What the trainer passes when the run names no targets. */
+const DEFAULT_TARGETS = ia3.defaultTargets!(probe);
+probe.dispose();
+
+function ctx(over: Partial<MethodContext> = {}): MethodContext {
+  return {
+    targets: DEFAULT_TARGETS,
+    lrMultipliers: {},
+    weightDecay: 0.01,
+    headModules: ["classifier"],
+    taskType: "SEQ_CLS",
+    baseModel: "tiny-roberta",
+    seed: 3,
+    ...over,
+  };
+}
+
+const inputs = () => ({
+  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
+  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
+});
+
+const logits = (m: EncoderForSequenceClassification) =>
+  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
+
+const ia3Layers = (m: EncoderForSequenceClassification | LlamaForCausalLM) =>
+  m.namedModules().filter((e): e is [string, Ia3Linear] => e[1] instanceof Ia3Linear);
+
+function perturb(m: EncoderForSequenceClassification): void {
+  ia3Layers(m).forEach(([, l], i) =>
+    writeInto(l.scale, Float32Array.from(randomArray(l.scale.size, 100 + i, 0.5, 1.5)))
+  );
+}
+
+/** l ⊙ (xWᵀ + b), or (l ⊙ x)Wᵀ + b for feed-forward layers, in float64. */
+function hostIa3(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: ArrayLike<number>,
+  l: ArrayLike<number>,
+  ff: boolean,
+  rows: number,
+  dIn: number,
+  dOut: number,
+): Float64Array {
+  const y = new Float64Array(rows * dOut);
+  for (let row = 0; row < rows; row++) {
+    for (let o = 0; o < dOut; o++) {
+      let v = b[o];
+      for (let i = 0; i < dIn; i++) v += x[row * dIn + i] * (ff ? l[i] : 1) * w[o * dIn + i];
+      y[row * dOut + o] = ff ? v : l[o] * v;
+    }
+  }
+  return y;
+}
+
+Deno.test("IA3 defaults to PEFT's targets per architecture; output.dense modules scale their input", async () => {
+  deepStrictEqual(ia3.config.parse({}), {});
+  deepStrictEqual(getMethod("ia3").defaultTargets!(model()), ["key", "value", "output.dense"]);
+  const base = await logits(model());
+  const m = model();
+  applyMethod("ia3", m, {}, ctx());
+  deepStrictEqual(await logits(m), base);
+  const layers = ia3Layers(m);
+  deepStrictEqual(
+    layers.slice(0, 4).map((
+      [n, l],
+    ) => [n.replace("roberta.encoder.layer.0.", ""), l.isFeedforward, l.scale.shape.join("x")]),
+    [
+      ["attention.self.key", false, "16x1"],
+      ["attention.self.value", false, "16x1"],
+      ["attention.output.dense", true, "1x16"],
+      ["output.dense", true, "1x32"],
+    ],
+  );
+  equal(layers.length, 8);
+  for (const [, l] of layers) ok((await l.scale.read()).every((v) => v === 1));
+
+  const ld: RefLlamaDims = {
+    vocab: 11,
+    hidden: 8,
+    inter: 12,
+    layers: 1,
+    heads: 2,
+    kvHeads: 1,
+    eps: 1e-5,
+    theta: 10000,
+    tied: true,
+  };
+  const llama = new LlamaForCausalLM(llamaDims(ld, 2), hostSource(llamaWeights(ld, 4)));
+  const targets = ia3.defaultTargets!(llama);
+  deepStrictEqual(targets, ["k_proj", "v_proj", "down_proj"]);
+  applyMethod("ia3", llama, {}, { ...ctx(), targets, headModules: ["score"] });
+  deepStrictEqual(ia3Layers(llama).map(([n, l]) => [n, l.scale.shape.join("x")]), [
+    ["model.layers.0.self_attn.k_proj", "4x1"],
+    ["model.layers.0.self_attn.v_proj", "4x1"],
+    ["model.layers.0.mlp.down_proj", "1x12"],
+  ]);
+  llama.dispose();
+});
+
+Deno.test("IA3 forward: l ⊙ (xWᵀ + b) on attention targets, (l ⊙ x)Wᵀ + b on feed-forward ones", async () => {
+  const m = model();
+  applyMethod("ia3", m, {}, ctx());
+  perturb(m);
+  for (const [name, layer] of [ia3Layers(m)[1], ia3Layers(m)[3]]) {
+    const rows = 7, dIn = layer.inFeatures, dOut = layer.outFeatures;
+    const x = Float32Array.from(randomArray(rows * dIn, 9));
+    const got = await scopeAsync(() => noGrad(() => layer.forward(tensor(x, [rows, dIn]))).read());
+    const want = hostIa3(
+      x,
+      W.get(`${name}.weight`)!,
+      W.get(`${name}.bias`)!,
+      await layer.scale.read(),
+      layer.isFeedforward,
+      rows,
+      dIn,
+      dOut,
+    );
+    assertClose(got, want, { atol: 1e-5, rtol: 1e-4 }, `${name} forward`);
+  }
+});
+
+Deno.test("IA3 gradients of x and l match finite differences, for output and input scaling", async () => {
+  const [rows, dIn, dOut] = [7, 5, 9];
+  const w = randomArray(dOut * dIn, 1), b = randomArray(dOut, 2, -0.2, 0.2);
+  const base = new Linear(
+    tensor(Float32Array.from(w), [dOut, dIn]),
+    tensor(Float32Array.from(b), [dOut]),
+  );
+  for (const ff of [false, true]) {
+    const lShape = ff ? [1, dIn] : [dOut, 1];
+    await checkGradients(
+      ([x, l]: Tensor[]) => new Ia3Linear(base, l, ff).forward(x),
+      ([x, l]) => hostIa3(x, w, b, l, ff, rows, dIn, dOut),
+      [{ shape: [rows, dIn], values: randomArray(rows * dIn, 3) }, {
+        shape: lShape,
+        values: randomArray(lShape[0] * lShape[1], 4, 0.5, 1.5),
+      }],
+    );
+  }
+  base.dispose();
+});
+
+Deno.test("IA3 honours given targets and the feedforward option; a feed-forward name outside the targets is an error", () => {
+  const m = model();
+  applyMethod("ia3", m, {}, ctx({ targets: ["query", "value"] }));
+  deepStrictEqual(ia3Layers(m).map(([n, l]) => [n.split(".").pop(), l.isFeedforward]), [
+    ["query", false],
+    ["value", false],
+    ["query", false],
+    ["value", false],
+  ]);
+  const m2 = model();
+  applyMethod(
+    "ia3",
+    m2,
+    { feedforward: ["intermediate.dense"] },
+    ctx({ targets: ["intermediate.dense", "value"] }),
+  );
+  deepStrictEqual(
+    ia3Layers(m2).slice(0, 2).map((
+      [n, l],
+    ) => [n.split(".").slice(-2).join("."), l.scale.shape.join("x")]),
+    [
+      ["self.value", "16x1"],
+      ["intermediate.dense", "1x16"],
+    ],
+  );
+  throws(
+    () => applyMethod("ia3", model(), { feedforward: ["down_proj"] }, ctx()),
+    /feedforward module\(s\) down_proj match no targeted module/,
+  );
+  throws(
+    () => applyMethod("ia3", model(), {}, ctx({ targets: ["nope"] })),
+    /IA3: no Linear module matches targets \[nope\]/,
+  );
+});
+
+Deno.test("IA3 trains only l and the head: count Σ dOut (attention) + Σ dIn (feed-forward); memory agrees", async () => {
+  const m = model();
+  const before = rt().pool.stats().live;
+  const adapter = applyMethod("ia3", m, {}, ctx({ lrMultipliers: { value: 4 } }));
+  const applied = rt().pool.stats().live;
+  const groups = adapter.groups();
+  const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
+  const count = trainable.reduce((s, [, t]) => s + t.size, 0);
+  equal(count, 2 * (16 + 16 + 16 + 32) + HEAD);
+  equal(applied.trainable - before.trainable, 4 * count);
+  equal(applied.weights - before.weights, -4 * HEAD);
+  ok(groups.some((g) => g.lrMultiplier === 4 && g.names.every((n) => n.endsWith(".value.ia3_l"))));
+  perturb(m);
+  const opt = new AdamW(
+    groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
+  );
+  scope(() => backward(sum(m.forward(inputs()))));
+  deepStrictEqual(
+    m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
+    trainable.map(([n]) => n).sort(),
+  );
+  equal(rt().pool.stats().live.grads - applied.grads, 4 * count);
+  opt.step();
+  await rt().sync(); // surfaces any WebGPU error of the step
+  equal(rt().pool.stats().live.optimizer - applied.optimizer, 8 * count);
+  opt.dispose();
+  m.dispose();
+});
+
+Deno.test("IA3 saves PEFT's ia3_l and feedforward_modules; loadAdapter restores outputs; merge keeps them", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const m = model();
+    const adapter = applyMethod("ia3", m, {}, ctx());
+    perturb(m);
+    const before = await logits(m);
+    await adapter.save(dir);
+    const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
+    equal(config.peft_type, "IA3");
+    deepStrictEqual(config.target_modules, ["key", "value", "output.dense"]);
+    deepStrictEqual(config.feedforward_modules, ["output.dense"]);
+    deepStrictEqual(config.modules_to_save, ["classifier"]);
+    const reader = await openSafetensors(`${dir}/adapter_model.safetensors`);
+    const shapes = Object.fromEntries(reader.names.map((n) => [n, reader.info(n).shape.join("x")]));
+    reader.close();
+    const p = "base_model.model.roberta.encoder.layer.1";
+    equal(shapes[`${p}.attention.self.key.ia3_l`], "16x1");
+    equal(shapes[`${p}.output.dense.ia3_l`], "1x32");
+    equal(Object.keys(shapes).length, 8 + 4);
+    const fresh = model();
+    const loaded = await loadAdapter(fresh, dir, {
+      lrMultipliers: {},
+      weightDecay: 0,
+      taskType: "SEQ_CLS",
+      baseModel: "tiny-roberta",
+      seed: 0,
+    });
+    equal(loaded.method, "ia3");
+    deepStrictEqual(await logits(fresh), before);
+    loaded.merge();
+    equal(ia3Layers(fresh).length, 0);
+    ok(fresh.getModule("roberta.encoder.layer.0.output.dense") instanceof Linear);
+    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
