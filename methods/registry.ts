@@ -153,17 +153,9 @@ export async function loadAdapter(
   dir: string,
   ctx: Omit<MethodContext, "targets" | "headModules"> & { headModules?: string[] },
 ): Promise<Adapter> {
-  const file = `${dir}/adapter_config.json`;
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(await Deno.readTextFile(file));
-  } catch (e) {
-    throw new Error(
-      `${file}: cannot read the adapter config (${e instanceof Error ? e.message : e})`,
-    );
-  }
-  const { method, options } = methodFromPeftConfig(config, file);
-  const targets = config.target_modules;
+  const { file, config, method, options } = await readAdapterConfig(dir);
+  // Methods that adapt whole blocks (LISA) save no target_modules.
+  const targets = config.target_modules ?? [];
   if (!Array.isArray(targets) || !targets.every((t) => typeof t === "string")) {
     throw new Error(
       `${file}: target_modules must be a list of module names (regex strings are not supported)`,
@@ -177,4 +169,51 @@ export async function loadAdapter(
   });
   await adapter.load(dir);
   return adapter;
+}
+
+/** Methods without a PEFT format keep `<method>_config.json` (see each method's file). */
+const OWN_FORMATS = ["galore", "lisa", "sift"] as const;
+
+/**
+ * The adapter config in `dir` and the method + options it implies: PEFT's adapter_config.json,
+ * or one of our own formats (`galore_config.json`, `lisa_config.json`, `sift_config.json`), whose
+ * snake_case fields map onto the method's option names.
+ */
+async function readAdapterConfig(dir: string): Promise<{
+  file: string;
+  config: Record<string, unknown>;
+  method: string;
+  options: Record<string, unknown>;
+}> {
+  const read = async (file: string) => {
+    try {
+      return JSON.parse(await Deno.readTextFile(file)) as Record<string, unknown>;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw new Error(
+        `${file}: cannot read the adapter config (${e instanceof Error ? e.message : e})`,
+      );
+    }
+  };
+  const peftFile = `${dir}/adapter_config.json`;
+  const peft = await read(peftFile);
+  if (peft) return { file: peftFile, config: peft, ...methodFromPeftConfig(peft, peftFile) };
+  for (const name of OWN_FORMATS) {
+    const file = `${dir}/${name}_config.json`;
+    const config = await read(file);
+    if (!config) continue;
+    const shape =
+      (getMethod(name).config as unknown as { shape?: Record<string, unknown> }).shape ?? {};
+    const options: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(config)) {
+      const camel = key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+      if (camel in shape) options[camel] = value;
+    }
+    return { file, config, method: name, options };
+  }
+  throw new Error(
+    `${dir}: no adapter config found (adapter_config.json, or ${
+      OWN_FORMATS.map((m) => `${m}_config.json`).join(", ")
+    })`,
+  );
 }
