@@ -152,6 +152,17 @@ export class BufferPool {
     }
   }
 
+  /**
+   * Count `bytes` (negative to release) of a resource that is not a pooled buffer — the
+   * matmul's scratch textures — in a category, so the memory report covers it too.
+   */
+  account(category: Category, bytes: number): void {
+    this.#live[category] += bytes;
+    this.#liveTotal += bytes;
+    if (this.#live[category] > this.#peak[category]) this.#peak[category] = this.#live[category];
+    if (this.#liveTotal > this.#peakTotal) this.#peakTotal = this.#liveTotal;
+  }
+
   /** Move a live allocation to another category (e.g. a frozen weight made trainable). */
   retag(a: Allocation, category: Category): void {
     if (a.released) throw new Error("retag of a released GPU allocation");

@@ -191,8 +191,14 @@ export class TexturePool {
   #free = new Map<string, ScratchTexture[]>();
   #idle: ScratchTexture[] = [];
   #reserved = 0;
-  /** An empty pool on `device`. */
-  constructor(private readonly device: GPUDevice) {}
+  /**
+   * An empty pool on `device`; `account` records live texture bytes in the memory report
+   * (category "scratch") while a texture is held.
+   */
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly account: (bytes: number) => void = () => {},
+  ) {}
 
   /** The largest width or height this adapter allows. */
   get maxDimension(): number {
@@ -212,6 +218,7 @@ export class TexturePool {
     const hit = this.#free.get(key)?.pop();
     if (hit) {
       this.#idle.splice(this.#idle.indexOf(hit), 1);
+      this.account(w * h * 16);
       return hit;
     }
     const texture = this.device.createTexture({
@@ -221,11 +228,13 @@ export class TexturePool {
       label: `scratch ${key}`,
     });
     this.#reserved += w * h * 16;
+    this.account(w * h * 16);
     return { texture, view: texture.createView(), width: w, height: h };
   }
 
   /** Give a texture back for reuse. */
   release(t: ScratchTexture): void {
+    this.account(-t.width * t.height * 16);
     const key = `${t.width}x${t.height}`;
     const list = this.#free.get(key) ?? [];
     list.push(t);
@@ -291,7 +300,7 @@ class Runtime {
     this.gpu = g;
     this.device = g.device;
     this.pool = new BufferPool(g.device, () => this.#encoder !== null);
-    this.textures = new TexturePool(g.device);
+    this.textures = new TexturePool(g.device, (bytes) => this.pool.account("scratch", bytes));
     this.#align = Math.max(16, g.device.limits.minUniformBufferOffsetAlignment);
     this.#arena = g.device.createBuffer({
       size: ARENA_BYTES,

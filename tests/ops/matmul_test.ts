@@ -556,3 +556,18 @@ Deno.test("linear backward: dx = g·W, dW = gᵀ·x, db = Σ g", async () => {
     });
   }
 });
+
+Deno.test("the texture variant's scratch textures count in the memory report (scratch) while held", async () => {
+  const a = tensor(Float32Array.from(randomArray(33 * 40, 1)), [33, 40]);
+  const b = tensor(Float32Array.from(randomArray(40 * 17, 2)), [40, 17]);
+  await rt().sync();
+  rt().pool.resetPeak();
+  const before = rt().pool.stats();
+  const c = withVariant("matmul", "texture", () => matmul(a, b));
+  await c.read();
+  const after = rt().pool.stats();
+  // Both operands were packed: at least 33×40 + 40×17 floats of rgba32float texels were held.
+  assert.ok(after.peak.scratch - before.live.scratch >= (33 * 40 + 40 * 17) * 4);
+  assert.equal(after.live.scratch, before.live.scratch, "textures are returned after the product");
+  for (const t of [a, b, c]) t.dispose();
+});
