@@ -1,112 +1,115 @@
 /**
- * Fused attention throughput at BERT/LLaMA-like sizes (B 8, H 12, D 64, T = S = 128 and 512).
+ * Fused attention throughput at BERT-base-like sizes: B 8, H 12, D 64, T = S = 128 and 512.
  *
- * `deno bench` reports wall time per call; `deno run -A bench/attention_bench.ts` prints GPU time
- * (timestamp queries, host time where the adapter has none) and GFLOP/s. FLOPs follow the
- * FlashAttention convention: the forward counts 4·B·H·T·S·D (two matmuls), forward + backward
- * counts 3.5× that (the backward as 2.5 forwards), whatever the kernels recompute.
+ * Each case is timed by `measure` (bench/util.ts): GPU time from timestamp queries, host time
+ * where the adapter has none, printed with GFLOP/s; `deno run -A bench/attention_bench.ts` also
+ * prints a Markdown table. FLOPs follow the FlashAttention convention whatever the kernels
+ * recompute: the forward counts 4·B·H·T·S·D (the two products), forward + backward 3.5 times that
+ * (the backward as 2.5 forwards). The adapter's preferred variant runs every size; the other
+ * variants of the "attention" family run at T 128 only, to compare them without minutes per call
+ * on a software adapter.
  */
 import {
+  ATTENTION,
+  type AttentionShapes,
   backward,
   init,
   noGrad,
   randNormal,
-  rt,
   scaledDotProductAttention,
-  scope,
   type Tensor,
+  withVariant,
 } from "../ops/mod.ts";
+import { measure, type MeasureResult, resultsMarkdown } from "./util.ts";
 
 await init();
 
-/** One benchmarked size. */
-interface Size {
-  B: number;
-  H: number;
-  T: number;
-  D: number;
-}
-
 type Mode = "forward" | "forward+backward";
 
-const SIZES: Size[] = [
-  { B: 8, H: 12, T: 128, D: 64 },
-  { B: 8, H: 12, T: 512, D: 64 },
-];
+const MODES: readonly Mode[] = ["forward", "forward+backward"];
 
-function flops({ B, H, T, D }: Size, mode: Mode): number {
-  const forward = 4 * B * H * T * T * D;
+const SIZES: AttentionShapes[] = [128, 512].map((t) => ({
+  batch: 8,
+  queryHeads: 12,
+  kvHeads: 12,
+  queryLen: t,
+  keyLen: t,
+  headDim: 64,
+}));
+
+/** One timed case: a size, a mode and a variant of the attention family. */
+interface Case {
+  size: AttentionShapes;
+  mode: Mode;
+  variant: string;
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  for (const size of SIZES) {
+    const preferred = ATTENTION.choose(size).name;
+    const variants = size.queryLen <= 128
+      ? ATTENTION.candidates(size).map((v) => v.name)
+      : [preferred];
+    for (const variant of variants) for (const mode of MODES) out.push({ size, mode, variant });
+  }
+  return out;
+}
+
+function flops({ batch, queryHeads, queryLen, keyLen, headDim }: AttentionShapes, mode: Mode) {
+  const forward = 4 * batch * queryHeads * queryLen * keyLen * headDim;
   return mode === "forward" ? forward : 3.5 * forward;
 }
 
-/** Inputs that live for the whole benchmark; q/k/v require grad for the backward mode. */
-function makeInputs({ B, H, T, D }: Size, mode: Mode): Tensor[] {
-  const requiresGrad = mode === "forward+backward";
-  const q = randNormal([B, H, T, D], 0, 1, { seed: 1, requiresGrad }).keep();
-  const k = randNormal([B, H, T, D], 0, 1, { seed: 2, requiresGrad }).keep();
-  const v = randNormal([B, H, T, D], 0, 1, { seed: 3, requiresGrad }).keep();
-  const gradOut = randNormal([B, H, T, D], 0, 1, { seed: 4 }).keep();
-  return [q, k, v, gradOut];
+const label = (c: Case) =>
+  `attention B${c.size.batch} H${c.size.queryHeads} T${c.size.queryLen} D${c.size.headDim} ${c.mode} [${c.variant}]`;
+
+/** Record one call (and its backward) inside measure's scope; gradients are dropped too. */
+function step([q, k, v, gradOut]: Tensor[], mode: Mode): void {
+  if (mode === "forward") {
+    noGrad(() => scaledDotProductAttention(q, k, v));
+    return;
+  }
+  backward(scaledDotProductAttention(q, k, v), gradOut);
+  for (const t of [q, k, v]) {
+    t.grad?.dispose();
+    t.grad = null;
+  }
 }
 
-/** Record one call (and its backward); gradients are dropped so each call starts fresh. */
-function step([q, k, v, gradOut]: Tensor[], mode: Mode): void {
-  scope(() => {
-    if (mode === "forward") {
-      noGrad(() => scaledDotProductAttention(q, k, v));
-      return;
-    }
-    backward(scaledDotProductAttention(q, k, v), gradOut);
-    for (const t of [q, k, v]) {
-      t.grad?.dispose();
-      t.grad = null;
-    }
+/** Measure one case (inputs live only for the measurement). */
+async function run(c: Case): Promise<MeasureResult> {
+  const { batch, queryHeads, queryLen, headDim } = c.size;
+  const shape = [batch, queryHeads, queryLen, headDim];
+  const requiresGrad = c.mode === "forward+backward";
+  const inputs = [1, 2, 3, 4].map((seed) =>
+    randNormal(shape, 0, 1, { seed, requiresGrad: requiresGrad && seed < 4 }).keep()
+  );
+  try {
+    return await withVariant("attention", c.variant, () =>
+      measure(
+        { name: label(c), flops: flops(c.size, c.mode), iterations: 3 },
+        () => step(inputs, c.mode),
+      ));
+  } finally {
+    for (const t of inputs) t.dispose();
+  }
+}
+
+for (const c of cases()) {
+  Deno.bench({
+    name: label(c),
+    group: `attention T${c.size.queryLen}`,
+    n: 1,
+    warmup: 0,
+    async fn() {
+      await run(c);
+    },
   });
 }
 
-/** Median milliseconds of `reps` calls, from GPU timestamps where available. */
-async function timeMs(inputs: Tensor[], mode: Mode, reps: number): Promise<number> {
-  const times: number[] = [];
-  for (let r = 0; r < reps; r++) {
-    const start = performance.now();
-    const gpuMs = await rt().timeGpu(() => step(inputs, mode));
-    times.push(gpuMs ?? performance.now() - start);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
-}
-
-for (const size of SIZES) {
-  for (const mode of ["forward", "forward+backward"] as const) {
-    let inputs: Tensor[] | null = null;
-    Deno.bench({
-      name: `attention ${mode} B${size.B} H${size.H} T${size.T} D${size.D}`,
-      group: `attention T${size.T}`,
-      n: 3,
-      warmup: 1,
-      async fn(b) {
-        inputs ??= makeInputs(size, mode);
-        b.start();
-        step(inputs, mode);
-        await rt().sync();
-        b.end();
-      },
-    });
-  }
-}
-
 if (import.meta.main) {
-  console.log(`adapter: ${rt().gpu.adapter.name}`);
-  console.log("| size | mode | ms | GFLOP/s |\n| --- | --- | --- | --- |");
-  for (const size of SIZES) {
-    for (const mode of ["forward", "forward+backward"] as const) {
-      const inputs = makeInputs(size, mode);
-      await timeMs(inputs, mode, 1); // compiles the pipelines
-      const ms = await timeMs(inputs, mode, 3);
-      const rate = flops(size, mode) / (ms * 1e6);
-      const label = `B${size.B} H${size.H} T${size.T} D${size.D}`;
-      console.log(`| ${label} | ${mode} | ${ms.toFixed(1)} | ${rate.toFixed(1)} |`);
-      for (const t of inputs) t.dispose();
-    }
-  }
+  const results: MeasureResult[] = [];
+  for (const c of cases()) results.push(await run(c));
+  console.log(resultsMarkdown("Fused scaled dot-product attention", results));
 }

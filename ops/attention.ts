@@ -1,20 +1,38 @@
 /**
  * Scaled dot-product attention with fused WGSL kernels (FlashAttention-style): the T×S score
- * matrix never reaches global memory. The forward streams K/V tiles through workgroup memory with
- * an online softmax and keeps each query row's logsumexp; the backward recomputes probabilities
- * from it, writing dQ per query row and dK/dV per key row, so every gradient element is written
- * by exactly one thread (deterministic, no atomics).
+ * matrix never reaches global memory. The forward streams keys past each query row with an online
+ * softmax and keeps each row's logsumexp; the backward recomputes probabilities from it, writing
+ * dQ per query row and dK/dV per key row, so every gradient element is written by exactly one
+ * invocation (deterministic, no atomics).
  *
  * Supports grouped-query attention (query head h reads kv head ⌊h·Hkv/Hq⌋), causal masking
  * aligned to the end of the keys (query i sees keys j ≤ i + S − T, as with a KV cache), a key
  * padding mask, and q/k/v given as strided views (read in place).
  *
+ * Two kernel variants form the "attention" family (see ./variants.ts); they share every kernel
+ * generator and differ only in where the streamed rows (K/V, or Q/dO for dK/dV) are read from:
+ * - "workgroup": tiles staged through workgroup memory by the whole workgroup, for GPUs;
+ * - "texture": the streamed operands packed into rgba32float textures first and read with
+ *   `textureLoad`, preferred on software adapters (llvmpipe), where storage-buffer and
+ *   workgroup-memory reads are per-lane gathers and texture loads are several times faster.
+ *
  * @module
  */
 import { needsGrad, record } from "./autograd.ts";
-import { map } from "./elementwise.ts";
-import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
+import type { Gpu } from "./device.ts";
+import { map, zeros } from "./elementwise.ts";
+import {
+  type Bindable,
+  type BindingDecl,
+  defineKernel,
+  grid1d,
+  type Kernel,
+  linearIndex,
+  rt,
+  type ScratchTexture,
+} from "./runtime.ts";
 import { empty, type Tensor } from "./tensor.ts";
+import { type KernelFamily, kernelFamily } from "./variants.ts";
 
 /** Options of {@link scaledDotProductAttention}. */
 export interface AttentionOptions {
@@ -24,19 +42,41 @@ export interface AttentionOptions {
   keyPaddingMask?: Tensor;
   /** Multiplier of q·k before the softmax (default 1/√D). */
   scale?: number;
+  /** Overrides the workgroup shape the variant picks (for kernel tests and tuning). */
+  tiling?: AttentionTiling;
 }
 
-/** Sizes of one attention call. */
-interface Geometry {
+/** Workgroup shape of the attention kernels: invocations, and rows each invocation owns. */
+export interface AttentionTiling {
+  /** Invocations per workgroup. */
+  threads: number;
+  /** Rows each invocation owns: query rows (forward, dQ) or key rows (dK/dV). */
+  rowsPerThread: number;
+}
+
+/** Sizes of one attention call; the attention family chooses its variant by them. */
+export interface AttentionShapes {
+  /** B. */
   batch: number;
+  /** Hq, a multiple of Hkv. */
   queryHeads: number;
+  /** Hkv. */
   kvHeads: number;
-  /** Query heads per kv head. */
-  group: number;
+  /** T. */
   queryLen: number;
+  /** S. */
   keyLen: number;
+  /** D. */
   headDim: number;
 }
+
+/** Where a variant's kernels read the rows streamed past each owned row from. */
+export type AttentionOperands = "workgroup" | "texture";
+
+/** The attention kernel family; its variants are "workgroup" and "texture". */
+export const ATTENTION: KernelFamily<AttentionShapes, AttentionOperands> = kernelFamily(
+  "attention",
+);
 
 /** Compile-time constants a kernel is specialised on. */
 interface TileShape {
@@ -45,10 +85,13 @@ interface TileShape {
   threads: number;
   /** Rows each invocation owns: query rows (forward, dQ) or key rows (dK/dV). */
   rowsPerThread: number;
-  /** Rows of the operand staged in workgroup memory per step (keys, or queries for dK/dV). */
-  tile: number;
   /** Whether a key padding mask is bound. */
   masked: boolean;
+  operands: AttentionOperands;
+  /** "workgroup": streamed rows staged per step. */
+  tile: number;
+  /** "texture": operand rows per texture line (a power of two). */
+  lineRows: number;
 }
 
 /** Running maximum before any key was seen; finite so that no kernel ever handles infinities. */
@@ -56,7 +99,7 @@ const NO_SCORE = -3.0e38;
 /** Logsumexp stored for a row that sees no key: exp(s − this) is 0 for every real score. */
 const EMPTY_ROW_LSE = 3.0e38;
 
-function validate(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | undefined): Geometry {
+function validate(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | undefined): AttentionShapes {
   for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
     if (t.rank !== 4) {
       throw new Error(
@@ -65,6 +108,11 @@ function validate(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | undefined): Ge
     }
     if (t.dtype !== "f32") {
       throw new Error(`scaledDotProductAttention: ${name} must be f32, got ${t.dtype}`);
+    }
+    if (t.strides.some((stride) => stride < 0)) {
+      throw new Error(
+        `scaledDotProductAttention: ${name} has negative strides [${t.strides}]; make it contiguous`,
+      );
     }
   }
   const [batch, queryHeads, queryLen, headDim] = q.shape;
@@ -94,39 +142,88 @@ function validate(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | undefined): Ge
       );
     }
   }
-  return {
-    batch,
-    queryHeads,
-    kvHeads,
-    group: queryHeads / kvHeads,
-    queryLen,
-    keyLen,
-    headDim,
-  };
+  return { batch, queryHeads, kvHeads, queryLen, keyLen, headDim };
 }
 
-/**
- * Workgroup shape and staged tile. On a GPU each invocation owns one row and 64 run together
- * (16 when the work is tiny). On a software adapter (llvmpipe) every memory read is a per-lane
- * gather, so each invocation owns 4 rows and reuses each staged key or query row 4 times from
- * registers, which are cheap there. The tile is the largest (at most 32 rows) whose two f32 row
- * blocks fit the device's workgroup memory.
- */
-function chooseTiles(headDim: number, rowCount: number, masked: boolean): TileShape {
-  const budget = rt().device.limits.maxComputeWorkgroupStorageSize;
-  const rowBytes = vecsPerRow(headDim) * 16;
+// ---- variants and workgroup shapes ---------------------------------------------------------------
+
+/** Number of vec4s a head row occupies (the last one zero-padded when D is not a multiple of 4). */
+function vecsPerRow(headDim: number): number {
+  return Math.ceil(headDim / 4);
+}
+
+/** The largest tile (at most 32 rows) whose two vec4 row blocks and two scalars fit, or 0. */
+function workgroupTile(g: Gpu, headDim: number): number {
+  const budget = g.device.limits.maxComputeWorkgroupStorageSize;
+  const fits = (tile: number) => 2 * tile * (vecsPerRow(headDim) * 16 + 4) <= budget;
   let tile = 32;
-  while (tile > 1 && 2 * tile * (rowBytes + 4) > budget) tile /= 2;
-  if (2 * tile * (rowBytes + 4) > budget) {
-    throw new Error(
-      `scaledDotProductAttention: head dimension ${headDim} does not fit workgroup memory (${budget} bytes)`,
-    );
+  while (tile > 1 && !fits(tile)) tile /= 2;
+  return fits(tile) ? tile : 0;
+}
+
+/** Operand rows per texture line: the largest power of two whose texels fit one line, or 0. */
+function textureLineRows(g: Gpu, headDim: number): number {
+  const perLine = Math.floor(g.device.limits.maxTextureDimension2D / vecsPerRow(headDim));
+  return perLine < 1 ? 0 : 2 ** Math.floor(Math.log2(perLine));
+}
+
+function textureFits(g: Gpu, s: AttentionShapes): boolean {
+  const lineRows = textureLineRows(g, s.headDim);
+  const lines = (rows: number) => Math.ceil(rows / lineRows);
+  const max = g.device.limits.maxTextureDimension2D;
+  return lineRows > 0 &&
+    lines(s.batch * s.queryHeads * s.queryLen) <= max &&
+    lines(s.batch * s.kvHeads * s.keyLen) <= max;
+}
+
+ATTENTION.register({
+  name: "workgroup",
+  preference: () => 1,
+  supports: (g, s) => workgroupTile(g, s.headDim) > 0,
+  run: "workgroup",
+});
+
+ATTENTION.register({
+  name: "texture",
+  // On llvmpipe (bench/attention_bench.ts, B 8, H 12, T 128, D 64) 13× faster than "workgroup":
+  // forward 195 against 2562 ms. Workgroup memory is the fast path on real GPUs.
+  preference: (g) => (g.adapter.isFallback ? 2 : 0),
+  supports: textureFits,
+  run: "texture",
+});
+
+/**
+ * Rows per invocation of the texture variant. Every streamed row is read once per invocation
+ * and reused for each owned row from registers; more rows read less but unroll more code.
+ * Measured on llvmpipe at B 1, H 12, T 128, D 64 (forward, forward + backward; cold compile of
+ * both): 1 row 6.2 ms, 49 ms, 3.4 s; 2 rows 4.4 ms, 29 ms, 8.2 s; 4 rows 7.8 ms, 34 ms, 24 s.
+ */
+const TEXTURE_ROWS_PER_THREAD = 2;
+
+/**
+ * The workgroup shape: on GPUs ("workgroup") one row per invocation, 64 together (16 when the
+ * work is tiny); for "texture" 8 invocations (one llvmpipe SIMD vector) of a few rows each.
+ */
+function tileShape(
+  operands: AttentionOperands,
+  headDim: number,
+  rowCount: number,
+  masked: boolean,
+  override: AttentionTiling | undefined,
+): TileShape {
+  const g = rt().gpu;
+  const base = {
+    headDim,
+    masked,
+    operands,
+    tile: operands === "workgroup" ? workgroupTile(g, headDim) : 0,
+    lineRows: operands === "texture" ? textureLineRows(g, headDim) : 0,
+  };
+  if (override) return { ...base, ...override };
+  if (operands === "workgroup") {
+    return { ...base, threads: rowCount <= 16 ? 16 : 64, rowsPerThread: 1 };
   }
-  const tiny = rowCount <= 16;
-  if (rt().gpu.adapter.isFallback) {
-    return { headDim, threads: tiny ? 8 : 16, rowsPerThread: tiny ? 2 : 4, tile, masked };
-  }
-  return { headDim, threads: tiny ? 16 : 64, rowsPerThread: 1, tile, masked };
+  return { ...base, threads: 8, rowsPerThread: rowCount <= 8 ? 1 : TEXTURE_ROWS_PER_THREAD };
 }
 
 // ---- WGSL pieces shared by the kernels -----------------------------------------------------------
@@ -147,21 +244,16 @@ function stridedValues(name: string, t: Tensor): Record<string, number> {
   };
 }
 
-/** Number of vec4s a head row occupies (the last one zero-padded when D is not a multiple of 4). */
-function vecsPerRow(headDim: number): number {
-  return Math.ceil(headDim / 4);
-}
-
 /**
  * `fn NAME_vec4(b, h, l, c) -> vec4f`: elements 4c … 4c+3 of row (b, h, l) of the strided operand
- * bound as `binding` (parameters `NAME_off`, `NAME_sb`, …), zero past D.
+ * bound as `NAME`, zero past D.
  */
-function stridedVec4Fn(name: string, headDim: number, binding = name): string {
+function stridedVec4Fn(name: string, headDim: number): string {
   const lanes = [0, 1, 2, 3].map((x) => {
     const d = `4u * c + ${x}u`;
     return headDim % 4 === 0
-      ? `${binding}[base + (${d}) * params.${name}_sd]`
-      : `select(0.0, ${binding}[base + min(${d}, D - 1u) * params.${name}_sd], ${d} < D)`;
+      ? `${name}[base + (${d}) * params.${name}_sd]`
+      : `select(0.0, ${name}[base + min(${d}, D - 1u) * params.${name}_sd], ${d} < D)`;
   });
   return `fn ${name}_vec4(b: u32, h: u32, l: u32, c: u32) -> vec4f {
   let base = params.${name}_off + b * params.${name}_sb + h * params.${name}_sh +
@@ -171,8 +263,9 @@ function stridedVec4Fn(name: string, headDim: number, binding = name): string {
 }
 
 /**
- * `count` generated lines. Everything indexed by row or by vec4 is unrolled with constant indices:
- * private arrays indexed at run time live in scratch memory, constant-indexed ones in registers.
+ * `count` generated lines. Everything indexed by owned row or by vec4 is unrolled into named
+ * variables: llvmpipe keeps private arrays indexed at run time in scratch memory, read by
+ * per-lane gathers, while named values stay in registers (on GPUs the two compile alike).
  */
 function unroll(count: number, line: (i: number) => string, indent: string): string {
   return Array.from({ length: count }, (_, i) => indent + line(i)).join("\n");
@@ -209,24 +302,34 @@ const GEOMETRY_PARAMS: [string, "u32" | "f32"][] = [
   ["scale", "f32"],
 ];
 
-function geometryValues(g: Geometry, causal: boolean, scale: number): Record<string, number> {
+function geometryValues(
+  s: AttentionShapes,
+  causal: boolean,
+  scale: number,
+): Record<string, number> {
   return {
-    kv_heads: g.kvHeads,
-    group: g.group,
-    tq: g.queryLen,
-    sk: g.keyLen,
+    kv_heads: s.kvHeads,
+    group: s.queryHeads / s.kvHeads,
+    tq: s.queryLen,
+    sk: s.keyLen,
     causal: causal ? 1 : 0,
     scale,
   };
 }
 
 function constants(s: TileShape): string {
+  const layout = s.operands === "workgroup"
+    ? `const TILE: u32 = ${s.tile}u;`
+    : `const LINE_ROWS: u32 = ${s.lineRows}u;
+// Texel of vec4 0 of packed operand row \`row\` (see the pack kernel).
+fn texel_of(row: u32) -> vec2u {
+  return vec2u((row % LINE_ROWS) * NV, row / LINE_ROWS);
+}`;
   return `const D: u32 = ${s.headDim}u;
 const NV: u32 = ${vecsPerRow(s.headDim)}u;
 const THREADS: u32 = ${s.threads}u;
-const RPT: u32 = ${s.rowsPerThread}u;
-const ROWS: u32 = THREADS * RPT;
-const TILE: u32 = ${s.tile}u;
+const ROWS: u32 = THREADS * ${s.rowsPerThread}u;
+${layout}
 const NO_SCORE: f32 = ${NO_SCORE.toExponential()};
 const EMPTY_ROW_LSE: f32 = ${EMPTY_ROW_LSE.toExponential()};
 // Keys [0, limit) are visible to query t: all of them, or up to t + S − T when causal.
@@ -237,8 +340,154 @@ fn key_limit(t: u32) -> i32 {
 }`;
 }
 
+/** A vec4 operand streamed past the owned rows. */
+interface StreamedOperand {
+  /** Register prefix in the body: `${reg}0`, `${reg}1`, … hold the streamed row. */
+  reg: string;
+  /** Buffer binding (strided, "workgroup") and texture binding ("texture"). */
+  buffer: string;
+  texture: string;
+  /** Multiply by params.scale when read (q). */
+  scaled: boolean;
+}
+
+/** A scalar per streamed row (mask flag, lse, D_i) made available to the body. */
+interface StreamedScalar {
+  name: string;
+  /** WGSL value for streamed row `n` (a u32 expression < the stream's length). */
+  value: (n: string) => string;
+}
+
+/** Rows streamed past each owned row: keys (forward, dQ) or queries of one head (dK/dV). */
+interface Stream {
+  /** Uniform WGSL bounds of the streamed index. */
+  start: string;
+  end: string;
+  /** The stream's length (for clamping staged reads) and head for strided reads. */
+  length: string;
+  head: string;
+  /** The streamed row's index in the packed operand texture. */
+  packedRow: (n: string) => string;
+  operands: StreamedOperand[];
+  scalars: StreamedScalar[];
+  /** Uniform condition (over the scalars) under which a streamed row is skipped. */
+  skip?: string;
+  /** Name of the streamed index (i32) the body sees. */
+  index: string;
+  /** The body, already unrolled over the owned rows. */
+  body: string;
+}
+
 /**
- * Prologue of the kernels that own query rows: the workgroup's rows are ROWS consecutive
+ * The loop over a stream. "workgroup": the workgroup stages TILE rows (and their scalars) in
+ * workgroup memory between barriers, then every invocation walks them; "texture": each
+ * invocation reads the rows straight from the packed textures, with no barrier.
+ */
+function streamLoop(s: TileShape, st: Stream): string {
+  const nv = vecsPerRow(s.headDim);
+  const scale = (o: StreamedOperand) => (o.scaled ? " * params.scale" : "");
+  const skip = st.skip ? `\n      if (${st.skip}) { continue; }` : "";
+  if (s.operands === "texture") {
+    return `
+    for (var n = ${st.start}; n < ${st.end}; n++) {
+${
+      unroll(st.scalars.length, (i) =>
+        `let ${st.scalars[i].name} = ${st.scalars[i].value("n")};`, "      ")
+    }${skip}
+      let ${st.index} = i32(n);
+      let tx = texel_of(${st.packedRow("n")});
+${
+      st.operands.map((o) =>
+        unroll(
+          nv,
+          (c) =>
+            `let ${o.reg}${c} = textureLoad(${o.texture}, vec2u(tx.x + ${c}u, tx.y))${scale(o)};`,
+          "      ",
+        )
+      ).join("\n")
+    }
+${st.body}
+    }`;
+  }
+  return `
+    for (var n0 = ${st.start}; n0 < ${st.end}; n0 += TILE) {
+      for (var e = lid; e < TILE * NV; e += THREADS) {
+        let n = min(n0 + e / NV, ${st.length} - 1u);
+${
+    st.operands.map((o) =>
+      `        ${o.buffer}_tile[e] = ${o.buffer}_vec4(b, ${st.head}, n, e % NV)${scale(o)};`
+    ).join("\n")
+  }
+      }
+      for (var e = lid; e < TILE; e += THREADS) {
+        let n = min(n0 + e, ${st.length} - 1u);
+${
+    unroll(st.scalars.length, (i) =>
+      `${st.scalars[i].name}_tile[e] = ${st.scalars[i].value("n")};`, "        ")
+  }
+      }
+      workgroupBarrier();
+      let count = min(TILE, ${st.end} - n0);
+      for (var nn = 0u; nn < count; nn++) {
+${
+    unroll(st.scalars.length, (i) =>
+      `let ${st.scalars[i].name} = ${st.scalars[i].name}_tile[nn];`, "        ")
+  }${skip.replace("\n      ", "\n        ")}
+        let ${st.index} = i32(n0 + nn);
+        let base = nn * NV;
+${
+    st.operands.map((o) =>
+      unroll(nv, (c) => `let ${o.reg}${c} = ${o.buffer}_tile[base + ${c}u];`, "        ")
+    )
+      .join("\n")
+  }
+${st.body}
+      }
+      workgroupBarrier();
+    }`;
+}
+
+/** Workgroup arrays a "workgroup" stream stages into (nothing for "texture"). */
+function streamDecls(s: TileShape, operands: StreamedOperand[], scalars: string[]): string {
+  if (s.operands === "texture") return "";
+  return [
+    ...operands.map((o) => `var<workgroup> ${o.buffer}_tile: array<vec4f, TILE * NV>;`),
+    ...scalars.map((n) => `var<workgroup> ${n}_tile: array<f32, TILE>;`),
+  ].join("\n");
+}
+
+/** Bindings of streamed operands: strided buffers ("workgroup") or packed textures ("texture"). */
+function streamBindings(s: TileShape, operands: StreamedOperand[]): BindingDecl[] {
+  return operands.map((o): BindingDecl =>
+    s.operands === "texture"
+      ? { name: o.texture, texture: "rgba32float", access: "read" }
+      : { name: o.buffer, type: "f32", access: "read" }
+  );
+}
+
+/** Vec4 loaders of the strided buffers a kernel binds. */
+function loaders(s: TileShape, rowOperands: string[], streamed: StreamedOperand[]): string {
+  const buffers = [
+    ...rowOperands,
+    ...(s.operands === "workgroup" ? streamed.map((o) => o.buffer) : []),
+  ];
+  return buffers.map((name) => stridedVec4Fn(name, s.headDim)).join("\n");
+}
+
+const KEY_VALUE_STREAM: StreamedOperand[] = [
+  { reg: "kc", buffer: "k", texture: "k_tex", scaled: false },
+  { reg: "vc", buffer: "v", texture: "v_tex", scaled: false },
+];
+
+const QUERY_STREAM: StreamedOperand[] = [
+  { reg: "qc", buffer: "q", texture: "q_tex", scaled: true },
+  { reg: "dc", buffer: "grad_out", texture: "grad_out_tex", scaled: false },
+];
+
+const KEEP_BINDING = { name: "keep", type: "f32", access: "read" } as const;
+
+/**
+ * Prologue of the kernels that own query rows: a workgroup's rows are ROWS consecutive
  * (query head, position) pairs of the heads sharing kv head `kvh`; invocation `lid` owns rows
  * first_row + lid + r·THREADS. `key_end` (uniform) is the causal limit of the workgroup's last row.
  */
@@ -258,60 +507,35 @@ ${
       (r) =>
         `let row${r} = first_row + lid + ${r}u * THREADS;
   let live${r} = row${r} < row_count;
-  let heads${r} = kvh * params.group + min(row${r}, row_count - 1u) / params.tq;
+  let head${r} = kvh * params.group + min(row${r}, row_count - 1u) / params.tq;
   let pos${r} = min(row${r}, row_count - 1u) % params.tq;
   let limit${r} = key_limit(pos${r});
-  let out_row${r} = (b * params.kv_heads * params.group + heads${r}) * params.tq + pos${r};`,
+  let out_row${r} = (b * params.kv_heads * params.group + head${r}) * params.tq + pos${r};`,
       "  ",
     )
   }`;
 }
 
-/**
- * Loop over the keys [0, key_end) in tiles: a cooperative load of TILE key/value rows (zeros
- * past S) and their mask entries into workgroup memory, then per staged key its k and v rows in
- * registers (kc0…, vc0…) and `j`, its index, for `body`, which every owned row runs.
- */
-function keyValueTileLoop(s: TileShape, body: (r: number) => string): string {
-  const nv = vecsPerRow(s.headDim);
-  const keepLoad = `
-    for (var e = lid; e < TILE; e += THREADS) {
-      let j = min(k0 + e, params.sk - 1u);
-      keep_tile[e] = select(0.0, keep[b * params.sk + j], k0 + e < params.sk);
-    }`;
-  return `
-  for (var k0 = 0u; k0 < key_end; k0 += TILE) {
-    for (var e = lid; e < TILE * NV; e += THREADS) {
-      let j = k0 + e / NV;
-      let inside = j < params.sk;
-      let jc = min(j, params.sk - 1u);
-      k_tile[e] = select(vec4f(0.0), k_vec4(b, kvh, jc, e % NV), inside);
-      v_tile[e] = select(vec4f(0.0), v_vec4(b, kvh, jc, e % NV), inside);
-    }${s.masked ? keepLoad : ""}
-    workgroupBarrier();
-    let tile_keys = min(TILE, key_end - k0);
-    for (var jj = 0u; jj < tile_keys; jj++) {
-      ${s.masked ? "if (keep_tile[jj] == 0.0) { continue; }" : ""}
-      let j = i32(k0 + jj);
-      let kb = jj * NV;
-${unroll(nv, (c) => `let kc${c} = k_tile[kb + ${c}u];`, "      ")}
-${unroll(nv, (c) => `let vc${c} = v_tile[kb + ${c}u];`, "      ")}
-${unroll(s.rowsPerThread, body, "      ")}
-    }
-    workgroupBarrier();
-  }`;
-}
-
-function keyValueTileDecls(masked: boolean): string {
-  return `var<workgroup> k_tile: array<vec4f, TILE * NV>;
-var<workgroup> v_tile: array<vec4f, TILE * NV>;
-${masked ? "var<workgroup> keep_tile: array<f32, TILE>;" : ""}`;
+/** The key stream of the query-row kernels (forward, dQ): keys [0, key_end) of kv head `kvh`. */
+function keyStream(s: TileShape, body: string): Stream {
+  return {
+    start: "0u",
+    end: "key_end",
+    length: "params.sk",
+    head: "kvh",
+    packedRow: (n) => `(b * params.kv_heads + kvh) * params.sk + ${n}`,
+    operands: KEY_VALUE_STREAM,
+    scalars: s.masked ? [{ name: "keep_j", value: (n) => `keep[b * params.sk + ${n}]` }] : [],
+    skip: s.masked ? "keep_j == 0.0" : undefined,
+    index: "j",
+    body,
+  };
 }
 
 const kernels = new Map<string, Kernel>();
 
 function cached(kind: string, s: TileShape, build: () => Kernel): Kernel {
-  const key = `${kind}|${s.headDim}|${s.threads}|${s.rowsPerThread}|${s.tile}|${s.masked}`;
+  const key = `${kind}|${JSON.stringify(s)}`;
   let k = kernels.get(key);
   if (!k) {
     k = build();
@@ -320,28 +544,24 @@ function cached(kind: string, s: TileShape, build: () => Kernel): Kernel {
   return k;
 }
 
-const QKV_BINDINGS = [
-  { name: "q", type: "f32", access: "read" },
-  { name: "k", type: "f32", access: "read" },
-  { name: "v", type: "f32", access: "read" },
-] as const;
-
-const KEEP_BINDING = { name: "keep", type: "f32", access: "read" } as const;
+const FORWARD_PARAMS = [...GEOMETRY_PARAMS, ...["q", "k", "v"].flatMap(stridedParams)];
+const BACKWARD_PARAMS = [...FORWARD_PARAMS, ...stridedParams("grad_out")];
 
 // ---- forward -------------------------------------------------------------------------------------
 
 /*
  * Forward layout: workgroup (x: block of ROWS query rows, y: kv head, z: batch); a block's rows
  * run over the (query head, position) pairs of the query heads sharing that kv head, so a GQA
- * group shares every staged tile. Each invocation keeps its rows' scaled q and output accumulators
- * in registers (vec4s); K/V tiles of TILE rows (plus their padding-mask entries) are staged in
- * workgroup memory and folded in key by key with an online softmax (running max m, rescaled only
- * when it grows; running sum l). Writes out [B, Hq, T, D] and the row logsumexp m + log l.
+ * group shares every streamed key. Each invocation keeps its rows' scaled q and output
+ * accumulators in registers (vec4s) and folds keys in one by one with an online softmax (running
+ * max m, rescaled only when it grows; running sum l). Keys arrive in TILE-row blocks staged in
+ * workgroup memory ("workgroup") or straight from packed textures ("texture"). Writes out
+ * [B, Hq, T, D] and the row logsumexp m + log l ([B, Hq, T]).
  */
 function forwardKernel(s: TileShape): Kernel {
   const D = s.headDim;
   const nv = vecsPerRow(D);
-  const body = (r: number) =>
+  const body = unroll(s.rowsPerThread, (r) =>
     `if (j < limit${r}) {
         let x = ${rowDot(D, (c) => `qs${r}_${c}`, (c) => `kc${c}`)};
         if (x > m${r}) {
@@ -353,27 +573,21 @@ ${unroll(nv, (c) => `acc${r}_${c} *= alpha;`, "          ")}
         let p = exp(x - m${r});
         l${r} += p;
 ${unroll(nv, (c) => `acc${r}_${c} += p * vc${c};`, "        ")}
-      }`;
+      }`, "      ");
   return cached("forward", s, () =>
     defineKernel({
-      name: "attention_forward",
+      name: `attention_forward_${s.operands}`,
       bindings: [
-        ...QKV_BINDINGS,
+        { name: "q", type: "f32", access: "read" },
+        ...streamBindings(s, KEY_VALUE_STREAM),
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "out", type: "f32", access: "read_write" },
         { name: "lse", type: "f32", access: "read_write" },
       ],
-      params: [
-        ...GEOMETRY_PARAMS,
-        ...stridedParams("q"),
-        ...stridedParams("k"),
-        ...stridedParams("v"),
-      ],
+      params: FORWARD_PARAMS,
       source: `${constants(s)}
-${stridedVec4Fn("q", D)}
-${stridedVec4Fn("k", D)}
-${stridedVec4Fn("v", D)}
-${keyValueTileDecls(s.masked)}
+${loaders(s, ["q"], KEY_VALUE_STREAM)}
+${streamDecls(s, KEY_VALUE_STREAM, s.masked ? ["keep_j"] : [])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {${
@@ -383,15 +597,9 @@ ${
         unroll(s.rowsPerThread, (r) =>
           `var m${r} = NO_SCORE;
   var l${r} = 0.0;
-${
-            unroll(
-              nv,
-              (c) => `let qs${r}_${c} = q_vec4(b, heads${r}, pos${r}, ${c}u) * params.scale;`,
-              "  ",
-            )
-          }
+${unroll(nv, (c) => `let qs${r}_${c} = q_vec4(b, head${r}, pos${r}, ${c}u) * params.scale;`, "  ")}
 ${unroll(nv, (c) => `var acc${r}_${c} = vec4f(0.0);`, "  ")}`, "  ")
-      }${keyValueTileLoop(s, body)}
+      }${streamLoop(s, keyStream(s, body))}
 ${
         unroll(s.rowsPerThread, (r) =>
           `if (live${r}) {
@@ -426,7 +634,13 @@ const deltaKernel = defineKernel({
     { name: "out", type: "f32", access: "read" },
     { name: "delta", type: "f32", access: "read_write" },
   ],
-  params: [["rows", "u32"], ["heads", "u32"], ["tq", "u32"], ["dim", "u32"], ...stridedParams("g")],
+  params: [
+    ["rows", "u32"],
+    ["heads", "u32"],
+    ["tq", "u32"],
+    ["dim", "u32"],
+    ...stridedParams("grad_out"),
+  ],
   source: `
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -435,64 +649,51 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let t = i % params.tq;
   let h = (i / params.tq) % params.heads;
   let b = i / (params.tq * params.heads);
-  let base = params.g_off + b * params.g_sb + h * params.g_sh + t * params.g_sl;
+  let base = params.grad_out_off + b * params.grad_out_sb + h * params.grad_out_sh +
+    t * params.grad_out_sl;
   var acc = 0.0;
   for (var d = 0u; d < params.dim; d++) {
-    acc += grad_out[base + d * params.g_sd] * out[i * params.dim + d];
+    acc += grad_out[base + d * params.grad_out_sd] * out[i * params.dim + d];
   }
   delta[i] = acc;
 }`,
 });
 
-const GRAD_INPUT_BINDINGS = [
-  ...QKV_BINDINGS,
-  { name: "grad_out", type: "f32", access: "read" },
+const LSE_DELTA_BINDINGS = [
   { name: "lse", type: "f32", access: "read" },
   { name: "delta", type: "f32", access: "read" },
 ] as const;
 
-const GRAD_PARAMS = [
-  ...GEOMETRY_PARAMS,
-  ...stridedParams("q"),
-  ...stridedParams("k"),
-  ...stridedParams("v"),
-  ...stridedParams("g"),
-];
-
-function gradLoaders(D: number): string {
-  return `${stridedVec4Fn("q", D)}
-${stridedVec4Fn("k", D)}
-${stridedVec4Fn("v", D)}
-${stridedVec4Fn("g", D, "grad_out")}`;
-}
-
 /*
- * dQ layout: the forward's grid and row ownership. Each invocation keeps its rows' scaled q, dO,
- * lse and D_i in registers and walks the same K/V tiles in workgroup memory: p = exp(s − lse),
- * dS = p·(dO·v − D_i), dq += dS·k. Rows that see no key end with dq = 0.
+ * dQ layout: the forward's grid, row ownership and key stream. Each invocation keeps its rows'
+ * scaled q, dO, lse and D_i in registers: p = exp(s − lse), dS = p·(dO·v − D_i), dq += dS·k.
+ * Rows that see no key end with dq = 0.
  */
 function gradQueryKernel(s: TileShape): Kernel {
   const D = s.headDim;
   const nv = vecsPerRow(D);
-  const body = (r: number) =>
+  const body = unroll(s.rowsPerThread, (r) =>
     `if (j < limit${r}) {
         let x = ${rowDot(D, (c) => `qs${r}_${c}`, (c) => `kc${c}`)};
         let dp = ${rowDot(D, (c) => `dos${r}_${c}`, (c) => `vc${c}`)};
         let ds = exp(x - row_lse${r}) * (dp - row_delta${r});
 ${unroll(nv, (c) => `dq${r}_${c} += ds * kc${c};`, "        ")}
-      }`;
+      }`, "      ");
   return cached("grad_q", s, () =>
     defineKernel({
-      name: "attention_grad_q",
+      name: `attention_grad_q_${s.operands}`,
       bindings: [
-        ...GRAD_INPUT_BINDINGS,
+        { name: "q", type: "f32", access: "read" },
+        { name: "grad_out", type: "f32", access: "read" },
+        ...streamBindings(s, KEY_VALUE_STREAM),
+        ...LSE_DELTA_BINDINGS,
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_q", type: "f32", access: "read_write" },
       ],
-      params: GRAD_PARAMS,
+      params: BACKWARD_PARAMS,
       source: `${constants(s)}
-${gradLoaders(D)}
-${keyValueTileDecls(s.masked)}
+${loaders(s, ["q", "grad_out"], KEY_VALUE_STREAM)}
+${streamDecls(s, KEY_VALUE_STREAM, s.masked ? ["keep_j"] : [])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {${
@@ -502,16 +703,10 @@ ${
         unroll(s.rowsPerThread, (r) =>
           `let row_lse${r} = lse[out_row${r}];
   let row_delta${r} = delta[out_row${r}];
-${
-            unroll(
-              nv,
-              (c) => `let qs${r}_${c} = q_vec4(b, heads${r}, pos${r}, ${c}u) * params.scale;`,
-              "  ",
-            )
-          }
-${unroll(nv, (c) => `let dos${r}_${c} = g_vec4(b, heads${r}, pos${r}, ${c}u);`, "  ")}
+${unroll(nv, (c) => `let qs${r}_${c} = q_vec4(b, head${r}, pos${r}, ${c}u) * params.scale;`, "  ")}
+${unroll(nv, (c) => `let dos${r}_${c} = grad_out_vec4(b, head${r}, pos${r}, ${c}u);`, "  ")}
 ${unroll(nv, (c) => `var dq${r}_${c} = vec4f(0.0);`, "  ")}`, "  ")
-      }${keyValueTileLoop(s, body)}
+      }${streamLoop(s, keyStream(s, body))}
 ${
         unroll(s.rowsPerThread, (r) =>
           `if (live${r}) {
@@ -533,16 +728,16 @@ ${
 
 /*
  * dK/dV layout: workgroup (x: block of ROWS key rows, y: kv head, z: batch); invocation `lid`
- * owns keys first_key + lid + r·THREADS, holding their k, v, dk, dv in registers (vec4s). It loops
- * over the query heads of the group and over tiles of TILE query rows staged in workgroup memory
- * (scaled q, dO, lse, D_i), starting at the first query the block's earliest key is visible to
- * when causal: p = exp(s − lse), dv += p·dO, dS = p·(dO·v − D_i), dk += dS·q·scale. Masked or
- * out-of-range keys end with zeros.
+ * owns keys first_key + lid + r·THREADS, holding their k, v, dk, dv in registers (vec4s). It
+ * streams the queries of every head in the group (scaled q, dO, lse, D_i; staged or from
+ * textures as in the forward), starting at the first query the block's earliest key is visible
+ * to when causal: p = exp(s − lse), dv += p·dO, dS = p·(dO·v − D_i), dk += dS·q·scale. Masked
+ * or out-of-range keys end with zeros.
  */
 function gradKeyValueKernel(s: TileShape): Kernel {
   const D = s.headDim;
   const nv = vecsPerRow(D);
-  const body = (r: number) =>
+  const body = unroll(s.rowsPerThread, (r) =>
     `if (live${r} && i >= first_query${r}) {
           let x = ${rowDot(D, (c) => `qc${c}`, (c) => `ks${r}_${c}`)};
           let dp = ${rowDot(D, (c) => `dc${c}`, (c) => `vs${r}_${c}`)};
@@ -550,23 +745,37 @@ function gradKeyValueKernel(s: TileShape): Kernel {
           let ds = p * (dp - row_delta);
 ${unroll(nv, (c) => `dv${r}_${c} += p * dc${c};`, "          ")}
 ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
-        }`;
+        }`, "        ");
+  const stream: Stream = {
+    start: "q_start",
+    end: "params.tq",
+    length: "params.tq",
+    head: "h",
+    packedRow: (n) => `row_base + ${n}`,
+    operands: QUERY_STREAM,
+    scalars: [
+      { name: "row_lse", value: (n) => `lse[row_base + ${n}]` },
+      { name: "row_delta", value: (n) => `delta[row_base + ${n}]` },
+    ],
+    index: "i",
+    body,
+  };
   return cached("grad_kv", s, () =>
     defineKernel({
-      name: "attention_grad_kv",
+      name: `attention_grad_kv_${s.operands}`,
       bindings: [
-        ...GRAD_INPUT_BINDINGS,
+        { name: "k", type: "f32", access: "read" },
+        { name: "v", type: "f32", access: "read" },
+        ...streamBindings(s, QUERY_STREAM),
+        ...LSE_DELTA_BINDINGS,
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_k", type: "f32", access: "read_write" },
         { name: "grad_v", type: "f32", access: "read_write" },
       ],
-      params: GRAD_PARAMS,
+      params: BACKWARD_PARAMS,
       source: `${constants(s)}
-${gradLoaders(D)}
-var<workgroup> q_tile: array<vec4f, TILE * NV>;
-var<workgroup> do_tile: array<vec4f, TILE * NV>;
-var<workgroup> lse_tile: array<f32, TILE>;
-var<workgroup> delta_tile: array<f32, TILE>;
+${loaders(s, ["k", "v"], QUERY_STREAM)}
+${streamDecls(s, QUERY_STREAM, ["row_lse", "row_delta"])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -590,31 +799,7 @@ ${unroll(nv, (c) => `var dv${r}_${c} = vec4f(0.0);`, "  ")}`, "  ")
       }
   for (var gh = 0u; gh < params.group; gh++) {
     let h = kvh * params.group + gh;
-    let row_base = (b * params.kv_heads * params.group + h) * params.tq;
-    for (var i0 = q_start; i0 < params.tq; i0 += TILE) {
-      for (var e = lid; e < TILE * NV; e += THREADS) {
-        let i = min(i0 + e / NV, params.tq - 1u);
-        q_tile[e] = q_vec4(b, h, i, e % NV) * params.scale;
-        do_tile[e] = g_vec4(b, h, i, e % NV);
-      }
-      for (var e = lid; e < TILE; e += THREADS) {
-        let i = min(i0 + e, params.tq - 1u);
-        lse_tile[e] = lse[row_base + i];
-        delta_tile[e] = delta[row_base + i];
-      }
-      workgroupBarrier();
-      let count = min(TILE, params.tq - i0);
-      for (var ii = 0u; ii < count; ii++) {
-        let i = i32(i0 + ii);
-        let qb = ii * NV;
-${unroll(nv, (c) => `let qc${c} = q_tile[qb + ${c}u];`, "        ")}
-${unroll(nv, (c) => `let dc${c} = do_tile[qb + ${c}u];`, "        ")}
-        let row_lse = lse_tile[ii];
-        let row_delta = delta_tile[ii];
-${unroll(s.rowsPerThread, body, "        ")}
-      }
-      workgroupBarrier();
-    }
+    let row_base = (b * params.kv_heads * params.group + h) * params.tq;${streamLoop(s, stream)}
   }
 ${
         unroll(s.rowsPerThread, (r) =>
@@ -635,6 +820,78 @@ ${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}
       }
 }`,
     }));
+}
+
+// ---- packing for the texture variant -------------------------------------------------------------
+
+/*
+ * Pack layout: one invocation per texel. Row `row` of a strided [B, H, L, D] operand (rows in
+ * (b, h, l) order) fills texels ((row % LINE_ROWS)·NV + c, row / LINE_ROWS), c < NV, of an
+ * rgba32float texture with elements 4c … 4c+3, zero past D.
+ */
+function packKernel(s: TileShape): Kernel {
+  return cached("pack", { ...s, threads: 64, rowsPerThread: 1, masked: false }, () =>
+    defineKernel({
+      name: "attention_pack",
+      bindings: [
+        { name: "src", type: "f32", access: "read" },
+        { name: "dst", texture: "rgba32float", access: "write" },
+      ],
+      params: [["rows", "u32"], ["heads", "u32"], ["len", "u32"], ...stridedParams("src")],
+      source: `const D: u32 = ${s.headDim}u;
+const NV: u32 = ${vecsPerRow(s.headDim)}u;
+const LINE_ROWS: u32 = ${s.lineRows}u;
+${stridedVec4Fn("src", s.headDim)}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(64)};
+  if (i >= params.rows * NV) { return; }
+  let row = i / NV;
+  let c = i % NV;
+  let l = row % params.len;
+  let h = (row / params.len) % params.heads;
+  let b = row / (params.len * params.heads);
+  let x = (row % LINE_ROWS) * NV + c;
+  textureStore(dst, vec2u(x, row / LINE_ROWS), src_vec4(b, h, l, c));
+}`,
+    }));
+}
+
+/** Pack `t` ([B, H, L, D], any strides) into a scratch texture laid out as `s` reads it. */
+function packRows(t: Tensor, s: TileShape): ScratchTexture {
+  const [batch, heads, len] = t.shape;
+  const rows = batch * heads * len;
+  const nv = vecsPerRow(s.headDim);
+  const tex = rt().textures.acquire(nv * Math.min(rows, s.lineRows), Math.ceil(rows / s.lineRows));
+  rt().dispatch(
+    packKernel(s),
+    [t, tex],
+    { rows, heads, len, ...stridedValues("src", t) },
+    grid1d(Math.ceil((rows * nv) / 64)),
+  );
+  return tex;
+}
+
+/**
+ * Dispatch `kernel` with the streamed operands bound as `s` reads them: the tensors themselves
+ * ("workgroup") or textures packed from them for this dispatch ("texture").
+ */
+function dispatchStreamed(
+  kernel: Kernel,
+  s: TileShape,
+  before: readonly Bindable[],
+  streamed: readonly Tensor[],
+  after: readonly Bindable[],
+  params: Record<string, number>,
+  grid: [number, number, number],
+): void {
+  if (s.operands === "workgroup") {
+    rt().dispatch(kernel, [...before, ...streamed, ...after], params, grid);
+    return;
+  }
+  const textures = streamed.map((t) => packRows(t, s));
+  rt().dispatch(kernel, [...before, ...textures, ...after], params, grid);
+  for (const t of textures) rt().textures.release(t);
 }
 
 // ---- the op --------------------------------------------------------------------------------------
@@ -662,66 +919,112 @@ export function scaledDotProductAttention(
   options: AttentionOptions = {},
 ): Tensor {
   const mask = options.keyPaddingMask;
-  const g = validate(q, k, v, mask);
+  const shapes = validate(q, k, v, mask);
   const causal = options.causal ?? false;
-  const scale = options.scale ?? 1 / Math.sqrt(g.headDim);
+  const scale = options.scale ?? 1 / Math.sqrt(shapes.headDim);
   if (!Number.isFinite(scale)) {
     throw new Error(`scaledDotProductAttention: scale must be finite, got ${scale}`);
   }
+  const tiling = options.tiling;
+  if (
+    tiling &&
+    !(Number.isInteger(tiling.threads) && tiling.threads >= 1 &&
+      tiling.threads <= rt().device.limits.maxComputeInvocationsPerWorkgroup &&
+      Number.isInteger(tiling.rowsPerThread) && tiling.rowsPerThread >= 1)
+  ) {
+    throw new Error(
+      `scaledDotProductAttention: tiling must have integer threads (1 to the device limit) and rowsPerThread ≥ 1, got ${
+        JSON.stringify(tiling)
+      }`,
+    );
+  }
+  const { batch, queryHeads, kvHeads, queryLen, keyLen, headDim } = shapes;
+  if (q.size === 0 || keyLen === 0) {
+    // No key (or nothing to compute): every row is fully masked.
+    const out = zeros(q.shape);
+    return record("scaledDotProductAttention", out, [q, k, v], () => [
+      zeros(q.shape),
+      zeros(k.shape),
+      zeros(v.shape),
+    ]);
+  }
+  const operands = ATTENTION.choose(shapes).run;
   // The kernels read the mask as contiguous f32 keep flags, whatever its dtype or layout.
   const keep = mask ? map([mask], "select(0.0, 1.0, a != 0.0)") : undefined;
-  const out = empty([g.batch, g.queryHeads, g.queryLen, g.headDim]);
-  const lse = empty([g.batch, g.queryHeads, g.queryLen]);
-  const rowCount = g.group * g.queryLen;
-  const fwd = chooseTiles(g.headDim, rowCount, keep !== undefined);
-  const common = {
-    ...geometryValues(g, causal, scale),
+  const masked = keep ? [keep] : [];
+  const out = empty([batch, queryHeads, queryLen, headDim]);
+  const lse = empty([batch, queryHeads, queryLen]);
+  const rowCount = (queryHeads / kvHeads) * queryLen;
+  const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, tiling);
+  const params: Record<string, number> = {
+    ...geometryValues(shapes, causal, scale),
     ...stridedValues("q", q),
     ...stridedValues("k", k),
     ...stridedValues("v", v),
   };
-  const grid: [number, number, number] = [
-    Math.ceil(rowCount / (fwd.threads * fwd.rowsPerThread)),
-    g.kvHeads,
-    g.batch,
+  const rowGrid: [number, number, number] = [
+    Math.ceil(rowCount / (rowShape.threads * rowShape.rowsPerThread)),
+    kvHeads,
+    batch,
   ];
-  if (g.headDim > 0) {
-    rt().dispatch(forwardKernel(fwd), [q, k, v, ...(keep ? [keep] : []), out, lse], common, grid);
-  }
+  dispatchStreamed(
+    forwardKernel(rowShape),
+    rowShape,
+    [q],
+    [k, v],
+    [...masked, out, lse],
+    params,
+    rowGrid,
+  );
   if (!needsGrad(q, k, v)) {
     lse.dispose();
     keep?.dispose();
     return out;
   }
   return record("scaledDotProductAttention", out, [q, k, v], (gradOut) => {
-    const delta = empty([g.batch, g.queryHeads, g.queryLen]);
-    const rows = g.batch * g.queryHeads * g.queryLen;
+    const delta = empty([batch, queryHeads, queryLen]);
+    const rows = batch * queryHeads * queryLen;
     rt().dispatch(
       deltaKernel,
       [gradOut, out, delta],
-      { rows, heads: g.queryHeads, tq: g.queryLen, dim: g.headDim, ...stridedValues("g", gradOut) },
+      {
+        rows,
+        heads: queryHeads,
+        tq: queryLen,
+        dim: headDim,
+        ...stridedValues("grad_out", gradOut),
+      },
       grid1d(Math.ceil(rows / 64)),
     );
-    const params = { ...common, ...stridedValues("g", gradOut) };
-    const inputs = [q, k, v, gradOut, lse, delta, ...(keep ? [keep] : [])];
+    const gradParams = { ...params, ...stridedValues("grad_out", gradOut) };
     let gradQ: Tensor | null = null;
     if (q.requiresGrad) {
       gradQ = empty(q.shape);
-      if (g.headDim > 0) rt().dispatch(gradQueryKernel(fwd), [...inputs, gradQ], params, grid);
+      dispatchStreamed(
+        gradQueryKernel(rowShape),
+        rowShape,
+        [q, gradOut],
+        [k, v],
+        [lse, delta, ...masked, gradQ],
+        gradParams,
+        rowGrid,
+      );
     }
     let gradK: Tensor | null = null;
     let gradV: Tensor | null = null;
     if (k.requiresGrad || v.requiresGrad) {
       gradK = empty(k.shape);
       gradV = empty(v.shape);
-      const kv = chooseTiles(g.headDim, g.keyLen, keep !== undefined);
-      if (g.headDim > 0) {
-        rt().dispatch(gradKeyValueKernel(kv), [...inputs, gradK, gradV], params, [
-          Math.ceil(g.keyLen / (kv.threads * kv.rowsPerThread)),
-          g.kvHeads,
-          g.batch,
-        ]);
-      }
+      const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, tiling);
+      dispatchStreamed(
+        gradKeyValueKernel(keyShape),
+        keyShape,
+        [k, v],
+        [q, gradOut],
+        [lse, delta, ...masked, gradK, gradV],
+        gradParams,
+        [Math.ceil(keyLen / (keyShape.threads * keyShape.rowsPerThread)), kvHeads, batch],
+      );
     }
     delta.dispose();
     return [gradQ, gradK, gradV];

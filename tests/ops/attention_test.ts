@@ -6,7 +6,12 @@
  */
 import assert from "node:assert/strict";
 import {
+  ATTENTION,
+  type AttentionTiling,
   backward,
+  gpu,
+  type HostArray,
+  mul,
   noGrad,
   scaledDotProductAttention,
   scopeAsync,
@@ -15,10 +20,21 @@ import {
   type Tensor,
   tensor,
   transpose,
+  withVariant,
 } from "../../ops/mod.ts";
 import { assertClose, checkGradients, randomArray, setup } from "../helpers.ts";
 
 await setup();
+
+/**
+ * Register `fn` once per variant of the attention family ("workgroup" for GPUs, "texture" for
+ * software adapters), with that variant forced, so both are checked on any test machine.
+ */
+function variantTest(name: string, fn: () => Promise<void>): void {
+  for (const variant of ATTENTION.variantNames()) {
+    Deno.test(`${name} [${variant}]`, () => withVariant("attention", variant, fn));
+  }
+}
 
 /** One attention configuration: q [B, Hq, T, D], k/v [B, Hkv, S, D]. */
 interface Case {
@@ -32,6 +48,8 @@ interface Case {
   /** [B, S] keep flags (1 keep, 0 pad). */
   mask?: number[];
   scale?: number;
+  /** Forces a workgroup shape instead of the adapter's default. */
+  tiling?: AttentionTiling;
 }
 
 const FORWARD_TOL = { atol: 2e-5, rtol: 2e-4 };
@@ -92,7 +110,12 @@ function inputs(c: Case, seed: number): [Float64Array, Float64Array, Float64Arra
 
 function run(c: Case, q: Tensor, k: Tensor, v: Tensor, maskDtype: "f32" | "i32" = "f32"): Tensor {
   const keyPaddingMask = c.mask ? tensor(c.mask, [c.B, c.S], { dtype: maskDtype }) : undefined;
-  return scaledDotProductAttention(q, k, v, { causal: c.causal, keyPaddingMask, scale: c.scale });
+  return scaledDotProductAttention(q, k, v, {
+    causal: c.causal,
+    keyPaddingMask,
+    scale: c.scale,
+    tiling: c.tiling,
+  });
 }
 
 async function checkForward(c: Case, seed: number): Promise<Float32Array> {
@@ -126,7 +149,7 @@ function prefixMask(B: number, S: number, lengths: number[]): number[] {
   return m;
 }
 
-Deno.test("attention forward matches the reference on awkward shapes", async () => {
+variantTest("attention forward matches the reference on awkward shapes", async () => {
   const cases: Case[] = [
     { B: 1, Hq: 1, Hkv: 1, T: 1, S: 1, D: 8 },
     { B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16 },
@@ -139,13 +162,13 @@ Deno.test("attention forward matches the reference on awkward shapes", async () 
   for (const c of cases) await checkForward(c, seed += 3);
 });
 
-Deno.test("attention forward: grouped-query heads (Hq 4 with Hkv 2 and 1)", async () => {
+variantTest("attention forward: grouped-query heads (Hq 4 with Hkv 2 and 1)", async () => {
   await checkForward({ B: 2, Hq: 4, Hkv: 2, T: 33, S: 7, D: 16 }, 40);
   await checkForward({ B: 1, Hq: 4, Hkv: 1, T: 33, S: 33, D: 64 }, 41);
   await checkForward({ B: 3, Hq: 4, Hkv: 1, T: 1, S: 130, D: 8 }, 42);
 });
 
-Deno.test("attention forward: causal, also with T < S (KV cache) and T > S", async () => {
+variantTest("attention forward: causal, also with T < S (KV cache) and T > S", async () => {
   await checkForward({ B: 2, Hq: 2, Hkv: 2, T: 33, S: 33, D: 16, causal: true }, 50);
   await checkForward({ B: 1, Hq: 4, Hkv: 2, T: 130, S: 130, D: 8, causal: true }, 51);
   await checkForward({ B: 2, Hq: 4, Hkv: 1, T: 7, S: 33, D: 64, causal: true }, 52);
@@ -160,39 +183,42 @@ Deno.test("attention forward: causal, also with T < S (KV cache) and T > S", asy
   }
 });
 
-Deno.test("attention forward: key padding masks (f32 and i32), combined with causal", async () => {
-  await checkForward({
-    B: 3,
-    Hq: 4,
-    Hkv: 2,
-    T: 7,
-    S: 33,
-    D: 16,
-    mask: prefixMask(3, 33, [33, 1, 20]),
-  }, 60);
-  await checkForward(
-    { B: 2, Hq: 2, Hkv: 1, T: 7, S: 33, D: 8, causal: true, mask: prefixMask(2, 33, [30, 12]) },
-    61,
-  );
-  // A scattered mask, read as i32, must give exactly what the f32 mask gives.
-  const c: Case = { B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16 };
-  c.mask = Array.from({ length: 2 * 33 }, (_, i) => (i * 7) % 3 === 0 ? 0 : 1);
-  const f32 = await checkForward(c, 62);
-  const [q, k, v] = inputs(c, 62);
-  const viaI32 = await scopeAsync(async () => {
-    const out = run(
-      c,
-      tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
-      tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D]),
-      tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D]),
-      "i32",
+variantTest(
+  "attention forward: key padding masks (f32 and i32), combined with causal",
+  async () => {
+    await checkForward({
+      B: 3,
+      Hq: 4,
+      Hkv: 2,
+      T: 7,
+      S: 33,
+      D: 16,
+      mask: prefixMask(3, 33, [33, 1, 20]),
+    }, 60);
+    await checkForward(
+      { B: 2, Hq: 2, Hkv: 1, T: 7, S: 33, D: 8, causal: true, mask: prefixMask(2, 33, [30, 12]) },
+      61,
     );
-    return await out.read();
-  });
-  assert.deepEqual(Array.from(viaI32), Array.from(f32));
-});
+    // A scattered mask, read as i32, must give exactly what the f32 mask gives.
+    const c: Case = { B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16 };
+    c.mask = Array.from({ length: 2 * 33 }, (_, i) => (i * 7) % 3 === 0 ? 0 : 1);
+    const f32 = await checkForward(c, 62);
+    const [q, k, v] = inputs(c, 62);
+    const viaI32 = await scopeAsync(async () => {
+      const out = run(
+        c,
+        tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
+        tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D]),
+        tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D]),
+        "i32",
+      );
+      return await out.read();
+    });
+    assert.deepEqual(Array.from(viaI32), Array.from(f32));
+  },
+);
 
-Deno.test("attention forward: fully masked rows output 0, not NaN", async () => {
+variantTest("attention forward: fully masked rows output 0, not NaN", async () => {
   // Batch 1 pads every key; with causal and T > S the early rows of batch 0 see none either.
   const c: Case = {
     B: 2,
@@ -210,7 +236,7 @@ Deno.test("attention forward: fully masked rows output 0, not NaN", async () => 
   assert.ok(out.subarray(rowSize).every((x) => x === 0), "a fully padded batch is all zeros");
 });
 
-Deno.test("attention forward reads strided q/k/v views in place", async () => {
+variantTest("attention forward reads strided q/k/v views in place", async () => {
   // q/k/v as the transposes of [B, T, H, D] projections, the layout a linear layer produces.
   const c: Case = { B: 2, Hq: 4, Hkv: 2, T: 7, S: 33, D: 16, causal: true };
   const [q, k, v] = inputs(c, 80);
@@ -254,13 +280,13 @@ async function checkAttentionGradients(c: Case, seed: number): Promise<void> {
   );
 }
 
-Deno.test("attention backward: q, k, v gradients, plain and grouped-query", async () => {
+variantTest("attention backward: q, k, v gradients, plain and grouped-query", async () => {
   await checkAttentionGradients({ B: 2, Hq: 2, Hkv: 2, T: 7, S: 5, D: 8 }, 90);
   await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 2, T: 5, S: 7, D: 16 }, 91);
   await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 1, T: 1, S: 7, D: 8, scale: 0.9 }, 92);
 });
 
-Deno.test("attention backward: several tiles, causal, T < S, padding", async () => {
+variantTest("attention backward: several tiles, causal, T < S, padding", async () => {
   // S = 33 and T = 33 span two key tiles and two query tiles; 4·33 rows span three row blocks.
   await checkAttentionGradients({ B: 1, Hq: 4, Hkv: 1, T: 33, S: 33, D: 8, causal: true }, 100);
   await checkAttentionGradients(
@@ -269,7 +295,7 @@ Deno.test("attention backward: several tiles, causal, T < S, padding", async () 
   );
 });
 
-Deno.test("attention backward: fully masked rows get zero gradients", async () => {
+variantTest("attention backward: fully masked rows get zero gradients", async () => {
   const c: Case = {
     B: 2,
     Hq: 2,
@@ -304,7 +330,7 @@ Deno.test("attention backward: fully masked rows get zero gradients", async () =
   });
 });
 
-Deno.test("attention backward through strided views of [B, T, H, D] inputs", async () => {
+variantTest("attention backward through strided views of [B, T, H, D] inputs", async () => {
   const c: Case = { B: 2, Hq: 2, Hkv: 1, T: 5, S: 7, D: 8, causal: true };
   const [q, k, v] = inputs(c, 120);
   const fromBTHD = (x: ArrayLike<number>, H: number, L: number): Float64Array => {
@@ -338,28 +364,33 @@ Deno.test("attention backward through strided views of [B, T, H, D] inputs", asy
   );
 });
 
-Deno.test("attention backward is deterministic and only computes requested gradients", async () => {
-  const c: Case = { B: 1, Hq: 4, Hkv: 2, T: 33, S: 33, D: 16, causal: true };
-  const [q, k, v] = inputs(c, 130);
-  const grads = async (kvGrad: boolean): Promise<(Float32Array | null)[]> =>
-    await scopeAsync(async () => {
-      const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
-      const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
-      const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
-      backward(sum(run(c, qt, kt, vt)));
-      const out = [];
-      for (const t of [qt, kt, vt]) out.push(t.grad ? (await t.grad.read()) as Float32Array : null);
-      for (const t of [qt, kt, vt]) t.dispose();
-      return out;
-    });
-  const first = await grads(true);
-  const second = await grads(true);
-  first.forEach((g, i) => assert.deepEqual(second[i], g, `gradient ${i} differs between runs`));
-  const qOnly = await grads(false);
-  assert.equal(qOnly[1], null);
-  assert.equal(qOnly[2], null);
-  assert.deepEqual(qOnly[0], first[0]);
-});
+variantTest(
+  "attention backward is deterministic and only computes requested gradients",
+  async () => {
+    const c: Case = { B: 1, Hq: 4, Hkv: 2, T: 33, S: 33, D: 16, causal: true };
+    const [q, k, v] = inputs(c, 130);
+    const grads = async (kvGrad: boolean): Promise<(Float32Array | null)[]> =>
+      await scopeAsync(async () => {
+        const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
+        const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
+        const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: kvGrad });
+        backward(sum(run(c, qt, kt, vt)));
+        const out = [];
+        for (const t of [qt, kt, vt]) {
+          out.push(t.grad ? (await t.grad.read()) as Float32Array : null);
+        }
+        for (const t of [qt, kt, vt]) t.dispose();
+        return out;
+      });
+    const first = await grads(true);
+    const second = await grads(true);
+    first.forEach((g, i) => assert.deepEqual(second[i], g, `gradient ${i} differs between runs`));
+    const qOnly = await grads(false);
+    assert.equal(qOnly[1], null);
+    assert.equal(qOnly[2], null);
+    assert.deepEqual(qOnly[0], first[0]);
+  },
+);
 
 Deno.test("attention records nothing under noGrad", async () => {
   const c: Case = { B: 1, Hq: 1, Hkv: 1, T: 7, S: 7, D: 8 };
@@ -380,6 +411,89 @@ Deno.test("attention records nothing under noGrad", async () => {
     assertClose(await out.read(), referenceAttention(c, q, k, v), FORWARD_TOL, "noGrad output");
     qt.dispose();
   });
+});
+
+// The adapter picks one workgroup shape (one row per invocation on GPUs, several on llvmpipe);
+// every shape must compute the same thing, so each is checked here whatever the test machine is.
+const TILINGS: AttentionTiling[] = [
+  { threads: 64, rowsPerThread: 1 },
+  { threads: 8, rowsPerThread: 2 },
+  { threads: 4, rowsPerThread: 3 },
+];
+
+variantTest("attention forward agrees across workgroup shapes", async () => {
+  const c: Case = {
+    B: 2,
+    Hq: 4,
+    Hkv: 2,
+    T: 33,
+    S: 40,
+    D: 16,
+    causal: true,
+    mask: prefixMask(2, 40, [40, 29]),
+  };
+  for (const tiling of TILINGS) await checkForward({ ...c, tiling }, 150);
+});
+
+variantTest("attention backward agrees across workgroup shapes", async () => {
+  for (const tiling of [TILINGS[0], TILINGS[2]]) {
+    await checkAttentionGradients(
+      {
+        B: 1,
+        Hq: 2,
+        Hkv: 1,
+        T: 9,
+        S: 11,
+        D: 8,
+        causal: true,
+        mask: prefixMask(1, 11, [10]),
+        tiling,
+      },
+      160,
+    );
+  }
+});
+
+Deno.test("attention picks the texture variant on software adapters, workgroup memory on GPUs", () => {
+  const shapes = { batch: 2, queryHeads: 4, kvHeads: 2, queryLen: 128, keyLen: 128, headDim: 64 };
+  const expected = gpu().adapter.isFallback ? "texture" : "workgroup";
+  assert.equal(ATTENTION.choose(shapes).name, expected);
+});
+
+Deno.test("attention variants agree when packed rows wrap over several texture lines", async () => {
+  // D 16 packs 4 texels per row, so a 16384-texel line (llvmpipe's limit) holds 4096 rows:
+  // S 4200 wraps the packed keys (forward, dQ) and T 4200 the packed queries (dK/dV). Checked
+  // against the reference forward and, for gradients, against the workgroup variant (no packing).
+  for (
+    const c of [
+      { B: 1, Hq: 2, Hkv: 1, T: 3, S: 4200, D: 16, causal: true },
+      { B: 1, Hq: 1, Hkv: 1, T: 4200, S: 5, D: 16 },
+    ] as Case[]
+  ) {
+    const [q, k, v] = inputs(c, 170);
+    const results: HostArray[][] = [];
+    for (const variant of ["texture", "workgroup"]) {
+      results.push(
+        await withVariant("attention", variant, () =>
+          scopeAsync(async () => {
+            const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
+            const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+            const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+            const out = run(c, qt, kt, vt);
+            backward(sum(mul(out, out)));
+            const read = [await out.read()];
+            for (const t of [qt, kt, vt]) read.push(await t.grad!.read());
+            for (const t of [qt, kt, vt]) t.dispose();
+            return read;
+          })),
+      );
+    }
+    const [texture, workgroup] = results;
+    assertClose(texture[0], referenceAttention(c, q, k, v), FORWARD_TOL, "texture forward");
+    ["dq", "dk", "dv"].forEach((name, i) =>
+      assertClose(texture[i + 1], workgroup[i + 1], { atol: 1e-5, rtol: 1e-4 }, name)
+    );
+  }
 });
 
 Deno.test("attention rejects mismatched shapes, dtypes and masks with named errors", () => {
@@ -404,6 +518,10 @@ Deno.test("attention rejects mismatched shapes, dtypes and masks with named erro
         keyPaddingMask: tensor(new Uint32Array(10), [2, 5]),
       }),
     /keyPaddingMask must be f32 or i32/,
+  );
+  assert.throws(
+    () => scaledDotProductAttention(q, kv1, kv1, { tiling: { threads: 0, rowsPerThread: 1 } }),
+    /tiling must have integer threads/,
   );
   for (const t of [q, kv, kv1, kvWrongD]) t.dispose();
 });
