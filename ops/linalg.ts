@@ -75,8 +75,11 @@ export interface RandomizedSvdOptions {
 // - threads = 1 ("thread"): one thread per item walking its rows serially, adjacent threads on
 //   adjacent columns, no barriers — llvmpipe runs a workgroup's barriers as coroutine switches,
 //   which cost it far more than the lost parallelism.
-// Serial sums are blocked (a partial per `chunk` rows per thread) so f32 rounding stays near
-// √rows·ε rather than rows·ε.
+// Serial sums are blocked (a partial per `CHUNK` rows per thread) so f32 rounding stays near
+// √rows·ε rather than rows·ε. Kernels never return early and never put a loop inside a branch:
+// an item that has nothing to do gets a loop bound of zero instead. Besides keeping barriers in
+// uniform control flow, this sidesteps an llvmpipe pathology where a loop nested in a divergent
+// branch runs ~100× slower (measured: 25 ms instead of 0.2 ms per Householder step).
 
 /** What the linalg variants choose by: the length of the columns the kernels walk. */
 export interface LinalgShapes {
@@ -87,7 +90,11 @@ export interface LinalgShapes {
 /** A linalg variant: threads per item for columns of `rows` elements. */
 export type LinalgRun = (rows: number) => number;
 
-/** The kernel family of QR and SVD; its variants are "workgroup" and "thread" (see above). */
+/**
+ * The kernel family of QR and SVD; its variants are "workgroup" (preferred on hardware GPUs) and
+ * "thread" (preferred on software adapters: on llvmpipe, bench/linalg_bench.ts measured SVD of
+ * 256×256 in 5.3 s against 67 s, QR of 768×768 in 16 s against 44 s).
+ */
 export const LINALG: KernelFamily<LinalgShapes, LinalgRun> = kernelFamily("linalg");
 
 LINALG.register({
@@ -135,11 +142,10 @@ function cachedKernel(key: string, build: () => Kernel): Kernel {
  * WGSL of a per-item kernel: `item` (the column or pair index) and `lane` (this thread's rank
  * among the item's `threads`) are defined before `body`; `wg_sum` exists when threads > 1.
  */
-function itemKernelSource(threads: number, body: string, decls = ""): string {
+function itemKernelSource(threads: number, body: string): string {
   const grouped = threads > 1;
   return /* wgsl */ `
 ${grouped ? workgroupSum(threads) : ""}
-${decls}
 @compute @workgroup_size(${grouped ? threads : WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -185,9 +191,46 @@ function columnSum(threads: number, o: { from: string; to: string; body: string 
   let total = ${threads > 1 ? "wg_sum(li, partial)" : "partial"};`;
 }
 
-/** WGSL loop header over this thread's rows i in [`from`, `to`). */
-function rowLoop(threads: number, from: string, to: string): string {
-  return `for (var i = ${from} + lane; i < ${to}; i += ${threads}u)`;
+/** WGSL loop over this thread's rows i in [`from`, `to`). */
+function rowLoop(threads: number, from: string, to: string, body: string): string {
+  return `for (var i = ${from} + lane; i < ${to}; i += ${threads}u) { ${body} }`;
+}
+
+/**
+ * WGSL applying the reflector H = I − τ·v·vᵀ, v = (0…0, 1, scale·X[j+1.., j]), to column `c` of
+ * the row-major [m, n] matrix `target` (items with `live` false touch nothing). `head` is
+ * target[j, c], read before the column sum's barrier (lane 0 overwrites it); `dot` is
+ * Σ_{i>j} X[i, j]·target[i, c], from a {@link columnSum}.
+ */
+function applyReflector(o: { threads: number; x: string; target: string; dot: string }): string {
+  return `  let f = tau * (head + scale * ${o.dot});
+  if (live && lane == 0u) { ${o.target}[j * n + c] = head - f; }
+  let fs = f * scale;
+  ${
+    rowLoop(
+      o.threads,
+      "j + 1u",
+      "select(j + 1u, m, live)",
+      `${o.target}[i * n + c] -= fs * ${o.x}[i * n + j];`,
+    )
+  }`;
+}
+
+/**
+ * WGSL rotating columns p and q of the row-major [rows, N] `matrix` by (c, s), in Rutishauser's
+ * form x − s·(y + r·x), y + s·(x − r·y) with r = s/(1 + c): small rotations, the bulk of the
+ * later sweeps, then add small corrections instead of rounding two full products.
+ */
+function rotateColumns(threads: number, matrix: string, rows: string): string {
+  return rowLoop(
+    threads,
+    "0u",
+    rows,
+    `let x = ${matrix}[i * N + p];
+    let y = ${matrix}[i * N + q];
+    ${matrix}[i * N + p] = x - s * (y + r * x);
+    ${matrix}[i * N + q] = y + s * (x - r * y);`,
+  );
 }
 
 /** Dispatch a per-item kernel over `items` items. */
@@ -202,7 +245,12 @@ function dispatchItems(
 }
 
 /** Dispatch an elementwise kernel (one thread per output element). */
-function dispatchElements(k: Kernel, bound: Tensor[], params: Record<string, number>, n: number) {
+function dispatchElements(
+  k: Kernel,
+  bound: Tensor[],
+  params: Record<string, number>,
+  n: number,
+): void {
   rt().dispatch(k, bound, params, grid1d(Math.ceil(n / WG)));
 }
 
@@ -220,8 +268,7 @@ function identityKernel(): Kernel {
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${linearIndex(WG)};
-  if (i >= params.rows * params.cols) { return; }
-  out[i] = select(0.0, 1.0, i / params.cols == i % params.cols);
+  if (i < params.rows * params.cols) { out[i] = select(0.0, 1.0, i / params.cols == i % params.cols); }
 }`,
     }));
 }
@@ -234,13 +281,12 @@ function identityColumns(rows: number, cols: number): Tensor {
 }
 
 /** One Householder step of the factorization (see the WGSL comment). */
-export function householderStepKernel(threads: number): Kernel {
+function householderStepKernel(threads: number): Kernel {
   return cachedKernel(`householder|${threads}`, () =>
     defineKernel({
       name: "qr_householder_step",
       bindings: [
         { name: "W", type: "f32", access: "read_write" },
-        { name: "V", type: "f32", access: "read_write" },
         { name: "coef", type: "f32", access: "read_write" },
       ],
       params: [["m", "u32"], ["n", "u32"], ["j", "u32"]],
@@ -249,14 +295,14 @@ export function householderStepKernel(threads: number): Kernel {
         /* wgsl */ `
   // Step j of a thin Householder QR of W [m, n] (row-major, overwritten); item t handles column
   // c = j + t, t < n − j. Every item recomputes σ = Σ_{i>j} W[i, j]² the same way, so all hold
-  // the bit-identical reflector and one dispatch suffices. Item 0 stores
-  // v = (0…0, 1, W[j+1.., j]/(α−β)) as column j of V, τ = (β−α)/β in coef[j] and β in
-  // coef[n + j]; the others apply H = I − τ·v·vᵀ to their column. Column j is only read.
+  // the bit-identical reflector and one dispatch suffices. Column j is only read: its part below
+  // the diagonal stays as the reflector's unscaled tail, and item 0 stores τ = (β−α)/β, β and
+  // scale = 1/(α−β) in coef[j], coef[n + j], coef[2n + j]; the others apply H to their column.
   let m = params.m;
   let n = params.n;
   let j = params.j;
-  if (item >= n - j) { return; }
-  let c = j + item;
+  let live = item > 0u && item < n - j;
+  let c = min(j + item, n - 1u);
   let head = W[j * n + c];
 ${
           columnSum(threads, {
@@ -275,22 +321,12 @@ ${
     tau = (beta - alpha) / beta;
     scale = 1.0 / (alpha - beta);
   }
-  if (item == 0u) {
-    ${rowLoop(threads, "0u", "m")} {
-      var v = 0.0;
-      if (i == j) { v = 1.0; } else if (i > j) { v = W[i * n + j] * scale; }
-      V[i * n + j] = v;
-    }
-    if (lane == 0u) {
-      coef[j] = tau;
-      coef[n + j] = beta;
-    }
-    return;
+  if (item == 0u && lane == 0u) {
+    coef[j] = tau;
+    coef[n + j] = beta;
+    coef[2u * n + j] = scale;
   }
-  let f = tau * (head + scale * total.y);
-  if (lane == 0u) { W[j * n + c] = head - f; }
-  let g = f * scale;
-  ${rowLoop(threads, "j + 1u", "m")} { W[i * n + c] -= g * W[i * n + j]; }`,
+${applyReflector({ threads, x: "W", target: "W", dot: "total.y" })}`,
       ),
     }));
 }
@@ -301,7 +337,7 @@ function applyReflectorKernel(threads: number): Kernel {
     defineKernel({
       name: "qr_apply_reflector",
       bindings: [
-        { name: "V", type: "f32", access: "read" },
+        { name: "W", type: "f32", access: "read" },
         { name: "coef", type: "f32", access: "read" },
         { name: "Q", type: "f32", access: "read_write" },
       ],
@@ -309,17 +345,25 @@ function applyReflectorKernel(threads: number): Kernel {
       source: itemKernelSource(
         threads,
         /* wgsl */ `
-  // Q [m, n] row-major; item t updates column c = j + t: q ← q − τ_j·(v_jᵀq)·v_j with v_j
-  // column j of V (zero above row j). Reflectors are applied last to first, so columns before j
-  // are still the unit vectors e_c (c < j) that H_j leaves alone, and the step skips them.
+  // Q [m, n] row-major; item t applies reflector j (tail in column j of the factored W [m, n],
+  // τ and scale in coef) to column c = j + t. Reflectors are applied last to first, so columns
+  // before j are still the unit vectors e_c (c < j) that H_j leaves alone, and the step skips them.
   let m = params.m;
   let n = params.n;
   let j = params.j;
-  if (item >= n - j) { return; }
-  let c = j + item;
-${columnSum(threads, { from: "j", to: "m", body: "part.x += V[i * n + j] * Q[i * n + c];" })}
-  let f = coef[j] * total.x;
-  ${rowLoop(threads, "j", "m")} { Q[i * n + c] -= f * V[i * n + j]; }`,
+  let live = item < n - j;
+  let c = min(j + item, n - 1u);
+  let head = Q[j * n + c];
+  let tau = coef[j];
+  let scale = coef[2u * n + j];
+${
+          columnSum(threads, {
+            from: "j + 1u",
+            to: "select(j + 1u, m, live)",
+            body: "part.x += W[i * n + j] * Q[i * n + c];",
+          })
+        }
+${applyReflector({ threads, x: "W", target: "Q", dot: "total.x" })}`,
       ),
     }));
 }
@@ -341,12 +385,9 @@ function extractRKernel(): Kernel {
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${linearIndex(WG)};
   let n = params.n;
-  if (i >= n * n) { return; }
   let r = i / n;
   let c = i % n;
-  var v = 0.0;
-  if (r < c) { v = W[i]; } else if (r == c) { v = coef[n + r]; }
-  R[i] = v;
+  if (i < n * n) { R[i] = select(select(0.0, coef[n + r], r == c), W[i], r < c); }
 }`,
     }));
 }
@@ -356,13 +397,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * tournament, each rotated to orthogonality.
  */
 function jacobiRoundKernel(threads: number): Kernel {
-  const grouped = threads > 1;
-  // Barriers must stay in uniform control flow, so a workgroup reads the skip flag through
-  // workgroup memory; a lone thread reads it directly.
-  const skip = grouped
-    ? `  if (lane == 0u) { wg_skip = u32(converged); }
-  if (workgroupUniformLoad(&wg_skip) == 1u) { return; }`
-    : "  if (converged) { return; }";
   return cachedKernel(`jacobi|${threads}`, () =>
     defineKernel({
       name: "svd_jacobi_round",
@@ -388,14 +422,11 @@ function jacobiRoundKernel(threads: number): Kernel {
   // (r−w) mod (P−1)), so a round's P/2 pairs are disjoint and a sweep's P−1 rounds meet every
   // pair once; a player ≥ N is padding. With α = ‖g_p‖², β = ‖g_q‖², γ = g_pᵀg_q, a pair with
   // |γ| > tol·√α·√β is rotated by the Jacobi angle (ζ = (β−α)/2γ, t = sign ζ/(|ζ| + √(1+ζ²)),
-  // c = 1/√(1+t²), s = c·t) in G and V and counted in counts[sweep]. Every item of a sweep whose
-  // predecessor rotated nothing returns at once: convergence is decided on the GPU.
-  if (item >= params.players / 2u) { return; }
-  var converged = false;
-  if (lane == 0u && params.sweep > 0u) {
-    converged = atomicLoad(&counts[params.sweep - 1u]) == 0u;
-  }
-${skip}
+  // c = 1/√(1+t²), s = c·t) in G and V and counted in counts[sweep]. A sweep whose predecessor
+  // rotated nothing does nothing (counts[sweep − 1] is not written during this dispatch, so
+  // every thread reads the same value): convergence is decided on the GPU.
+  let M = params.M;
+  let N = params.N;
   let last = params.players - 1u;
   var p = params.round;
   var q = last;
@@ -403,13 +434,13 @@ ${skip}
     p = (params.round + item) % last;
     q = (params.round + last - item) % last;
   }
-  let N = params.N;
-  if (max(p, q) >= N) { return; }
-  let M = params.M;
+  var converged = false;
+  if (params.sweep > 0u) { converged = atomicLoad(&counts[params.sweep - 1u]) == 0u; }
+  let live = item < params.players / 2u && max(p, q) < N && !converged;
 ${
           columnSum(threads, {
             from: "0u",
-            to: "M",
+            to: "select(0u, M, live)",
             body: "let x = G[i * N + p]; let y = G[i * N + q]; " +
               "part += vec4f(x * x, y * y, x * y, 0.0);",
           })
@@ -417,26 +448,16 @@ ${
   let alpha = total.x;
   let beta = total.y;
   let gamma = total.z;
-  if (!(abs(gamma) > params.tol * sqrt(alpha) * sqrt(beta))) { return; }
-  if (lane == 0u) { atomicAdd(&counts[params.sweep], 1u); }
-  let zeta = (beta - alpha) / (2.0 * gamma);
+  let rotate = live && abs(gamma) > params.tol * sqrt(alpha) * sqrt(beta);
+  if (rotate && lane == 0u) { atomicAdd(&counts[params.sweep], 1u); }
+  let zeta = (beta - alpha) / (2.0 * select(1.0, gamma, rotate));
   let az = min(abs(zeta), 1e18);
   let t = select(-1.0, 1.0, zeta >= 0.0) / (az + sqrt(1.0 + az * az));
   let c = inverseSqrt(1.0 + t * t);
   let s = c * t;
-  ${rowLoop(threads, "0u", "M")} {
-    let x = G[i * N + p];
-    let y = G[i * N + q];
-    G[i * N + p] = c * x - s * y;
-    G[i * N + q] = s * x + c * y;
-  }
-  ${rowLoop(threads, "0u", "N")} {
-    let x = V[i * N + p];
-    let y = V[i * N + q];
-    V[i * N + p] = c * x - s * y;
-    V[i * N + q] = s * x + c * y;
-  }`,
-        grouped ? "var<workgroup> wg_skip: u32;" : "",
+  let r = s / (1.0 + c);
+  ${rotateColumns(threads, "G", "select(0u, M, rotate)")}
+  ${rotateColumns(threads, "V", "select(0u, N, rotate)")}`,
       ),
     }));
 }
@@ -456,15 +477,15 @@ function columnNormsKernel(threads: number): Kernel {
         /* wgsl */ `
   // Item c is column c of G [M, N]: after the sweeps the column norms are the singular values.
   let N = params.N;
-  if (item >= N) { return; }
+  let live = item < N;
 ${
           columnSum(threads, {
             from: "0u",
-            to: "params.M",
+            to: "select(0u, params.M, live)",
             body: "let x = G[i * N + item]; part.x += x * x;",
           })
         }
-  if (lane == 0u) { s[item] = sqrt(total.x); }`,
+  if (live && lane == 0u) { s[item] = sqrt(total.x); }`,
       ),
     }));
 }
@@ -485,14 +506,14 @@ function rankKernel(): Kernel {
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${linearIndex(WG)};
-  if (i >= params.N) { return; }
-  let si = s[i];
+  let live = i < params.N;
+  let si = s[min(i, params.N - 1u)];
   var rank = 0u;
-  for (var j = 0u; j < params.N; j++) {
+  for (var j = 0u; j < select(0u, params.N, live); j++) {
     let sj = s[j];
-    if (sj > si || (sj == si && j < i)) { rank++; }
+    rank += select(0u, 1u, sj > si || (sj == si && j < i));
   }
-  perm[rank] = i;
+  if (live) { perm[rank] = i; }
 }`,
     }));
 }
@@ -562,18 +583,16 @@ function workingCopy(a: Tensor): Tensor {
 function householderQr(w: Tensor): QrResult {
   const [m, n] = w.shape;
   const threads = threadsFor(m);
-  const v = empty([m, n]);
-  const coef = empty([2 * n]);
+  const coef = empty([3 * n]);
   const step = householderStepKernel(threads);
-  for (let j = 0; j < n; j++) dispatchItems(step, threads, [w, v, coef], { m, n, j }, n - j);
+  for (let j = 0; j < n; j++) dispatchItems(step, threads, [w, coef], { m, n, j }, n - j);
   const r = empty([n, n]);
   dispatchElements(extractRKernel(), [w, coef, r], { n }, n * n);
   const q = identityColumns(m, n);
   const reflect = applyReflectorKernel(threads);
   for (let j = n - 1; j >= 0; j--) {
-    dispatchItems(reflect, threads, [v, coef, q], { m, n, j }, n - j);
+    dispatchItems(reflect, threads, [w, coef, q], { m, n, j }, n - j);
   }
-  v.dispose();
   coef.dispose();
   return { q, r };
 }
@@ -603,9 +622,10 @@ function leadingColumns(x: Tensor, k: number): Tensor {
 /**
  * Thin QR of a tall matrix by Householder reflections: A [m, n] (m ≥ n) = Q [m, n]·R [n, n], Q with
  * orthonormal columns, R upper triangular with LAPACK's signs (its diagonal may be negative; see
- * the module notes). One dispatch per reflector builds and applies it (each workgroup owns one
- * trailing column); Q is then formed by applying the reflectors to the identity in reverse, one
- * dispatch each. Cost: 2n + 3 dispatches, ≈ 4·m·n² flops.
+ * the module notes). One dispatch per reflector builds it and applies it to the trailing columns
+ * (a thread or a workgroup per column, see {@link LINALG}); Q is then formed by applying the
+ * reflectors to the identity in reverse, one dispatch each. Cost: 2n + 3 dispatches,
+ * ≈ 4·m·n² − 4n³/3 flops. Measured QᵀQ − I ≈ 5e-7 for 256×256.
  *
  * @example
  * ```ts
@@ -628,17 +648,19 @@ export function qr(a: Tensor): QrResult {
  * by one-sided (Hestenes) Jacobi on the tall problem (Aᵀ when m < n, then U and V swap): the
  * columns are orthogonalised pairwise by plane rotations, accumulated into V; the column norms
  * are the singular values and the normalised columns U. Each round of a round-robin ordering
- * rotates k/2 disjoint pairs in one dispatch; a sweep is k − 1 rounds (k even; k rounds if odd).
- * A pair is skipped when |g_pᵀg_q| ≤ √M·4ε·‖g_p‖·‖g_q‖ (LAPACK sgesvj's test, M the long side,
- * with 4ε for the f32 dot's rounding); the GPU counts rotations per sweep and skips every sweep
- * after one that rotated nothing, so `maxSweeps` bounds the work without any read-back (f32
- * usually converges in 6–10 sweeps). Values are sorted descending on the GPU; left vectors of
- * numerically zero values (s ≤ max(m, n)·ε·s₀, ε = 2⁻²³) are completed to an orthonormal set by a
- * Householder QR of U, which otherwise only fixes signs. Exact to f32 rounding.
+ * rotates k/2 disjoint pairs in one dispatch; a sweep is k − 1 rounds (k + 1 padded to even when
+ * k is odd). A pair is left alone when |g_pᵀg_q| ≤ √M·2⁻²²·‖g_p‖·‖g_q‖ (LAPACK sgesvj's √M·ε
+ * test with room for the f32 dot's rounding; M the long side). The GPU counts rotations per sweep
+ * and skips every sweep after one that rotated nothing, so `maxSweeps` bounds the work without a
+ * read-back; measured: 6–10 sweeps for random 33² to 256². Values are sorted descending on the
+ * GPU; left vectors of numerically zero values (s ≤ max(m, n)·2⁻²³·s₀) are completed to an
+ * orthonormal set by a Householder QR of U, which otherwise only restores signs. Rotations use
+ * Rutishauser's update, which keeps V orthonormal to f32 rounding (measured VᵀV − I: 5e-7 at
+ * 256², against 6e-5 with the plain c·x − s·y).
  *
- * Cost per sweep: k − 1 dispatches and ≈ 3·M·k² + 2·k³ flops (M = max(m, n)); plus the QR
- * (≈ 4·M·k²). Intended for k up to ~1024 (a 768×768 weight); use {@link randomizedSvd} for a few
- * leading components of large matrices.
+ * Cost per sweep: k − 1 dispatches and ≈ 7·M·k² + 4·k³ flops (M = max(m, n)), plus a QR of
+ * [M, k] (≈ 4·M·k²). Intended for k up to ~1024 (a 768×768 weight: 767 dispatches a sweep); for
+ * a few leading triplets of a large matrix {@link randomizedSvd} is far cheaper.
  *
  * @example
  * ```ts
