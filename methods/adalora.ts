@@ -81,10 +81,10 @@ import {
   writeInto,
   writeTextAtomic,
 } from "./peft.ts";
-import type { Adapter, Method, MethodContext } from "./types.ts";
+import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
 /** AdaLoRA's options, with PEFT's defaults (AdaLoraConfig). */
-export const AdaLoraConfigSchema = z.object({
+export const AdaLoraConfigSchema: ConfigSchema<AdaLoraConfig> = z.object({
   /** Average rank per layer at the end of the budgeting phase (target_r). */
   targetR: z.number().int().positive().default(8),
   /** Rank each layer starts with (init_r). */
@@ -110,7 +110,30 @@ export const AdaLoraConfigSchema = z.object({
 }).strict();
 
 /** Parsed AdaLoRA options. */
-export type AdaLoraConfig = z.infer<typeof AdaLoraConfigSchema>;
+export interface AdaLoraConfig {
+  /** Average rank per layer at the end of the budgeting phase (target_r); default 8. */
+  targetR: number;
+  /** Rank each layer starts with (init_r); default 12. */
+  initR: number;
+  /** Steps of warm-up before the budget starts to shrink (tinit); default 0. */
+  tinit: number;
+  /** Steps at the end trained with the frozen final mask (tfinal); default 0. */
+  tfinal: number;
+  /** Re-allocate every deltaT steps during the budgeting phase; default 1. */
+  deltaT: number;
+  /** EMA rate of the sensitivity Ī, in (0, 1); default 0.85. */
+  beta1: number;
+  /** EMA rate of the uncertainty Ū, in (0, 1); default 0.85. */
+  beta2: number;
+  /** γ, the weight of the orthogonality regulariser (0 turns it off); default 0.5. */
+  orthRegWeight: number;
+  /** Total optimizer steps T (total_step); absent: the run's step count. */
+  totalSteps?: number;
+  /** α: the update is scaled by α / init_r; default 8. */
+  alpha: number;
+  /** Dropout probability on the adapter's input, in [0, 1); default 0. */
+  dropout: number;
+}
 
 /** A Linear with an SVD-form update; `base_layer` keeps the frozen original. */
 export class SvdLinear extends Module implements LinearLike {

@@ -25,13 +25,13 @@ import { matchesTarget, type Module } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import { trainHead } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** BitFit has no options of its own. */
-export const BitFitConfigSchema = z.object({}).strict();
+export const BitFitConfigSchema: ConfigSchema<BitFitConfig> = z.object({}).strict();
 
-/** Parsed (empty) BitFit options. */
-export type BitFitConfig = z.infer<typeof BitFitConfigSchema>;
+/** Parsed (empty) options. */
+export type BitFitConfig = Record<string, never>;
 
 /** Every bias parameter of `model` as [module name, bias]. */
 function biases(model: Module): [string, Tensor][] {

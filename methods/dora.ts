@@ -47,10 +47,10 @@ import {
   trainHead,
 } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** DoRA takes LoRA's options (PEFT: a LoraConfig with use_dora). */
-export const DoraConfigSchema = LoraConfigSchema;
+export const DoraConfigSchema: ConfigSchema<DoraConfig> = LoraConfigSchema;
 
 /** Parsed DoRA options. */
 export type DoraConfig = LoraConfig;

@@ -65,10 +65,10 @@ import {
   trainHead,
 } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
-import type { Adapter, DataPass, Method, MethodContext, TokenMask } from "./types.ts";
+import type { Adapter, ConfigSchema, DataPass, Method, MethodContext, TokenMask } from "./types.ts";
 
 /** EVA's options: LoRA's plus PEFT's EvaConfig, with PEFT's defaults. */
-export const EvaConfigSchema = z.object({
+export const EvaConfigSchema: ConfigSchema<EvaConfig> = z.object({
   /** Average rank r; the budget is r per targeted layer. */
   r: z.number().int().positive().default(8),
   /** α: the update is scaled by α/r (α_l/r_l per layer). */
@@ -92,7 +92,28 @@ export const EvaConfigSchema = z.object({
 }).strict();
 
 /** Parsed EVA options. */
-export type EvaConfig = z.infer<typeof EvaConfigSchema>;
+export interface EvaConfig {
+  /** Average rank r; the budget is r per targeted layer; default 8. */
+  r: number;
+  /** α: the update is scaled by α/r (α_l/r_l per layer); default 8. */
+  alpha: number;
+  /** Dropout probability on the adapter's input, in [0, 1); default 0. */
+  dropout: number;
+  /** rsLoRA scaling α/√r; default false. */
+  rslora: boolean;
+  /** ρ ≥ 1: a layer may get at most ρ·r ranks (and ρ·r components are computed); default 2. */
+  rho: number;
+  /** τ in [0, 1]: cosine similarity at which a component counts as converged; default 0.99. */
+  tau: number;
+  /** Language modelling: use only positions that carry a label (answer tokens); default true. */
+  useLabelMask: boolean;
+  /** Divide each component by √σ (whitening); default false. */
+  whiten: boolean;
+  /** Scale α with the rank a layer receives (α_l = α·r_l/r); default true. */
+  adjustScalingFactors: boolean;
+  /** Most minibatches the data pass runs before giving up on convergence; default 64. */
+  maxBatches: number;
+}
 
 /** What the data pass found. */
 export interface EvaStats {

@@ -9,13 +9,13 @@ import { z } from "zod";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
 import { toEntries, writeInto } from "./peft.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** Full fine-tuning has no options of its own. */
-export const FullConfigSchema = z.object({}).strict();
+export const FullConfigSchema: ConfigSchema<FullConfig> = z.object({}).strict();
 
 /** Parsed (empty) options. */
-export type FullConfig = z.infer<typeof FullConfigSchema>;
+export type FullConfig = Record<string, never>;
 
 /** Full fine-tuning as a registry entry. */
 export const fullFineTuning: Method<FullConfig> = {

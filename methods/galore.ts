@@ -67,13 +67,13 @@ import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
 import { adaptableLinears, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
-import type { Adapter, Method, MethodContext } from "./types.ts";
+import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
 /** Which side a projector spans: "std" picks the smaller side of each matrix. */
 export type ProjType = "std" | "reverse_std" | "left" | "right";
 
 /** GaLore's options, with the official defaults (rank 128, T = 200, α = 0.25). */
-export const GaloreConfigSchema = z.object({
+export const GaloreConfigSchema: ConfigSchema<GaloreConfig> = z.object({
   /** r: rank of the gradient projection (clamped to min(dOut, dIn)). */
   rank: z.number().int().positive().default(128),
   /** T: updates between projector refreshes. */
@@ -87,7 +87,18 @@ export const GaloreConfigSchema = z.object({
 }).strict();
 
 /** Parsed GaLore options. */
-export type GaloreConfig = z.infer<typeof GaloreConfigSchema>;
+export interface GaloreConfig {
+  /** r: rank of the gradient projection (clamped to min(dOut, dIn)); default 128. */
+  rank: number;
+  /** T: updates between projector refreshes; default 200. */
+  updateProjGap: number;
+  /** α: the projected-back update is multiplied by this; default 0.25. */
+  scale: number;
+  /** Which side the projector spans (see {@link ProjType}); default "std". */
+  projType: ProjType;
+  /** How the projector's SVD is computed (see the module notes); default "auto". */
+  svd: "auto" | "exact" | "randomized";
+}
 
 /** The config file GaLore writes next to its weights. */
 export const GALORE_CONFIG = "galore_config.json";

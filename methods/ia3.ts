@@ -27,10 +27,10 @@ import { allLinears, Linear, type LinearLike, matchesTarget, Module } from "../m
 import { buildGroups } from "./groups.ts";
 import { adaptableLinears, trainHead } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** (IA)³'s options. */
-export const Ia3ConfigSchema = z.object({
+export const Ia3ConfigSchema: ConfigSchema<Ia3Config> = z.object({
   /**
    * Targets whose input (not output) is scaled (PEFT's feedforward_modules). Default: PEFT's
    * feed-forward modules of the architecture (output.dense for RoBERTa/BERT, down_proj for LLaMA).
@@ -39,7 +39,13 @@ export const Ia3ConfigSchema = z.object({
 }).strict();
 
 /** Parsed (IA)³ options. */
-export type Ia3Config = z.infer<typeof Ia3ConfigSchema>;
+export interface Ia3Config {
+  /**
+   * Targets whose input (not output) is scaled (PEFT's feedforward_modules). Absent: PEFT's
+   * feed-forward modules of the architecture (output.dense for RoBERTa/BERT, down_proj for LLaMA).
+   */
+  feedforward?: string[];
+}
 
 /** PEFT's per-architecture targets and feed-forward modules for the architectures we load. */
 export const IA3_DEFAULTS: Readonly<

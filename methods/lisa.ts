@@ -43,10 +43,10 @@ import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
 import { trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
-import type { Adapter, Method, MethodContext } from "./types.ts";
+import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
 /** LISA's options, with the paper's defaults. */
-export const LisaConfigSchema = z.object({
+export const LisaConfigSchema: ConfigSchema<LisaConfig> = z.object({
   /** γ: blocks trained at a time. */
   layers: z.number().int().positive().default(2),
   /** K: optimizer steps between re-samplings. */
@@ -54,7 +54,12 @@ export const LisaConfigSchema = z.object({
 }).strict();
 
 /** Parsed LISA options. */
-export type LisaConfig = z.infer<typeof LisaConfigSchema>;
+export interface LisaConfig {
+  /** γ: blocks trained at a time; default 2. */
+  layers: number;
+  /** K: optimizer steps between re-samplings; default 20. */
+  interval: number;
+}
 
 /** The config file LISA writes next to its weights. */
 export const LISA_CONFIG = "lisa_config.json";

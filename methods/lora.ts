@@ -33,8 +33,9 @@ import {
 } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import { headParameters, loadInto, readAdapter, writeAdapter } from "./peft.ts";
-import type { Adapter, Method, MethodContext } from "./types.ts";
+import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
+// Not annotated as ConfigSchema<LoraConfig>: PiSSA, LoRA-GA, LoRA+ and rsLoRA extend its shape.
 /** LoRA's options, with PEFT's defaults. */
 export const LoraConfigSchema = z.object({
   /** Rank r of the update. */
@@ -45,10 +46,19 @@ export const LoraConfigSchema = z.object({
   dropout: z.number().min(0).lt(1).default(0),
   /** rsLoRA: scale by α/√r, which keeps the update's magnitude stable as r grows. */
   rslora: z.boolean().default(false),
-}).strict();
+}).strict() satisfies ConfigSchema<LoraConfig>;
 
 /** Parsed LoRA options. */
-export type LoraConfig = z.infer<typeof LoraConfigSchema>;
+export interface LoraConfig {
+  /** Rank r of the update; default 8. */
+  r: number;
+  /** α: the update is scaled by α/r (or α/√r with rsLoRA); default 8. */
+  alpha: number;
+  /** Dropout probability on the adapter's input, in [0, 1); default 0. */
+  dropout: number;
+  /** rsLoRA: scale by α/√r instead of α/r; default false. */
+  rslora: boolean;
+}
 
 /** The scaling s of the low-rank update. */
 export function loraScaling(c: Pick<LoraConfig, "r" | "alpha" | "rslora">): number {
@@ -57,9 +67,12 @@ export function loraScaling(c: Pick<LoraConfig, "r" | "alpha" | "rslora">): numb
 
 /** A Linear with a low-rank update; `base_layer` keeps the frozen original. */
 export class LoraLinear extends Module implements LinearLike {
+  /** dIn of the base layer. */
   readonly inFeatures: number;
+  /** dOut of the base layer. */
   readonly outFeatures: number;
 
+  /** Wrap `base` with A [r, dIn] and B [dOut, r], update scale s and input dropout probability. */
   constructor(
     readonly base: LinearLike,
     loraA: Tensor,

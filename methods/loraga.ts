@@ -41,12 +41,12 @@ import {
   type Tensor,
   transpose,
 } from "../ops/mod.ts";
-import { LoraConfigSchema } from "./lora.ts";
+import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
-import type { DataPass, Method } from "./types.ts";
+import type { ConfigSchema, DataPass, Method } from "./types.ts";
 
 /** LoRA-GA's options: LoRA's, the gradient estimate's batches, and the official init choices. */
-export const LoraGaConfigSchema = LoraConfigSchema.extend({
+export const LoraGaConfigSchema: ConfigSchema<LoraGaConfig> = LoraConfigSchema.extend({
   /** Training batches whose mean gradient starts the adapter. */
   batches: z.number().int().positive().default(8),
   /** Which singular directions go to A₀ and B₀. */
@@ -58,7 +58,16 @@ export const LoraGaConfigSchema = LoraConfigSchema.extend({
 }).strict();
 
 /** Parsed LoRA-GA options. */
-export type LoraGaConfig = z.infer<typeof LoraGaConfigSchema>;
+export interface LoraGaConfig extends LoraConfig {
+  /** Training batches whose mean gradient starts the adapter; default 8. */
+  batches: number;
+  /** Which singular directions go to A₀ and B₀ (see the module notes); default "ArB2r". */
+  direction: "ArB2r" | "A2rBr" | "ArBr";
+  /** How A₀ and B₀ are scaled (see the module notes); default "stable". */
+  scale: "stable" | "gd_scale" | "unit" | "weight_svd";
+  /** γ of the "stable" scale dOut^¼/√γ; default 16. */
+  stableGamma: number;
+}
 
 /** Indices of the singular directions A₀ (rows of Vᵀ) and B₀ (columns of U) take. */
 export function loraGaDirections(

@@ -17,17 +17,20 @@
  * @module
  */
 import { z } from "zod";
-import { applyLora, LoraConfigSchema } from "./lora.ts";
-import type { Method, ParamGroupSpec } from "./types.ts";
+import { applyLora, type LoraConfig, LoraConfigSchema } from "./lora.ts";
+import type { ConfigSchema, Method, ParamGroupSpec } from "./types.ts";
 
 /** LoRA+'s options: LoRA's plus the B/A learning-rate ratio λ. */
-export const LoraPlusConfigSchema = LoraConfigSchema.extend({
+export const LoraPlusConfigSchema: ConfigSchema<LoraPlusConfig> = LoraConfigSchema.extend({
   /** λ: B's learning rate over A's (PEFT's loraplus_lr_ratio). */
   lrRatio: z.number().positive().default(16),
 }).strict();
 
 /** Parsed LoRA+ options. */
-export type LoraPlusConfig = z.infer<typeof LoraPlusConfigSchema>;
+export interface LoraPlusConfig extends LoraConfig {
+  /** λ: B's learning rate over A's (PEFT's loraplus_lr_ratio); default 16. */
+  lrRatio: number;
+}
 
 const IS_LORA_B = /(^|\.)lora_B\.weight$/;
 

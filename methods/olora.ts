@@ -14,17 +14,16 @@
  *
  * @module
  */
-import type { z } from "zod";
 import { concat, contiguous, matmul, qr, slice, type Tensor, transpose } from "../ops/mod.ts";
-import { LoraConfigSchema } from "./lora.ts";
+import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** OLoRA's options are LoRA's. */
-export const OloraConfigSchema = LoraConfigSchema;
+export const OloraConfigSchema: ConfigSchema<OloraConfig> = LoraConfigSchema;
 
 /** Parsed OLoRA options. */
-export type OloraConfig = z.infer<typeof OloraConfigSchema>;
+export type OloraConfig = LoraConfig;
 
 /** OLoRA's A₀ = R[:r] [r, dIn] and B₀ = Q[:, :r] [dOut, r] of one weight [dOut, dIn] (f32). */
 export function oloraStart(weight: Tensor, r: number): LowRankStart {

@@ -57,6 +57,7 @@ export async function writeAdapter(
 
 /** A PEFT adapter folder read back: its config and its tensors (host f32, by module name). */
 export interface AdapterFiles {
+  /** adapter_config.json as parsed JSON (PEFT's snake_case keys). */
   config: Record<string, unknown>;
   /** Tensors keyed without the `base_model.model.` prefix. */
   tensors: Map<string, { shape: number[]; data: Float32Array }>;

@@ -30,12 +30,12 @@ import {
   transpose,
   unsqueeze,
 } from "../ops/mod.ts";
-import { LoraConfigSchema } from "./lora.ts";
+import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** PiSSA's options: LoRA's, and which SVD starts it. */
-export const PissaConfigSchema = LoraConfigSchema.extend({
+export const PissaConfigSchema: ConfigSchema<PissaConfig> = LoraConfigSchema.extend({
   /** "pissa" (exact SVD) or "pissa_niter_K" (randomized SVD, K power iterations), as in PEFT. */
   init: z.string().regex(/^pissa(_niter_\d+)?$/, {
     message: 'expected "pissa" (exact SVD) or "pissa_niter_K" (randomized, K power iterations)',
@@ -43,7 +43,10 @@ export const PissaConfigSchema = LoraConfigSchema.extend({
 }).strict();
 
 /** Parsed PiSSA options. */
-export type PissaConfig = z.infer<typeof PissaConfigSchema>;
+export interface PissaConfig extends LoraConfig {
+  /** "pissa" (exact SVD) or "pissa_niter_K" (randomized, K power iterations); default "pissa". */
+  init: string;
+}
 
 /** Power iterations of a "pissa_niter_K" init, or null for the exact SVD. */
 export function pissaPowerIterations(init: string): number | null {

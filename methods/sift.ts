@@ -53,10 +53,10 @@ import { openSafetensors, type SafetensorsEntry, writeSafetensors } from "../mod
 import { buildGroups } from "./groups.ts";
 import { adaptableLinears, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
-import type { Adapter, DataPass, Method, MethodContext } from "./types.ts";
+import type { Adapter, ConfigSchema, DataPass, Method, MethodContext } from "./types.ts";
 
 /** SIFT's options. */
-export const SiftConfigSchema = z.object({
+export const SiftConfigSchema: ConfigSchema<SiftConfig> = z.object({
   /** Fraction of each targeted matrix that trains: k = ⌊density·n⌋ + 1 entries. */
   density: z.number().gt(0).max(1).default(0.01),
   /** Choose the top-K entries over all targeted matrices together instead of per matrix. */
@@ -66,7 +66,14 @@ export const SiftConfigSchema = z.object({
 }).strict();
 
 /** Parsed SIFT options. */
-export type SiftConfig = z.infer<typeof SiftConfigSchema>;
+export interface SiftConfig {
+  /** Fraction in (0, 1] of each targeted matrix that trains (k = ⌊density·n⌋ + 1); default 0.01. */
+  density: number;
+  /** Choose the top-K entries over all targeted matrices together, not per matrix; default false. */
+  global: boolean;
+  /** Training batches whose summed gradient ranks the entries; default 1. */
+  selectionBatches: number;
+}
 
 /** The config file SIFT writes next to its weights. */
 export const SIFT_CONFIG = "sift_config.json";

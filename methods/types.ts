@@ -7,9 +7,44 @@
  *
  * @module
  */
-import type { z } from "zod";
 import type { AdamWOptions, Optimizer, ParamGroup, Tensor } from "../ops/mod.ts";
 import type { Module } from "../models/module.ts";
+
+/** One problem a schema found in its input: where it is and what was expected. */
+export interface SchemaIssue {
+  /** The kind of problem (zod's issue code, e.g. "invalid_type", "unrecognized_keys"). */
+  readonly code: string;
+  /** Keys and indices from the root to the offending value ([] for the root itself). */
+  readonly path: readonly PropertyKey[];
+  /** What was expected, in words. */
+  readonly message: string;
+  /** The unknown keys, for code "unrecognized_keys". */
+  readonly keys?: readonly string[];
+}
+
+/** Why validation failed: every issue found. */
+export interface SchemaError {
+  /** All issues in one readable text. */
+  readonly message: string;
+  /** At least one issue. */
+  readonly issues: readonly SchemaIssue[];
+}
+
+/** The outcome of {@link ConfigSchema.safeParse}: the value, or the error. */
+export type SchemaResult<T> =
+  | { readonly success: true; readonly data: T }
+  | { readonly success: false; readonly error: SchemaError };
+
+/**
+ * A validator of untrusted input (config files, flags, method options). Every zod schema is one;
+ * the public API names this interface instead of zod's types, which are not part of it.
+ */
+export interface ConfigSchema<T> {
+  /** The validated value with defaults filled in; throws a zod error when `input` is invalid. */
+  parse(input: unknown): T;
+  /** As `parse`, but returns the issues instead of throwing. */
+  safeParse(input: unknown): SchemaResult<T>;
+}
 
 /** A group of trainable tensors sharing one learning rate and weight decay. */
 export interface ParamGroupSpec {
@@ -17,9 +52,11 @@ export interface ParamGroupSpec {
   label: string;
   /** Full parameter names, aligned with `params`. */
   names: string[];
+  /** The trainable tensors, aligned with `names`. */
   params: Tensor[];
   /** Multiplies the run's learning rate. */
   lrMultiplier: number;
+  /** Decoupled (AdamW) weight decay of this group: the run's, or 0 for biases and norm weights. */
   weightDecay: number;
 }
 
@@ -37,6 +74,7 @@ export interface MethodContext {
   taskType: "SEQ_CLS" | "CAUSAL_LM";
   /** The base model's name or path (adapter_config.json base_model_name_or_path). */
   baseModel: string;
+  /** The run's seed; random initialisations and selections derive from it. */
   seed: number;
   /** Optimizer steps the run will take (AdaLoRA's budget schedule), when the caller knows it. */
   totalSteps?: number;
@@ -59,8 +97,11 @@ export interface DataPass {
 
 /** The positions of one batch, row-major [b, t]: 1 where a real token is, 0 at padding. */
 export interface TokenMask {
+  /** Rows (sequences) of the batch. */
   b: number;
+  /** Positions per row (the padded length). */
   t: number;
+  /** b·t entries: 1 at a real token, 0 at padding. */
   mask: Float32Array;
   /** Language modelling: 1 where the token carries a training label (answer tokens), else 0. */
   labelMask?: Float32Array;
@@ -95,13 +136,15 @@ export interface Adapter {
 
 /** A fine-tuning method: its config schema and how it adapts a model. */
 export interface Method<C> {
+  /** The registry key, e.g. "lora", "pissa". */
   readonly name: string;
   /** The config schema; parsing `{}` gives the method's defaults. */
-  readonly config: z.ZodType<C>;
+  readonly config: ConfigSchema<C>;
   /**
    * The method's own default targets for `model` (IA3's per-architecture modules, BitFit's every
    * bias), used when the run names none; absent: the run's default (query,value / q_proj,v_proj).
    */
   defaultTargets?(model: Module): string[];
+  /** Adapt `model` in place (swap targeted layers, choose what trains) and return its adapter. */
   apply(model: Module, config: C, ctx: MethodContext): Adapter;
 }

@@ -55,10 +55,10 @@ import {
   writeInto,
   writeTextAtomic,
 } from "./peft.ts";
-import type { Method } from "./types.ts";
+import type { ConfigSchema, Method } from "./types.ts";
 
 /** VeRA's options, with PEFT's defaults. */
-export const VeraConfigSchema = z.object({
+export const VeraConfigSchema: ConfigSchema<VeraConfig> = z.object({
   /** Rank of the shared random projections. */
   r: z.number().int().positive().default(256),
   /** Dropout on the adapter's input. */
@@ -72,7 +72,18 @@ export const VeraConfigSchema = z.object({
 }).strict();
 
 /** Parsed VeRA options. */
-export type VeraConfig = z.infer<typeof VeraConfigSchema>;
+export interface VeraConfig {
+  /** Rank of the shared random projections; default 256. */
+  r: number;
+  /** Dropout probability on the adapter's input, in [0, 1); default 0. */
+  dropout: number;
+  /** Initial value of every λ_d entry; default 0.1. */
+  dInitial: number;
+  /** Seed of the shared A and B (PEFT's projection_prng_key); default 0. */
+  projectionPrngKey: number;
+  /** Store A and B in the adapter file (PEFT's save_projection); default true. */
+  saveProjection: boolean;
+}
 
 /** PEFT's key of the shared A (not under `base_model.model.`). */
 export const VERA_A_KEY = "base_model.vera_A";

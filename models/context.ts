@@ -35,6 +35,7 @@ export class ForwardContext {
     }
   }
 
+  /** A context for one forward pass; the defaults describe evaluation (no dropout). */
   constructor(
     /** Dropout and other training-only behaviour are on. */
     readonly training = false,

@@ -28,16 +28,27 @@ import { orInit, required, type WeightSource } from "./weights.ts";
 
 /** The dimensions an encoder is built from (read from config.json by the loader). */
 export interface EncoderDims {
+  /** Architecture (config model_type): decides position ids, the head and the parameter prefix. */
   kind: "roberta" | "bert";
+  /** V: rows of the word embedding. */
   vocabSize: number;
+  /** H: width of the hidden states. */
   hiddenSize: number;
+  /** Width of the feed-forward layer (`intermediate.dense` is [intermediateSize, H]). */
   intermediateSize: number;
+  /** Number of encoder layers. */
   numLayers: number;
+  /** Attention heads per layer (head size H / numHeads). */
   numHeads: number;
+  /** Rows of the position embedding; RoBERTa's include padTokenId + 1 reserved positions. */
   maxPositions: number;
+  /** Rows of the token-type (segment) embedding (1 for RoBERTa, 2 for BERT). */
   typeVocabSize: number;
+  /** ε of every LayerNorm. */
   layerNormEps: number;
+  /** Dropout probability on embeddings and sub-layer outputs (training only). */
   hiddenDropout: number;
+  /** Id of the padding token (RoBERTa's position ids start after it). */
   padTokenId: number;
   /** Labels of the classification head (1: regression). */
   numLabels: number;
@@ -103,6 +114,7 @@ function linearFrom(
 
 /** `attention.self` + `attention.output`, `intermediate`, `output` of one encoder layer. */
 export class EncoderLayer extends Container {
+  /** Build layer `prefix` (e.g. `roberta.encoder.layer.3`) from its weights in `w`. */
   constructor(readonly dims: EncoderDims, w: WeightSource, prefix: string) {
     super();
     const h = dims.hiddenSize;
@@ -155,6 +167,7 @@ export class EncoderLayer extends Container {
  * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
  */
 export class EncoderForSequenceClassification extends Container {
+  /** Build the model from `w`; head weights absent from `w` are initialised, the rest required. */
   constructor(readonly dims: EncoderDims, w: WeightSource) {
     super();
     const d = dims;

@@ -12,6 +12,7 @@ import { KvCache, type LlamaForCausalLM } from "./llama.ts";
 
 /** Options of {@link generate}. */
 export interface GenerateOptions {
+  /** Most tokens generated per row (fewer when every row hits a stop token). */
   maxNewTokens: number;
   /** 0 (default) is greedy decoding. */
   temperature?: number;

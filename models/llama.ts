@@ -33,16 +33,27 @@ import { orInit, required, type WeightSource } from "./weights.ts";
 
 /** The dimensions a LLaMA decoder is built from (read from config.json by the loader). */
 export interface LlamaDims {
+  /** V: rows of the token embedding and of the LM head. */
   vocabSize: number;
+  /** H: width of the hidden states. */
   hiddenSize: number;
+  /** Width of the MLP (gate_proj and up_proj are [intermediateSize, H]). */
   intermediateSize: number;
+  /** Number of decoder layers. */
   numLayers: number;
+  /** Query heads per layer. */
   numHeads: number;
+  /** Key/value heads per layer (grouped-query attention: numHeads is a multiple of it). */
   numKvHeads: number;
+  /** Size of one head (q_proj is [numHeads · headDim, H]). */
   headDim: number;
+  /** ε of every RMSNorm. */
   rmsNormEps: number;
+  /** Base θ of the rotary position embedding. */
   ropeTheta: number;
+  /** The LM head reuses the token embedding (no `lm_head` weight). */
   tieWordEmbeddings: boolean;
+  /** Longest sequence (prompt + generated tokens) the model supports. */
   maxPositions: number;
   /** Labels of the sequence-classification head (0: no head). */
   numLabels: number;
@@ -50,11 +61,14 @@ export interface LlamaDims {
 
 /** Per-layer key/value cache for incremental decoding: [B, Hkv, capacity, headDim] each. */
 export class KvCache {
+  /** Keys of each layer, [B, Hkv, capacity, headDim] (filled up to `length`). */
   readonly keys: Tensor[] = [];
+  /** Values of each layer, [B, Hkv, capacity, headDim] (filled up to `length`). */
   readonly values: Tensor[] = [];
   /** Positions already filled. */
   length = 0;
 
+  /** Allocate (kept, uninitialised) buffers for `batch` rows of up to `capacity` positions. */
   constructor(dims: LlamaDims, readonly batch: number, readonly capacity: number) {
     for (let i = 0; i < dims.numLayers; i++) {
       const shape = [batch, dims.numKvHeads, capacity, dims.headDim];
@@ -94,11 +108,13 @@ export interface DecoderInputs {
   positions?: Tensor;
   /** Key padding mask over all keys (cache + new) [B, S]: 1 keep, 0 pad. */
   keyMask?: Tensor;
+  /** Incremental decoding: new keys/values are appended to it and attention sees all of it. */
   cache?: KvCache;
 }
 
 /** `self_attn`: q/k/v/o projections with RoPE and grouped-query attention. */
 export class LlamaAttention extends Container {
+  /** q [numHeads·headDim, H], k and v [numKvHeads·headDim, H], o [H, numHeads·headDim]. */
   constructor(readonly dims: LlamaDims, q: Linear, k: Linear, v: Linear, o: Linear) {
     super();
     this.add("q_proj", q);
@@ -133,6 +149,7 @@ export class LlamaAttention extends Container {
 
 /** `mlp`: down(silu(gate(x)) · up(x)). */
 export class LlamaMlp extends Container {
+  /** gate, up: [intermediateSize, H]; down: [H, intermediateSize]. */
   constructor(gate: Linear, up: Linear, down: Linear) {
     super();
     this.add("gate_proj", gate);
@@ -150,6 +167,7 @@ export class LlamaMlp extends Container {
 
 /** One pre-norm decoder layer. */
 export class LlamaDecoderLayer extends Container {
+  /** `inNorm`, `postNorm`: the RMSNorm weights [H] before attention and before the MLP. */
   constructor(
     readonly dims: LlamaDims,
     attn: LlamaAttention,
@@ -185,6 +203,7 @@ export class LlamaDecoderLayer extends Container {
 
 /** A LLaMA decoder with an LM head and an optional sequence-classification head (`score`). */
 export class LlamaForCausalLM extends Container {
+  /** Build from `weights`: biases are optional; a `score` head absent from them is initialised. */
   constructor(readonly dims: LlamaDims, weights: WeightSource) {
     super();
     const d = dims;

@@ -12,8 +12,11 @@ import { linear, type Tensor } from "../ops/mod.ts";
 
 /** Anything with a forward over one tensor (Linear and the adapted layers that replace it). */
 export interface LinearLike extends Module {
+  /** dIn: size of the last axis of the input. */
   readonly inFeatures: number;
+  /** dOut: size of the last axis of the output. */
   readonly outFeatures: number;
+  /** Map x [..., dIn] to [..., dOut]. */
   forward(x: Tensor): Tensor;
 }
 
@@ -107,9 +110,12 @@ export class Module {
 
 /** A Hugging Face nn.Linear: y = x·Wᵀ + b with weight [dOut, dIn]. */
 export class Linear extends Module implements LinearLike {
+  /** dIn, from the weight's shape. */
   readonly inFeatures: number;
+  /** dOut, from the weight's shape. */
   readonly outFeatures: number;
 
+  /** Wrap `weight` [dOut, dIn] and `bias` [dOut] (or null); throws on other shapes. */
   constructor(weight: Tensor, bias: Tensor | null) {
     super();
     if (weight.rank !== 2) throw new Error(`Linear weight must be 2-D, got [${weight.shape}]`);
@@ -140,6 +146,7 @@ export class Linear extends Module implements LinearLike {
 
 /** A module holding only parameters (embeddings, norms) under given names. */
 export class ParamModule extends Module {
+  /** Register each entry as a parameter of that name (null: a declared but absent parameter). */
   constructor(params: Record<string, Tensor | null>) {
     super();
     for (const [n, t] of Object.entries(params)) this.addParameter(n, t);

@@ -82,10 +82,15 @@ export function clearTape(): void {
 
 /** Hooks the elementwise module registers so autograd can add and fill without a cycle. */
 export interface GradArith {
+  /** a + b as a new tensor (broadcasting). */
   add(a: Tensor, b: Tensor): Tensor;
+  /** target += value in place (sums gradients into `.grad`). */
   addInto(target: Tensor, value: Tensor): void;
+  /** A tensor of ones (the gradient of a scalar loss). */
   ones(shape: readonly number[]): Tensor;
+  /** A contiguous copy, owned by the current scope. */
   copy(value: Tensor): Tensor;
+  /** A contiguous copy marked `.keep()`, so it outlives the current scope. */
   copyKept(value: Tensor): Tensor;
 }
 

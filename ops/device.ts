@@ -24,7 +24,9 @@ export interface AdapterDescription {
 
 /** The device plus what we learned about its adapter. */
 export interface Gpu {
+  /** The process's one device, created with the adapter's maximum limits. */
   device: GPUDevice;
+  /** What the adapter reported (recorded in result files). */
   adapter: AdapterDescription;
   /** True when shaders may use `enable f16;`. */
   hasF16: boolean;
@@ -34,11 +36,13 @@ export interface Gpu {
 
 /** The minimal part of `navigator.gpu` we use; injectable so the no-adapter path can be tested. */
 export interface GpuProvider {
+  /** As `navigator.gpu.requestAdapter`: an adapter, or null when there is none. */
   requestAdapter(options?: GPURequestAdapterOptions): Promise<GPUAdapter | null>;
 }
 
 /** Thrown when no WebGPU adapter exists on this machine. */
 export class NoAdapterError extends Error {
+  /** `detail` (e.g. why the request failed) is added to the message in parentheses. */
   constructor(detail = "") {
     super(
       "No WebGPU adapter found" + (detail ? ` (${detail})` : "") + ". @ruc/peft needs one of:\n" +

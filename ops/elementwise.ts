@@ -504,6 +504,7 @@ export function arange(n: number, start = 0, step = 1, options: TensorOptions = 
 
 /** Options of the random creation functions. */
 export interface RandomOptions extends TensorOptions {
+  /** Any integer (folded into 32 bits); the same seed and stream give the same values. */
   seed: number;
   /** Which stream of the seed to draw from (different tensors of one seed use different streams). */
   stream?: number;

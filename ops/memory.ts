@@ -49,6 +49,7 @@ export interface MemoryStats {
 
 /** One pooled allocation. */
 export interface Allocation {
+  /** The pooled buffer; its size is `capacity`, possibly more than `bytes`. */
   readonly buffer: GPUBuffer;
   /** Bytes requested by the owner (what accounting counts). */
   readonly bytes: number;
@@ -56,6 +57,7 @@ export interface Allocation {
   readonly capacity: number;
   /** Changed only through {@link BufferPool.retag}, which keeps the accounting exact. */
   category: Category;
+  /** Set when the owner gave the buffer back; a second release throws. */
   released: boolean;
 }
 
@@ -104,6 +106,7 @@ export class BufferPool {
    */
   idleFloorBytes = 64 * 2 ** 20;
 
+  /** A pool that creates its buffers on `device`. */
   constructor(
     private readonly device: GPUDevice,
     /** True while commands that may reference released buffers are encoded but not submitted. */

@@ -421,7 +421,9 @@ interface MomentState {
 
 /** An optimizer's state as JSON metadata plus named host arrays (what a checkpoint stores). */
 export interface OptimizerState {
+  /** JSON-serialisable bookkeeping (type, step counts, groups), in the optimizer's own shape. */
   meta: unknown;
+  /** Moment buffers by key (AdamW: `${i}.exp_avg`, `${i}.exp_avg_sq` of parameter i). */
   arrays: Record<string, Float32Array>;
 }
 

@@ -271,13 +271,17 @@ function scaleRaw(x: Tensor, s: number): Tensor {
 
 /** Elementwise functions the reductions use, registered by ops/mod.ts to avoid an import cycle. */
 export interface ReduceHooks {
+  /** The generic elementwise kernel (`map` of ops/elementwise.ts). */
   map(
     inputs: readonly Tensor[],
     expr: string,
     options?: { scalars?: Record<string, number> },
   ): Tensor;
+  /** a − b, broadcasting. */
   sub(a: Tensor, b: Tensor): Tensor;
+  /** a · b, broadcasting. */
   mul(a: Tensor, b: Tensor): Tensor;
+  /** a · s for a host scalar s. */
   mulScalar(a: Tensor, s: number): Tensor;
 }
 

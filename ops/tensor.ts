@@ -158,18 +158,25 @@ export async function scopeAsync<T>(fn: () => Promise<T>): Promise<T> {
 
 /** Options for creating a tensor. */
 export interface TensorOptions {
+  /** Element type; default "f32" (`tensor` infers "i32"/"u32" from an Int32Array/Uint32Array). */
   dtype?: DType;
+  /** Memory category of the storage; default the current one (see {@link withCategory}). */
   category?: Category;
+  /** Make the tensor a leaf that receives a gradient; default false. */
   requiresGrad?: boolean;
+  /** A name for errors and parameters (a Hugging Face parameter name). */
   name?: string;
 }
 
 /** An n-dimensional array on the GPU. */
 export class Tensor {
+  /** Size of each dimension ([] for a scalar). */
   readonly shape: readonly number[];
+  /** Step between neighbours along each dimension, in elements (0 where broadcast). */
   readonly strides: readonly number[];
   /** Offset of element [0, …, 0] in elements of `dtype` from the start of the storage. */
   readonly offset: number;
+  /** Element type of the storage. */
   readonly dtype: DType;
   /** True when autograd should compute a gradient for this tensor. */
   requiresGrad = false;
@@ -405,7 +412,8 @@ export function f16ToF32(bits: Uint16Array): Float32Array {
   return out;
 }
 
-type Nested = number | Nested[];
+/** A number or an arbitrarily nested array of numbers (rectangular), as `tensor` accepts. */
+export type Nested = number | Nested[];
 
 function flatten(data: Nested, shape: number[], out: number[], depth: number): void {
   if (typeof data === "number") {

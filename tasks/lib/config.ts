@@ -6,12 +6,14 @@
  */
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import type { ConfigSchema, SchemaError } from "../../methods/types.ts";
 
 /** Defaults of the quick start: roberta-base + LoRA on SST-2. */
 export const DEFAULT_MODEL = "FacebookAI/roberta-base";
 
 const positiveInt = z.number().int().positive();
 
+// Not annotated as ConfigSchema<RunConfig>: the sweep reads its `.shape` (field names and kinds).
 /** The run configuration schema (YAML keys are these names; flags are their kebab-case). */
 export const RunConfigSchema = z.object({
   /** A Hugging Face repo id (downloaded into the HF cache) or a local model folder. */
@@ -63,13 +65,74 @@ export const RunConfigSchema = z.object({
   output: z.string().min(1).default("runs/latest"),
   /** Never touch the network; resolve models and data from the cache or local folders. */
   offline: z.boolean().default(false),
-}).strict();
+}).strict() satisfies ConfigSchema<RunConfig>;
 
-/** A validated run configuration. */
-export type RunConfig = z.infer<typeof RunConfigSchema>;
+/** A validated run configuration (defaults filled in). */
+export interface RunConfig {
+  /** A Hugging Face repo id or a local model folder; default {@link DEFAULT_MODEL}. */
+  model: string;
+  /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …); default "sst2". */
+  task: string;
+  /** Local data folder (GLUE parquet/TSV root or commonsense root); absent: download. */
+  data?: string;
+  /** Fine-tuning method (see methods/registry.ts); default "lora". */
+  method: string;
+  /** Method-specific options (e.g. { r: 8, alpha: 16 }), validated by the method's schema. */
+  methodOptions: Record<string, unknown>;
+  /** Modules to adapt: names or suffixes. Absent: query,value (encoders), q_proj,v_proj (LLaMA). */
+  targets?: string[];
+  /** Learning-rate multipliers by module, e.g. { value: 4 }; default none. */
+  lrMultipliers: Record<string, number>;
+  /** Peak learning rate (after warm-up); default 5e-4. */
+  lr: number;
+  /** Train for this many epochs (may be fractional); default 3. */
+  epochs: number;
+  /** Train for exactly this many optimizer steps instead (overrides epochs). */
+  steps?: number;
+  /** Examples per micro-batch; default 16. */
+  batchSize: number;
+  /** Micro-batches per optimizer step (their losses are averaged); default 1. */
+  gradAccum: number;
+  /** Tokens per example after truncation; default 128. */
+  maxLength: number;
+  /** Warm-up as a fraction of the training steps, in [0, 1]; default 0.06. */
+  warmupRatio: number;
+  /** Warm-up as a number of steps (overrides the ratio). */
+  warmupSteps?: number;
+  /** Learning-rate schedule after warm-up; default "linear" (decay to 0). */
+  schedule: "linear" | "cosine" | "constant";
+  /** AdamW's decoupled weight decay (biases and norm weights are exempt); default 0.01. */
+  weightDecay: number;
+  /** Clip the global gradient norm to this (null: no clipping); default 1. */
+  maxGradNorm: number | null;
+  /** Seed of initialisation, data order and dropout; default 0. */
+  seed: number;
+  /** Evaluate every N optimizer steps (0: only at the end); default 0. */
+  evalInterval: number;
+  /** Read back and log the loss every N steps; default 10. */
+  logInterval: number;
+  /** Save a resumable checkpoint every N steps (0: at evaluations and the end only); default 0. */
+  saveInterval: number;
+  /** Use at most this many training examples (quick runs, tests). */
+  trainLimit?: number;
+  /** Use at most this many evaluation examples. */
+  evalLimit?: number;
+  /** Examples per evaluation batch; default 32. */
+  evalBatchSize: number;
+  /** Storage of frozen matrices: "f16" halves it (not with full fine-tuning); default "f32". */
+  frozenDtype: "f32" | "f16";
+  /** Commonsense: evaluate by generation + answer extraction (default) or candidate likelihood. */
+  evalMode: "generate" | "loglik";
+  /** Commonsense generation: most tokens generated per answer; default 32. */
+  maxNewTokens: number;
+  /** Where run files go; default "runs/latest". */
+  output: string;
+  /** Never touch the network: models and data from the cache or local folders; default false. */
+  offline: boolean;
+}
 
-/** Turn zod issues into one message naming each field and what was expected. */
-export function formatIssues(error: z.ZodError, source: string): string {
+/** Turn schema issues into one message naming each field and what was expected. */
+export function formatIssues(error: SchemaError, source: string): string {
   return error.issues.map((i) => {
     const field = i.path.length ? i.path.join(".") : "(top level)";
     return `${source}: field "${field}": ${i.message}`;

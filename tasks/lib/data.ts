@@ -76,7 +76,9 @@ export async function dataSource(
 
 /** A tokenised example: ids, optional segment ids, and its target. */
 export interface Encoded {
+  /** Token ids, special tokens included (at most the encoding's maxLength). */
   ids: Int32Array;
+  /** Segment ids aligned with `ids`, when the tokenizer has them (BERT). */
   typeIds?: Int32Array;
   /** Class id or regression score (sequence classification). */
   label: number;
@@ -284,7 +286,9 @@ export function epochBatches(
 
 /** A padded batch on the host. */
 export interface HostBatch {
+  /** Rows (examples) in the batch. */
   b: number;
+  /** Padded length: the longest row's tokens. */
   t: number;
   /** [b·t] token ids. */
   ids: Int32Array;

@@ -59,7 +59,9 @@ export interface ClassificationEval {
   metrics: Record<string, number>;
   /** The task's main score. */
   main: number;
+  /** Key of the main score in `metrics`. */
   mainMetric: string;
+  /** Examples evaluated. */
   examples: number;
 }
 
@@ -102,9 +104,13 @@ export async function evaluateClassification(
 
 /** The result of a commonsense evaluation. */
 export interface CommonsenseEval {
+  /** correct / total, in [0, 1]. */
   accuracy: number;
+  /** Records answered correctly. */
   correct: number;
+  /** Records evaluated. */
   total: number;
+  /** How answers were chosen: generation + extraction, or the most likely candidate. */
   mode: "generate" | "loglik";
   /** Up to 5 examples of what the model produced, for the report. */
   samples: { answer: string; predicted: string; output: string }[];

@@ -14,20 +14,27 @@ export interface GenerateTextOptions {
   model: string;
   /** Prompt text; empty means the BOS token alone. */
   prompt: string;
+  /** Most tokens to generate (fewer when EOS comes first). */
   maxNewTokens: number;
+  /** Sampling temperature; 0 (default) is greedy decoding. */
   temperature?: number;
+  /** Nucleus sampling: keep the fewest tokens whose probability reaches topP; default 1. */
   topP?: number;
+  /** Seed of the sampling generator; default 0. */
   seed?: number;
 }
 
 /** What {@link generateText} produced. */
 export interface GenerateTextResult {
+  /** The prompt as the tokenizer decodes it (special tokens skipped). */
   prompt: string;
   /** The decoded continuation. */
   text: string;
   /** The new token ids. */
   tokens: number[];
+  /** New tokens per second of generation (model loading excluded). */
   tokensPerSecond: number;
+  /** Name of the WebGPU adapter. */
   device: string;
 }
 

@@ -7,8 +7,11 @@
 
 /** Values shown next to the bar. */
 export interface ProgressValues {
+  /** Mean training loss since the previous update. */
   loss: number;
+  /** Current learning rate (of the first parameter group). */
   lr: number;
+  /** Non-padding training tokens per second since the previous update. */
   tokensPerSecond: number;
 }
 
@@ -18,6 +21,7 @@ export class Progress {
   #lastDecile = -1;
   readonly #encoder = new TextEncoder();
 
+  /** `interactive`: redraw in place (a terminal); `enabled` false makes every call a no-op. */
   constructor(readonly total: number, readonly interactive: boolean, readonly enabled = true) {}
 
   /** Show progress after `done` steps. */

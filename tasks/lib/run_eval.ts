@@ -26,32 +26,53 @@ import { resolveModelDir } from "./model_source.ts";
 
 /** Options of {@link runEvaluation}. */
 export interface EvaluationOptions {
+  /** A Hugging Face repo id or a local model folder. */
   model: string;
+  /** An adapter folder (PEFT format or this toolkit's) applied to the model; absent: base model. */
   adapter?: string;
+  /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …). */
   task: string;
+  /** Local data folder (GLUE or commonsense root); absent: download. */
   data?: string;
   /** Split name; default validation (GLUE; validation_matched for MNLI) or test (commonsense). */
   split?: string;
+  /** Evaluate only the first `limit` examples. */
   limit?: number;
+  /** Examples per batch; default 32. */
   batchSize?: number;
+  /** GLUE: tokens per example after truncation; default 128. */
   maxLength?: number;
+  /** Commonsense: answer by generation (default) or by candidate log-likelihood. */
   evalMode?: "generate" | "loglik";
+  /** Commonsense generation: most tokens generated per answer; default 32. */
   maxNewTokens?: number;
+  /** Storage type of the frozen matrices on the GPU; default "f32". */
   frozenDtype?: "f32" | "f16";
+  /** Never touch the network; default false. */
   offline?: boolean;
 }
 
 /** What an evaluation reports. */
 export interface EvaluationReport {
+  /** The model as given. */
   model: string;
+  /** The adapter folder, or null for the base model. */
   adapter: string | null;
+  /** The task's canonical name. */
   task: string;
+  /** The split evaluated. */
   split: string;
+  /** Examples evaluated. */
   examples: number;
+  /** The task's official metrics (commonsense: accuracy and the count correct). */
   metrics: Record<string, number>;
+  /** Key of the main metric in `metrics`. */
   mainMetric: string;
+  /** Value of the main metric. */
   main: number;
+  /** Wall-clock seconds of the whole evaluation, loading included. */
   seconds: number;
+  /** Name of the WebGPU adapter. */
   device: string;
   /** Commonsense: a few generations with their extracted answers. */
   samples?: { answer: string; predicted: string; output: string }[];

@@ -54,6 +54,7 @@ import { isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "y
 import { z } from "zod";
 import { getMethod } from "../../methods/registry.ts";
 import { writeTextAtomic } from "../../methods/peft.ts";
+import type { ConfigSchema } from "../../methods/types.ts";
 import { type RunConfig, RunConfigSchema } from "./config.ts";
 import { resolveTask } from "./data.ts";
 import { type Summary, train } from "./trainer.ts";
@@ -118,7 +119,7 @@ export interface SweepSpec {
 }
 
 /** The sweep file schema (see the module documentation for the meaning of each key). */
-export const SweepSchema: z.ZodType<SweepSpec> = z.object({
+export const SweepSchema: ConfigSchema<SweepSpec> = z.object({
   /** A short name (letters, digits, `.`, `_`, `-`): job names, log lines. */
   name: z.string().regex(
     /^[A-Za-z0-9][A-Za-z0-9._-]*$/,
@@ -240,7 +241,7 @@ export function parseSweep(text: string, file: string): Sweep {
   if (!parsed.success) {
     throw new Error(
       parsed.error.issues.map((issue) => {
-        const keys = issue.code === "unrecognized_keys" ? issue.keys : [];
+        const keys = issue.code === "unrecognized_keys" ? issue.keys ?? [] : [];
         const path = keys.length ? [...issue.path, keys[0]] : issue.path;
         const line = lineOf(path);
         const field = issue.path.length ? issue.path.join(".") : "(top level)";

@@ -16,6 +16,7 @@
 import { join } from "node:path";
 import {
   AdamW,
+  type AdapterDescription,
   add,
   addInto,
   backward,
@@ -75,6 +76,7 @@ import { VERSION } from "./version.ts";
 
 /** Thrown when the loss becomes NaN or infinite. */
 export class DivergedError extends Error {
+  /** `message` says at which step and where the last good checkpoint is. */
   constructor(message: string) {
     super(message);
     this.name = "DivergedError";
@@ -86,29 +88,51 @@ export type Scores = Record<string, number>;
 
 /** What summary.json holds. */
 export interface Summary {
+  /** "@ruc/peft" and its version. */
   toolkit: string;
+  /** The run's model (repo id or folder, as given). */
   model: string;
+  /** The task's canonical name. */
   task: string;
+  /** The method's registry name. */
   method: string;
+  /** The run's seed. */
   seed: number;
+  /** The whole validated run configuration. */
   config: RunConfig;
+  /** Optimizer steps taken in total (including those before a resume). */
   steps: number;
+  /** Epochs that many steps cover (fractional). */
   epochs: number;
+  /** Mean training loss over the last logged window of steps. */
   finalLoss: number;
+  /** Scores of the evaluation after the last step. */
   final: Scores;
+  /** Scores of the evaluation with the highest main metric (its adapter is in `best/`). */
   best: Scores;
+  /** The step of `best`. */
   bestStep: number;
+  /** Key of the task's main metric in the scores (e.g. "accuracy", "matthews_correlation"). */
   mainMetric: string;
+  /** Elements of the tensors the optimizer updates (method parameters and the head). */
   trainableParams: number;
+  /** Elements of every parameter of the adapted model, trainable or frozen. */
   totalParams: number;
   /** Peak bytes per memory category and total, from the engine's pool. */
   memory: { peak: Record<string, number>; peakTotal: number; reservedBytes: number };
+  /** Non-padding training tokens per second of `trainSeconds`. */
   tokensPerSecond: number;
+  /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
+  /** Seconds from the start of this process's `train` call to the summary. */
   wallSeconds: number;
-  device: ReturnType<typeof gpu>["adapter"];
+  /** The WebGPU adapter the run used. */
+  device: AdapterDescription;
+  /** Versions of the toolkit and the runtime. */
   versions: { toolkit: string; deno: string; v8: string; typescript: string };
+  /** Parameters the checkpoint lacked and that were initialised (e.g. a new classifier head). */
   newlyInitialized: string[];
+  /** The step this run resumed from, or null when it started fresh. */
   resumedFrom: number | null;
 }
 
