@@ -23,7 +23,7 @@
 import { noGrad } from "./autograd.ts";
 import { fillInto, map, randNormal } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
-import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
+import { defineKernel, grid1d, type Kernel, linearIndex, memoKernel, rt } from "./runtime.ts";
 import { slice, transpose } from "./shape.ts";
 import type { Category } from "./memory.ts";
 import { currentCategory, empty, scope, type Tensor, withCategory } from "./tensor.ts";
@@ -127,16 +127,7 @@ const CHUNK = 32;
 /** Two to the −23: f32 machine epsilon (numpy's finfo(float32).eps). */
 const F32_EPS = 2 ** -23;
 
-const kernelCache = new Map<string, Kernel>();
-
-function cachedKernel(key: string, build: () => Kernel): Kernel {
-  let k = kernelCache.get(key);
-  if (!k) {
-    k = build();
-    kernelCache.set(key, k);
-  }
-  return k;
-}
+const cachedKernel = (key: string, build: () => Kernel): Kernel => memoKernel("linalg", key, build);
 
 /**
  * WGSL of a per-item kernel: `item` (the column or pair index) and `lane` (this thread's rank

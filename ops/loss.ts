@@ -7,7 +7,7 @@
 import { record } from "./autograd.ts";
 import { map } from "./elementwise.ts";
 import { reduceRaw } from "./reduce.ts";
-import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
+import { defineKernel, grid1d, type Kernel, linearIndex, memoKernel, rt } from "./runtime.ts";
 import { NEG_F32_MAX, rowThreads } from "./softmax.ts";
 import { contiguousStrides, empty, type Tensor } from "./tensor.ts";
 
@@ -28,16 +28,7 @@ const FINAL_WG = 256;
 const GRAD_WG = 256;
 const NAN = "bitcast<f32>(0x7fc00000u)";
 
-const cache = new Map<string, Kernel>();
-
-function cached(key: string, build: () => Kernel): Kernel {
-  let k = cache.get(key);
-  if (!k) {
-    k = build();
-    cache.set(key, k);
-  }
-  return k;
-}
+const cached = (key: string, build: () => Kernel): Kernel => memoKernel("loss", key, build);
 
 /** Per row: loss_i and logsumexp_i (saved for the backward). */
 function rowLossKernel(wg: number, dtype: string): Kernel {

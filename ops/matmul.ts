@@ -20,7 +20,14 @@ import { record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
 import { assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
 import { reduceRaw, sumTo } from "./reduce.ts";
-import { type Bindable, defineKernel, type Kernel, rt, type ScratchTexture } from "./runtime.ts";
+import {
+  type Bindable,
+  defineKernel,
+  type Kernel,
+  memoKernel,
+  rt,
+  type ScratchTexture,
+} from "./runtime.ts";
 import { contiguousStrides, type DType, empty, numel, type Tensor } from "./tensor.ts";
 import { type KernelFamily, kernelFamily, type VariantTiming } from "./variants.ts";
 
@@ -246,16 +253,7 @@ interface KernelTypes {
   batchRank: number;
 }
 
-const kernels = new Map<string, Kernel>();
-
-function cached(key: string, build: () => Kernel): Kernel {
-  let k = kernels.get(key);
-  if (!k) {
-    k = build();
-    kernels.set(key, k);
-  }
-  return k;
-}
+const cached = (key: string, build: () => Kernel): Kernel => memoKernel("matmul", key, build);
 
 /** WGSL that walks batch entry `z` into per-operand base offsets `<name>_base`. */
 function batchBases(batchRank: number, operands: { name: string; start: string }[]): string {

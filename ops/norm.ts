@@ -17,7 +17,7 @@
 import { record } from "./autograd.ts";
 import { map } from "./elementwise.ts";
 import { reduceRaw } from "./reduce.ts";
-import { defineKernel, grid1d, type Kernel, type ParamType, rt } from "./runtime.ts";
+import { defineKernel, grid1d, type Kernel, memoKernel, type ParamType, rt } from "./runtime.ts";
 import { rowThreads } from "./softmax.ts";
 import { empty, type Tensor } from "./tensor.ts";
 
@@ -36,16 +36,7 @@ interface NormVariant {
   bias: boolean;
 }
 
-const cache = new Map<string, Kernel>();
-
-function cached(key: string, build: () => Kernel): Kernel {
-  let k = cache.get(key);
-  if (!k) {
-    k = build();
-    cache.set(key, k);
-  }
-  return k;
-}
+const cached = (key: string, build: () => Kernel): Kernel => memoKernel("norm", key, build);
 
 type FloatType = "f32" | "f16";
 

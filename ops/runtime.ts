@@ -150,6 +150,23 @@ export function defineKernel(spec: KernelSpec): Kernel {
   };
 }
 
+const kernelMemo = new Map<string, Kernel>();
+
+/**
+ * The kernel `build()` makes for (`family`, `key`), built once per process. Kernel generators call
+ * this so a shape-independent kernel is generated (and its WGSL string assembled) only once;
+ * compiled pipelines are cached separately, by source.
+ */
+export function memoKernel(family: string, key: string, build: () => Kernel): Kernel {
+  const id = `${family}|${key}`;
+  let k = kernelMemo.get(id);
+  if (!k) {
+    k = build();
+    kernelMemo.set(id, k);
+  }
+  return k;
+}
+
 /** Split `n` workgroups over x and y so neither exceeds the per-dimension limit. */
 export function grid1d(workgroups: number): [number, number, number] {
   const max = 65535;
