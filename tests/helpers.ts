@@ -5,7 +5,16 @@
  * differences of the op's plain-TS reference evaluated in float64, so the numeric side is not
  * limited by f32 round-off and needs no GPU round trip per perturbation.
  */
-import { backward, init, mul, scopeAsync, sum, type Tensor, tensor } from "../ops/mod.ts";
+import {
+  backward,
+  init,
+  mul,
+  scopeAsync,
+  setRowThreads,
+  sum,
+  type Tensor,
+  tensor,
+} from "../ops/mod.ts";
 import { AssertionError } from "node:assert/strict";
 
 /** Initialise WebGPU once for a test file. */
@@ -159,3 +168,22 @@ export async function expectTensor(
 
 /** Awkward sizes the kernels must handle (not multiples of any tile). */
 export const AWKWARD_SIZES = [1, 7, 33, 130] as const;
+
+/** Row widths for the row-wise kernels (softmax, norms, losses): the awkward sizes and one wide row. */
+export const ROW_WIDTHS = [...AWKWARD_SIZES, 1000] as const;
+
+/** Thread counts to run under: the adapter's default, and the GPU sizes the tree reductions use. */
+export const ROW_THREADS = [null, 32, 256] as const;
+
+/** Run `fn` with the row-wise kernels forced to `threads` per row (null: the default). */
+export async function withRowThreads(
+  threads: number | null,
+  fn: () => Promise<void>,
+): Promise<void> {
+  setRowThreads(threads);
+  try {
+    await fn();
+  } finally {
+    setRowThreads(null);
+  }
+}

@@ -17,7 +17,7 @@ import {
   tensor,
   zeroGrad,
 } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { Linear } from "../../models/module.ts";
 import {
   type AdaLoraAdapter,
@@ -25,49 +25,25 @@ import {
   applyMethod,
   type BudgetSchedule,
   loadAdapter,
-  type MethodContext,
   orthRegularizer,
   SvdLinear,
-  writeInto,
 } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import { linearRef, type RefEncoderDims } from "../models/reference.ts";
+import { linearRef } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  ROBERTA_HEAD,
+  TINY_ROBERTA,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-const H = 16;
-const HEAD = H * H + H + 2 * H + 2;
-
-function model(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-}
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    totalSteps: 40,
-    ...over,
-  };
-}
+const { weights: W, model } = tinyRoberta();
+const H = TINY_ROBERTA.hidden;
+const ctx = contextBuilder({ totalSteps: 40 });
 
 function adalora(
   m: EncoderForSequenceClassification,
@@ -90,8 +66,7 @@ const inputs = (variant = 0) => ({
   attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
 });
 
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
+const logits = (m: EncoderForSequenceClassification) => evalLogits(m, inputs);
 
 /** A scalar loss with fixed random weights on the logits (so gradients are not symmetric). */
 function loss(m: EncoderForSequenceClassification, variant = 0): Tensor {
@@ -106,9 +81,9 @@ function loss(m: EncoderForSequenceClassification, variant = 0): Tensor {
 /** Random P, Λ (nonzero), Q so that the update and every gradient are nonzero. */
 function randomize(a: AdaLoraAdapter, seed = 100): void {
   a.layers.forEach(([, l], i) => {
-    writeInto(l.loraA, Float32Array.from(randomArray(l.loraA.size, seed + 3 * i, -0.4, 0.4)));
-    writeInto(l.loraE, Float32Array.from(randomArray(l.loraE.size, seed + 3 * i + 1, 0.2, 1)));
-    writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, seed + 3 * i + 2, -0.4, 0.4)));
+    writeRandom(l.loraA, seed + 3 * i, -0.4, 0.4);
+    writeRandom(l.loraE, seed + 3 * i + 1, 0.2, 1);
+    writeRandom(l.loraB, seed + 3 * i + 2, -0.4, 0.4);
   });
 }
 
@@ -370,8 +345,8 @@ Deno.test("only P, Λ, Q and the head train: count Σ init_r·(dIn + dOut + 1) +
   const groups = a.groups();
   const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
   const adapterCount = 4 * 6 * (H + H + 1);
-  equal(trainable.reduce((s, [, t]) => s + t.size, 0), adapterCount + HEAD);
-  equal(rt().pool.stats().live.trainable - live0.trainable, 4 * (adapterCount + HEAD));
+  equal(trainable.reduce((s, [, t]) => s + t.size, 0), adapterCount + ROBERTA_HEAD);
+  equal(rt().pool.stats().live.trainable - live0.trainable, 4 * (adapterCount + ROBERTA_HEAD));
   ok(groups.find((g) => g.lrMultiplier === 3)!.names.every((n) => /\.value\.lora_[AEB]$/.test(n)));
   await backwardOn(m);
   const withGrad = m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort();
@@ -391,9 +366,9 @@ Deno.test("only P, Λ, Q and the head train: count Σ init_r·(dIn + dOut + 1) +
   a.afterStep!(1, opt);
   equal(
     rt().pool.stats().live.optimizer - optimizerBefore,
-    8 * (adapterCount + HEAD) + 8 * adapterCount + 4 * 24,
+    8 * (adapterCount + ROBERTA_HEAD) + 8 * adapterCount + 4 * 24,
   );
-  equal(opt.stateBytes, 8 * (adapterCount + HEAD) + 8 * adapterCount + 4 * 24);
+  equal(opt.stateBytes, 8 * (adapterCount + ROBERTA_HEAD) + 8 * adapterCount + 4 * 24);
   // The optimizer state (AdamW moments, Ī, Ū, mask) round-trips through a checkpoint.
   const state = await opt.saveState();
   const m2 = model();

@@ -5,75 +5,31 @@
  * format round-trips (also through loadAdapter), and merge freezes the biases in place.
  */
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
-import { randomArray, setup } from "../helpers.ts";
-import { AdamW, backward, noGrad, rt, scope, scopeAsync, sum, tensor } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import { LlamaForCausalLM } from "../../models/llama.ts";
-import {
-  applyMethod,
-  bitFit,
-  loadAdapter,
-  type MethodContext,
-  writeInto,
-} from "../../methods/mod.ts";
+import { setup } from "../helpers.ts";
+import { AdamW, backward, rt, scope, sum } from "../../ops/mod.ts";
+import { applyMethod, bitFit, loadAdapter } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import {
-  encoderDims,
-  encoderWeights,
-  hostSource,
-  llamaDims,
-  llamaWeights,
-} from "../models/fixtures.ts";
-import type { RefEncoderDims, RefLlamaDims } from "../models/reference.ts";
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  namedTrainable,
+  ROBERTA_HEAD,
+  tinyLlama,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
-/** Every bias outside the head, from the checkpoint's own names. */
+const { weights: W, model } = tinyRoberta();
 const BIAS_COUNT = [...W].filter(([n]) => n.endsWith(".bias") && !n.startsWith("classifier."))
   .reduce((s, [, v]) => s + v.length, 0);
 
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
 const probe = model();
-/** What the trainer passes when the run names no targets. */
 const DEFAULT_TARGETS = bitFit.defaultTargets!(probe);
 probe.dispose();
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: DEFAULT_TARGETS,
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-const trainableOf = (groups: ReturnType<ReturnType<typeof applyMethod>["groups"]>) =>
-  groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
+const ctx = contextBuilder({ targets: DEFAULT_TARGETS });
 
 Deno.test("BitFit defaults to every bias (Linear and LayerNorm): count Σ bias sizes + head", () => {
   equal(BIAS_COUNT, 2 * (4 * 16 + 16 + 32 + 16 + 16) + 16);
@@ -81,8 +37,8 @@ Deno.test("BitFit defaults to every bias (Linear and LayerNorm): count Σ bias s
     DEFAULT_TARGETS.includes("roberta.embeddings.LayerNorm") &&
       DEFAULT_TARGETS.includes("roberta.encoder.layer.1.output.dense"),
   );
-  const trainable = trainableOf(applyMethod("bitfit", model(), {}, ctx()).groups());
-  equal(trainable.reduce((s, [, t]) => s + t.size, 0), BIAS_COUNT + HEAD);
+  const trainable = namedTrainable(applyMethod("bitfit", model(), {}, ctx()).groups());
+  equal(trainable.reduce((s, [, t]) => s + t.size, 0), BIAS_COUNT + ROBERTA_HEAD);
   ok(trainable.every(([n]) => n.endsWith(".bias") || n.startsWith("classifier.")));
 });
 
@@ -93,7 +49,7 @@ Deno.test("BitFit targets choose modules; value ×4 groups their biases; biases 
     {},
     ctx({ targets: ["query", "value"], lrMultipliers: { value: 4 } }),
   ).groups();
-  const names = trainableOf(groups).map(([n]) => n).filter((n) => !n.startsWith("classifier."));
+  const names = namedTrainable(groups).map(([n]) => n).filter((n) => !n.startsWith("classifier."));
   deepStrictEqual(
     names.sort(),
     [0, 1].flatMap((l) =>
@@ -112,18 +68,7 @@ Deno.test("BitFit targets choose modules; value ×4 groups their biases; biases 
 });
 
 Deno.test("BitFit on a model without biases (LLaMA) is a clear error", () => {
-  const ld: RefLlamaDims = {
-    vocab: 11,
-    hidden: 8,
-    inter: 12,
-    layers: 1,
-    heads: 2,
-    kvHeads: 1,
-    eps: 1e-5,
-    theta: 10000,
-    tied: true,
-  };
-  const llama = new LlamaForCausalLM(llamaDims(ld, 2), hostSource(llamaWeights(ld, 4)));
+  const llama = tinyLlama({ layers: 1, seed: 4 }).model();
   throws(
     () =>
       applyMethod("bitfit", llama, {}, {
@@ -141,7 +86,7 @@ Deno.test("only biases and the head get gradients; biases move from weights to t
   const before = rt().pool.stats().live;
   const adapter = applyMethod("bitfit", m, {}, ctx());
   const applied = rt().pool.stats().live;
-  const trainable = trainableOf(adapter.groups());
+  const trainable = namedTrainable(adapter.groups());
   const count = trainable.reduce((s, [, t]) => s + t.size, 0);
   equal(applied.trainable - before.trainable, 4 * count);
   equal(
@@ -152,7 +97,7 @@ Deno.test("only biases and the head get gradients; biases move from weights to t
   const opt = new AdamW(
     adapter.groups().map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
   );
-  scope(() => backward(sum(m.forward(inputs()))));
+  scope(() => backward(sum(m.forward(fixedBatch()))));
   deepStrictEqual(
     m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
     trainable.map(([n]) => n).sort(),
@@ -177,10 +122,8 @@ Deno.test("BitFit's own format: biases + head under PEFT-style keys, peft_type B
   try {
     const m = model();
     const adapter = applyMethod("bitfit", m, {}, ctx({ targets: ["dense", "LayerNorm"] }));
-    trainableOf(adapter.groups()).forEach(([, t], i) =>
-      writeInto(t, Float32Array.from(randomArray(t.size, 300 + i, -0.5, 0.5)))
-    );
-    const before = await logits(m);
+    namedTrainable(adapter.groups()).forEach(([, t], i) => writeRandom(t, 300 + i, -0.5, 0.5));
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "BITFIT");
@@ -205,14 +148,14 @@ Deno.test("BitFit's own format: biases + head under PEFT-style keys, peft_type B
       seed: 0,
     });
     equal(loaded.method, "bitfit");
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     loaded.merge();
     const body = fresh.namedParameters().filter(([n]) => !n.startsWith("classifier."));
     ok(
       body.every(([, t]) => !t.requiresGrad && t.category === "weights"),
       "biases are frozen weights again",
     );
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

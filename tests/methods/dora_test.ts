@@ -18,68 +18,31 @@ import {
   type Tensor,
   tensor,
 } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { ForwardContext } from "../../models/context.ts";
-import { Linear } from "../../models/module.ts";
-import {
-  applyMethod,
-  DoraLinear,
-  loadAdapter,
-  LoraLinear,
-  type MethodContext,
-  writeInto,
-} from "../../methods/mod.ts";
+import { Linear, type Module } from "../../models/module.ts";
+import { applyMethod, DoraLinear, loadAdapter, LoraLinear } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  layersOf,
+  ROBERTA_HEAD,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
-
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-const doraLayers = (m: EncoderForSequenceClassification) =>
-  m.namedModules().filter((e): e is [string, DoraLinear] => e[1] instanceof DoraLinear);
+const { weights: W, model } = tinyRoberta();
+const ctx = contextBuilder();
+const doraLayers = (m: Module) => layersOf(m, DoraLinear);
 
 /** Random B and a magnitude off ‖W‖, so every part of the formula matters. */
-function perturb(m: EncoderForSequenceClassification): void {
+function perturb(m: Module): void {
   doraLayers(m).forEach(([, l], i) => {
-    writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 100 + i, -0.3, 0.3)));
-    writeInto(l.magnitude, Float32Array.from(randomArray(l.magnitude.size, 200 + i, 0.5, 2)));
+    writeRandom(l.loraB, 100 + i, -0.3, 0.3);
+    writeRandom(l.magnitude, 200 + i, 0.5, 2);
   });
 }
 
@@ -146,10 +109,10 @@ function hostDora(h: HostDora): Float64Array {
 }
 
 Deno.test("DoRA starts with m = ‖W‖ per output row, B = 0, and the base model's outputs", async () => {
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const m = model();
   applyMethod("dora", m, { r: 4, alpha: 8 }, ctx());
-  assertClose(await logits(m), base, { atol: 1e-6, rtol: 1e-6 }, "initial logits");
+  assertClose(await evalLogits(m), base, { atol: 1e-6, rtol: 1e-6 }, "initial logits");
   const layers = doraLayers(m);
   equal(layers.length, 4);
   for (const [name, layer] of layers) {
@@ -240,7 +203,7 @@ Deno.test("DoRA trains A, B, m and the head: count Σ r·(dIn + dOut) + dOut; me
   const groups = adapter.groups();
   const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
   const count = trainable.reduce((s, [, t]) => s + t.size, 0);
-  equal(count, 4 * (4 * (16 + 16) + 16) + HEAD);
+  equal(count, 4 * (4 * (16 + 16) + 16) + ROBERTA_HEAD);
   equal(applied.trainable - before.trainable, 4 * count);
   ok(
     groups.some((g) =>
@@ -251,7 +214,7 @@ Deno.test("DoRA trains A, B, m and the head: count Σ r·(dIn + dOut) + dOut; me
   const opt = new AdamW(
     groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
   );
-  scope(() => backward(sum(m.forward(inputs()))));
+  scope(() => backward(sum(m.forward(fixedBatch()))));
   const withGrad = m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort();
   deepStrictEqual(withGrad, trainable.map(([n]) => n).sort());
   for (const [n, t] of m.namedParameters()) {
@@ -275,7 +238,7 @@ Deno.test("DoRA saves PEFT's lora_magnitude_vector and use_dora; loadAdapter res
     const m = model();
     const adapter = applyMethod("dora", m, { r: 4, alpha: 16 }, ctx());
     perturb(m);
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "LORA");
@@ -297,13 +260,13 @@ Deno.test("DoRA saves PEFT's lora_magnitude_vector and use_dora; loadAdapter res
       seed: 9,
     });
     equal(loaded.method, "dora");
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     loaded.merge();
     ok(
       fresh.namedModules().every(([, mod]) => !(mod instanceof LoraLinear)),
       "plain Linear layers are back",
     );
-    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,7 +7,6 @@
 import { deepStrictEqual, equal, ok, rejects } from "node:assert/strict";
 import { assertClose, randomArray, rng, setup } from "../helpers.ts";
 import { add, backward, noGrad, scopeAsync, sum, type Tensor, tensor } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { Container, Linear } from "../../models/module.ts";
 import {
   applyMethod,
@@ -16,30 +15,22 @@ import {
   type EvaAdapter,
   loadAdapter,
   LoraLinear,
-  type MethodContext,
   type TokenMask,
-  writeInto,
 } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import { contextBuilder, ROBERTA_HEAD, tinyRoberta, writeRandom } from "./support.ts";
 
 await setup();
 
 const D = 16;
 
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["a", "b", "c"],
-    lrMultipliers: {},
-    weightDecay: 0,
-    headModules: [],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny",
-    seed: 1,
-    ...over,
-  };
-}
+const ctx = contextBuilder({
+  targets: ["a", "b", "c"],
+  weightDecay: 0,
+  headModules: [],
+  baseModel: "tiny",
+  seed: 1,
+});
 
 /** Three Linear layers: `a` and `b` read the same input x, `c` reads y. */
 class Tiny extends Container {
@@ -289,7 +280,7 @@ Deno.test("a layer with no rank loses its adapter; saved target_modules list the
     deepStrictEqual(a.stats!.ranks, { a: 6, b: 6, c: 0 });
     ok(m.getModule("c") instanceof Linear);
     for (const [, l] of a.loraLayers()) {
-      writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 5, -0.5, 0.5)));
+      writeRandom(l.loraB, 5, -0.5, 0.5);
     }
     const probe = () => [tensor(xs[1], [B, T, D]), tensor(ys[1], [B, T, D])] as const;
     const before = await scopeAsync(() => noGrad(() => m.run(...probe())).read());
@@ -308,23 +299,7 @@ Deno.test("a layer with no rank loses its adapter; saved target_modules list the
   }
 });
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: D,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const WEIGHTS = encoderWeights(DIMS, 12, 5);
-const HEAD = D * D + D + 2 * D + 2;
-
-function roberta(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(WEIGHTS));
-}
+const { model: roberta } = tinyRoberta();
 
 /** Right-padded token batches for the encoder, with their masks. */
 function encoderBatches(n: number): { ids: Int32Array; mask: Float32Array }[] {
@@ -380,9 +355,9 @@ Deno.test("EVA on a tiny RoBERTa: q/v share a PCA; A, B and the head train (Σ r
       "W_v at 4× the rate",
     );
     const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
-    equal(trainable.reduce((s, [, t]) => s + t.size, 0), 16 * (D + D) + HEAD);
+    equal(trainable.reduce((s, [, t]) => s + t.size, 0), 16 * (D + D) + ROBERTA_HEAD);
     for (const [, l] of a.loraLayers()) {
-      writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 8, -0.4, 0.4)));
+      writeRandom(l.loraB, 8, -0.4, 0.4);
     }
     await scopeAsync(async () => {
       backward(sum(m.forward(inputs(1))));

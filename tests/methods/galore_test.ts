@@ -6,29 +6,23 @@
  */
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { assertClose, randomArray, setup } from "../helpers.ts";
-import {
-  backward,
-  cast,
-  crossEntropy,
-  noGrad,
-  rt,
-  scope,
-  scopeAsync,
-  type Tensor,
-  tensor,
-} from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import { backward, cast, noGrad, rt, scope, type Tensor, tensor } from "../../ops/mod.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
   GaLoreAdamW,
   type GaloreAdapter,
-  type MethodContext,
   projectorSide,
   writeInto,
 } from "../../methods/mod.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatchLoss,
+  namedTrainable,
+  tinyRoberta,
+} from "./support.ts";
 
 await setup();
 
@@ -242,50 +236,8 @@ Deno.test("GaLore refreshes the projector every T updates and keeps the moments 
   w.dispose();
 });
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-
-function model(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-}
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value", "dense"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-const loss = (m: EncoderForSequenceClassification) =>
-  crossEntropy(m.forward(inputs()), tensor(Int32Array.from([1, 0]), [2]));
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-function trainable(adapter: GaloreAdapter): [string, Tensor][] {
-  return adapter.groups().flatMap((g) =>
-    g.names.map((n, i) => [n, g.params[i]] as [string, Tensor])
-  );
-}
+const { model } = tinyRoberta();
+const ctx = contextBuilder({ targets: ["query", "value", "dense"] });
 
 function optimizer(adapter: GaloreAdapter, maxGradNorm?: number) {
   const groups = adapter.groups().map((g) => ({
@@ -300,7 +252,7 @@ function trainStep(
   m: EncoderForSequenceClassification,
   opt: { step(): void; zeroGrad(): void },
 ): void {
-  scope(() => backward(loss(m)));
+  scope(() => backward(fixedBatchLoss(m)));
   opt.step();
   opt.zeroGrad();
 }
@@ -308,7 +260,7 @@ function trainStep(
 Deno.test("GaLore on a model: which tensors train, counts, and optimizer bytes = Σ 4·(2·r·max + r·min) + AdamW's", () => {
   const m = model();
   const adapter = applyMethod("galore", m, { rank: 4 }, ctx()) as GaloreAdapter;
-  const named = trainable(adapter);
+  const named = namedTrainable(adapter.groups());
   const matrices = named.filter(([n]) => n.endsWith(".weight") && !n.startsWith("classifier"));
   // 2 layers × (query, value, attention.output.dense, intermediate.dense, output.dense)
   equal(matrices.length, 10);
@@ -325,7 +277,7 @@ Deno.test("GaLore on a model: which tensors train, counts, and optimizer bytes =
   }
   const base = rt().pool.stats().live.optimizer;
   const opt = optimizer(adapter, 1);
-  scope(() => backward(loss(m)));
+  scope(() => backward(fixedBatchLoss(m)));
   deepStrictEqual(
     m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
     named.map(([n]) => n).sort(),
@@ -355,7 +307,7 @@ Deno.test("GaLore saveState → loadState resumes exactly (projectors, moments, 
   const b = model();
   const adapterB = applyMethod("galore", b, { rank: 3, updateProjGap: 2 }, ctx()) as GaloreAdapter;
   const optB = optimizer(adapterB, 1);
-  const namedA = trainable(adapterA), namedB = trainable(adapterB);
+  const namedA = namedTrainable(adapterA.groups()), namedB = namedTrainable(adapterB.groups());
   for (const [i, [n, t]] of namedB.entries()) {
     equal(n, namedA[i][0]);
     writeInto(t, (await namedA[i][1].read()) as Float32Array);
@@ -367,10 +319,10 @@ Deno.test("GaLore saveState → loadState resumes exactly (projectors, moments, 
   for (let s = 3; s < 5; s++) {
     trainStep(a, optA);
     trainStep(b, optB);
-    deepStrictEqual(await logits(b), await logits(a), `logits after step ${s}`);
+    deepStrictEqual(await evalLogits(b), await evalLogits(a), `logits after step ${s}`);
   }
-  const untrained = await logits(model());
-  ok((await logits(a)).some((v, i) => v !== untrained[i]), "training changed the outputs");
+  const untrained = await evalLogits(model());
+  ok((await evalLogits(a)).some((v, i) => v !== untrained[i]), "training changed the outputs");
   throws(() => optB.loadState({ meta: { type: "adamw" }, arrays: {} }), /not GaLore's/);
   for (const o of [optA, optB]) o.dispose();
   for (const mm of [a, b]) mm.dispose();
@@ -403,7 +355,7 @@ Deno.test("GaLore: rank clamped with a warning, f16 weights train in f32, lr mul
   const opt = optimizer(adapter);
   for (let s = 0; s < 2; s++) trainStep(m, opt);
   opt.dispose();
-  const before = await logits(m);
+  const before = await evalLogits(m);
   const dir = await Deno.makeTempDir();
   try {
     await adapter.save(dir);
@@ -414,11 +366,11 @@ Deno.test("GaLore: rank clamped with a warning, f16 weights train in f32, lr mul
     ok(config.tensors.includes("classifier.out_proj.weight"));
     const fresh = model();
     const again = applyMethod("galore", fresh, { rank: 2 }, ctx());
-    ok((await logits(fresh)).some((x, i) => x !== before[i]));
+    ok((await evalLogits(fresh)).some((x, i) => x !== before[i]));
     await again.load(dir);
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     again.merge();
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     fresh.dispose();
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -18,78 +18,31 @@ import {
   type Tensor,
   tensor,
 } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import { LlamaForCausalLM } from "../../models/llama.ts";
-import { Linear } from "../../models/module.ts";
-import {
-  applyMethod,
-  getMethod,
-  ia3,
-  Ia3Linear,
-  loadAdapter,
-  type MethodContext,
-  writeInto,
-} from "../../methods/mod.ts";
+import { Linear, type Module } from "../../models/module.ts";
+import { applyMethod, getMethod, ia3, Ia3Linear, loadAdapter } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import {
-  encoderDims,
-  encoderWeights,
-  hostSource,
-  llamaDims,
-  llamaWeights,
-} from "../models/fixtures.ts";
-import type { RefEncoderDims, RefLlamaDims } from "../models/reference.ts";
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  layersOf,
+  ROBERTA_HEAD,
+  tinyLlama,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
-
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
+const { weights: W, model } = tinyRoberta();
 const probe = model();
-/** What the trainer passes when the run names no targets. */
 const DEFAULT_TARGETS = ia3.defaultTargets!(probe);
 probe.dispose();
+const ctx = contextBuilder({ targets: DEFAULT_TARGETS });
+const ia3Layers = (m: Module) => layersOf(m, Ia3Linear);
 
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: DEFAULT_TARGETS,
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-const ia3Layers = (m: EncoderForSequenceClassification | LlamaForCausalLM) =>
-  m.namedModules().filter((e): e is [string, Ia3Linear] => e[1] instanceof Ia3Linear);
-
-function perturb(m: EncoderForSequenceClassification): void {
-  ia3Layers(m).forEach(([, l], i) =>
-    writeInto(l.scale, Float32Array.from(randomArray(l.scale.size, 100 + i, 0.5, 1.5)))
-  );
+function perturb(m: Module): void {
+  ia3Layers(m).forEach(([, l], i) => writeRandom(l.scale, 100 + i, 0.5, 1.5));
 }
 
 /** l ⊙ (xWᵀ + b), or (l ⊙ x)Wᵀ + b for feed-forward layers, in float64. */
@@ -117,10 +70,10 @@ function hostIa3(
 Deno.test("IA3 defaults to PEFT's targets per architecture; output.dense modules scale their input", async () => {
   deepStrictEqual(ia3.config.parse({}), {});
   deepStrictEqual(getMethod("ia3").defaultTargets!(model()), ["key", "value", "output.dense"]);
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const m = model();
   applyMethod("ia3", m, {}, ctx());
-  deepStrictEqual(await logits(m), base);
+  deepStrictEqual(await evalLogits(m), base);
   const layers = ia3Layers(m);
   deepStrictEqual(
     layers.slice(0, 4).map((
@@ -136,18 +89,7 @@ Deno.test("IA3 defaults to PEFT's targets per architecture; output.dense modules
   equal(layers.length, 8);
   for (const [, l] of layers) ok((await l.scale.read()).every((v) => v === 1));
 
-  const ld: RefLlamaDims = {
-    vocab: 11,
-    hidden: 8,
-    inter: 12,
-    layers: 1,
-    heads: 2,
-    kvHeads: 1,
-    eps: 1e-5,
-    theta: 10000,
-    tied: true,
-  };
-  const llama = new LlamaForCausalLM(llamaDims(ld, 2), hostSource(llamaWeights(ld, 4)));
+  const llama = tinyLlama({ layers: 1, seed: 4 }).model();
   const targets = ia3.defaultTargets!(llama);
   deepStrictEqual(targets, ["k_proj", "v_proj", "down_proj"]);
   applyMethod("ia3", llama, {}, { ...ctx(), targets, headModules: ["score"] });
@@ -245,15 +187,15 @@ Deno.test("IA3 trains only l and the head: count Σ dOut (attention) + Σ dIn (f
   const groups = adapter.groups();
   const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
   const count = trainable.reduce((s, [, t]) => s + t.size, 0);
-  equal(count, 2 * (16 + 16 + 16 + 32) + HEAD);
+  equal(count, 2 * (16 + 16 + 16 + 32) + ROBERTA_HEAD);
   equal(applied.trainable - before.trainable, 4 * count);
-  equal(applied.weights - before.weights, -4 * HEAD);
+  equal(applied.weights - before.weights, -4 * ROBERTA_HEAD);
   ok(groups.some((g) => g.lrMultiplier === 4 && g.names.every((n) => n.endsWith(".value.ia3_l"))));
   perturb(m);
   const opt = new AdamW(
     groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
   );
-  scope(() => backward(sum(m.forward(inputs()))));
+  scope(() => backward(sum(m.forward(fixedBatch()))));
   deepStrictEqual(
     m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
     trainable.map(([n]) => n).sort(),
@@ -272,7 +214,7 @@ Deno.test("IA3 saves PEFT's ia3_l and feedforward_modules; loadAdapter restores 
     const m = model();
     const adapter = applyMethod("ia3", m, {}, ctx());
     perturb(m);
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "IA3");
@@ -295,11 +237,11 @@ Deno.test("IA3 saves PEFT's ia3_l and feedforward_modules; loadAdapter restores 
       seed: 0,
     });
     equal(loaded.method, "ia3");
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     loaded.merge();
     equal(ia3Layers(fresh).length, 0);
     ok(fresh.getModule("roberta.encoder.layer.0.output.dense") instanceof Linear);
-    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -18,50 +18,26 @@ import {
   tensor,
 } from "../../ops/mod.ts";
 import type { Linear } from "../../models/module.ts";
-import { LlamaForCausalLM } from "../../models/llama.ts";
+import type { LlamaForCausalLM } from "../../models/llama.ts";
 import {
   applyLisa,
   applyMethod,
   type LisaAdapter,
   lisaSample,
-  type MethodContext,
   writeInto,
 } from "../../methods/mod.ts";
-import { hostSource, llamaDims, llamaWeights } from "../models/fixtures.ts";
-import type { RefLlamaDims } from "../models/reference.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
+import { contextBuilder, tinyLlama } from "./support.ts";
 
 await setup();
 
-const DIMS: RefLlamaDims = {
-  vocab: 11,
-  hidden: 8,
-  inter: 12,
-  layers: 4,
-  heads: 2,
-  kvHeads: 1,
-  eps: 1e-5,
-  theta: 10000,
-  tied: true,
-};
-const W = llamaWeights(DIMS, 21);
-
-function model(): LlamaForCausalLM {
-  return new LlamaForCausalLM(llamaDims(DIMS, 2), hostSource(W, 4));
-}
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["q_proj", "v_proj"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["score"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-llama",
-    seed: 5,
-    ...over,
-  };
-}
+const { model } = tinyLlama({ layers: 4, seed: 21, initSeed: 4 });
+const ctx = contextBuilder({
+  targets: ["q_proj", "v_proj"],
+  headModules: ["score"],
+  baseModel: "tiny-llama",
+  seed: 5,
+});
 
 const IDS = Int32Array.from([1, 4, 7, 2, 9, 3, 5, 8, 6, 10]);
 const LAST = [4, 4];

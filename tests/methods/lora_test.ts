@@ -5,75 +5,30 @@
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { assertClose, randomArray, setup } from "../helpers.ts";
 import { backward, noGrad, scopeAsync, sum, tensor } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import {
-  type Adapter,
-  applyMethod,
-  LoraLinear,
-  type MethodContext,
-  readAdapter,
-  writeInto,
-} from "../../methods/mod.ts";
+import { type Adapter, applyMethod, LoraLinear, readAdapter } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  layersOf,
+  randomizeLoraB,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
+import type { Module } from "../../models/module.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-
-function model(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-}
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-function loraLayers(m: EncoderForSequenceClassification): [string, LoraLinear][] {
-  return m.namedModules().filter((e): e is [string, LoraLinear] => e[1] instanceof LoraLinear);
-}
-
-/** Give every B random values so the update is not zero. */
-function randomizeB(m: EncoderForSequenceClassification): void {
-  loraLayers(m).forEach(([, l], i) =>
-    writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 100 + i, -0.3, 0.3)))
-  );
-}
+const { weights: W, model } = tinyRoberta();
+const ctx = contextBuilder();
+const loraLayers = (m: Module) => layersOf(m, LoraLinear);
 
 Deno.test("LoRA starts equal to the base model (B = 0) and A ~ U(±1/√dIn)", async () => {
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const m = model();
   applyMethod("lora", m, { r: 4, alpha: 8 }, ctx());
-  deepStrictEqual(await logits(m), base);
+  deepStrictEqual(await evalLogits(m), base);
   const layers = loraLayers(m);
   deepStrictEqual(layers.map(([n]) => n), [
     "roberta.encoder.layer.0.attention.self.query",
@@ -92,7 +47,7 @@ Deno.test("LoRA forward equals x·Wᵀ + b + (α/r)·x·Aᵀ·Bᵀ; rsLoRA uses 
   for (const [method, scale] of [["lora", 8 / 4], ["rslora", 8 / Math.sqrt(4)]] as const) {
     const m = model();
     applyMethod(method, m, { r: 4, alpha: 8 }, ctx());
-    randomizeB(m);
+    randomizeLoraB(m);
     const [name, layer] = loraLayers(m)[0];
     equal(layer.scaling, scale);
     const x = Float32Array.from(randomArray(3 * 16, 9));
@@ -119,9 +74,9 @@ Deno.test("LoRA forward equals x·Wᵀ + b + (α/r)·x·Aᵀ·Bᵀ; rsLoRA uses 
 Deno.test("only A, B and the head receive gradients; trainable count is Σ r·(dIn + dOut) + head", async () => {
   const m = model();
   const adapter = applyMethod("lora", m, { r: 4 }, ctx());
-  randomizeB(m);
+  randomizeLoraB(m);
   await scopeAsync(async () => {
-    const loss = sum(m.forward(inputs()));
+    const loss = sum(m.forward(fixedBatch()));
     backward(loss);
     await Promise.resolve();
   });
@@ -170,8 +125,8 @@ Deno.test("LoRA save writes PEFT names and shapes; load restores identical outpu
   try {
     const m = model();
     const adapter: Adapter = applyMethod("lora", m, { r: 4, alpha: 16, dropout: 0.1 }, ctx());
-    randomizeB(m);
-    const before = await logits(m);
+    randomizeLoraB(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "LORA");
@@ -195,12 +150,12 @@ Deno.test("LoRA save writes PEFT names and shapes; load restores identical outpu
     const fresh = model();
     const again = applyMethod("lora", fresh, { r: 4, alpha: 16 }, ctx({ seed: 99 }));
     await again.load(dir);
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     const files = await readAdapter(dir);
     ok(files.tensors.has("classifier.dense.weight"));
     again.merge();
     equal(loraLayers(fresh).length, 0);
-    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -218,12 +173,12 @@ Deno.test("full fine-tuning trains every weight; save/load round-trips", async (
     );
     ok(m.namedParameters().every(([, t]) => t.requiresGrad && t.category === "trainable"));
     const w = m.namedParameters()[5][1];
-    writeInto(w, Float32Array.from(randomArray(w.size, 77)));
-    const before = await logits(m);
+    writeRandom(w, 77, -1, 1);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const fresh = model();
     await applyMethod("full", fresh, {}, ctx()).load(dir);
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -4,69 +4,31 @@
  * memory categories match the trainable count, and it saves as a plain PEFT LoRA adapter.
  */
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
-import { assertClose, randomArray, setup } from "../helpers.ts";
-import { AdamW, backward, noGrad, rt, scope, scopeAsync, sum, tensor } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import { assertClose, setup } from "../helpers.ts";
+import { AdamW, backward, rt, scope, sum } from "../../ops/mod.ts";
 import {
   type Adapter,
   applyMethod,
   loadAdapter,
   LoraLinear,
   LoraPlusConfigSchema,
-  type MethodContext,
-  writeInto,
 } from "../../methods/mod.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  layersOf,
+  randomizeLoraB,
+  ROBERTA_HEAD,
+  tinyRoberta,
+} from "./support.ts";
+import type { Module } from "../../models/module.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-/** classifier.dense [16, 16] + bias, classifier.out_proj [2, 16] + bias. */
-const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
-
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-const loraLayers = (m: EncoderForSequenceClassification) =>
-  m.namedModules().filter((e): e is [string, LoraLinear] => e[1] instanceof LoraLinear);
-
-function randomizeB(m: EncoderForSequenceClassification): void {
-  loraLayers(m).forEach(([, l], i) =>
-    writeInto(l.loraB, Float32Array.from(randomArray(l.loraB.size, 100 + i, -0.3, 0.3)))
-  );
-}
+const { model } = tinyRoberta();
+const ctx = contextBuilder();
+const loraLayers = (m: Module) => layersOf(m, LoraLinear);
 
 Deno.test("LoRA+ defaults to λ = 16 over LoRA's defaults and rejects unknown or invalid options", () => {
   deepStrictEqual(LoraPlusConfigSchema.parse({}), {
@@ -87,19 +49,19 @@ Deno.test("LoRA+ defaults to λ = 16 over LoRA's defaults and rejects unknown or
 });
 
 Deno.test("LoRA+ starts as LoRA does (same A, B = 0, base outputs) and computes LoRA's forward", async () => {
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const plus = model(), plain = model();
   applyMethod("loraplus", plus, { r: 4, alpha: 8 }, ctx());
   applyMethod("lora", plain, { r: 4, alpha: 8 }, ctx());
-  deepStrictEqual(await logits(plus), base);
+  deepStrictEqual(await evalLogits(plus), base);
   const [pl, ll] = [loraLayers(plus), loraLayers(plain)];
   equal(pl.length, 4);
   for (let i = 0; i < pl.length; i++) {
     deepStrictEqual(await pl[i][1].loraA.read(), await ll[i][1].loraA.read());
   }
-  randomizeB(plus);
-  randomizeB(plain);
-  deepStrictEqual(await logits(plus), await logits(plain));
+  randomizeLoraB(plus);
+  randomizeLoraB(plain);
+  deepStrictEqual(await evalLogits(plus), await evalLogits(plain));
 });
 
 Deno.test("LoRA+ groups: B at λ × the module multiplier (value ×4 → B ×4λ), A and the head unchanged", () => {
@@ -132,17 +94,21 @@ Deno.test("an AdamW step moves B λ× as far as A; trainable = Σ r·(dIn + dOut
   const applied = rt().pool.stats().live;
   const groups = adapter.groups();
   const count = groups.reduce((s, g) => s + g.params.reduce((a, t) => a + t.size, 0), 0);
-  equal(count, 4 * 4 * (16 + 16) + HEAD);
+  equal(count, 4 * 4 * (16 + 16) + ROBERTA_HEAD);
   equal(applied.trainable - before.trainable, 4 * count, "trainable bytes = 4 · trainable params");
-  equal(applied.weights - before.weights, -4 * HEAD, "the head moved from weights to trainable");
-  randomizeB(m);
+  equal(
+    applied.weights - before.weights,
+    -4 * ROBERTA_HEAD,
+    "the head moved from weights to trainable",
+  );
+  randomizeLoraB(m);
   const [, layer] = loraLayers(m)[1];
   const a0 = await layer.loraA.read(), b0 = await layer.loraB.read();
   const lr = 1e-3;
   const opt = new AdamW(
     groups.map((g) => ({ params: g.params, lr: lr * g.lrMultiplier, weightDecay: g.weightDecay })),
   );
-  scope(() => backward(sum(m.forward(inputs()))));
+  scope(() => backward(sum(m.forward(fixedBatch()))));
   equal(
     rt().pool.stats().live.grads - applied.grads,
     4 * count,
@@ -175,8 +141,8 @@ Deno.test("LoRA+ saves a plain PEFT LoRA adapter; loadAdapter restores identical
     const m = model();
     const adapter = applyMethod("loraplus", m, { r: 4, alpha: 16, lrRatio: 4 }, ctx());
     equal(adapter.method, "loraplus");
-    randomizeB(m);
-    const before = await logits(m);
+    randomizeLoraB(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "LORA");
@@ -191,10 +157,10 @@ Deno.test("LoRA+ saves a plain PEFT LoRA adapter; loadAdapter restores identical
       seed: 1,
     });
     equal(loaded.method, "lora");
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     loaded.merge();
     equal(loraLayers(fresh).length, 0);
-    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

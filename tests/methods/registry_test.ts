@@ -4,49 +4,16 @@
  * identical outputs — PEFT formats and our own (GaLore, LISA, SIFT, BitFit).
  */
 import { deepStrictEqual, ok, rejects } from "node:assert/strict";
-import { randomArray, setup } from "../helpers.ts";
-import { noGrad, scopeAsync, sum, tensor } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import {
-  applyMethod,
-  loadAdapter,
-  type MethodContext,
-  METHODS,
-  writeInto,
-} from "../../methods/mod.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import { setup } from "../helpers.ts";
+import { sum } from "../../ops/mod.ts";
+import { applyMethod, loadAdapter, type MethodContext, METHODS } from "../../methods/mod.ts";
+import { contextBuilder, evalLogits, fixedBatch, tinyRoberta, writeRandom } from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 9);
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-const ctx = (targets: string[]): MethodContext => ({
-  targets,
-  lrMultipliers: {},
-  weightDecay: 0,
-  headModules: ["classifier"],
-  taskType: "SEQ_CLS",
-  baseModel: "tiny-roberta",
-  seed: 4,
-});
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
+const { model } = tinyRoberta(9);
+const context = contextBuilder({ weightDecay: 0, seed: 4 });
+const ctx = (targets: string[]): MethodContext => context({ targets });
 
 Deno.test("every registered method parses {} into its defaults", () => {
   for (const [name, method] of Object.entries(METHODS)) {
@@ -78,10 +45,10 @@ for (const [name, targets, options] of ROUND_TRIP) {
         g.params.forEach((p, i) => {
           // LISA saves the blocks it trained (none before a step) plus what it always trains.
           if (name === "lisa" && /\.layer\.\d+\./.test(g.names[i])) return;
-          writeInto(p, Float32Array.from(randomArray(p.size, seed++, -0.2, 0.2)));
+          writeRandom(p, seed++, -0.2, 0.2);
         });
       }
-      const before = await logits(m);
+      const before = await evalLogits(m);
       await adapter.save(dir);
       const fresh = model();
       await loadAdapter(fresh, dir, {
@@ -91,7 +58,7 @@ for (const [name, targets, options] of ROUND_TRIP) {
         baseModel: "x",
         seed: 0,
       });
-      deepStrictEqual(await logits(fresh), before);
+      deepStrictEqual(await evalLogits(fresh), before);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -104,15 +71,15 @@ Deno.test("sift: the selected entries and their trained values load back through
     const m = model();
     const adapter = applyMethod("sift", m, { density: 0.05 }, ctx(["query", "value"]));
     await adapter.beforeTraining!({
-      losses: () => [() => sum(m.forward(inputs()))],
+      losses: () => [() => sum(m.forward(fixedBatch()))],
     });
     let seed = 300;
     for (const g of adapter.groups()) {
       for (const p of g.params) {
-        writeInto(p, Float32Array.from(randomArray(p.size, seed++, -0.2, 0.2)));
+        writeRandom(p, seed++, -0.2, 0.2);
       }
     }
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const fresh = model();
     await loadAdapter(fresh, dir, {
@@ -122,7 +89,7 @@ Deno.test("sift: the selected entries and their trained values load back through
       baseModel: "x",
       seed: 0,
     });
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -10,14 +10,13 @@ import {
   AdamW,
   backward,
   crossEntropy,
-  noGrad,
   rt,
   scope,
   scopeAsync,
   type Tensor,
   tensor,
 } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import type { Linear } from "../../models/module.ts";
 import {
   type Adapter,
@@ -27,43 +26,18 @@ import {
   LoraLinear,
   type MethodContext,
 } from "../../methods/mod.ts";
+import { contextBuilder, evalLogits, layersOf, TINY_ROBERTA, tinyRoberta } from "./support.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
 
-/** hidden 16, intermediate 32: query/value/attention.output.dense are square, intermediate.dense tall, output.dense wide. */
-export const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
+/** The tiny RoBERTa's dims (square, tall and wide targets). */
+export const DIMS = TINY_ROBERTA;
+const tiny = tinyRoberta();
 /** Host weights of the tiny model (float64). */
-export const W = encoderWeights(DIMS, 12, 5);
-
+export const W = tiny.weights;
 /** A fresh tiny RoBERTa classifier with the weights {@link W}. */
-export function model(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-}
-
+export const model = tiny.model;
 /** A run context (targets query and value unless overridden). */
-export function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
+export const ctx = contextBuilder();
 
 /** Two fixed batches (ids, mask, labels), right-padded with the pad id 1. */
 export const BATCHES = [
@@ -92,12 +66,12 @@ export function dataPass(m: EncoderForSequenceClassification): DataPass {
 
 /** Logits of batch 0 (evaluation mode). */
 export function logits(m: EncoderForSequenceClassification, k = 0): Promise<Float32Array> {
-  return scopeAsync(() => noGrad(() => m.forward(inputs(k))).read()) as Promise<Float32Array>;
+  return evalLogits(m, () => inputs(k));
 }
 
 /** The adapted layers of a model. */
 export function loraLayers(m: EncoderForSequenceClassification): [string, LoraLinear][] {
-  return m.namedModules().filter((e): e is [string, LoraLinear] => e[1] instanceof LoraLinear);
+  return layersOf(m, LoraLinear);
 }
 
 /** Host copies of a LoRA layer: A [r, dIn], B [dOut, r], the residual base W_res [dOut, dIn]. */

@@ -5,46 +5,22 @@
  */
 import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, rng, setup } from "../helpers.ts";
-import {
-  AdamW,
-  backward,
-  crossEntropy,
-  linear,
-  noGrad,
-  rt,
-  scope,
-  scopeAsync,
-  tensor,
-} from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import { AdamW, backward, linear, noGrad, rt, scope, scopeAsync, tensor } from "../../ops/mod.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
   type DataPass,
-  type MethodContext,
   type SiftAdapter,
   siftCount,
   sparseDelta,
-  writeInto,
 } from "../../methods/mod.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta, writeRandom } from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
+const { weights: W, model } = tinyRoberta();
 const TARGETS = [
   "roberta.encoder.layer.0.attention.self.query",
   "roberta.encoder.layer.0.attention.self.value",
@@ -52,33 +28,9 @@ const TARGETS = [
   "roberta.encoder.layer.1.attention.self.value",
 ];
 
-function model(): EncoderForSequenceClassification {
-  return new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-}
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: ["query", "value"],
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-const loss = (m: EncoderForSequenceClassification) =>
-  crossEntropy(m.forward(inputs()), tensor(Int32Array.from([1, 0]), [2]));
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
+const ctx = contextBuilder();
 const pass = (m: EncoderForSequenceClassification): DataPass => ({
-  losses: (n) => Array.from({ length: n }, () => () => loss(m)),
+  losses: (n) => Array.from({ length: n }, () => () => fixedBatchLoss(m)),
 });
 
 /** Dense gradients of the targeted weights for the test batch, computed independently. */
@@ -86,7 +38,7 @@ async function referenceGradients(): Promise<Float32Array[]> {
   const m = model();
   const weights = TARGETS.map((n) => (m.getModule(n) as Linear).weight);
   for (const w of weights) w.requiresGrad = true;
-  scope(() => backward(loss(m)));
+  scope(() => backward(fixedBatchLoss(m)));
   const grads = await Promise.all(weights.map(async (w) => (await w.grad!.read()) as Float32Array));
   m.dispose();
   return grads;
@@ -109,13 +61,11 @@ async function applied(
 }
 
 function randomizeValues(a: SiftAdapter): void {
-  a.layers().forEach(([, l], i) =>
-    writeInto(l.values, Float32Array.from(randomArray(l.values.size, 40 + i, -0.5, 0.5)))
-  );
+  a.layers().forEach(([, l], i) => writeRandom(l.values, 40 + i, -0.5, 0.5));
 }
 
 Deno.test("SIFT selects the host top-k |gradient| of the first batch; starts equal to the base model", async () => {
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const m = model();
   const adapter = applyMethod("sift", m, { density: 0.05 }, ctx()) as SiftAdapter;
   throws(() => adapter.groups(), /run beforeTraining/);
@@ -128,7 +78,7 @@ Deno.test("SIFT selects the host top-k |gradient| of the first batch; starts equ
     deepStrictEqual(Array.from(await layer.indices.read()), hostTopK(grads[i], k), name);
     ok((await layer.values.read()).every((v) => v === 0));
   }
-  deepStrictEqual(await logits(m), base);
+  deepStrictEqual(await evalLogits(m), base);
   ok(
     m.namedParameters().every(([, t]) => t.grad === null),
     "the selection pass leaves no gradients behind",
@@ -239,7 +189,7 @@ Deno.test("SIFT trains only the values and the head: counts, optimizer bytes 2·
     named.filter(([n]) => n.endsWith(".sift.values")).map(([n]) => n),
     TARGETS.map((t) => `${t}.sift.values`),
   );
-  scope(() => backward(loss(m)));
+  scope(() => backward(fixedBatchLoss(m)));
   deepStrictEqual(
     m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
     named.map(([n]) => n).sort(),
@@ -256,7 +206,7 @@ Deno.test("SIFT trains only the values and the head: counts, optimizer bytes 2·
     groups.map((g) => ({ params: g.params, lr: 0.05, weightDecay: g.weightDecay })),
   );
   for (let s = 0; s < 3; s++) {
-    if (s > 0) scope(() => backward(loss(m)));
+    if (s > 0) scope(() => backward(fixedBatchLoss(m)));
     opt.step();
     opt.zeroGrad();
   }
@@ -288,7 +238,7 @@ Deno.test("SIFT save → load gives identical outputs; files hold I32 indices an
   try {
     const [m, adapter] = await applied({ density: 0.1, selectionBatches: 2 });
     randomizeValues(adapter);
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/sift_config.json`));
     equal(config.method, "sift");
@@ -304,9 +254,9 @@ Deno.test("SIFT save → load gives identical outputs; files hold I32 indices an
     const fresh = model();
     const again = applyMethod("sift", fresh, { density: 0.1 }, ctx());
     await again.load(dir);
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     again.merge();
-    assertClose(await logits(fresh), before, { atol: 1e-6, rtol: 1e-5 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-6, rtol: 1e-5 }, "merged logits");
     await rejects(
       applyMethod("sift", model(), {}, ctx({ targets: ["key"] })).load(dir),
       /query\.sift\.indices belongs to no targeted Linear/,

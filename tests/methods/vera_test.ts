@@ -18,70 +18,31 @@ import {
   type Tensor,
   tensor,
 } from "../../ops/mod.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import { Linear } from "../../models/module.ts";
-import {
-  applyMethod,
-  loadAdapter,
-  type MethodContext,
-  VeraConfigSchema,
-  VeraLinear,
-  writeInto,
-} from "../../methods/mod.ts";
+import { Linear, type Module } from "../../models/module.ts";
+import { applyMethod, loadAdapter, VeraConfigSchema, VeraLinear } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
-import { encoderDims, encoderWeights, hostSource } from "../models/fixtures.ts";
-import type { RefEncoderDims } from "../models/reference.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatch,
+  layersOf,
+  ROBERTA_HEAD,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
-const DIMS: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 13,
-  hidden: 16,
-  inter: 32,
-  layers: 2,
-  heads: 4,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
-const W = encoderWeights(DIMS, 12, 5);
-const HEAD = 16 * 16 + 16 + 2 * 16 + 2;
-/** query [16, 16], intermediate.dense [32, 16], attention.output.dense and output.dense [16, 16 | 32]. */
+const { weights: W, model } = tinyRoberta();
 const TARGETS = ["query", "intermediate.dense", "output.dense"];
 const R = 8;
+const ctx = contextBuilder({ targets: TARGETS });
+const veraLayers = (m: Module) => layersOf(m, VeraLinear);
 
-const model = () => new EncoderForSequenceClassification(encoderDims(DIMS, 12), hostSource(W));
-
-function ctx(over: Partial<MethodContext> = {}): MethodContext {
-  return {
-    targets: TARGETS,
-    lrMultipliers: {},
-    weightDecay: 0.01,
-    headModules: ["classifier"],
-    taskType: "SEQ_CLS",
-    baseModel: "tiny-roberta",
-    seed: 3,
-    ...over,
-  };
-}
-
-const inputs = () => ({
-  ids: tensor(Int32Array.from([0, 5, 9, 4, 2, 0, 7, 2, 1, 1]), [2, 5]),
-  attentionMask: tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [2, 5]),
-});
-
-const logits = (m: EncoderForSequenceClassification) =>
-  scopeAsync(() => noGrad(() => m.forward(inputs())).read());
-
-const veraLayers = (m: EncoderForSequenceClassification) =>
-  m.namedModules().filter((e): e is [string, VeraLinear] => e[1] instanceof VeraLinear);
-
-/** Random λ_b (non-zero update) and λ_d. */
-function perturb(m: EncoderForSequenceClassification): void {
+function perturb(m: Module): void {
   veraLayers(m).forEach(([, l], i) => {
-    writeInto(l.lambdaB, Float32Array.from(randomArray(l.lambdaB.size, 100 + i, -1, 1)));
-    writeInto(l.lambdaD, Float32Array.from(randomArray(l.lambdaD.size, 200 + i, -1, 1)));
+    writeRandom(l.lambdaB, 100 + i, -1, 1);
+    writeRandom(l.lambdaD, 200 + i, -1, 1);
   });
 }
 
@@ -128,10 +89,10 @@ Deno.test("VeRA defaults are PEFT's; one shared kaiming-uniform A, B; λ_d = 0.1
     projectionPrngKey: 0,
     saveProjection: true,
   });
-  const base = await logits(model());
+  const base = await evalLogits(model());
   const m = model();
   applyMethod("vera", m, { r: R }, ctx());
-  deepStrictEqual(await logits(m), base);
+  deepStrictEqual(await evalLogits(m), base);
   const layers = veraLayers(m);
   equal(layers.length, 2 * 4);
   deepStrictEqual(layers.slice(0, 4).map(([n]) => n.replace("roberta.encoder.layer.0.", "")), [
@@ -226,11 +187,11 @@ Deno.test("VeRA trains only λ_b, λ_d and the head: count Σ (r + dOut); A, B f
   const groups = adapter.groups();
   const trainable = groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const));
   const count = trainable.reduce((s, [, t]) => s + t.size, 0);
-  equal(count, 2 * ((R + 16) + (R + 16) + (R + 32) + (R + 16)) + HEAD);
+  equal(count, 2 * ((R + 16) + (R + 16) + (R + 32) + (R + 16)) + ROBERTA_HEAD);
   equal(applied.trainable - before.trainable, 4 * count);
   equal(
     applied.weights - before.weights,
-    4 * (R * 32 + 32 * R) - 4 * HEAD,
+    4 * (R * 32 + 32 * R) - 4 * ROBERTA_HEAD,
     "shared A, B are frozen weights",
   );
   ok(
@@ -242,7 +203,7 @@ Deno.test("VeRA trains only λ_b, λ_d and the head: count Σ (r + dOut); A, B f
   const opt = new AdamW(
     groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
   );
-  scope(() => backward(sum(m.forward(inputs()))));
+  scope(() => backward(sum(m.forward(fixedBatch()))));
   const withGrad = m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort();
   deepStrictEqual(withGrad, trainable.map(([n]) => n).sort());
   ok(!veraLayers(m)[0][1].veraA.grad && !veraLayers(m)[0][1].veraB.grad);
@@ -260,7 +221,7 @@ Deno.test("VeRA saves PEFT keys with the shared projections; loads them back; me
     const m = model();
     const adapter = applyMethod("vera", m, { r: R, projectionPrngKey: 4 }, ctx());
     perturb(m);
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
     equal(config.peft_type, "VERA");
@@ -282,7 +243,7 @@ Deno.test("VeRA saves PEFT keys with the shared projections; loads them back; me
     const fresh = model();
     const again = applyMethod("vera", fresh, { r: R, projectionPrngKey: 99 }, ctx());
     await again.load(dir);
-    deepStrictEqual(await logits(fresh), before);
+    deepStrictEqual(await evalLogits(fresh), before);
     const viaRegistry = model();
     const loaded = await loadAdapter(viaRegistry, dir, {
       lrMultipliers: {},
@@ -292,10 +253,10 @@ Deno.test("VeRA saves PEFT keys with the shared projections; loads them back; me
       seed: 0,
     });
     equal(loaded.method, "vera");
-    deepStrictEqual(await logits(viaRegistry), before);
+    deepStrictEqual(await evalLogits(viaRegistry), before);
     again.merge();
     equal(veraLayers(fresh).length, 0);
-    assertClose(await logits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
+    assertClose(await evalLogits(fresh), before, { atol: 1e-5, rtol: 1e-4 }, "merged logits");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -312,7 +273,7 @@ Deno.test("VeRA without save_projection regenerates A, B from projection_prng_ke
       ctx(),
     );
     perturb(m);
-    const before = await logits(m);
+    const before = await evalLogits(m);
     await adapter.save(dir);
     const reader = await openSafetensors(`${dir}/adapter_model.safetensors`);
     ok(!reader.names.some((n) => n.includes("vera_A") || n.includes("vera_B")));
@@ -325,11 +286,11 @@ Deno.test("VeRA without save_projection regenerates A, B from projection_prng_ke
       baseModel: "tiny-roberta",
       seed: 0,
     });
-    deepStrictEqual(await logits(same), before);
+    deepStrictEqual(await evalLogits(same), before);
     const other = model();
     await applyMethod("vera", other, { r: R, projectionPrngKey: 5, saveProjection: false }, ctx())
       .load(dir);
-    notDeepStrictEqual(await logits(other), before);
+    notDeepStrictEqual(await evalLogits(other), before);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,24 +11,19 @@ import {
   tensor,
   transpose,
 } from "../../ops/mod.ts";
-import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, rng, setup } from "../helpers.ts";
+import {
+  assertClose,
+  AWKWARD_SIZES,
+  checkGradients,
+  randomArray,
+  rng,
+  ROW_THREADS,
+  ROW_WIDTHS,
+  setup,
+  withRowThreads,
+} from "../helpers.ts";
 
 await setup();
-
-const CLASSES = [...AWKWARD_SIZES, 1000];
-
-/** Thread counts to run under: the adapter's default, and the GPU sizes the tree reductions use. */
-const THREADS = [null, 32, 256] as const;
-
-/** Run `fn` with the row-wise kernels forced to `threads` per row (null: the default). */
-async function withRowThreads(threads: number | null, fn: () => Promise<void>): Promise<void> {
-  setRowThreads(threads);
-  try {
-    await fn();
-  } finally {
-    setRowThreads(null);
-  }
-}
 
 /** PyTorch's cross_entropy over row-major [rows, c] logits, in float64. */
 function crossEntropyRef(
@@ -67,11 +62,11 @@ function randomTargets(rows: number, c: number, seed: number, ignore = -100): In
 }
 
 Deno.test("crossEntropy matches the reference on awkward rows × classes", async () => {
-  for (const threads of THREADS) {
+  for (const threads of ROW_THREADS) {
     let seed = 300;
     await withRowThreads(threads, async () => {
       for (const rows of AWKWARD_SIZES) {
-        for (const c of CLASSES) {
+        for (const c of ROW_WIDTHS) {
           const xs = Float32Array.from(randomArray(rows * c, seed++, -5, 5));
           const ts = randomTargets(rows, c, seed++);
           const x = tensor(xs, [rows, c]);
@@ -108,7 +103,7 @@ Deno.test("crossEntropy stays finite for logits of magnitude 1000", async () => 
   // Row 0's target holds the largest logit, row 1's the smallest: losses 0 and ~2000.
   xs[ts[0]] = 1000;
   xs[c + ts[1]] = -1000;
-  for (const threads of THREADS) {
+  for (const threads of ROW_THREADS) {
     for (const labelSmoothing of [0, 0.1]) {
       const options = { reduction: "none" as const, labelSmoothing };
       setRowThreads(threads);

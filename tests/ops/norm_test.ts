@@ -6,29 +6,22 @@ import {
   mul,
   rmsNorm,
   scopeAsync,
-  setRowThreads,
   sum,
   tensor,
   transpose,
 } from "../../ops/mod.ts";
-import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, setup } from "../helpers.ts";
+import {
+  assertClose,
+  AWKWARD_SIZES,
+  checkGradients,
+  randomArray,
+  ROW_THREADS,
+  ROW_WIDTHS,
+  setup,
+  withRowThreads,
+} from "../helpers.ts";
 
 await setup();
-
-const WIDTHS = [...AWKWARD_SIZES, 1000];
-
-/** Thread counts to run under: the adapter's default, and the GPU sizes the tree reductions use. */
-const THREADS = [null, 32, 256] as const;
-
-/** Run `fn` with the row-wise kernels forced to `threads` per row (null: the default). */
-async function withRowThreads(threads: number | null, fn: () => Promise<void>): Promise<void> {
-  setRowThreads(threads);
-  try {
-    await fn();
-  } finally {
-    setRowThreads(null);
-  }
-}
 
 /** LayerNorm (centered) or RMSNorm over the last dim of a row-major [rows, d] array, float64. */
 function normRef(
@@ -63,11 +56,11 @@ function f32Array(n: number, seed: number, lo = -1, hi = 1): Float32Array {
 }
 
 Deno.test("layerNorm and rmsNorm match the reference on awkward rows × widths", async () => {
-  for (const threads of THREADS) {
+  for (const threads of ROW_THREADS) {
     let seed = 100;
     await withRowThreads(threads, async () => {
       for (const rows of AWKWARD_SIZES) {
-        for (const d of WIDTHS) {
+        for (const d of ROW_WIDTHS) {
           const xs = f32Array(rows * d, seed++, -3, 5);
           const ws = f32Array(d, seed++, -2, 2);
           const bs = f32Array(d, seed++, -1, 1);
@@ -98,7 +91,7 @@ Deno.test("layerNorm is accurate when |mean| ≫ σ (BERT eps 1e-12)", async () 
   const xs = Float32Array.from(randomArray(7 * d, 5, -0.01, 0.01), (v) => 1000 + v);
   const ws = f32Array(d, 6, 0.5, 1.5);
   const bs = f32Array(d, 7);
-  for (const threads of THREADS) {
+  for (const threads of ROW_THREADS) {
     await withRowThreads(threads, async () => {
       const y = await layerNorm(tensor(xs, [7, d]), tensor(ws), tensor(bs), 1e-12).read();
       // A mean held in f32 near 1000 is off by up to half an ulp (3e-5, 0.5% of σ); the kernel

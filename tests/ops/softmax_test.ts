@@ -8,24 +8,18 @@ import {
   tensor,
   transpose,
 } from "../../ops/mod.ts";
-import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, setup } from "../helpers.ts";
+import {
+  assertClose,
+  AWKWARD_SIZES,
+  checkGradients,
+  randomArray,
+  ROW_THREADS,
+  ROW_WIDTHS,
+  setup,
+  withRowThreads,
+} from "../helpers.ts";
 
 await setup();
-
-const WIDTHS = [...AWKWARD_SIZES, 1000];
-
-/** Thread counts to run under: the adapter's default, and the GPU sizes the tree reductions use. */
-const THREADS = [null, 32, 256] as const;
-
-/** Run `fn` with the row-wise kernels forced to `threads` per row (null: the default). */
-async function withRowThreads(threads: number | null, fn: () => Promise<void>): Promise<void> {
-  setRowThreads(threads);
-  try {
-    await fn();
-  } finally {
-    setRowThreads(null);
-  }
-}
 
 /** Softmax (or log-softmax) of a row-major array along `axis`, in float64. */
 function softmaxRef(
@@ -63,10 +57,10 @@ function transposeRef(x: ArrayLike<number>, r: number, c: number): Float64Array 
 
 Deno.test("softmax and logSoftmax match the reference on awkward rows × widths", async () => {
   let seed = 1;
-  for (const threads of THREADS) {
+  for (const threads of ROW_THREADS) {
     await withRowThreads(threads, async () => {
       for (const rows of AWKWARD_SIZES) {
-        for (const width of WIDTHS) {
+        for (const width of ROW_WIDTHS) {
           const values = randomArray(rows * width, seed++, -4, 4);
           const x = tensor(Float32Array.from(values), [rows, width]);
           const p = softmax(x);
