@@ -74,6 +74,8 @@ export interface BaseModelConfig {
   problem_type: ProblemType | null;
   /** The dtype the checkpoint was saved in (`torch_dtype`/`dtype`), when recorded. */
   torch_dtype: string | null;
+  /** Standard deviation of normal-initialised weights (new heads), Hugging Face default 0.02. */
+  initializer_range: number;
 }
 
 /** RoBERTa/BERT encoder fields. */
@@ -290,6 +292,7 @@ function baseShape(d: Defaults) {
       .nullable().default(null),
     torch_dtype: z.string().nullable().optional(),
     dtype: z.string().nullable().optional(),
+    initializer_range: z.number().positive().default(0.02),
   };
 }
 
@@ -370,6 +373,7 @@ function resolveBase(
     ...resolveLabels(c, ctx),
     problem_type: c.problem_type,
     torch_dtype: c.torch_dtype ?? c.dtype ?? null,
+    initializer_range: c.initializer_range,
   };
 }
 

@@ -27,7 +27,7 @@ export interface LoadOptions {
   frozenDtype?: "f32" | "f16";
   /** Seed of newly initialised head weights. */
   seed?: number;
-  /** Standard deviation of newly initialised weights (config initializer_range; HF default 0.02). */
+  /** Standard deviation of newly initialised weights (default: config.json's initializer_range). */
   initStd?: number;
 }
 
@@ -105,7 +105,8 @@ function candidates(name: string, prefix: string | null): string[] {
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const config = await loadConfig(dir);
   const reader = await openCheckpoint(dir);
-  const { frozenDtype = "f32", seed = 0, initStd = 0.02 } = options;
+  const { frozenDtype = "f32", seed = 0 } = options;
+  const initStd = options.initStd ?? config.initializer_range;
   const prefix = isEncoderConfig(config) ? config.model_type : null;
   const uploaded = new Map<string, Tensor>();
   try {

@@ -609,3 +609,20 @@ test('frozenDtype "f16": f16 matrices, half their bytes, outputs within toleranc
     }
   });
 });
+
+test("new heads are initialised with config.json's initializer_range, as Hugging Face does", async () => {
+  await withTempDir(async (dir) => {
+    await makeRobertaFixture(dir, { ...ROBERTA, withHead: false, initializerRange: 0.3 });
+    const loaded = await loadModel(dir, { numLabels: 2, seed: 11 });
+    assert.equal(loaded.config.initializer_range, 0.3);
+    const weight = new Map(loaded.model.namedParameters()).get("classifier.dense.weight")!;
+    const values = Array.from(await weight.read());
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    const std = Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+    // The sample std of n normal draws has standard error σ/√(2n): allow 5 of them. That still
+    // tells 0.3 apart from the 0.02 a fixed default would give.
+    const bound = 5 * 0.3 / Math.sqrt(2 * values.length);
+    assert.ok(Math.abs(std - 0.3) < bound, `std ${std} (n ${values.length}, bound ±${bound})`);
+    loaded.model.dispose();
+  });
+});
