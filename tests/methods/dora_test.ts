@@ -7,25 +7,15 @@
  */
 import { deepStrictEqual, equal, ok } from "node:assert/strict";
 import { assertClose, checkGradients, randomArray, setup } from "../helpers.ts";
-import {
-  AdamW,
-  backward,
-  noGrad,
-  rt,
-  scope,
-  scopeAsync,
-  sum,
-  type Tensor,
-  tensor,
-} from "../../ops/mod.ts";
+import { noGrad, rt, scopeAsync, type Tensor, tensor } from "../../ops/mod.ts";
 import { ForwardContext } from "../../models/context.ts";
 import { Linear, type Module } from "../../models/module.ts";
 import { applyMethod, DoraLinear, loadAdapter, LoraLinear } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import {
+  checkOneStepMemory,
   contextBuilder,
   evalLogits,
-  fixedBatch,
   layersOf,
   ROBERTA_HEAD,
   tinyRoberta,
@@ -211,24 +201,7 @@ Deno.test("DoRA trains A, B, m and the head: count Σ r·(dIn + dOut) + dOut; me
     ),
   );
   perturb(m);
-  const opt = new AdamW(
-    groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
-  );
-  scope(() => backward(sum(m.forward(fixedBatch()))));
-  const withGrad = m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort();
-  deepStrictEqual(withGrad, trainable.map(([n]) => n).sort());
-  for (const [n, t] of m.namedParameters()) {
-    equal(
-      t.category,
-      trainable.some(([tn]) => tn === n) ? "trainable" : "weights",
-      n,
-    );
-  }
-  equal(rt().pool.stats().live.grads - applied.grads, 4 * count);
-  opt.step();
-  await rt().sync(); // surfaces any WebGPU error of the step
-  equal(rt().pool.stats().live.optimizer - applied.optimizer, 8 * count);
-  opt.dispose();
+  await checkOneStepMemory(m, groups, applied);
   m.dispose();
 });
 

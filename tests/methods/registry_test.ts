@@ -6,7 +6,14 @@
 import { deepStrictEqual, ok, rejects } from "node:assert/strict";
 import { setup } from "../helpers.ts";
 import { sum } from "../../ops/mod.ts";
-import { applyMethod, loadAdapter, type MethodContext, METHODS } from "../../methods/mod.ts";
+import {
+  type Adapter,
+  applyMethod,
+  loadAdapter,
+  type MethodContext,
+  METHODS,
+} from "../../methods/mod.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { contextBuilder, evalLogits, fixedBatch, tinyRoberta, writeRandom } from "./support.ts";
 
 await setup();
@@ -14,6 +21,28 @@ await setup();
 const { model } = tinyRoberta(9);
 const context = contextBuilder({ weightDecay: 0, seed: 4 });
 const ctx = (targets: string[]): MethodContext => context({ targets });
+
+/**
+ * Save `adapter` (applied to `m`) into `dir`, load it into a fresh model through `loadAdapter`,
+ * and expect the fresh model's logits to equal `m`'s exactly.
+ */
+async function expectSameAfterReload(
+  m: EncoderForSequenceClassification,
+  adapter: Adapter,
+  dir: string,
+): Promise<void> {
+  const before = await evalLogits(m);
+  await adapter.save(dir);
+  const fresh = model();
+  await loadAdapter(fresh, dir, {
+    lrMultipliers: {},
+    weightDecay: 0,
+    taskType: "SEQ_CLS",
+    baseModel: "x",
+    seed: 0,
+  });
+  deepStrictEqual(await evalLogits(fresh), before);
+}
 
 Deno.test("every registered method parses {} into its defaults", () => {
   for (const [name, method] of Object.entries(METHODS)) {
@@ -48,17 +77,7 @@ for (const [name, targets, options] of ROUND_TRIP) {
           writeRandom(p, seed++, -0.2, 0.2);
         });
       }
-      const before = await evalLogits(m);
-      await adapter.save(dir);
-      const fresh = model();
-      await loadAdapter(fresh, dir, {
-        lrMultipliers: {},
-        weightDecay: 0,
-        taskType: "SEQ_CLS",
-        baseModel: "x",
-        seed: 0,
-      });
-      deepStrictEqual(await evalLogits(fresh), before);
+      await expectSameAfterReload(m, adapter, dir);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -79,17 +98,7 @@ Deno.test("sift: the selected entries and their trained values load back through
         writeRandom(p, seed++, -0.2, 0.2);
       }
     }
-    const before = await evalLogits(m);
-    await adapter.save(dir);
-    const fresh = model();
-    await loadAdapter(fresh, dir, {
-      lrMultipliers: {},
-      weightDecay: 0,
-      taskType: "SEQ_CLS",
-      baseModel: "x",
-      seed: 0,
-    });
-    deepStrictEqual(await evalLogits(fresh), before);
+    await expectSameAfterReload(m, adapter, dir);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

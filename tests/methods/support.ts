@@ -5,8 +5,21 @@
  *
  * Every number here is one the tests were written against; changing one changes many tests.
  */
+import { deepStrictEqual, equal } from "node:assert/strict";
 import { randomArray } from "../helpers.ts";
-import { crossEntropy, noGrad, scopeAsync, type Tensor, tensor } from "../../ops/mod.ts";
+import {
+  AdamW,
+  backward,
+  crossEntropy,
+  type MemoryStats,
+  noGrad,
+  rt,
+  scope,
+  scopeAsync,
+  sum,
+  type Tensor,
+  tensor,
+} from "../../ops/mod.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { LlamaForCausalLM } from "../../models/llama.ts";
 import type { Module } from "../../models/module.ts";
@@ -162,4 +175,35 @@ export function randomizeLoraB(m: Module): void {
 /** Every trainable tensor of the groups with its full name, in group order. */
 export function namedTrainable(groups: ParamGroupSpec[]): [string, Tensor][] {
   return groups.flatMap((g) => g.names.map((n, i): [string, Tensor] => [n, g.params[i]]));
+}
+
+/**
+ * One backward pass over the fixed batch and one AdamW step, checking the memory rules every
+ * adapter method must keep: exactly the `trainable` tensors get gradients, every parameter's
+ * category is "trainable" or "weights" accordingly, and gradients and optimizer state add 4 and
+ * 8 bytes per trainable value over `applied` (the live bytes right after the method was applied).
+ */
+export async function checkOneStepMemory(
+  m: EncoderForSequenceClassification,
+  groups: ParamGroupSpec[],
+  applied: MemoryStats["live"],
+): Promise<void> {
+  const trainable = namedTrainable(groups);
+  const count = trainable.reduce((s, [, t]) => s + t.size, 0);
+  const opt = new AdamW(
+    groups.map((g) => ({ params: g.params, lr: 1e-3, weightDecay: g.weightDecay })),
+  );
+  scope(() => backward(sum(m.forward(fixedBatch()))));
+  deepStrictEqual(
+    m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
+    trainable.map(([n]) => n).sort(),
+  );
+  for (const [n, t] of m.namedParameters()) {
+    equal(t.category, trainable.some(([tn]) => tn === n) ? "trainable" : "weights", n);
+  }
+  equal(rt().pool.stats().live.grads - applied.grads, 4 * count);
+  opt.step();
+  await rt().sync(); // surfaces any WebGPU error of the step
+  equal(rt().pool.stats().live.optimizer - applied.optimizer, 8 * count);
+  opt.dispose();
 }
