@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { needsGrad, record, registerGradArith } from "./autograd.ts";
+import { record, registerGradArith } from "./autograd.ts";
 import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
 import {
@@ -567,8 +567,3 @@ registerReduceHooks({
   mul: (a, b) => binary("mul", a, b),
   mulScalar: (a, s) => binary("mul", a, s),
 });
-
-/** True when any of `inputs` would be recorded (re-exported for op authors). */
-export { needsGrad };
-/** Re-exported so op files can build on the generator. */
-export { Tensor };
