@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { noGrad, reshape, scopeAsync, slice, tensor } from "../ops/mod.ts";
+import { noGrad, reshape, scopeAsync, seededRandom, slice, tensor } from "../ops/mod.ts";
 import { KvCache, type LlamaForCausalLM } from "./llama.ts";
 
 /** Options of {@link generate}. */
@@ -24,18 +24,6 @@ export interface GenerateOptions {
   stopTokens?: readonly number[];
   /** Id used for left padding (never attended to). */
   padTokenId?: number;
-}
-
-/** A seeded uniform generator in [0, 1) (mulberry32). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Pick the next token from one row of logits. */

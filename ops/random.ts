@@ -44,3 +44,25 @@ export function rngUniform(seed: number, stream: number, index: number): number 
 export function seedU32(seed: number): number {
   return Number(BigInt.asUintN(32, BigInt(Math.trunc(seed))));
 }
+
+/**
+ * A seeded host generator of uniforms in [0, 1) (mulberry32): sampling in generation, batch
+ * shuffles and test data. Same seed → same sequence on every machine.
+ *
+ * @example
+ * ```ts
+ * import { seededRandom } from "./random.ts";
+ * const random = seededRandom(42);
+ * console.log(random() < 1); // true
+ * ```
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -6,6 +6,7 @@
  * @module
  */
 import { join } from "node:path";
+import { seededRandom } from "../../ops/mod.ts";
 import type { Tokenizer } from "../../models/tokenizer.ts";
 import {
   COMMONSENSE_DATASETS,
@@ -234,18 +235,6 @@ export async function commonsenseRecords(
 
 // ---- batching -----------------------------------------------------------------------------------
 
-/** A seeded generator (mulberry32) for shuffles. */
-function shuffleRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function shuffled<T>(items: readonly T[], random: () => number): T[] {
   const a = [...items];
   for (let i = a.length - 1; i > 0; i--) {
@@ -273,7 +262,7 @@ export function epochBatches(
     for (let i = 0; i < order.length; i += batchSize) out.push(order.slice(i, i + batchSize));
     return out;
   }
-  const random = shuffleRng((seed * 1000003 + epoch * 7919) >>> 0);
+  const random = seededRandom((seed * 1000003 + epoch * 7919) >>> 0);
   const mixed = shuffled(order, random);
   const pool = batchSize * 50;
   const batches: number[][] = [];

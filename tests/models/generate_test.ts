@@ -4,7 +4,8 @@
  */
 import { deepStrictEqual, equal, notDeepStrictEqual, ok } from "node:assert/strict";
 import { setup } from "../helpers.ts";
-import { chooseToken, generate, seededRandom } from "../../models/generate.ts";
+import { chooseToken, generate } from "../../models/generate.ts";
+import { seededRandom } from "../../ops/mod.ts";
 import { LlamaForCausalLM } from "../../models/llama.ts";
 import { hostSource, llamaDims, llamaWeights } from "./fixtures.ts";
 import type { RefLlamaDims } from "./reference.ts";
