@@ -80,3 +80,8 @@ export function buildGroups(
   }
   return [...groups.values()];
 }
+
+/** Every trainable tensor of `groups` with its full name, in group order. */
+export function namedTrainable(groups: readonly ParamGroupSpec[]): [string, Tensor][] {
+  return groups.flatMap((g) => g.names.map((n, i): [string, Tensor] => [n, g.params[i]]));
+}

@@ -44,6 +44,7 @@ import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
 import { applyMethod, getMethod } from "../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../methods/types.ts";
+import { namedTrainable } from "../../methods/groups.ts";
 import { toEntries, writeInto, writeTextAtomic } from "../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import {
@@ -325,10 +326,6 @@ async function writeDirAtomic(dir: string, write: (tmp: string) => Promise<void>
   if (had) await Deno.rename(dir, old);
   await Deno.rename(tmp, dir);
   if (had) await Deno.remove(old, { recursive: true });
-}
-
-function namedTrainable(groups: readonly ParamGroupSpec[]): [string, Tensor][] {
-  return groups.flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as [string, Tensor]));
 }
 
 async function saveCheckpoint(

@@ -7,13 +7,12 @@
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { setup } from "../helpers.ts";
 import { rt } from "../../ops/mod.ts";
-import { applyMethod, bitFit, loadAdapter } from "../../methods/mod.ts";
+import { applyMethod, bitFit, loadAdapter, namedTrainable } from "../../methods/mod.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
 import {
   checkOneStepMemory,
   contextBuilder,
   evalLogits,
-  namedTrainable,
   ROBERTA_HEAD,
   tinyLlama,
   tinyRoberta,

@@ -13,16 +13,11 @@ import {
   applyMethod,
   GaLoreAdamW,
   type GaloreAdapter,
+  namedTrainable,
   projectorSide,
   writeInto,
 } from "../../methods/mod.ts";
-import {
-  contextBuilder,
-  evalLogits,
-  fixedBatchLoss,
-  namedTrainable,
-  tinyRoberta,
-} from "./support.ts";
+import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta } from "./support.ts";
 
 await setup();
 

@@ -26,6 +26,7 @@ import type { Module } from "../../models/module.ts";
 import {
   LoraLinear,
   type MethodContext,
+  namedTrainable,
   type ParamGroupSpec,
   writeInto,
 } from "../../methods/mod.ts";
@@ -170,11 +171,6 @@ export function writeRandom(t: Tensor, seed: number, lo: number, hi: number): vo
 /** Give every LoRA B random values (layer i from seed 100 + i) so the update is not zero. */
 export function randomizeLoraB(m: Module): void {
   layersOf(m, LoraLinear).forEach(([, l], i) => writeRandom(l.loraB, 100 + i, -0.3, 0.3));
-}
-
-/** Every trainable tensor of the groups with its full name, in group order. */
-export function namedTrainable(groups: ParamGroupSpec[]): [string, Tensor][] {
-  return groups.flatMap((g) => g.names.map((n, i): [string, Tensor] => [n, g.params[i]]));
 }
 
 /**
