@@ -66,7 +66,7 @@ export const LISA_CONFIG = "lisa_config.json";
 /** The weights file LISA writes. */
 export const LISA_WEIGHTS = "lisa_model.safetensors";
 
-/** The run's default targets (tasks/lib/config.ts): the only ones LISA accepts. */
+/** The run's default targets (tasks/lib/train/config.ts): the only ones LISA accepts. */
 const DEFAULT_TARGETS = [["query", "value"], ["q_proj", "v_proj"]];
 
 /** Mixed into the run's seed so LISA's draws are independent of dropout's streams. */

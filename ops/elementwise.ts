@@ -19,7 +19,7 @@ import {
   empty,
   numel,
   registerContiguous,
-  Tensor,
+  type Tensor,
   type TensorOptions,
 } from "./tensor.ts";
 import { registerReduceHooks, sumTo } from "./reduce.ts";

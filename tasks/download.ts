@@ -1,6 +1,6 @@
 /**
  * `deno task download`: models and data sets from the Hugging Face Hub into the standard Hugging
- * Face cache (tasks/lib/hub.ts), printing the local paths at the end.
+ * Face cache (tasks/lib/hub/hub.ts), printing the local paths at the end.
  *
  * ```
  * deno task download --model FacebookAI/roberta-base
@@ -20,7 +20,7 @@ import {
   GLUE_CONFIGS,
   type HubOptions,
   type SnapshotResult,
-} from "./lib/hub.ts";
+} from "./lib/hub/hub.ts";
 
 const USAGE = `usage: deno task download [--model REPO]... [--revision REV]
        [--dataset glue --config TASK] [--dataset commonsense NAME] [--dataset ORG/NAME [--include GLOB]...]

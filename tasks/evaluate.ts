@@ -8,7 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeTextAtomic } from "../methods/peft.ts";
-import { formatReport, runEvaluation } from "./lib/run_eval.ts";
+import { formatReport, runEvaluation } from "./lib/eval/run_eval.ts";
 
 const USAGE = `usage: deno task evaluate --model DIR|REPO --task NAME [--adapter DIR] [--data DIR]
         [--split NAME] [--limit N] [--batch-size N] [--max-length N]

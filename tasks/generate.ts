@@ -7,7 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { generateText } from "./lib/generate.ts";
+import { generateText } from "./lib/eval/generate.ts";
 
 const USAGE = `usage: deno task generate --model DIR [--prompt TEXT] [--max-new-tokens N]
                           [--temperature T] [--top-p P] [--seed S]`;

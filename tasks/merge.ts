@@ -5,7 +5,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { mergeAdapter } from "./lib/merge.ts";
+import { mergeAdapter } from "./lib/output/merge.ts";
 
 if (import.meta.main) {
   const { values } = parseArgs({

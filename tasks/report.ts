@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseReportOptions, type ReportOptions, writeReport } from "./lib/report.ts";
+import { parseReportOptions, type ReportOptions, writeReport } from "./lib/report/report.ts";
 
 const USAGE = `usage: deno task report RUNS_DIR [options]
 

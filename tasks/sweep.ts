@@ -1,6 +1,6 @@
 /**
  * `deno task sweep FILE.yaml [options]` — run a grid of fine-tuning runs (methods × tasks × seeds ×
- * settings) described by a YAML file, resumably; see tasks/lib/sweep.ts for the file format.
+ * settings) described by a YAML file, resumably; see tasks/lib/sweep/sweep.ts for the file format.
  *
  * @module
  */
@@ -14,7 +14,7 @@ import {
   type Shard,
   slurmScript,
   type SweepResult,
-} from "./lib/sweep.ts";
+} from "./lib/sweep/sweep.ts";
 
 const USAGE = `usage: deno task sweep FILE.yaml [options]
 

@@ -13,8 +13,8 @@ import {
   parseRunConfig,
   readRunYaml,
   type RunConfig,
-} from "./lib/config.ts";
-import { train } from "./lib/trainer.ts";
+} from "./lib/train/config.ts";
+import { train } from "./lib/train/trainer.ts";
 
 const USAGE = `usage: deno task train [--config FILE.yaml] [options]
 

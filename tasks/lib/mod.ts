@@ -12,19 +12,19 @@
  *
  * @module
  */
-export * from "./glue.ts";
-export * from "./commonsense.ts";
-export * from "./metrics.ts";
-export * from "./config.ts";
-export * from "./data.ts";
-export * from "./evaluate.ts";
-export * from "./trainer.ts";
-export * from "./run_eval.ts";
-export * from "./merge.ts";
-export * from "./generate.ts";
-export * from "./hub.ts";
-export * from "./model_source.ts";
-export * from "./progress.ts";
+export * from "./data/glue.ts";
+export * from "./data/commonsense.ts";
+export * from "./eval/metrics.ts";
+export * from "./train/config.ts";
+export * from "./data/pipeline.ts";
+export * from "./eval/evaluate.ts";
+export * from "./train/trainer.ts";
+export * from "./eval/run_eval.ts";
+export * from "./output/merge.ts";
+export * from "./eval/generate.ts";
+export * from "./hub/hub.ts";
+export * from "./hub/model_source.ts";
+export * from "./cli/progress.ts";
 export * from "./version.ts";
-export * from "./sweep.ts";
-export * from "./report.ts";
+export * from "./sweep/sweep.ts";
+export * from "./report/report.ts";

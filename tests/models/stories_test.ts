@@ -12,7 +12,7 @@ import {
   type Llama2cCheckpoint,
   readLlama2cCheckpoint,
 } from "../../models/llama2c.ts";
-import { generateText } from "../../tasks/lib/generate.ts";
+import { generateText } from "../../tasks/lib/eval/generate.ts";
 
 const DIR = new URL("../../../shared/data/models/stories260K/", import.meta.url).pathname;
 const present = await Deno.stat(`${DIR}stories260K.bin`).then(() => true, () => false);

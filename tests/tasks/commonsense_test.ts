@@ -29,7 +29,7 @@ import {
   scoringContinuations,
   trainingPrompt,
   trainingText,
-} from "../../tasks/lib/commonsense.ts";
+} from "../../tasks/lib/data/commonsense.ts";
 
 const DATA = new URL("../../../shared/data/commonsense", import.meta.url).pathname;
 const haveData = await Deno.stat(join(DATA, "boolq", "test.json")).then(() => true, () => false);

@@ -14,8 +14,8 @@ import {
   evaluationPrompt,
   loadCommonsense,
   scoringContinuations,
-} from "../../tasks/lib/commonsense.ts";
-import { runEvaluation } from "../../tasks/lib/run_eval.ts";
+} from "../../tasks/lib/data/commonsense.ts";
+import { runEvaluation } from "../../tasks/lib/eval/run_eval.ts";
 
 await setup();
 

@@ -18,7 +18,7 @@ import {
   locateGlue,
   readGlueTsv,
   resolveGlueSplit,
-} from "../../tasks/lib/glue.ts";
+} from "../../tasks/lib/data/glue.ts";
 
 const GLUE = new URL("../../../shared/data/glue", import.meta.url).pathname;
 const haveGlue = await Deno.stat(join(GLUE, "tsv", "SST-2", "train.tsv")).then(

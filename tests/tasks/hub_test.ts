@@ -1,5 +1,5 @@
 /**
- * `deno task download` and tasks/lib/hub.ts against a local fake Hub (hub_server.ts): the cache
+ * `deno task download` and tasks/lib/hub/hub.ts against a local fake Hub (hub_server.ts): the cache
  * layout on disk, cache hits, resumed transfers, integrity checks, tokens, offline mode and the
  * GLUE parquet branch. The GLUE test serves the real parquet files of ../shared/data/glue/parquet.
  * Every test uses its own temporary HF_HUB_CACHE; the real home cache is never touched.
@@ -26,7 +26,7 @@ import {
   resolveCachedSnapshot,
   resolveHubConfig,
   snapshotDownload,
-} from "../../tasks/lib/hub.ts";
+} from "../../tasks/lib/hub/hub.ts";
 import { downloadCli } from "../../tasks/download.ts";
 import { type FixtureRepo, type HubServer, startHubServer } from "./hub_server.ts";
 

@@ -10,15 +10,15 @@ import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { setup } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
-import { parseRunConfig } from "../../tasks/lib/config.ts";
-import { type Summary, train } from "../../tasks/lib/trainer.ts";
+import { parseRunConfig } from "../../tasks/lib/train/config.ts";
+import { type Summary, train } from "../../tasks/lib/train/trainer.ts";
 import {
   buildReport,
   readReportCsv,
   renderReportMarkdown,
   reportCharts,
   writeReport,
-} from "../../tasks/lib/report.ts";
+} from "../../tasks/lib/report/report.ts";
 import { reportOptionsFromArgs } from "../../tasks/report.ts";
 
 await setup();

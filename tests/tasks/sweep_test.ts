@@ -20,7 +20,7 @@ import {
   shardCells,
   slurmScript,
   type SweepState,
-} from "../../tasks/lib/sweep.ts";
+} from "../../tasks/lib/sweep/sweep.ts";
 import { parseSweepArgs } from "../../tasks/sweep.ts";
 
 const SST2 = new URL("../../../shared/data/glue/tsv/SST-2/", import.meta.url).pathname;

@@ -7,8 +7,8 @@ import { equal, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { setup } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
-import { parseRunConfig } from "../../tasks/lib/config.ts";
-import { DivergedError, type Summary, train } from "../../tasks/lib/trainer.ts";
+import { parseRunConfig } from "../../tasks/lib/train/config.ts";
+import { DivergedError, type Summary, train } from "../../tasks/lib/train/trainer.ts";
 import { configFromArgs } from "../../tasks/train.ts";
 
 await setup();

@@ -52,12 +52,12 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
-import { getMethod } from "../../methods/registry.ts";
-import { writeTextAtomic } from "../../methods/peft.ts";
-import type { ConfigSchema } from "../../methods/types.ts";
-import { type RunConfig, RunConfigSchema } from "./config.ts";
-import { resolveTask } from "./data.ts";
-import { type Summary, train } from "./trainer.ts";
+import { getMethod } from "../../../methods/registry.ts";
+import { writeTextAtomic } from "../../../methods/peft.ts";
+import type { ConfigSchema } from "../../../methods/types.ts";
+import { type RunConfig, RunConfigSchema } from "../train/config.ts";
+import { resolveTask } from "../data/pipeline.ts";
+import { type Summary, train } from "../train/trainer.ts";
 
 // ---- the sweep file -------------------------------------------------------------------------------
 
@@ -860,7 +860,7 @@ export interface SweepResult {
 /** Result of one cell attempt. */
 type Outcome = { ok: true; summary: Summary } | { ok: false; error: string };
 
-const DEFAULT_TRAIN_SCRIPT = new URL("../train.ts", import.meta.url);
+const DEFAULT_TRAIN_SCRIPT = new URL("../../train.ts", import.meta.url);
 
 function scriptArg(script: string | URL): string {
   const url = script instanceof URL ? script : null;

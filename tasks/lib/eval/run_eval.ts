@@ -4,10 +4,10 @@
  *
  * @module
  */
-import { gpu, init } from "../../ops/mod.ts";
-import { loadModel } from "../../models/load.ts";
-import { loadTokenizer } from "../../models/tokenizer.ts";
-import { loadAdapter } from "../../methods/registry.ts";
+import { gpu, init } from "../../../ops/mod.ts";
+import { loadModel } from "../../../models/load.ts";
+import { loadTokenizer } from "../../../models/tokenizer.ts";
+import { loadAdapter } from "../../../methods/registry.ts";
 import {
   cachedEncode,
   commonsenseRecords,
@@ -15,14 +15,14 @@ import {
   encodeGlue,
   glueExamples,
   resolveTask,
-} from "./data.ts";
+} from "../data/pipeline.ts";
 import {
   type Classifier,
   evaluateClassification,
   evaluateCommonsenseGenerate,
   evaluateCommonsenseLoglik,
 } from "./evaluate.ts";
-import { resolveModelDir } from "./model_source.ts";
+import { resolveModelDir } from "../hub/model_source.ts";
 
 /** Options of {@link runEvaluation}. */
 export interface EvaluationOptions {

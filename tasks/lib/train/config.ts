@@ -6,7 +6,7 @@
  */
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import type { ConfigSchema, SchemaError } from "../../methods/types.ts";
+import type { ConfigSchema, SchemaError } from "../../../methods/types.ts";
 
 /** Defaults of the quick start: roberta-base + LoRA on SST-2. */
 export const DEFAULT_MODEL = "FacebookAI/roberta-base";

@@ -6,8 +6,8 @@
  * @module
  */
 import { join } from "node:path";
-import { seededRandom } from "../../ops/mod.ts";
-import type { Tokenizer } from "../../models/tokenizer.ts";
+import { seededRandom } from "../../../ops/mod.ts";
+import type { Tokenizer } from "../../../models/tokenizer.ts";
 import {
   COMMONSENSE_DATASETS,
   type CommonsenseDataset,
@@ -24,7 +24,7 @@ import {
   glueTaskSpec,
   loadGlue,
 } from "./glue.ts";
-import { downloadGlue } from "./hub.ts";
+import { downloadGlue } from "../hub/hub.ts";
 
 /** What a task is. */
 export type TaskInfo =

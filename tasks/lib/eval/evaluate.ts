@@ -13,11 +13,11 @@ import {
   slice,
   type Tensor,
   tensor,
-} from "../../ops/mod.ts";
-import { generate } from "../../models/generate.ts";
-import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import type { LlamaForCausalLM } from "../../models/llama.ts";
-import type { Tokenizer } from "../../models/tokenizer.ts";
+} from "../../../ops/mod.ts";
+import { generate } from "../../../models/generate.ts";
+import type { EncoderForSequenceClassification } from "../../../models/encoder.ts";
+import type { LlamaForCausalLM } from "../../../models/llama.ts";
+import type { Tokenizer } from "../../../models/tokenizer.ts";
 import {
   answerCandidates,
   type CommonsenseDataset,
@@ -25,9 +25,14 @@ import {
   extractAnswer,
   scoreCommonsense,
   scoringContinuations,
-} from "./commonsense.ts";
-import { collate, encodeCommonsensePrompts, type Encoded, type HostBatch } from "./data.ts";
-import type { GlueTaskSpec } from "./glue.ts";
+} from "../data/commonsense.ts";
+import {
+  collate,
+  encodeCommonsensePrompts,
+  type Encoded,
+  type HostBatch,
+} from "../data/pipeline.ts";
+import type { GlueTaskSpec } from "../data/glue.ts";
 import { glueMetrics } from "./metrics.ts";
 
 /** A model that scores sequence-classification batches. */

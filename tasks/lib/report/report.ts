@@ -23,11 +23,11 @@ import type { ColumnTable } from "arquero";
 import * as vega from "vega";
 import * as vl from "vega-lite";
 import { z } from "zod";
-import { getMethod } from "../../methods/registry.ts";
-import { writeTextAtomic } from "../../methods/peft.ts";
-import { COMMONSENSE_DATASETS } from "./commonsense.ts";
-import { formatIssues } from "./config.ts";
-import { GLUE_TASKS } from "./glue.ts";
+import { getMethod } from "../../../methods/registry.ts";
+import { writeTextAtomic } from "../../../methods/peft.ts";
+import { COMMONSENSE_DATASETS } from "../data/commonsense.ts";
+import { formatIssues } from "../train/config.ts";
+import { GLUE_TASKS } from "../data/glue.ts";
 
 const MIB = 2 ** 20;
 
@@ -232,7 +232,7 @@ export interface ReportResult {
 
 const metricRecord = z.record(z.string(), z.number().nullable());
 
-/** The part of summary.json (tasks/lib/trainer.ts `Summary`) the report relies on. */
+/** The part of summary.json (tasks/lib/train/trainer.ts `Summary`) the report relies on. */
 const SummaryFileSchema = z.object({
   model: z.string().min(1),
   task: z.string().min(1),

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { GLUE_TASKS, type GlueMetricName, type GlueTask, glueTaskSpec } from "./glue.ts";
+import { GLUE_TASKS, type GlueMetricName, type GlueTask, glueTaskSpec } from "../data/glue.ts";
 
 /** Values a metric compares: predictions or references, one number per example. */
 export type Values = ArrayLike<number>;

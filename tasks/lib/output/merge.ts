@@ -5,12 +5,12 @@
  * @module
  */
 import { join } from "node:path";
-import { init } from "../../ops/mod.ts";
-import { loadModel } from "../../models/load.ts";
-import { writeSafetensors } from "../../models/safetensors.ts";
-import { readAdapter, toEntries, writeTextAtomic } from "../../methods/peft.ts";
-import { loadAdapter } from "../../methods/registry.ts";
-import { resolveModelDir } from "./model_source.ts";
+import { init } from "../../../ops/mod.ts";
+import { loadModel } from "../../../models/load.ts";
+import { writeSafetensors } from "../../../models/safetensors.ts";
+import { readAdapter, toEntries, writeTextAtomic } from "../../../methods/peft.ts";
+import { loadAdapter } from "../../../methods/registry.ts";
+import { resolveModelDir } from "../hub/model_source.ts";
 
 const TOKENIZER_FILES = [
   "tokenizer.json",

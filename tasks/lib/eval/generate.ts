@@ -3,10 +3,10 @@
  *
  * @module
  */
-import { gpu, init } from "../../ops/mod.ts";
-import { generate } from "../../models/generate.ts";
-import { loadModel } from "../../models/load.ts";
-import { loadTokenizer } from "../../models/tokenizer.ts";
+import { gpu, init } from "../../../ops/mod.ts";
+import { generate } from "../../../models/generate.ts";
+import { loadModel } from "../../../models/load.ts";
+import { loadTokenizer } from "../../../models/tokenizer.ts";
 
 /** Options of {@link generateText}. */
 export interface GenerateTextOptions {

@@ -22,11 +22,9 @@ import {
   backward,
   constantSchedule,
   cosineSchedule,
-  crossEntropy,
   gpu,
   init,
   linearSchedule,
-  mseLoss,
   mul,
   noGrad,
   type Optimizer,
@@ -34,46 +32,31 @@ import {
   rt,
   type Schedule,
   scope,
-  type Tensor,
   tensor,
   zeros,
-} from "../../ops/mod.ts";
-import { ForwardContext } from "../../models/context.ts";
-import { type LoadedModel, loadModel } from "../../models/load.ts";
-import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
-import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
-import { applyMethod, getMethod } from "../../methods/registry.ts";
-import type { Adapter, ParamGroupSpec } from "../../methods/types.ts";
-import { namedTrainable } from "../../methods/groups.ts";
-import { toEntries, writeInto, writeTextAtomic } from "../../methods/peft.ts";
+} from "../../../ops/mod.ts";
+import { ForwardContext } from "../../../models/context.ts";
+import type { LoadedModel } from "../../../models/load.ts";
+import { applyMethod, getMethod } from "../../../methods/registry.ts";
+import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
+import { namedTrainable } from "../../../methods/groups.ts";
+import { writeTextAtomic } from "../../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
+import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
+import { prepare, type Scores } from "./prepare.ts";
 import {
-  cachedEncode,
-  collate,
-  commonsenseRecords,
-  dataSource,
-  encodeCommonsenseTrain,
-  type Encoded,
-  encodeGlue,
-  epochBatches,
-  glueExamples,
-  type HostBatch,
-  resolveTask,
-  type TaskInfo,
-} from "./data.ts";
-import {
-  type ClassificationEval,
-  type Classifier,
-  classifierLogits,
-  type CommonsenseEval,
-  evaluateClassification,
-  evaluateCommonsenseGenerate,
-  evaluateCommonsenseLoglik,
-  shiftLabels,
-} from "./evaluate.ts";
-import { resolveModelDir } from "./model_source.ts";
-import { Progress } from "./progress.ts";
-import { VERSION } from "./version.ts";
+  CHECKPOINT,
+  type CheckpointState,
+  configHash,
+  loadCheckpoint,
+  saveCheckpoint,
+  truncateLines,
+  writeDirAtomic,
+} from "./checkpoint.ts";
+import { Progress } from "../cli/progress.ts";
+import { VERSION } from "../version.ts";
+
+export type { Scores } from "./prepare.ts";
 
 /** Thrown when the loss becomes NaN or infinite. */
 export class DivergedError extends Error {
@@ -83,9 +66,6 @@ export class DivergedError extends Error {
     this.name = "DivergedError";
   }
 }
-
-/** One evaluation's scores (flat, for tables). */
-export type Scores = Record<string, number>;
 
 /** What summary.json holds. */
 export interface Summary {
@@ -149,244 +129,11 @@ export interface TrainOptions {
   log?: (line: string) => void;
 }
 
-interface Prepared {
-  task: TaskInfo;
-  tokenizer: Tokenizer;
-  loaded: LoadedModel;
-  train: Encoded[];
-  evaluate: () => Promise<
-    {
-      scores: Scores;
-      main: number;
-      mainMetric: string;
-      detail: ClassificationEval | CommonsenseEval;
-    }
-  >;
-  loss: (h: HostBatch) => Tensor;
-  padSide: "left" | "right";
-  padId: number;
-}
-
-async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
-  const task = resolveTask(config.task);
-  const modelDir = await resolveModelDir(config.model, config.offline);
-  const tokenizer = await loadTokenizer(modelDir);
-  const source = await dataSource(task, config.data, config.offline);
-  const padId = tokenizer.padId ?? 0;
-  const tokKey = {
-    tokenizer: modelDir,
-    vocab: tokenizer.vocabSize,
-    maxLength: config.maxLength,
-    task: config.task,
-  };
-  if (task.kind === "glue") {
-    const [trainEx, evalEx] = await Promise.all([
-      glueExamples(task.name, "train", source, config.trainLimit),
-      glueExamples(task.name, task.evalSplit, source, config.evalLimit),
-    ]);
-    const train = await cachedEncode(
-      { ...tokKey, split: "train" },
-      trainEx,
-      () => encodeGlue(tokenizer, trainEx, config.maxLength),
-    );
-    const evalSet = await cachedEncode(
-      { ...tokKey, split: task.evalSplit },
-      evalEx,
-      () => encodeGlue(tokenizer, evalEx, config.maxLength),
-    );
-    const loaded = await loadModel(modelDir, {
-      numLabels: task.spec.numLabels,
-      classificationHead: true,
-      frozenDtype: config.frozenDtype,
-      seed: config.seed,
-    });
-    const classifier: Classifier = loaded.kind === "encoder"
-      ? { kind: "encoder", model: loaded.model }
-      : { kind: "decoder", model: loaded.model };
-    log(
-      `${task.name}: ${train.length} train / ${evalSet.length} ${task.evalSplit} examples from ${source}`,
-    );
-    return {
-      task,
-      tokenizer,
-      loaded,
-      train,
-      padSide: "right",
-      padId,
-      loss: (h) => {
-        const logits = classifierLogits(classifier, h);
-        if (task.spec.isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
-        return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
-      },
-      evaluate: async () => {
-        const r = await evaluateClassification(
-          classifier,
-          evalSet,
-          task.spec,
-          config.evalBatchSize,
-          padId,
-        );
-        return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
-      },
-    };
-  }
-  const loaded = await loadModel(modelDir, { frozenDtype: config.frozenDtype, seed: config.seed });
-  if (loaded.kind !== "decoder") {
-    throw new Error(
-      `commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`,
-    );
-  }
-  const model = loaded.model;
-  const [trainRec, evalRec] = await Promise.all([
-    commonsenseRecords(task.name, "train", source, config.trainLimit),
-    commonsenseRecords(task.name, "test", source, config.evalLimit),
-  ]);
-  const train = await cachedEncode(
-    { ...tokKey, split: "train", lm: true },
-    trainRec,
-    () => encodeCommonsenseTrain(tokenizer, trainRec, config.maxLength),
-  );
-  log(`${task.name}: ${train.length} train / ${evalRec.length} test records from ${source}`);
-  return {
-    task,
-    tokenizer,
-    loaded,
-    train,
-    padSide: "right",
-    padId,
-    loss: (h) => {
-      const hidden = model.hidden({
-        ids: tensor(h.ids, [h.b, h.t]),
-        keyMask: tensor(h.mask, [h.b, h.t]),
-      });
-      return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
-    },
-    evaluate: async () => {
-      const opts = {
-        batchSize: config.evalBatchSize,
-        maxPromptTokens: model.dims.maxPositions - config.maxNewTokens,
-      };
-      const r = config.evalMode === "loglik"
-        ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)
-        : await evaluateCommonsenseGenerate(model, tokenizer, task.name, evalRec, {
-          ...opts,
-          maxNewTokens: config.maxNewTokens,
-        });
-      return {
-        scores: { accuracy: r.accuracy },
-        main: r.accuracy,
-        mainMetric: "accuracy",
-        detail: r,
-      };
-    },
-  };
-}
-
 function scheduleOf(config: RunConfig, total: number): Schedule {
   const warmupSteps = config.warmupSteps ?? Math.round(config.warmupRatio * total);
   if (config.schedule === "constant") return constantSchedule({ warmupSteps });
   if (config.schedule === "cosine") return cosineSchedule({ warmupSteps, totalSteps: total });
   return linearSchedule({ warmupSteps, totalSteps: total });
-}
-
-const CHECKPOINT = "checkpoint";
-
-interface CheckpointState {
-  step: number;
-  metricsLines: number;
-  best: { main: number; step: number; scores: Scores } | null;
-  lastLoss: number;
-  trainSeconds: number;
-  tokens: number;
-  configHash: string;
-}
-
-async function configHash(config: RunConfig): Promise<string> {
-  // Settings that change the trajectory; output paths and intervals of logging do not.
-  const {
-    output: _o,
-    logInterval: _l,
-    offline: _off,
-    evalInterval: _e,
-    saveInterval: _s,
-    ...rest
-  } = config;
-  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(rest)));
-  return [...new Uint8Array(d)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** Replace `dir` by a folder written through `write(tmp)`, atomically (rename). */
-async function writeDirAtomic(dir: string, write: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.mkdir(tmp, { recursive: true });
-  await write(tmp);
-  const old = `${dir}.old`;
-  await Deno.remove(old, { recursive: true }).catch(() => {});
-  const had = await Deno.stat(dir).then(() => true, () => false);
-  if (had) await Deno.rename(dir, old);
-  await Deno.rename(tmp, dir);
-  if (had) await Deno.remove(old, { recursive: true });
-}
-
-async function saveCheckpoint(
-  dir: string,
-  state: CheckpointState,
-  named: readonly [string, Tensor][],
-  optimizer: Optimizer,
-): Promise<void> {
-  const opt = await optimizer.saveState();
-  await writeDirAtomic(dir, async (tmp) => {
-    await writeSafetensors(join(tmp, "trainable.safetensors"), await toEntries(named));
-    await writeSafetensors(
-      join(tmp, "optimizer.safetensors"),
-      Object.entries(opt.arrays).map(([name, data]) => ({
-        name,
-        dtype: "F32" as const,
-        shape: [data.length],
-        data,
-      })),
-    );
-    await Deno.writeTextFile(
-      join(tmp, "state.json"),
-      JSON.stringify({ ...state, optimizer: opt.meta }, null, 2),
-    );
-  });
-}
-
-async function loadCheckpoint(
-  dir: string,
-  named: readonly [string, Tensor][],
-  optimizer: Optimizer,
-): Promise<CheckpointState> {
-  const raw = JSON.parse(await Deno.readTextFile(join(dir, "state.json")));
-  const params = await openSafetensors(join(dir, "trainable.safetensors"));
-  try {
-    for (const [name, t] of named) {
-      if (!params.has(name)) {
-        throw new Error(
-          `${dir}: checkpoint has no tensor ${name}; was it written by another method?`,
-        );
-      }
-      writeInto(t, await params.readF32(name));
-    }
-  } finally {
-    params.close();
-  }
-  const moments = await openSafetensors(join(dir, "optimizer.safetensors"));
-  try {
-    const arrays: Record<string, Float32Array> = {};
-    for (const name of moments.names) arrays[name] = await moments.readF32(name);
-    optimizer.loadState({ meta: raw.optimizer, arrays });
-  } finally {
-    moments.close();
-  }
-  return raw as CheckpointState;
-}
-
-async function truncateLines(file: string, keep: number): Promise<void> {
-  const text = await Deno.readTextFile(file).catch(() => "");
-  const lines = text.split("\n").filter(Boolean).slice(0, keep);
-  await writeTextAtomic(file, lines.map((l) => l + "\n").join(""));
 }
 
 /** Parameters of a model: trainable (in groups) and total. */

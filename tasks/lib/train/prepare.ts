@@ -1,0 +1,174 @@
+/**
+ * Task setup for the training loop: the data set read and tokenised, the model loaded, and the
+ * loss and evaluation functions of the task bound to them.
+ *
+ * @module
+ */
+import { crossEntropy, mseLoss, reshape, type Tensor, tensor } from "../../../ops/mod.ts";
+import { type LoadedModel, loadModel } from "../../../models/load.ts";
+import { loadTokenizer, type Tokenizer } from "../../../models/tokenizer.ts";
+import type { RunConfig } from "./config.ts";
+import {
+  cachedEncode,
+  commonsenseRecords,
+  dataSource,
+  encodeCommonsenseTrain,
+  type Encoded,
+  encodeGlue,
+  glueExamples,
+  type HostBatch,
+  resolveTask,
+  type TaskInfo,
+} from "../data/pipeline.ts";
+import {
+  type ClassificationEval,
+  type Classifier,
+  classifierLogits,
+  type CommonsenseEval,
+  evaluateClassification,
+  evaluateCommonsenseGenerate,
+  evaluateCommonsenseLoglik,
+  shiftLabels,
+} from "../eval/evaluate.ts";
+import { resolveModelDir } from "../hub/model_source.ts";
+
+/** One evaluation's scores (flat, for tables). */
+export type Scores = Record<string, number>;
+
+/** A task made ready to train: data encoded, model loaded, loss and evaluation bound. */
+export interface Prepared {
+  task: TaskInfo;
+  tokenizer: Tokenizer;
+  loaded: LoadedModel;
+  train: Encoded[];
+  evaluate: () => Promise<
+    {
+      scores: Scores;
+      main: number;
+      mainMetric: string;
+      detail: ClassificationEval | CommonsenseEval;
+    }
+  >;
+  loss: (h: HostBatch) => Tensor;
+  padSide: "left" | "right";
+  padId: number;
+}
+
+/**
+ * Resolve the task's data and the model, tokenise (cached), load the model (frozen) and bind the
+ * task's loss and evaluation: the first half of `train()`'s data flow.
+ */
+export async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
+  const task = resolveTask(config.task);
+  const modelDir = await resolveModelDir(config.model, config.offline);
+  const tokenizer = await loadTokenizer(modelDir);
+  const source = await dataSource(task, config.data, config.offline);
+  const padId = tokenizer.padId ?? 0;
+  const tokKey = {
+    tokenizer: modelDir,
+    vocab: tokenizer.vocabSize,
+    maxLength: config.maxLength,
+    task: config.task,
+  };
+  if (task.kind === "glue") {
+    const [trainEx, evalEx] = await Promise.all([
+      glueExamples(task.name, "train", source, config.trainLimit),
+      glueExamples(task.name, task.evalSplit, source, config.evalLimit),
+    ]);
+    const train = await cachedEncode(
+      { ...tokKey, split: "train" },
+      trainEx,
+      () => encodeGlue(tokenizer, trainEx, config.maxLength),
+    );
+    const evalSet = await cachedEncode(
+      { ...tokKey, split: task.evalSplit },
+      evalEx,
+      () => encodeGlue(tokenizer, evalEx, config.maxLength),
+    );
+    const loaded = await loadModel(modelDir, {
+      numLabels: task.spec.numLabels,
+      classificationHead: true,
+      frozenDtype: config.frozenDtype,
+      seed: config.seed,
+    });
+    const classifier: Classifier = loaded.kind === "encoder"
+      ? { kind: "encoder", model: loaded.model }
+      : { kind: "decoder", model: loaded.model };
+    log(
+      `${task.name}: ${train.length} train / ${evalSet.length} ${task.evalSplit} examples from ${source}`,
+    );
+    return {
+      task,
+      tokenizer,
+      loaded,
+      train,
+      padSide: "right",
+      padId,
+      loss: (h) => {
+        const logits = classifierLogits(classifier, h);
+        if (task.spec.isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
+        return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
+      },
+      evaluate: async () => {
+        const r = await evaluateClassification(
+          classifier,
+          evalSet,
+          task.spec,
+          config.evalBatchSize,
+          padId,
+        );
+        return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
+      },
+    };
+  }
+  const loaded = await loadModel(modelDir, { frozenDtype: config.frozenDtype, seed: config.seed });
+  if (loaded.kind !== "decoder") {
+    throw new Error(
+      `commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`,
+    );
+  }
+  const model = loaded.model;
+  const [trainRec, evalRec] = await Promise.all([
+    commonsenseRecords(task.name, "train", source, config.trainLimit),
+    commonsenseRecords(task.name, "test", source, config.evalLimit),
+  ]);
+  const train = await cachedEncode(
+    { ...tokKey, split: "train", lm: true },
+    trainRec,
+    () => encodeCommonsenseTrain(tokenizer, trainRec, config.maxLength),
+  );
+  log(`${task.name}: ${train.length} train / ${evalRec.length} test records from ${source}`);
+  return {
+    task,
+    tokenizer,
+    loaded,
+    train,
+    padSide: "right",
+    padId,
+    loss: (h) => {
+      const hidden = model.hidden({
+        ids: tensor(h.ids, [h.b, h.t]),
+        keyMask: tensor(h.mask, [h.b, h.t]),
+      });
+      return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
+    },
+    evaluate: async () => {
+      const opts = {
+        batchSize: config.evalBatchSize,
+        maxPromptTokens: model.dims.maxPositions - config.maxNewTokens,
+      };
+      const r = config.evalMode === "loglik"
+        ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)
+        : await evaluateCommonsenseGenerate(model, tokenizer, task.name, evalRec, {
+          ...opts,
+          maxNewTokens: config.maxNewTokens,
+        });
+      return {
+        scores: { accuracy: r.accuracy },
+        main: r.accuracy,
+        mainMetric: "accuracy",
+        detail: r,
+      };
+    },
+  };
+}
