@@ -129,8 +129,12 @@ export interface TrainOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * The run's learning-rate schedule over `total` steps. A warm-up ratio becomes
+ * ⌈ratio × total⌉ steps, as Hugging Face's `TrainingArguments.get_warmup_steps`.
+ */
 function scheduleOf(config: RunConfig, total: number): Schedule {
-  const warmupSteps = config.warmupSteps ?? Math.round(config.warmupRatio * total);
+  const warmupSteps = config.warmupSteps ?? Math.ceil(config.warmupRatio * total);
   if (config.schedule === "constant") return constantSchedule({ warmupSteps });
   if (config.schedule === "cosine") return cosineSchedule({ warmupSteps, totalSteps: total });
   return linearSchedule({ warmupSteps, totalSteps: total });
