@@ -39,7 +39,7 @@ import { ForwardContext } from "../../../models/context.ts";
 import type { LoadedModel } from "../../../models/load.ts";
 import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
-import { namedTrainable } from "../../../methods/groups.ts";
+import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
 import { writeTextAtomic } from "../../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
@@ -233,7 +233,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       } s`,
     );
   }
-  const groups = adapter.groups();
+  const groups = applyValueLrRatio(adapter.groups(), config.wvLrRatio ?? 1);
   const named = namedTrainable(groups);
   for (const [n, t] of named) t.name = n;
   const counts = countParams(loaded, groups);
