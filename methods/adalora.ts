@@ -74,10 +74,10 @@ import {
   zeros,
 } from "../ops/mod.ts";
 import { ForwardContext } from "../models/context.ts";
-import { allLinears, type LinearLike, matchesTarget, Module } from "../models/module.ts";
+import { allLinears, type LinearLike, Module } from "../models/module.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, mergeLowRank, trainHead } from "./lora.ts";
+import { adaptableLinears, architectureOf, mergeLowRank, trainHead } from "./lora.ts";
 import {
   ADAPTER_CONFIG,
   ADAPTER_WEIGHTS,
@@ -826,10 +826,10 @@ export function applyAdaLora(
  * architectures we load: RoBERTa every attention and feed-forward matrix, BERT and LLaMA q and v.
  */
 export function adaloraDefaultTargets(model: Module): string[] {
-  const names = allLinears(model).map(([n]) => n);
-  if (names.some((n) => matchesTarget(n, "mlp.down_proj"))) return ["q_proj", "v_proj"];
-  if (names.some((n) => n.startsWith("roberta."))) return ["query", "key", "value", "dense"];
-  if (names.some((n) => n.startsWith("bert."))) return ["query", "value"];
+  const arch = architectureOf(model);
+  if (arch === "llama") return ["q_proj", "v_proj"];
+  if (arch === "roberta") return ["query", "key", "value", "dense"];
+  if (arch === "bert") return ["query", "value"];
   throw new Error(
     "AdaLoRA: no default targets for this model (neither RoBERTa, BERT nor LLaMA); name the " +
       "target modules explicitly",

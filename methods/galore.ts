@@ -10,7 +10,10 @@
  * its first, the projector P is refreshed from the SVD of the current gradient G: with projType
  * "std", P = the top-r right singular vectors [n, r] when m ≥ n ("right"), else the top-r left
  * ones [m, r] ("left") — always the smaller side, so the projected gradient R has r·max(m, n)
- * entries. Then, in GaLoreAdamW's order, for a projected weight (R = G·P or Pᵀ·G) and for any other
+ * entries. Default targets are the reference recipes' (METHODS.md 2.12): every attention and
+ * feed-forward matrix (query, key, value, intermediate.dense, output.dense — which also matches
+ * attention.output.dense — on RoBERTa/BERT; every Linear of a LLaMA block).
+ * Then, in GaLoreAdamW's order, for a projected weight (R = G·P or Pᵀ·G) and for any other
  * parameter (R = G, no projection, α = 1):
  *   m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  N = m / (√v + ε)
  *   W ← W − lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · α · (N·Pᵀ or P·N)     (α = `scale`)
@@ -79,7 +82,7 @@ import { allLinears, Linear, type Module } from "../models/module.ts";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
 import { signOfLargest } from "./signs.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
@@ -643,9 +646,17 @@ export function applyGalore(
   };
 }
 
+/** The reference recipes' projected matrices: every attention and feed-forward matrix. */
+export function galoreDefaultTargets(model: Module): string[] {
+  return architectureOf(model) === "llama"
+    ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    : ["query", "key", "value", "intermediate.dense", "output.dense"];
+}
+
 /** GaLore as a registry entry. */
 export const galore: Method<GaloreConfig> = {
   name: "galore",
   config: GaloreConfigSchema,
+  defaultTargets: galoreDefaultTargets,
   apply: (model, config, ctx) => applyGalore(model, config, ctx),
 };

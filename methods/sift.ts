@@ -10,6 +10,8 @@
  * so the gradient of `values` is the dense weight gradient gathered at `indices`, and AdamW's state
  * is 2·k floats per matrix. The task head trains whole; biases and everything else stay frozen.
  *
+ * Default targets are the reference scripts': query, key, value, attention.output.dense on
+ * RoBERTa/BERT (its GLUE recipe) and every Linear of a LLaMA block (its Alpaca recipe).
  * k per matrix follows the reference implementation: k = min(⌊density·n⌋ + 1, n) for a matrix of
  * n entries. With `global: true` the same total K = Σ k is instead chosen as the top-K |gradient|
  * over all targeted matrices together (ties go to earlier matrices, then lower indices), so
@@ -63,7 +65,7 @@ import {
 import { allLinears, Linear, type LinearLike, Module, ParamModule } from "../models/module.ts";
 import { openSafetensors, type SafetensorsEntry, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, DataPass, Method, MethodContext } from "./types.ts";
 
@@ -446,9 +448,17 @@ export function applySift(model: Module, config: SiftConfig, ctx: MethodContext)
   };
 }
 
+/** The reference scripts' sparse modules: its GLUE recipe on encoders, its Alpaca one on LLaMA. */
+export function siftDefaultTargets(model: Module): string[] {
+  return architectureOf(model) === "llama"
+    ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    : ["query", "key", "value", "attention.output.dense"];
+}
+
 /** SIFT as a registry entry. */
 export const sift: Method<SiftConfig> = {
   name: "sift",
   config: SiftConfigSchema,
+  defaultTargets: siftDefaultTargets,
   apply: (model, config, ctx) => applySift(model, config, ctx),
 };

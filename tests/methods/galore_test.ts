@@ -11,13 +11,14 @@ import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
+  galore,
   GaLoreAdamW,
   type GaloreAdapter,
   namedTrainable,
   projectorSide,
   writeInto,
 } from "../../methods/mod.ts";
-import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta } from "./support.ts";
+import { contextBuilder, evalLogits, fixedBatchLoss, tinyLlama, tinyRoberta } from "./support.ts";
 
 await setup();
 
@@ -438,4 +439,15 @@ Deno.test("GaLore: rank clamped with a warning, f16 weights train in f32, lr mul
   );
   applyMethod("galore", half(), { rank: 2, trainAll: false }, ctx());
   m.dispose();
+});
+
+Deno.test("GaLore's default targets are the reference recipes': every attention and feed-forward matrix", () => {
+  deepStrictEqual(galore.defaultTargets!(model()), [
+    "query",
+    "key",
+    "value",
+    "intermediate.dense",
+    "output.dense",
+  ]);
+  equal(galore.defaultTargets!(tinyLlama({ layers: 1, seed: 2 }).model()).length, 7);
 });

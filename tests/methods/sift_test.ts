@@ -14,11 +14,19 @@ import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
   type DataPass,
+  sift,
   type SiftAdapter,
   siftCount,
   sparseDelta,
 } from "../../methods/mod.ts";
-import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta, writeRandom } from "./support.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatchLoss,
+  tinyLlama,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
@@ -318,4 +326,22 @@ Deno.test("SIFT learning-rate multipliers group W_v's deltas apart", async () =>
   await adapter.beforeTraining!(pass(m));
   const v = adapter.groups().find((g) => g.lrMultiplier === 4)!;
   deepStrictEqual(v.names, [TARGETS[1], TARGETS[3]].map((t) => `${t}.sift.values`));
+});
+
+Deno.test("SIFT's default targets are the reference scripts' (GLUE: q, k, v, attention output; Alpaca: every LLaMA Linear)", () => {
+  deepStrictEqual(sift.defaultTargets!(model()), [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+  ]);
+  deepStrictEqual(sift.defaultTargets!(tinyLlama({ layers: 1, seed: 2 }).model()), [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+  ]);
 });

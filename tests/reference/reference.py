@@ -879,7 +879,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 def setup_galore(net, data, o):
     """GaLore as the official run_glue.py / HF galore_adamw: every parameter trains; the targeted
-    Linear weights through the projection, everything else through GaLoreAdamW's plain branch."""
+    Linear weights (the GLUE recipe's: every attention and feed-forward matrix) through the
+    projection, everything else through GaLoreAdamW's plain branch."""
     targets = ["query", "key", "value", "intermediate.dense", "output.dense"]
     projected = {n + ".weight" for n in targeted(net, targets)}
     if o.get("wrong"):  # the targets, their biases and the head only (this toolkit before)
@@ -933,8 +934,9 @@ def setup_sift(net, data, o):
     """SIFT (song-wx/SIFT with HF's Trainer): the first backward pass selects, per target matrix,
     the k = floor(rho n) + 1 entries of largest |gradient|; that step leaves the increments alone
     (the head trains); afterwards W[idx] trains by AdamW on g[idx] without weight decay (the
-    reference zeroes its increment after each update, so its decay acts on zeros)."""
-    names = targeted(net, ["query", "value"])
+    reference zeroes its increment after each update, so its decay acts on zeros). Targets: the
+    reference's GLUE recipe (sparse_module query value key attention.output.dense)."""
+    names = targeted(net, ["query", "key", "value", "attention.output.dense"])
     plan = Plan(head_params(net))
     first = data["batches_epoch0"][0]
     ws = [net.p[n + ".weight"].requires_grad_(True) for n in names]
@@ -1064,12 +1066,7 @@ METHODS = {
     "vera": (setup_vera, {"r": 8, "dInitial": 0.1}, {"lr": 2e-2},
              "B's kaiming bound from d_out,max instead of r"),
     "bitfit": (setup_bitfit, {}, {"lr": 1e-2}, "LayerNorm biases left frozen"),
-    "galore": (setup_galore, {"rank": 4, "updateProjGap": 6, "scale": 2}, {"lr": 2e-3,
-                                                                          "targets": [
-                                                                              "query", "key",
-                                                                              "value",
-                                                                              "intermediate.dense",
-                                                                              "output.dense"]},
+    "galore": (setup_galore, {"rank": 4, "updateProjGap": 6, "scale": 2}, {"lr": 2e-3},
                "only the targets, their biases and the head train"),
     "lisa": (setup_lisa, {"layers": 1, "interval": 5}, {"lr": 2e-3},
              "blocks switched one step late"),
