@@ -22,8 +22,8 @@
  * run's default are an error; per-module learning-rate multipliers do apply (e.g. `value: 4`).
  *
  * Saved format (no PEFT equivalent): a folder with
- *   - `lisa_config.json`: `{ "method": "lisa", "layers", "interval", "seed", "base_model",
- *     "step", "trained_blocks": [indices], "block_prefix" }`
+ *   - `lisa_config.json`: `{ "method": "lisa", "layers", "interval", "keep_moments", "seed",
+ *     "base_model", "step", "trained_blocks": [indices], "block_prefix" }`
  *   - `lisa_model.safetensors`: every changed tensor (always-trained parameters and the
  *     parameters of every block sampled so far) in F32 under the model's own Hugging Face names.
  * `merge()` is a no-op: the weights are the model's own.
@@ -238,6 +238,7 @@ export function applyLisa(model: Module, config: LisaConfig, ctx: MethodContext)
             method: "lisa",
             layers: config.layers,
             interval: config.interval,
+            keep_moments: config.keepMoments,
             seed: ctx.seed,
             base_model: ctx.baseModel,
             step: steps,

@@ -29,11 +29,13 @@
  * them (pulling W back towards W₀ at the selected entries). The head decays as usual.
  * Not reproduced: the reference applies each update inside the next backward hook, so its forward
  * sees an update one step late; here the update is in effect from the next forward, as in the
- * paper's algorithm.
+ * paper's algorithm. Its module match is by substring, so the targeted modules' biases are made
+ * sparse too (k = ⌊density·dOut⌋ + 1 entries each); here biases stay frozen.
  *
  * Saved format (no PEFT equivalent): a folder with
  *   - `sift_config.json`: `{ "method": "sift", "density", "global", "selection_batches",
- *     "base_model", "target_modules", "modules_to_save", "layers": { "<module>": { "k", "shape" } } }`
+ *     "increment_decay", "base_model", "target_modules", "modules_to_save",
+ *     "layers": { "<module>": { "k", "shape" } } }`
  *   - `sift_model.safetensors`: per adapted module `<module>.sift.indices` (I32 [k], flat
  *     row-major indices into W) and `<module>.sift.values` (F32 [k]), and the head's parameters
  *     under their own names (F32).
@@ -383,6 +385,7 @@ export function applySift(model: Module, config: SiftConfig, ctx: MethodContext)
             density: config.density,
             global: config.global,
             selection_batches: config.selectionBatches,
+            increment_decay: config.incrementDecay,
             base_model: ctx.baseModel,
             target_modules: ctx.targets,
             modules_to_save: ctx.headModules,
