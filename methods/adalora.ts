@@ -1,37 +1,42 @@
 /**
  * AdaLoRA (Zhang et al., 2023): LoRA in SVD form whose rank budget is re-allocated across layers
- * during training, as Hugging Face PEFT implements it.
+ * during training, as Hugging Face PEFT implements it (AdaLoraModel + RankAllocator).
  *
  * For a targeted Linear y = x·Wᵀ + b with W [dOut, dIn]:
  *   y = x·Wᵀ + b + s · dropout(x)·(Q ⊙ Λ)ᵀ·Pᵀ,   Q = lora_A [r, dIn], Λ = lora_E [r, 1],
  *   P = lora_B [dOut, r], s = α / (init_r + 1e-5)   (PEFT's scaling / ranknum; ranknum stays init_r).
  * Initialisation as PEFT: Λ = 0, P and Q ~ N(0, 0.02²), so the model starts equal to the base.
+ * Default targets are PEFT's for AdaLoRA: query, key, value, dense on RoBERTa (every attention and
+ * feed-forward matrix), query, value on BERT, q_proj, v_proj on LLaMA.
  *
- * Budget: b(t) = init_r·L until t = tinit, then the cubic decay
- *   b(t) = ⌊(init_r·L − target_r·L)·(1 − (t − tinit)/(T − tfinal − tinit))³ + target_r·L⌋,
- * and target_r·L from t = T − tfinal on (L adapted layers, T total steps).
- * Importance (PEFT's RankAllocator): for every entry p of P, Λ, Q with gradient g,
- *   I = |p·g|, Ī ← β1·Ī + (1 − β1)·I, Ū ← β2·Ū + (1 − β2)·|I − Ī|, S = Ī·Ū;
- * the score of triplet i of a layer is S(Λ_i) + mean_j S(Q_ij) + mean_j S(P_ji). Every deltaT
- * steps of the budgeting phase the lowest-scoring Λ entries are zeroed so that exactly b(t)
- * triplets stay; at t = T − tfinal the mask is frozen (rank_pattern) and re-applied every step.
- * Regulariser added to the loss: γ · mean over the 2L matrices of ‖PᵀP − I‖²_F and ‖QQᵀ − I‖²_F.
+ * The schedule runs at every optimizer step t, counted from 0 as PEFT's training loop passes it to
+ * `update_and_allocate(global_step)` (after `optimizer.step()`, before `zero_grad()`):
+ * - t < T − tfinal: the importance of every entry p of P, Λ, Q with (clipped) gradient g, read
+ *   after the update as PEFT reads it: I = |p·g|, Ī ← β1·Ī + (1 − β1)·I,
+ *   Ū ← β2·Ū + (1 − β2)·|I − Ī|, S = Ī·Ū; the score of triplet i of a layer is
+ *   S(Λ_i) + mean_j S(Q_ij) + mean_j S(P_ji). When t > tinit and t % deltaT = 0, the lowest-scoring
+ *   Λ entries are zeroed so that b(t) triplets stay, with PEFT's budget_schedule
+ *   b(t) = ⌊(init_r·L − target_r·L)·(1 − (t − tinit)/(T − tfinal − tinit))³ + target_r·L⌋;
+ * - t = T − tfinal: a final mask to target_r·L triplets, frozen (rank_pattern), EMAs freed;
+ * - t > T − tfinal: the frozen mask is re-applied.
+ * As in PEFT, with tfinal = 0 the final allocation never happens inside T steps (the last mask
+ * keeps slightly more than target_r·L triplets).
+ * Regulariser added to the loss: γ · mean over the 2L matrices of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F,
+ * the unsquared Frobenius norm of PEFT and of the authors' code.
  *
- * Where the references disagree, the choices made here:
- * - Step t counts completed optimizer steps (1 … T), so with tfinal = 0 the final allocation to
- *   target_r·L happens at the last step (PEFT's example loop passes a 0-based step and never
- *   reaches its final allocation when tfinal = 0).
- * - Importance uses the parameters before the update (the paper's Algorithm 1): our loop drops
- *   gradients before `afterStep`, so `beforeStep` updates Ī and Ū while gradients exist and
- *   `afterStep` masks Λ after the optimizer step. PEFT reads p after the update. Gradients are
- *   read before clipping.
+ * Where the references disagree, the choices made here (and the option for the other):
+ * - The paper writes the regulariser with squared norms; PEFT and the original code take the
+ *   norm itself. Default PEFT's; `orthNorm: "squared"` gives the paper's.
+ * - The paper's Algorithm 1 scores the parameters before their update; PEFT after it (its
+ *   allocator runs after `optimizer.step()`). Default PEFT's; `importance: "before-step"` gives
+ *   the paper's. With clipping (`maxGradNorm`) the gradient is the clipped one, as Hugging
+ *   Face's Trainer clips in place before the step.
  * - Masking keeps exactly b(t) triplets: ties in score are broken by position (earlier masked
- *   first). PEFT's kthvalue threshold masks every tied entry, which at the first steps (all
- *   scores 0) masks everything.
- * - The regulariser is the paper's squared Frobenius norm; it is averaged over the matrices as
- *   PEFT does so that γ does not grow with depth (PEFT sums unsquared norms).
+ *   first). PEFT's kthvalue threshold masks every entry tied with the threshold (all of them when
+ *   every score is 0); with distinct scores the two are the same.
  * - Ī, Ū and the mask are optimizer-like state: category "optimizer", saved with the optimizer in
- *   checkpoints (the adapter supplies an AdamW wrapper), freed when the mask is frozen.
+ *   checkpoints (the adapter supplies an AdamW wrapper that also runs the schedule), freed when the
+ *   mask is frozen.
  *
  * Saved as PEFT does: `base_model.model.<module>.lora_A` / `.lora_E` / `.lora_B` (no `.weight`),
  * truncated to the kept triplets when a mask exists, with `rank_pattern` ({"<module>.lora_E":
@@ -47,6 +52,7 @@ import {
   add,
   arange,
   concat,
+  GradClipper,
   linear,
   map,
   matmul,
@@ -59,6 +65,7 @@ import {
   reshape,
   scope,
   slice,
+  sqrt,
   sub,
   sum,
   type Tensor,
@@ -70,7 +77,7 @@ import { ForwardContext } from "../models/context.ts";
 import { allLinears, type LinearLike, Module } from "../models/module.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, mergeLowRank, trainHead } from "./lora.ts";
+import { adaptableLinears, architectureOf, mergeLowRank, trainHead } from "./lora.ts";
 import {
   ADAPTER_CONFIG,
   ADAPTER_WEIGHTS,
@@ -107,6 +114,10 @@ export const AdaLoraConfigSchema: ConfigSchema<AdaLoraConfig> = z.object({
   alpha: z.number().positive().default(8),
   /** Dropout on the adapter's input. */
   dropout: z.number().min(0).lt(1).default(0),
+  /** The regulariser's norm: PEFT's ‖·‖_F ("frobenius") or the paper's ‖·‖²_F ("squared"). */
+  orthNorm: z.enum(["frobenius", "squared"]).default("frobenius"),
+  /** Score parameters after the update (PEFT, "after-step") or before it (the paper). */
+  importance: z.enum(["after-step", "before-step"]).default("after-step"),
 }).strict();
 
 /** Parsed AdaLoRA options. */
@@ -133,6 +144,16 @@ export interface AdaLoraConfig {
   alpha: number;
   /** Dropout probability on the adapter's input, in [0, 1); default 0. */
   dropout: number;
+  /**
+   * The regulariser's norm: "frobenius" ‖·‖_F as PEFT and the authors' code (default), or
+   * "squared" ‖·‖²_F as the paper writes it.
+   */
+  orthNorm: "frobenius" | "squared";
+  /**
+   * When importance reads the parameters: "after-step" (PEFT: its allocator runs after
+   * `optimizer.step()`; default) or "before-step" (the paper's Algorithm 1).
+   */
+  importance: "after-step" | "before-step";
 }
 
 /** A Linear with an SVD-form update; `base_layer` keeps the frozen original. */
@@ -211,7 +232,8 @@ export interface BudgetSchedule {
 }
 
 /**
- * The rank budget after `step` completed optimizer steps and whether to re-mask then.
+ * The rank budget at optimizer step `step` (counted from 0) and whether to re-mask then: PEFT's
+ * RankAllocator.budget_schedule.
  *
  * @example
  * ```ts
@@ -443,9 +465,23 @@ export class RankAllocator {
 
 const STATE_PREFIX = "adalora.";
 
-/** AdamW plus the allocator's state, so checkpoints resume AdaLoRA exactly. */
+/**
+ * AdamW plus the rank allocator. One `step()` is one iteration of PEFT's loop at global step t:
+ * clip the gradients in place (as Hugging Face's Trainer does before `optimizer.step()`), update,
+ * then `update_and_allocate(t)` while the (clipped) gradients still exist. The allocator's state
+ * is saved with the optimizer's, so checkpoints resume AdaLoRA exactly.
+ */
 class AdaLoraOptimizer implements Optimizer {
-  constructor(readonly inner: Optimizer, readonly allocator: RankAllocator) {}
+  readonly #clipper: GradClipper | null;
+
+  constructor(
+    readonly inner: AdamW,
+    readonly allocator: RankAllocator,
+    maxGradNorm: number | undefined,
+    readonly allocate: (step: number, phase: "before-step" | "after-step") => void,
+  ) {
+    this.#clipper = maxGradNorm === undefined ? null : new GradClipper(maxGradNorm);
+  }
 
   get stepCount(): number {
     return this.inner.stepCount;
@@ -456,7 +492,17 @@ class AdaLoraOptimizer implements Optimizer {
   }
 
   step(): void {
+    const t = this.inner.stepCount;
+    if (this.#clipper) {
+      const params = this.inner.params;
+      noGrad(() => {
+        this.#clipper!.measure(params);
+        this.#clipper!.scaleGrads(params);
+      });
+    }
+    this.allocate(t, "before-step");
     this.inner.step();
+    this.allocate(t, "after-step");
   }
 
   zeroGrad(): void {
@@ -496,6 +542,7 @@ class AdaLoraOptimizer implements Optimizer {
   dispose(): void {
     this.inner.dispose();
     this.allocator.dispose();
+    this.#clipper?.dispose();
   }
 }
 
@@ -509,13 +556,24 @@ export interface AdaLoraAdapter extends Adapter {
   readonly schedule: BudgetSchedule | null;
   /** The orthogonality regulariser R (unweighted), recorded on the tape. */
   regularizer(): Tensor;
+  /**
+   * PEFT's `update_and_allocate(step)` (step counted from 0), split at the optimizer update: with
+   * "before-step" only the paper's importance update (when `importance` is "before-step"), with
+   * "after-step" PEFT's importance update (by default) and the masking of the budget schedule.
+   * The adapter's optimizer calls both around its update; tests call them directly.
+   */
+  allocate(step: number, phase: "before-step" | "after-step"): void;
 }
 
 /**
- * The orthogonality regulariser: the mean over the given layers' 2L matrices of ‖QQᵀ − I‖²_F
- * (Q = lora_A [r, dIn]) and ‖PᵀP − I‖²_F (P = lora_B [dOut, r]); recorded on the tape.
+ * The orthogonality regulariser: the mean over the given layers' 2L matrices of ‖QQᵀ − I‖_F
+ * (Q = lora_A [r, dIn]) and ‖PᵀP − I‖_F (P = lora_B [dOut, r]), as PEFT's AdaLoraModel.forward
+ * adds it; `norm: "squared"` takes ‖·‖²_F instead (the paper's formula). Recorded on the tape.
  */
-export function orthRegularizer(layers: readonly { loraA: Tensor; loraB: Tensor }[]): Tensor {
+export function orthRegularizer(
+  layers: readonly { loraA: Tensor; loraB: Tensor }[],
+  norm: AdaLoraConfig["orthNorm"] = "frobenius",
+): Tensor {
   if (layers.length === 0) throw new Error("orthRegularizer: no layers");
   const terms = layers.flatMap(({ loraA, loraB }) => {
     const r = loraA.shape[0];
@@ -525,7 +583,8 @@ export function orthRegularizer(layers: readonly { loraA: Tensor; loraB: Tensor 
     );
     return [matmul(loraA, transpose(loraA)), matmul(transpose(loraB), loraB)].map((gram) => {
       const d = sub(gram, eye);
-      return sum(mul(d, d));
+      const squares = sum(mul(d, d));
+      return norm === "squared" ? squares : sqrt(squares);
     });
   });
   return mul(terms.reduce((s, t) => add(s, t)), 1 / terms.length);
@@ -625,40 +684,40 @@ export function applyAdaLora(
       [`${n}.lora_E`, l.loraE],
       [`${n}.lora_B`, l.loraB],
     ]);
-  const regularizer = (): Tensor => orthRegularizer(layers.map(([, l]) => l));
+  const regularizer = (): Tensor => orthRegularizer(layers.map(([, l]) => l), config.orthNorm);
+  /** PEFT's update_and_allocate(t), with importance read before or after the update. */
+  const allocate = (t: number, phase: "before-step" | "after-step") => {
+    const s = requireSchedule();
+    const finalStep = s.totalSteps - s.tfinal;
+    if (phase === config.importance && t < finalStep) allocator.updateImportance();
+    if (phase === "before-step") return;
+    if (t < finalStep) {
+      const { budget, mask } = adaloraBudget(t, s);
+      if (mask) allocator.maskToBudget(budget);
+    } else if (t === finalStep) {
+      allocator.maskToBudget(s.targetBudget);
+      allocator.frozen = true;
+      allocator.releaseImportance();
+    } else {
+      allocator.applyMask();
+    }
+  };
   return {
     method: "adalora",
     layers,
     allocator,
     schedule,
     regularizer,
+    allocate,
     groups: () => [
       ...buildGroups("adalora", adapterParams(), ctx.lrMultipliers, ctx.weightDecay),
       ...buildGroups("head", head, {}, ctx.weightDecay),
     ],
     extraLoss: () => (config.orthRegWeight > 0 ? mul(regularizer(), config.orthRegWeight) : null),
-    beforeStep: (step) => {
-      // `step` is 0-based here; the step being completed is step + 1.
-      const s = requireSchedule();
-      if (step + 1 < s.totalSteps - s.tfinal) allocator.updateImportance();
-    },
-    afterStep: (step) => {
-      const s = requireSchedule();
-      const finalStep = s.totalSteps - s.tfinal;
-      if (step < finalStep) {
-        const { budget, mask } = adaloraBudget(step, s);
-        if (mask) allocator.maskToBudget(budget);
-      } else if (step === finalStep) {
-        allocator.maskToBudget(s.targetBudget);
-        allocator.frozen = true;
-        allocator.releaseImportance();
-      } else {
-        allocator.applyMask();
-      }
-    },
     createOptimizer: (groups, options) => {
       requireSchedule();
-      return new AdaLoraOptimizer(new AdamW(groups, options), allocator);
+      const inner = new AdamW(groups, { schedule: options.schedule });
+      return new AdaLoraOptimizer(inner, allocator, options.maxGradNorm, allocate);
     },
     merge: () => {
       mergeLowRank(model, layers);
@@ -762,9 +821,25 @@ export function applyAdaLora(
   };
 }
 
+/**
+ * PEFT's default AdaLoRA targets (TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING) for the
+ * architectures we load: RoBERTa every attention and feed-forward matrix, BERT and LLaMA q and v.
+ */
+export function adaloraDefaultTargets(model: Module): string[] {
+  const arch = architectureOf(model);
+  if (arch === "llama") return ["q_proj", "v_proj"];
+  if (arch === "roberta") return ["query", "key", "value", "dense"];
+  if (arch === "bert") return ["query", "value"];
+  throw new Error(
+    "AdaLoRA: no default targets for this model (neither RoBERTa, BERT nor LLaMA); name the " +
+      "target modules explicitly",
+  );
+}
+
 /** AdaLoRA as a registry entry. */
 export const adalora: Method<AdaLoraConfig> = {
   name: "adalora",
   config: AdaLoraConfigSchema,
+  defaultTargets: adaloraDefaultTargets,
   apply: (model, config, ctx) => applyAdaLora(model, config, ctx),
 };

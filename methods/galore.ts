@@ -1,38 +1,55 @@
 /**
  * GaLore, Gradient Low-Rank Projection (Zhao et al., 2024), as the official `galore_torch`
- * GaLoreAdamW implements it.
+ * GaLoreAdamW and Hugging Face's `optim="galore_adamw"` train with it.
  *
- * The targeted Linear weights W [m, n] = [dOut, dIn] train in full (with their biases and the task
- * head); only the optimizer changes. Every T (`updateProjGap`) updates of a weight, counted from
+ * GaLore is full-parameter training with a different optimizer: by default every parameter of
+ * the model trains (embeddings, norms, biases, every Linear, the task head), as the official
+ * run_glue.py and HF's Trainer put every parameter into the optimizer. The targeted Linear
+ * weights W [m, n] = [dOut, dIn] are the projected group; every other parameter is GaLoreAdamW's
+ * plain (unprojected) branch. Every T (`updateProjGap`) updates of a projected weight, counted from
  * its first, the projector P is refreshed from the SVD of the current gradient G: with projType
  * "std", P = the top-r right singular vectors [n, r] when m ≥ n ("right"), else the top-r left
  * ones [m, r] ("left") — always the smaller side, so the projected gradient R has r·max(m, n)
- * entries. Then, in GaloreAdamW's order:
- *   R = G·P (right) or Pᵀ·G (left)
+ * entries. Default targets are the reference recipes' (METHODS.md 2.12): every attention and
+ * feed-forward matrix (query, key, value, intermediate.dense, output.dense — which also matches
+ * attention.output.dense — on RoBERTa/BERT; every Linear of a LLaMA block).
+ * Then, in GaLoreAdamW's order, for a projected weight (R = G·P or Pᵀ·G) and for any other
+ * parameter (R = G, no projection, α = 1):
  *   m ← β₁m + (1−β₁)R,  v ← β₂v + (1−β₂)R²,  N = m / (√v + ε)
  *   W ← W − lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · α · (N·Pᵀ or P·N)     (α = `scale`)
  *   W ← W − lr·λ·W                                      (decoupled decay, after the update)
- * Moments persist across refreshes (the official code does not reset or re-project them).
- * Parameters that are not projected (biases, the head) use the engine's AdamW (torch semantics:
- * ε added to √v̂, decay first); the official code runs them through the same GaloreAdamW, whose
- * ε placement differs only at the scale of ε. Gradient clipping (maxGradNorm) scales every
- * gradient by the global clip coefficient before either update, as HF's Trainer clips before
- * `optimizer.step()`.
+ * which differs from torch's AdamW in where ε enters (here it is added to √v before the bias
+ * correction) and in decaying after the update. Moments persist across refreshes (the official
+ * code does not reset or re-project them). Gradient clipping (maxGradNorm) scales every gradient
+ * by the global clip coefficient first, as HF's Trainer clips before `optimizer.step()`.
  *
- * Deviations, chosen deliberately: the official code uses a full SVD; here `svd: "auto"` uses the
- * exact one-sided Jacobi SVD when min(m, n) ≤ 256 or r ≥ min(m, n)/2, and a randomized SVD (10
- * oversampled columns, 2 power iterations, seeded by (seed, parameter, refresh)) otherwise — the
- * top-r subspace is all GaLore uses. A rank above min(m, n) is clamped to min(m, n) with a warning
- * (the official code would fail in the slicing's shapes).
+ * Deviations, chosen deliberately:
+ * - Weight decay is the run's (biases and norm weights exempt, as everywhere here); HF's
+ *   `galore_adamw` passes no weight decay to GaLoreAdamW (its groups carry none), so
+ *   `--weight-decay 0` reproduces it. ε is the run's AdamW ε (1e-8, HF's `adam_epsilon`); the
+ *   official run_glue.py keeps GaLoreAdamW's default 1e-6.
+ * - Each projector column is sign-normalised (its largest-magnitude entry made positive). The
+ *   moments carry over refreshes, so the trajectory depends on the signs the SVD returns; torch's
+ *   are whatever LAPACK/cuSOLVER produce (CPU and GPU differ), ours are fixed by this rule.
+ * - The official code uses a full SVD; here `svd: "auto"` uses the exact one-sided Jacobi SVD when
+ *   min(m, n) ≤ 256 or r ≥ min(m, n)/2, and a randomized SVD (10 oversampled columns, 2 power
+ *   iterations, seeded by (seed, parameter, refresh)) otherwise — the top-r subspace is all GaLore
+ *   uses. A rank above min(m, n) is clamped to min(m, n) with a warning (the official code would
+ *   fail in the slicing's shapes).
+ * - `trainAll: false` trains only the targeted weights, their biases and the task head (the rest
+ *   stays frozen), which costs less memory than the reference setting.
  *
  * Memory accounting: the projectors count as optimizer state (the paper's accounting), so a
- * projected matrix holds 2·r·max(m, n) + r·min(m, n) floats in category "optimizer" (std).
+ * projected matrix holds 2·r·max(m, n) + r·min(m, n) floats in category "optimizer" (std); every
+ * other trained tensor holds its two moments there.
  *
  * Saved format (no PEFT equivalent): a folder with
  *   - `galore_config.json`: `{ "method": "galore", "rank", "update_proj_gap", "scale",
- *     "proj_type", "base_model", "target_modules", "modules_to_save", "tensors": [names] }`
- *   - `galore_model.safetensors`: every trained tensor (targeted weights and biases, the head) in
- *     F32 under the model's own Hugging Face names.
+ *     "proj_type", "train_all", "base_model", "target_modules", "modules_to_save",
+ *     "tensors": [names] }`
+ *   - `galore_model.safetensors`: every trained tensor (with `trainAll`, every parameter of the
+ *     model; otherwise the targeted weights and biases and the head) in F32 under the model's own
+ *     Hugging Face names.
  * `merge()` is a no-op: the trained weights are the model's own.
  *
  * @module
@@ -40,7 +57,6 @@
 import { join } from "node:path";
 import { z } from "zod";
 import {
-  AdamW,
   type AdamWOptions,
   cast,
   GradClipper,
@@ -65,7 +81,8 @@ import {
 import { allLinears, Linear, type Module } from "../models/module.ts";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { signOfLargest } from "./signs.ts";
+import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
@@ -84,6 +101,8 @@ export const GaloreConfigSchema: ConfigSchema<GaloreConfig> = z.object({
   projType: z.enum(["std", "reverse_std", "left", "right"]).default("std"),
   /** How the projector's SVD is computed (see the module notes). */
   svd: z.enum(["auto", "exact", "randomized"]).default("auto"),
+  /** Train every parameter (the reference); false: the targets, their biases and the head. */
+  trainAll: z.boolean().default(true),
 }).strict();
 
 /** Parsed GaLore options. */
@@ -98,6 +117,12 @@ export interface GaloreConfig {
   projType: ProjType;
   /** How the projector's SVD is computed (see the module notes); default "auto". */
   svd: "auto" | "exact" | "randomized";
+  /**
+   * Train every parameter of the model, the projected weights with GaLore and the rest with
+   * GaLoreAdamW's plain branch, as the official code and HF's galore_adamw do (default true);
+   * false: only the targeted weights, their biases and the task head train.
+   */
+  trainAll: boolean;
 }
 
 /** The config file GaLore writes next to its weights. */
@@ -126,16 +151,21 @@ export interface GaloreSettings {
   seed: number;
 }
 
-interface ProjectedState {
-  /** Updates taken (the bias-correction step; refresh when a multiple of T). */
+/** Moments of one trained tensor, and its projector when it is a projected weight. */
+interface ParamState {
+  /** Updates taken (the bias-correction step; a projector refreshes when it is a multiple of T). */
   step: number;
+  /** [m, r] (right), [r, n] (left), or the parameter's shape when not projected. */
+  expAvg: Tensor;
+  expAvgSq: Tensor;
+  projection: Projection | null;
+}
+
+interface Projection {
   side: "left" | "right";
   rank: number;
   /** [n, r] (right) or [m, r] (left). */
   projector: Tensor;
-  /** [m, r] (right) or [r, n] (left). */
-  expAvg: Tensor;
-  expAvgSq: Tensor;
 }
 
 interface ResolvedGroup {
@@ -146,9 +176,16 @@ interface ResolvedGroup {
   eps: number;
 }
 
+/** What {@link GaLoreAdamW.saveState} records per parameter besides its arrays. */
+interface SavedParam {
+  name?: string;
+  step: number;
+  projection: { side: "left" | "right"; rank: number } | null;
+}
+
 /**
- * AdamW with GaLore's projected update for the matrices in `ranks` (parameter → rank) and the
- * engine's AdamW for every other parameter of `groups`.
+ * GaLoreAdamW: the projected update for the matrices in `ranks` (parameter → rank) and
+ * GaLoreAdamW's plain branch for every other parameter of `groups` (see the module notes).
  *
  * @example
  * ```ts
@@ -164,14 +201,13 @@ interface ResolvedGroup {
 export class GaLoreAdamW implements Optimizer {
   readonly #groups: ResolvedGroup[];
   readonly #schedule: Schedule;
-  readonly #inner: AdamW;
   readonly #ranks: Map<Tensor, number>;
   readonly #settings: GaloreSettings;
   #clipper: GradClipper | null;
-  #state = new Map<Tensor, ProjectedState>();
+  #state = new Map<Tensor, ParamState>();
   #step = 0;
 
-  /** Validate the projected matrices (2-D, f32, each in a group) and set up the inner AdamW. */
+  /** Validate the groups and the projected matrices (2-D, f32, each in a group). */
   constructor(
     groups: readonly ParamGroup[],
     options: AdamWOptions,
@@ -183,14 +219,33 @@ export class GaLoreAdamW implements Optimizer {
         `GaLore updateProjGap: expected an integer ≥ 1, got ${settings.updateProjGap}`,
       );
     }
-    this.#groups = groups.map((g) => ({
-      params: [...g.params],
-      lr: g.lr,
-      weightDecay: g.weightDecay,
-      betas: g.betas ?? [0.9, 0.999],
-      eps: g.eps ?? 1e-8,
-    }));
-    const all = new Set(this.#groups.flatMap((g) => g.params));
+    if (groups.length === 0) throw new Error("GaLore: at least one parameter group is needed");
+    this.#groups = groups.map((g, i) => {
+      const where = `GaLore param group ${i}`;
+      if (!(g.lr >= 0) || !Number.isFinite(g.lr)) {
+        throw new Error(`${where}: lr must be a finite number ≥ 0, got ${g.lr}`);
+      }
+      if (!(g.weightDecay >= 0) || !Number.isFinite(g.weightDecay)) {
+        throw new Error(`${where}: weightDecay must be a finite number ≥ 0, got ${g.weightDecay}`);
+      }
+      for (const p of g.params) {
+        if (p.dtype !== "f32" || !p.isContiguous) {
+          throw new Error(`${where}: ${p.name ?? p} must be a contiguous f32 tensor`);
+        }
+      }
+      return {
+        params: [...g.params],
+        lr: g.lr,
+        weightDecay: g.weightDecay,
+        betas: g.betas ?? [0.9, 0.999],
+        eps: g.eps ?? 1e-8,
+      };
+    });
+    const all = new Set<Tensor>();
+    for (const p of this.#groups.flatMap((g) => g.params)) {
+      if (all.has(p)) throw new Error(`GaLore: ${p.name ?? p} appears in more than one group`);
+      all.add(p);
+    }
     for (const [p, r] of ranks) {
       const what = p.name ?? String(p);
       if (!all.has(p)) throw new Error(`GaLore: projected matrix ${what} is in no parameter group`);
@@ -204,10 +259,6 @@ export class GaLoreAdamW implements Optimizer {
     this.#schedule = options.schedule ?? (() => 1);
     const maxNorm = options.maxGradNorm;
     this.#clipper = maxNorm === undefined ? null : new GradClipper(maxNorm);
-    this.#inner = new AdamW(
-      this.#groups.map((g) => ({ ...g, params: g.params.filter((p) => !ranks.has(p)) })),
-      { schedule: this.#schedule },
-    );
   }
 
   /** Every parameter, in group order. */
@@ -229,19 +280,19 @@ export class GaLoreAdamW implements Optimizer {
 
   /** The projector of a projected matrix ([n, r] right or [m, r] left), once it has one. */
   projector(param: Tensor): Tensor | null {
-    return this.#state.get(param)?.projector ?? null;
+    return this.#state.get(param)?.projection?.projector ?? null;
   }
 
-  /** Bytes of optimizer state on the GPU: moments of R, projectors, the inner AdamW's moments. */
+  /** Bytes of optimizer state on the GPU: moments (of R or of the parameter) and projectors. */
   get stateBytes(): number {
-    let n = this.#inner.stateBytes;
+    let n = 0;
     for (const s of this.#state.values()) {
-      n += s.projector.bytes + s.expAvg.bytes + s.expAvgSq.bytes;
+      n += s.expAvg.bytes + s.expAvgSq.bytes + (s.projection?.projector.bytes ?? 0);
     }
     return n;
   }
 
-  /** One update of every parameter with a gradient (projected ones as GaLore, others AdamW). */
+  /** One update of every parameter with a gradient (projected ones through their projector). */
   step(): void {
     const multiplier = this.#schedule(this.#step);
     if (!Number.isFinite(multiplier) || multiplier < 0) {
@@ -254,46 +305,62 @@ export class GaLoreAdamW implements Optimizer {
       }
       for (const group of this.#groups) {
         for (const p of group.params) {
-          if (p.grad && this.#ranks.has(p)) this.#update(p, p.grad, group, group.lr * multiplier);
+          if (p.grad) this.#update(p, p.grad, group, group.lr * multiplier);
         }
       }
-      this.#inner.step();
     });
     this.#step++;
   }
 
+  #stateOf(p: Tensor): ParamState {
+    let s = this.#state.get(p);
+    if (s) return s;
+    const rank = this.#ranks.get(p);
+    let projection: Projection | null = null;
+    let momentShape = [...p.shape];
+    if (rank !== undefined) {
+      const [m, n] = p.shape;
+      const side = projectorSide(m, n, this.#settings.projType);
+      momentShape = side === "right" ? [m, rank] : [rank, n];
+      projection = {
+        side,
+        rank,
+        projector: zeros(side === "right" ? [n, rank] : [m, rank], { category: "optimizer" })
+          .keep(),
+      };
+    }
+    s = {
+      step: 0,
+      expAvg: zeros(momentShape, { category: "optimizer" }).keep(),
+      expAvgSq: zeros(momentShape, { category: "optimizer" }).keep(),
+      projection,
+    };
+    this.#state.set(p, s);
+    return s;
+  }
+
   #update(p: Tensor, grad: Tensor, group: ResolvedGroup, lr: number): void {
-    const [m, n] = p.shape;
     if (grad.shape.join() !== p.shape.join()) {
       throw new Error(
         `GaLore: gradient of ${p.name ?? p} has shape [${grad.shape}], expected [${p.shape}]`,
       );
     }
-    let s = this.#state.get(p);
-    if (!s) {
-      const rank = this.#ranks.get(p)!;
-      const side = projectorSide(m, n, this.#settings.projType);
-      const momentShape = side === "right" ? [m, rank] : [rank, n];
-      s = {
-        step: 0,
-        side,
-        rank,
-        projector: zeros(side === "right" ? [n, rank] : [m, rank], { category: "optimizer" })
-          .keep(),
-        expAvg: zeros(momentShape, { category: "optimizer" }).keep(),
-        expAvgSq: zeros(momentShape, { category: "optimizer" }).keep(),
-      };
-      this.#state.set(p, s);
+    const st = this.#stateOf(p);
+    const proj = st.projection;
+    if (proj && st.step % this.#settings.updateProjGap === 0) {
+      this.#refresh(p, grad, proj, st.step);
     }
-    const st = s;
-    if (st.step % this.#settings.updateProjGap === 0) this.#refresh(p, grad, st);
     const [beta1, beta2] = group.betas;
     st.step++;
     const bc1 = 1 - beta1 ** st.step, bc2 = 1 - beta2 ** st.step;
+    const scale = proj ? this.#settings.scale : 1;
     withCategory("scratch", () =>
       scope(() => {
-        const proj = st.projector;
-        const r = st.side === "right" ? matmul(grad, proj) : matmul(transpose(proj), grad);
+        const r = !proj
+          ? grad
+          : proj.side === "right"
+          ? matmul(grad, proj.projector)
+          : matmul(transpose(proj.projector), grad);
         map([st.expAvg, r], "a + s_c * (b - a)", { out: st.expAvg, scalars: { c: 1 - beta1 } });
         map([st.expAvgSq, r], "a * s_b + s_c * b * b", {
           out: st.expAvgSq,
@@ -302,32 +369,35 @@ export class GaLoreAdamW implements Optimizer {
         const normalized = map([st.expAvg, st.expAvgSq], "a / (sqrt(b) + s_eps)", {
           scalars: { eps: group.eps },
         });
-        const back = st.side === "right"
-          ? matmul(normalized, transpose(proj))
-          : matmul(proj, normalized);
+        const back = !proj
+          ? normalized
+          : proj.side === "right"
+          ? matmul(normalized, transpose(proj.projector))
+          : matmul(proj.projector, normalized);
         map([p, back], "(a - s_step * b) * s_decay", {
           out: p,
           scalars: {
-            step: (lr * Math.sqrt(bc2) / bc1) * this.#settings.scale,
+            step: (lr * Math.sqrt(bc2) / bc1) * scale,
             decay: 1 - lr * group.weightDecay,
           },
         });
       }));
   }
 
-  /** P ← the top-r singular vectors of G on the projector's side. */
-  #refresh(p: Tensor, grad: Tensor, st: ProjectedState): void {
+  /** P ← the top-r singular vectors of G on the projector's side, columns sign-normalised. */
+  #refresh(p: Tensor, grad: Tensor, proj: Projection, step: number): void {
     const [m, n] = p.shape;
     const exact = this.#settings.svd === "exact" ||
-      (this.#settings.svd === "auto" && (Math.min(m, n) <= 256 || 2 * st.rank >= Math.min(m, n)));
+      (this.#settings.svd === "auto" &&
+        (Math.min(m, n) <= 256 || 2 * proj.rank >= Math.min(m, n)));
     withCategory("scratch", () =>
       scope(() => {
         const index = this.params.indexOf(p);
-        const f = exact ? svd(grad) : randomizedSvd(grad, st.rank, {
-          seed: this.#settings.seed * 1_000_003 + index * 7919 + st.step,
+        const f = exact ? svd(grad) : randomizedSvd(grad, proj.rank, {
+          seed: this.#settings.seed * 1_000_003 + index * 7919 + step,
         });
-        const vectors = st.side === "right" ? f.v : f.u;
-        map([slice(vectors, 1, 0, st.rank)], "a", { out: st.projector });
+        const vectors = slice(proj.side === "right" ? f.v : f.u, 1, 0, proj.rank);
+        map([vectors, signOfLargest(vectors)], "a * b", { out: proj.projector });
       }));
   }
 
@@ -339,36 +409,29 @@ export class GaLoreAdamW implements Optimizer {
   /** Free a parameter's state (its moments and projector); its next update starts afresh. */
   releaseState(param: Tensor): void {
     const s = this.#state.get(param);
-    if (!s) {
-      this.#inner.releaseState(param);
-      return;
-    }
-    for (const t of [s.projector, s.expAvg, s.expAvgSq]) t.dispose();
+    if (!s) return;
+    for (const t of [s.expAvg, s.expAvgSq, s.projection?.projector]) t?.dispose();
     this.#state.delete(param);
   }
 
-  /** The whole state as metadata + arrays: inner AdamW, and per projected matrix m, v and P. */
+  /** The whole state as metadata + arrays: per parameter m, v and (projected) P. */
   async saveState(): Promise<OptimizerState> {
-    const inner = await this.#inner.saveState();
     const arrays: Record<string, Float32Array> = {};
-    for (const [k, v] of Object.entries(inner.arrays)) arrays[`adamw.${k}`] = v;
-    const params = this.params;
-    const projected = await Promise.all(params.map(async (p, i) => {
+    const params = await Promise.all(this.params.map(async (p, i): Promise<SavedParam | null> => {
       const s = this.#state.get(p);
       if (!s) return null;
-      const [expAvg, expAvgSq, projector] = await Promise.all([
-        s.expAvg.read(),
-        s.expAvgSq.read(),
-        s.projector.read(),
-      ]);
-      arrays[`galore.${i}.exp_avg`] = expAvg as Float32Array;
-      arrays[`galore.${i}.exp_avg_sq`] = expAvgSq as Float32Array;
-      arrays[`galore.${i}.projector`] = projector as Float32Array;
-      return { name: p.name, step: s.step, side: s.side, rank: s.rank };
+      const tensors = [s.expAvg, s.expAvgSq, ...(s.projection ? [s.projection.projector] : [])];
+      const [expAvg, expAvgSq, projector] = await Promise.all(tensors.map((t) => t.read()));
+      arrays[`${i}.exp_avg`] = expAvg as Float32Array;
+      arrays[`${i}.exp_avg_sq`] = expAvgSq as Float32Array;
+      if (projector) arrays[`${i}.projector`] = projector as Float32Array;
+      const projection = s.projection ? { side: s.projection.side, rank: s.projection.rank } : null;
+      return { name: p.name, step: s.step, projection };
     }));
     return {
       meta: {
         type: "galore_adamw",
+        version: 2,
         step: this.#step,
         groups: this.#groups.map((g) => ({
           lr: g.lr,
@@ -376,8 +439,7 @@ export class GaLoreAdamW implements Optimizer {
           betas: g.betas,
           eps: g.eps,
         })),
-        adamw: inner.meta,
-        projected,
+        params,
       },
       arrays,
     };
@@ -387,18 +449,21 @@ export class GaLoreAdamW implements Optimizer {
   loadState(state: OptimizerState): void {
     const meta = state.meta as {
       type?: string;
+      version?: number;
       step: number;
       groups: { lr: number; weightDecay: number; betas: [number, number]; eps: number }[];
-      adamw: unknown;
-      projected: ({ name?: string; step: number; side: "left" | "right"; rank: number } | null)[];
+      params: (SavedParam | null)[];
     };
-    if (meta?.type !== "galore_adamw") {
-      throw new Error(`optimizer state is not GaLore's (type ${meta?.type})`);
+    if (meta?.type !== "galore_adamw" || meta.version !== 2) {
+      throw new Error(
+        `optimizer state is not this version's GaLore state (type ${meta?.type}, version ` +
+          `${meta?.version}); it cannot be resumed here`,
+      );
     }
     const params = this.params;
-    if (!Array.isArray(meta.projected) || meta.projected.length !== params.length) {
+    if (!Array.isArray(meta.params) || meta.params.length !== params.length) {
       throw new Error(
-        `GaLore state: ${meta.projected?.length} parameters, this optimizer has ${params.length}`,
+        `GaLore state: ${meta.params?.length} parameters, this optimizer has ${params.length}`,
       );
     }
     if (meta.groups.length !== this.#groups.length) {
@@ -406,42 +471,31 @@ export class GaLoreAdamW implements Optimizer {
         `GaLore state: ${meta.groups.length} param groups, this optimizer has ${this.#groups.length}`,
       );
     }
-    const inner: Record<string, Float32Array> = {};
-    for (const [k, v] of Object.entries(state.arrays)) {
-      if (k.startsWith("adamw.")) inner[k.slice(6)] = v;
-    }
-    this.#inner.loadState({ meta: meta.adamw, arrays: inner });
     meta.groups.forEach((g, i) => Object.assign(this.#groups[i], g));
     for (const p of [...this.#state.keys()]) this.releaseState(p);
-    meta.projected.forEach((s, i) => {
-      if (!s) return;
+    meta.params.forEach((saved, i) => {
+      if (!saved) return;
       const p = params[i];
-      const what = `GaLore state parameter ${i}${s.name ? ` (${s.name})` : ""}`;
-      if (!this.#ranks.has(p)) throw new Error(`${what}: this optimizer does not project it`);
-      if (s.rank !== this.#ranks.get(p)) {
-        throw new Error(`${what}: rank ${s.rank}, this optimizer uses ${this.#ranks.get(p)}`);
+      const what = `GaLore state parameter ${i}${saved.name ? ` (${saved.name})` : ""}`;
+      const rank = this.#ranks.get(p);
+      if ((rank === undefined) !== (saved.projection === null)) {
+        throw new Error(`${what}: projected in the state but not here, or the reverse`);
       }
-      const [m, n] = p.shape;
-      const momentShape = s.side === "right" ? [m, s.rank] : [s.rank, n];
-      const projShape = s.side === "right" ? [n, s.rank] : [m, s.rank];
-      const make = (key: string, shape: number[]) => {
-        const a = state.arrays[`galore.${i}.${key}`];
-        const size = shape[0] * shape[1];
-        if (!a || a.length !== size) {
-          throw new Error(`${what}: ${key} needs ${size} values, got ${a?.length ?? "none"}`);
+      if (saved.projection && saved.projection.rank !== rank) {
+        throw new Error(`${what}: rank ${saved.projection.rank}, this optimizer uses ${rank}`);
+      }
+      const s = this.#stateOf(p);
+      s.step = saved.step;
+      const fill = (key: string, t: Tensor) => {
+        const a = state.arrays[`${i}.${key}`];
+        if (!a || a.length !== t.size) {
+          throw new Error(`${what}: ${key} needs ${t.size} values, got ${a?.length ?? "none"}`);
         }
-        const t = zeros(shape, { category: "optimizer" }).keep();
         rt().write(t.buffer, t.offset * 4, a);
-        return t;
       };
-      this.#state.set(p, {
-        step: s.step,
-        side: s.side,
-        rank: s.rank,
-        projector: make("projector", projShape),
-        expAvg: make("exp_avg", momentShape),
-        expAvgSq: make("exp_avg_sq", momentShape),
-      });
+      fill("exp_avg", s.expAvg);
+      fill("exp_avg_sq", s.expAvgSq);
+      if (s.projection) fill("projector", s.projection.projector);
     });
     this.#step = meta.step;
   }
@@ -449,7 +503,6 @@ export class GaLoreAdamW implements Optimizer {
   /** Free every state tensor and the clipping buffers. */
   dispose(): void {
     for (const p of [...this.#state.keys()]) this.releaseState(p);
-    this.#inner.dispose();
     this.#clipper?.dispose();
     this.#clipper = null;
   }
@@ -506,12 +559,36 @@ export function applyGalore(
         }); using min(dOut, dIn) there`,
     );
   }
-  const trained = (): [string, Tensor][] => [...weights, ...biases, ...head];
+  // Full-parameter training: everything else trains with GaLoreAdamW's plain branch.
+  const rest: [string, Tensor][] = [];
+  if (config.trainAll) {
+    const taken = new Set([...weights, ...biases, ...head].map(([, t]) => t));
+    const unusedLmHead = (n: string) => ctx.taskType === "SEQ_CLS" && /(^|\.)lm_head\./.test(n);
+    for (const [name, t] of model.namedParameters()) {
+      if (taken.has(t) || unusedLmHead(name)) continue;
+      taken.add(t);
+      if (t.dtype !== "f32") {
+        throw new Error(
+          `GaLore trains every parameter in f32 (trainAll), but ${name} is stored as ${t.dtype}: ` +
+            "load the model with frozenDtype f32, or set trainAll: false",
+        );
+      }
+      t.requiresGrad = true;
+      t.setCategory("trainable");
+      rest.push([name, t]);
+    }
+  }
+  const trained = (): [string, Tensor][] => [...weights, ...biases, ...rest, ...head];
   return {
     method: "galore",
     ranks,
     groups: () => [
-      ...buildGroups("galore", [...weights, ...biases], ctx.lrMultipliers, ctx.weightDecay),
+      ...buildGroups(
+        "galore",
+        [...weights, ...biases, ...rest],
+        ctx.lrMultipliers,
+        ctx.weightDecay,
+      ),
       ...buildGroups("head", head, {}, ctx.weightDecay),
     ],
     createOptimizer: (groups, options) =>
@@ -537,6 +614,7 @@ export function applyGalore(
             update_proj_gap: config.updateProjGap,
             scale: config.scale,
             proj_type: config.projType,
+            train_all: config.trainAll,
             base_model: ctx.baseModel,
             target_modules: ctx.targets,
             modules_to_save: ctx.headModules,
@@ -568,9 +646,17 @@ export function applyGalore(
   };
 }
 
+/** The reference recipes' projected matrices: every attention and feed-forward matrix. */
+export function galoreDefaultTargets(model: Module): string[] {
+  return architectureOf(model) === "llama"
+    ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    : ["query", "key", "value", "intermediate.dense", "output.dense"];
+}
+
 /** GaLore as a registry entry. */
 export const galore: Method<GaloreConfig> = {
   name: "galore",
   config: GaloreConfigSchema,
+  defaultTargets: galoreDefaultTargets,
   apply: (model, config, ctx) => applyGalore(model, config, ctx),
 };

@@ -3,10 +3,14 @@
  *
  * Everything outside the transformer blocks always trains (the embeddings, the final norm and the
  * task head, as LMFlow's reference callback leaves them trainable); of the L blocks, γ (`layers`)
- * are sampled uniformly without replacement every K (`interval`) steps and train with AdamW while
+ * are sampled uniformly without replacement every K (`interval`) steps, including step 0 (LMFlow's
+ * callback switches at `on_step_begin` when global_step % K == 0), and train with AdamW while
  * the other L − γ are frozen. Freezing a block also frees its AdamW moments
  * (`optimizer.releaseState`), so optimizer memory only ever holds γ blocks + the always-trained
  * parameters; a re-sampled block starts from fresh moments, as after PyTorch deletes its state.
+ * That is METHODS.md's advice for the paper's memory claim; LMFlow's callback frees nothing, so
+ * there a re-sampled block resumes its old moments (torch's AdamW skips parameters without a
+ * gradient but keeps their state): `keepMoments: true` does that.
  *
  * Steps s of interval ⌊s / K⌋ use the sample drawn from (seed, ⌊s / K⌋) alone: a resumed run
  * (the optimizer reports its step on `loadState`) re-activates exactly the blocks of the step it
@@ -18,8 +22,8 @@
  * run's default are an error; per-module learning-rate multipliers do apply (e.g. `value: 4`).
  *
  * Saved format (no PEFT equivalent): a folder with
- *   - `lisa_config.json`: `{ "method": "lisa", "layers", "interval", "seed", "base_model",
- *     "step", "trained_blocks": [indices], "block_prefix" }`
+ *   - `lisa_config.json`: `{ "method": "lisa", "layers", "interval", "keep_moments", "seed",
+ *     "base_model", "step", "trained_blocks": [indices], "block_prefix" }`
  *   - `lisa_model.safetensors`: every changed tensor (always-trained parameters and the
  *     parameters of every block sampled so far) in F32 under the model's own Hugging Face names.
  * `merge()` is a no-op: the weights are the model's own.
@@ -51,6 +55,8 @@ export const LisaConfigSchema: ConfigSchema<LisaConfig> = z.object({
   layers: z.number().int().positive().default(2),
   /** K: optimizer steps between re-samplings. */
   interval: z.number().int().positive().default(20),
+  /** Keep a frozen block's AdamW moments for when it is sampled again (LMFlow's behaviour). */
+  keepMoments: z.boolean().default(false),
 }).strict();
 
 /** Parsed LISA options. */
@@ -59,6 +65,11 @@ export interface LisaConfig {
   layers: number;
   /** K: optimizer steps between re-samplings; default 20. */
   interval: number;
+  /**
+   * Keep a frozen block's AdamW moments (and step count) for when it is sampled again, as
+   * LMFlow's callback does; default false: free them at the switch (the paper's memory claim).
+   */
+  keepMoments: boolean;
 }
 
 /** The config file LISA writes next to its weights. */
@@ -175,7 +186,7 @@ export function applyLisa(model: Module, config: LisaConfig, ctx: MethodContext)
       blockParams.forEach((params, b) => {
         if (sample.includes(b) !== on) return;
         for (const [, t] of params) {
-          if (!on) optimizer?.releaseState(t);
+          if (!on && !config.keepMoments) optimizer?.releaseState(t);
           if (t.requiresGrad === on) continue;
           t.requiresGrad = on;
           t.grad?.dispose();
@@ -227,6 +238,7 @@ export function applyLisa(model: Module, config: LisaConfig, ctx: MethodContext)
             method: "lisa",
             layers: config.layers,
             interval: config.interval,
+            keep_moments: config.keepMoments,
             seed: ctx.seed,
             base_model: ctx.baseModel,
             step: steps,

@@ -112,6 +112,18 @@ export class LoraLinear extends Module implements LinearLike {
   }
 }
 
+/**
+ * Which of the architectures we load `model` is, from its module names: a LLaMA-family decoder, a
+ * RoBERTa or a BERT encoder (null otherwise). Methods pick their reference's default targets by it.
+ */
+export function architectureOf(model: Module): "llama" | "roberta" | "bert" | null {
+  const names = allLinears(model).map(([n]) => n);
+  if (names.some((n) => n.endsWith("mlp.down_proj"))) return "llama";
+  if (names.some((n) => n.startsWith("roberta."))) return "roberta";
+  if (names.some((n) => n.startsWith("bert."))) return "bert";
+  return null;
+}
+
 /** The targeted Linear layers, excluding the task head (trained whole, never adapted). */
 export function adaptableLinears(model: Module, ctx: MethodContext): [string, LinearLike][] {
   const inHead = (n: string) => ctx.headModules.some((h) => n === h || n.startsWith(`${h}.`));

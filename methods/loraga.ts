@@ -17,6 +17,10 @@
  *
  * The SVD is the randomized one with 4 power iterations and 2r extra directions (the official
  * torch.svd_lowrank(G, q = 4r, niter = 4)), or the exact Jacobi SVD when 4r ≥ min(dOut, dIn).
+ * A₀ and B₀ come from different singular triplets, so the start (and the whole run) depends on
+ * the signs the SVD gives each triplet, which torch leaves to LAPACK/cuSOLVER; here every triplet
+ * is sign-normalised first (the largest-magnitude entry of its right vector positive, see
+ * ./signs.ts), so the start is a function of G alone.
  * Gradient memory: one f32 [dOut, dIn] per targeted weight while estimating (category "grads"),
  * released before training. Parameter count: r·(dIn + dOut) per module, as LoRA.
  *
@@ -42,6 +46,7 @@ import {
   transpose,
 } from "../ops/mod.ts";
 import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
+import { signOfLargest } from "./signs.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
 import type { ConfigSchema, DataPass, Method } from "./types.ts";
 
@@ -106,7 +111,9 @@ export function loraGaStart(
 ): LowRankStart {
   const { r } = config;
   const dOut = grad.shape[0];
-  const { u, v } = topSingular(grad, 2 * r, seed);
+  const svd = topSingular(grad, 2 * r, seed);
+  const sign = signOfLargest(svd.v);
+  const u = mul(svd.u, sign), v = mul(svd.v, sign);
   const pick = loraGaDirections(config.direction, r);
   const a = transpose(columns(v, pick.a)); // [r, dIn]
   const b = columns(u, pick.b); // [dOut, r]

@@ -23,3 +23,4 @@ export * from "./bitfit.ts";
 export * from "./adalora.ts";
 export * from "./eva.ts";
 export * from "./galore.ts";
+export * from "./signs.ts";

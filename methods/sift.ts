@@ -10,16 +10,32 @@
  * so the gradient of `values` is the dense weight gradient gathered at `indices`, and AdamW's state
  * is 2·k floats per matrix. The task head trains whole; biases and everything else stay frozen.
  *
+ * Default targets are the reference scripts': query, key, value, attention.output.dense on
+ * RoBERTa/BERT (its GLUE recipe) and every Linear of a LLaMA block (its Alpaca recipe).
  * k per matrix follows the reference implementation: k = min(⌊density·n⌋ + 1, n) for a matrix of
  * n entries. With `global: true` the same total K = Σ k is instead chosen as the top-K |gradient|
  * over all targeted matrices together (ties go to earlier matrices, then lower indices), so
  * matrices with larger gradients get more entries; a matrix that gets none stays a plain Linear.
- * The reference spends its first backward pass on the selection without updating; here the
- * selection is a separate pass before step 0 (`beforeTraining`), so step 0 already trains.
+ *
+ * The schedule is the reference's (song-wx/SIFT with Hugging Face's Trainer): its first backward
+ * pass only selects the entries, so optimizer step 0 leaves the increments untouched while the
+ * task head trains as usual. Here the selection is a pass over the first batch before training
+ * (`beforeTraining`; the weights are those of step 0, so its gradient is step 0's), and at step 0
+ * the increments' gradients are dropped before the update (`beforeStep`): they get no update and
+ * no AdamW state, and their first bias-corrected step is step 1, as in the reference.
+ * Weight decay: the reference adds its increment into W and zeroes it after every update, so the
+ * decoupled decay AdamW applies to it acts on zeros and does nothing; the increments here train
+ * without weight decay for the same result. `incrementDecay: true` applies the run's decay to
+ * them (pulling W back towards W₀ at the selected entries). The head decays as usual.
+ * Not reproduced: the reference applies each update inside the next backward hook, so its forward
+ * sees an update one step late; here the update is in effect from the next forward, as in the
+ * paper's algorithm. Its module match is by substring, so the targeted modules' biases are made
+ * sparse too (k = ⌊density·dOut⌋ + 1 entries each); here biases stay frozen.
  *
  * Saved format (no PEFT equivalent): a folder with
  *   - `sift_config.json`: `{ "method": "sift", "density", "global", "selection_batches",
- *     "base_model", "target_modules", "modules_to_save", "layers": { "<module>": { "k", "shape" } } }`
+ *     "increment_decay", "base_model", "target_modules", "modules_to_save",
+ *     "layers": { "<module>": { "k", "shape" } } }`
  *   - `sift_model.safetensors`: per adapted module `<module>.sift.indices` (I32 [k], flat
  *     row-major indices into W) and `<module>.sift.values` (F32 [k]), and the head's parameters
  *     under their own names (F32).
@@ -51,7 +67,7 @@ import {
 import { allLinears, Linear, type LinearLike, Module, ParamModule } from "../models/module.ts";
 import { openSafetensors, type SafetensorsEntry, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, DataPass, Method, MethodContext } from "./types.ts";
 
@@ -63,6 +79,8 @@ export const SiftConfigSchema: ConfigSchema<SiftConfig> = z.object({
   global: z.boolean().default(false),
   /** Training batches whose summed gradient ranks the entries. */
   selectionBatches: z.number().int().positive().default(1),
+  /** Apply the run's weight decay to the increments (the reference's decay does nothing). */
+  incrementDecay: z.boolean().default(false),
 }).strict();
 
 /** Parsed SIFT options. */
@@ -73,6 +91,12 @@ export interface SiftConfig {
   global: boolean;
   /** Training batches whose summed gradient ranks the entries; default 1. */
   selectionBatches: number;
+  /**
+   * Apply the run's weight decay to the increments, pulling W back towards W₀ at the selected
+   * entries; default false (the reference zeroes its increment after each update, so its decay
+   * has no effect).
+   */
+  incrementDecay: boolean;
 }
 
 /** The config file SIFT writes next to its weights. */
@@ -304,9 +328,22 @@ export function applySift(model: Module, config: SiftConfig, ctx: MethodContext)
         );
       }
       return [
-        ...buildGroups("sift", sparseParams(), ctx.lrMultipliers, ctx.weightDecay),
+        ...buildGroups(
+          "sift",
+          sparseParams(),
+          ctx.lrMultipliers,
+          config.incrementDecay ? ctx.weightDecay : 0,
+        ),
         ...buildGroups("head", head, {}, ctx.weightDecay),
       ];
+    },
+    beforeStep: (step) => {
+      if (step !== 0) return;
+      // Step 0's gradient was the selection's: the increments sit this update out.
+      for (const [, l] of layers) {
+        l.values.grad?.dispose();
+        l.values.grad = null;
+      }
     },
     merge: () => {
       noGrad(() => {
@@ -348,6 +385,7 @@ export function applySift(model: Module, config: SiftConfig, ctx: MethodContext)
             density: config.density,
             global: config.global,
             selection_batches: config.selectionBatches,
+            increment_decay: config.incrementDecay,
             base_model: ctx.baseModel,
             target_modules: ctx.targets,
             modules_to_save: ctx.headModules,
@@ -413,9 +451,17 @@ export function applySift(model: Module, config: SiftConfig, ctx: MethodContext)
   };
 }
 
+/** The reference scripts' sparse modules: its GLUE recipe on encoders, its Alpaca one on LLaMA. */
+export function siftDefaultTargets(model: Module): string[] {
+  return architectureOf(model) === "llama"
+    ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    : ["query", "key", "value", "attention.output.dense"];
+}
+
 /** SIFT as a registry entry. */
 export const sift: Method<SiftConfig> = {
   name: "sift",
   config: SiftConfigSchema,
+  defaultTargets: siftDefaultTargets,
   apply: (model, config, ctx) => applySift(model, config, ctx),
 };

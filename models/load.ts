@@ -4,8 +4,8 @@
  * optionally sequence classification).
  *
  * Tensors are read one at a time from the file and uploaded, so a checkpoint never sits in host
- * memory whole. Frozen matrices may be kept as f16 on the GPU (`frozenDtype: "f16"`); norms and
- * biases stay f32. Checkpoint keys are matched with and without the architecture prefix
+ * memory whole. Frozen matrices may be kept as f16 on the GPU (`frozenDtype: "f16"`); norms,
+ * biases and the task head (`classifier.*`, `score.*`, which every method trains) stay f32. Checkpoint keys are matched with and without the architecture prefix
  * (`roberta.`) and with the old `gamma`/`beta` LayerNorm names.
  *
  * @module
@@ -83,6 +83,9 @@ export function encoderDimsFromConfig(c: ModelConfig, numLabels: number): Encode
   };
 }
 
+/** Checkpoint keys of a sequence-classification head (RoBERTa/BERT `classifier`, LLaMA `score`). */
+const HEAD = /^(classifier|score)\./;
+
 /** Checkpoint keys a model name may be stored under. */
 function candidates(name: string, prefix: string | null): string[] {
   const out = [name];
@@ -114,7 +117,8 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     for (const name of reader.names) {
       const info = reader.info(name);
       if (!["F32", "F16", "BF16", "F64"].includes(info.dtype)) continue;
-      const asF16 = frozenDtype === "f16" && info.shape.length === 2;
+      // The task head trains in f32 under every method, even when the checkpoint already has it.
+      const asF16 = frozenDtype === "f16" && info.shape.length === 2 && !HEAD.test(name);
       let t: Tensor;
       if (asF16 && info.dtype === "F16") {
         const bytes = await reader.readRaw(name);

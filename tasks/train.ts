@@ -26,6 +26,7 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --rank R --alpha A --lora-dropout P --rslora       LoRA options
   --method-options JSON   any method options as JSON
   --lr X  --lr-multipliers value=4,key=2
+  --wv-lr-ratio L         the seed paper's W_v rule: L·lr for value/v_proj and every 1-D tensor
   --epochs N | --steps N  --batch-size N  --grad-accum N  --max-length N
   --warmup-ratio X | --warmup-steps N  --schedule linear|cosine|constant
   --weight-decay X  --max-grad-norm X  --seed N
@@ -36,6 +37,7 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
 
 const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
   lr: "lr",
+  "wv-lr-ratio": "wvLrRatio",
   epochs: "epochs",
   steps: "steps",
   "batch-size": "batchSize",

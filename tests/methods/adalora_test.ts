@@ -9,7 +9,6 @@ import {
   backward,
   mul,
   noGrad,
-  type Optimizer,
   rt,
   scopeAsync,
   sum,
@@ -20,6 +19,7 @@ import {
 import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { Linear } from "../../models/module.ts";
 import {
+  adalora as adaloraMethod,
   type AdaLoraAdapter,
   adaloraBudget,
   applyMethod,
@@ -35,6 +35,7 @@ import {
   evalLogits,
   ROBERTA_HEAD,
   TINY_ROBERTA,
+  tinyLlama,
   tinyRoberta,
   writeRandom,
 } from "./support.ts";
@@ -168,28 +169,43 @@ Deno.test("AdaLoRA gradients of x, Q, Λ, P and of the orthogonality regulariser
       { shape: [dOut, r], values: randomArray(dOut * r, 6) },
     ],
   );
-  const penaltyRef = ([q, p]: Float64Array[]) => {
-    let total = 0;
-    for (let i = 0; i < r; i++) {
-      for (let j = 0; j < r; j++) {
-        let qq = 0, pp = 0;
-        for (let c = 0; c < dIn; c++) qq += q[i * dIn + c] * q[j * dIn + c];
-        for (let o = 0; o < dOut; o++) pp += p[o * r + i] * p[o * r + j];
-        const id = i === j ? 1 : 0;
-        total += (qq - id) ** 2 + (pp - id) ** 2;
-      }
-    }
-    return [total / 2];
-  };
-  await checkGradients(
-    ([q, p]) => orthRegularizer([{ loraA: q, loraB: p }]),
-    penaltyRef,
-    [
-      { shape: [r, dIn], values: randomArray(r * dIn, 7, -0.8, 0.8) },
-      { shape: [dOut, r], values: randomArray(dOut * r, 8, -0.8, 0.8) },
-    ],
-  );
+  for (const norm of ["frobenius", "squared"] as const) {
+    const penaltyRef = ([q, p]: Float64Array[]) => {
+      const [qTerm, pTerm] = hostPenalty(q, p, r, dIn, dOut);
+      return [norm === "squared" ? (qTerm + pTerm) / 2 : (Math.sqrt(qTerm) + Math.sqrt(pTerm)) / 2];
+    };
+    await checkGradients(
+      ([q, p]) => orthRegularizer([{ loraA: q, loraB: p }], norm),
+      penaltyRef,
+      [
+        { shape: [r, dIn], values: randomArray(r * dIn, 7, -0.8, 0.8) },
+        { shape: [dOut, r], values: randomArray(dOut * r, 8, -0.8, 0.8) },
+      ],
+    );
+  }
 });
+
+/** ‖QQᵀ − I‖²_F and ‖PᵀP − I‖²_F of Q [r, dIn] and P [dOut, r] (host, float64). */
+function hostPenalty(
+  q: ArrayLike<number>,
+  p: ArrayLike<number>,
+  r: number,
+  dIn: number,
+  dOut: number,
+): [number, number] {
+  let qTerm = 0, pTerm = 0;
+  for (let i = 0; i < r; i++) {
+    for (let j = 0; j < r; j++) {
+      let qq = 0, pp = 0;
+      for (let c = 0; c < dIn; c++) qq += q[i * dIn + c] * q[j * dIn + c];
+      for (let o = 0; o < dOut; o++) pp += p[o * r + i] * p[o * r + j];
+      const id = i === j ? 1 : 0;
+      qTerm += (qq - id) ** 2;
+      pTerm += (pp - id) ** 2;
+    }
+  }
+  return [qTerm, pTerm];
+}
 
 Deno.test("the budget follows the cubic schedule: init until tinit, target from T − tfinal, masks every deltaT", () => {
   const s: BudgetSchedule = {
@@ -245,7 +261,7 @@ Deno.test("importance EMAs Ī, Ū match a host computation over two steps", asyn
         g: (await p.grad!.read()) as Float32Array,
       });
     }
-    a.beforeStep!(step);
+    a.allocate(step, "after-step");
     zeroGrad(params);
   }
   for (const [i, p] of params.entries()) {
@@ -257,6 +273,64 @@ Deno.test("importance EMAs Ī, Ū match a host computation over two steps", asyn
   ok(seen.every((s) => s[1].g.some((v) => v !== 0)), "gradients are nonzero");
 });
 
+Deno.test("the optimizer runs PEFT's loop: t from 0, importance of the clipped gradient after the update (before it with importance: before-step)", async () => {
+  for (const importance of ["after-step", "before-step"] as const) {
+    const m = model();
+    const a = adalora(m, { beta1: 0.7, beta2: 0.6, importance }, ctx({ totalSteps: 10 }));
+    randomize(a);
+    const groups = a.groups();
+    const maxGradNorm = 0.05;
+    const opt = a.createOptimizer!(
+      groups.map((g) => ({ params: g.params, lr: 1e-2, weightDecay: 0 })),
+      { maxGradNorm },
+    );
+    await backwardOn(m);
+    const all = groups.flatMap((g) => g.params);
+    let squares = 0;
+    for (const t of all) for (const v of await t.grad!.read()) squares += v * v;
+    const coef = Math.min(1, maxGradNorm / (Math.sqrt(squares) + 1e-6));
+    ok(coef < 0.5, `the gradients are clipped (coefficient ${coef})`);
+    const p = a.layers[1][1].loraB;
+    const [before, grad] = [await p.read(), await p.grad!.read()];
+    opt.step();
+    const after = await p.read();
+    const used = importance === "after-step" ? after : before;
+    const want = Float64Array.from(used, (v, i) => 0.3 * Math.abs(v * grad[i] * coef));
+    assertClose(
+      await a.allocator.importance(p)!.ipt.read(),
+      want,
+      { atol: 1e-10, rtol: 1e-4 },
+      importance,
+    );
+    equal(a.allocator.keep, null, "t = 0 ≤ tinit: no mask yet");
+    opt.zeroGrad();
+    opt.step(); // t = 1 > tinit with deltaT 1: the first mask
+    ok(a.allocator.keep, "t = 1 masks");
+    opt.dispose();
+  }
+});
+
+Deno.test("AdaLoRA's default targets are PEFT's: every attention and FFN matrix on RoBERTa, q and v on LLaMA", () => {
+  deepStrictEqual(adaloraMethod.defaultTargets!(model()), ["query", "key", "value", "dense"]);
+  deepStrictEqual(
+    adaloraMethod.defaultTargets!(tinyLlama({ layers: 1, seed: 3 }).model()),
+    ["q_proj", "v_proj"],
+  );
+  const a = adalora(model(), {}, ctx({ targets: ["query", "key", "value", "dense"] }));
+  deepStrictEqual(
+    a.layers.map(([n]) => n.split(".").slice(3).join(".")).slice(0, 6),
+    [
+      "0.attention.self.query",
+      "0.attention.self.key",
+      "0.attention.self.value",
+      "0.attention.output.dense",
+      "0.intermediate.dense",
+      "0.output.dense",
+    ],
+  );
+  equal(a.layers.length, 12, "the classifier's dense (the head) is not adapted");
+});
+
 Deno.test("masking keeps exactly the budget's count of Λ, the highest-scoring triplets; the final mask is frozen", async () => {
   const m = model();
   const a = adalora(m, { deltaT: 1 }, ctx({ totalSteps: 20 }));
@@ -264,7 +338,7 @@ Deno.test("masking keeps exactly the budget's count of Λ, the highest-scoring t
   const params = a.layers.flatMap(([, l]) => [l.loraA, l.loraE, l.loraB]);
   for (const step of [0, 1, 2]) {
     await backwardOn(m, step);
-    a.beforeStep!(step);
+    a.allocate(step, "after-step");
     zeroGrad(params);
   }
   // Host scores from the GPU's EMAs: S(Λ_i) + mean_j S(Q_ij) + mean_j S(P_ji).
@@ -288,7 +362,7 @@ Deno.test("masking keeps exactly the budget's count of Λ, the highest-scoring t
   const step = 9;
   const { budget } = adaloraBudget(step, a.schedule!);
   equal(budget, Math.floor((24 - 8) * (1 - 9 / 20) ** 3 + 8));
-  a.afterStep!(step, null as unknown as Optimizer);
+  a.allocate(step, "after-step");
   const e = (await Promise.all(a.layers.map(([, l]) => l.loraE.read()))).flatMap((v) =>
     Array.from(v)
   );
@@ -299,41 +373,36 @@ Deno.test("masking keeps exactly the budget's count of Λ, the highest-scoring t
   deepStrictEqual(e.flatMap((v, i) => (v !== 0 ? [i] : [])), top);
   // The final allocation (t = T − tfinal = 20) keeps target_r·L and frees the EMAs.
   const before = rt().pool.stats().live.optimizer;
-  a.afterStep!(20, null as unknown as Optimizer);
+  a.allocate(20, "after-step");
   ok(a.allocator.frozen);
   ok(rt().pool.stats().live.optimizer < before, "EMAs released");
   const pattern = (await a.allocator.rankPattern())!;
   equal(Object.values(pattern).flat().filter(Boolean).length, 8);
   // Later steps re-apply the frozen mask even if Λ regrew.
   randomize(a, 300);
-  a.afterStep!(21, null as unknown as Optimizer);
+  a.allocate(21, "after-step");
   const e2 = (await Promise.all(a.layers.map(([, l]) => l.loraE.read()))).flatMap((v) =>
     Array.from(v)
   );
   deepStrictEqual(e2.map((v) => v !== 0), Object.values(pattern).flat());
 });
 
-Deno.test("the orthogonality regulariser equals the host value and extraLoss = γ·R", async () => {
-  const m = model();
-  const a = adalora(m, { orthRegWeight: 0.3 });
-  randomize(a);
-  let want = 0;
-  for (const [, l] of a.layers) {
-    const [q, p] = [await l.loraA.read(), await l.loraB.read()];
-    for (let i = 0; i < 6; i++) {
-      for (let j = 0; j < 6; j++) {
-        let qq = 0, pp = 0;
-        for (let c = 0; c < H; c++) qq += q[i * H + c] * q[j * H + c];
-        for (let o = 0; o < H; o++) pp += p[o * 6 + i] * p[o * 6 + j];
-        want += (qq - (i === j ? 1 : 0)) ** 2 + (pp - (i === j ? 1 : 0)) ** 2;
-      }
+Deno.test("the orthogonality regulariser is PEFT's mean of unsquared Frobenius norms (squared: the paper's); extraLoss = γ·R", async () => {
+  for (const orthNorm of ["frobenius", "squared"] as const) {
+    const m = model();
+    const a = adalora(m, { orthRegWeight: 0.3, orthNorm });
+    randomize(a);
+    let want = 0;
+    for (const [, l] of a.layers) {
+      const terms = hostPenalty(await l.loraA.read(), await l.loraB.read(), 6, H, H);
+      for (const t of terms) want += orthNorm === "squared" ? t : Math.sqrt(t);
     }
+    want /= 2 * a.layers.length;
+    const [r, extra] = await scopeAsync(
+      async () => [await a.regularizer().item(), await a.extraLoss!(0)!.item()],
+    );
+    assertClose([r, extra], [want, 0.3 * want], { rtol: 1e-5 }, `regulariser (${orthNorm})`);
   }
-  want /= 2 * a.layers.length;
-  const [r, extra] = await scopeAsync(
-    async () => [await a.regularizer().item(), await a.extraLoss!(0)!.item()],
-  );
-  assertClose([r, extra], [want, 0.3 * want], { rtol: 1e-5 }, "regulariser");
   equal(adalora(model(), { orthRegWeight: 0 }).extraLoss!(0), null);
 });
 
@@ -360,10 +429,11 @@ Deno.test("only P, Λ, Q and the head train: count Σ init_r·(dIn + dOut + 1) +
     {},
   );
   const optimizerBefore = rt().pool.stats().live.optimizer;
-  a.beforeStep!(0);
+  // Step t = 0 updates and scores (no mask yet: t ≤ tinit); t = 1 (no gradients) masks.
   opt.step();
   opt.zeroGrad();
-  a.afterStep!(1, opt);
+  equal(a.allocator.keep, null);
+  opt.step();
   equal(
     rt().pool.stats().live.optimizer - optimizerBefore,
     8 * (adapterCount + ROBERTA_HEAD) + 8 * adapterCount + 4 * 24,
@@ -472,7 +542,7 @@ Deno.test("AdaLoRA validates its options and needs the step count only to train"
     /tinit \(30\) must be below totalSteps − tfinal/,
   );
   const a = adalora(model(), {}, ctx({ totalSteps: undefined }));
-  throws(() => a.beforeStep!(0), /needs the total number of training steps/);
+  throws(() => a.allocate(0, "after-step"), /needs the total number of training steps/);
   equal(a.schedule, null);
   const b = adalora(model(), { totalSteps: 12 }, ctx({ totalSteps: undefined }));
   equal(b.schedule!.totalSteps, 12);

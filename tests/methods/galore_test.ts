@@ -11,13 +11,14 @@ import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
+  galore,
   GaLoreAdamW,
   type GaloreAdapter,
   namedTrainable,
   projectorSide,
   writeInto,
 } from "../../methods/mod.ts";
-import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta } from "./support.ts";
+import { contextBuilder, evalLogits, fixedBatchLoss, tinyLlama, tinyRoberta } from "./support.ts";
 
 await setup();
 
@@ -252,45 +253,89 @@ function trainStep(
   opt.zeroGrad();
 }
 
-Deno.test("GaLore on a model: which tensors train, counts, and optimizer bytes = Σ 4·(2·r·max + r·min) + AdamW's", () => {
-  const m = model();
-  const adapter = applyMethod("galore", m, { rank: 4 }, ctx()) as GaloreAdapter;
-  const named = namedTrainable(adapter.groups());
-  const matrices = named.filter(([n]) => n.endsWith(".weight") && !n.startsWith("classifier"));
-  // 2 layers × (query, value, attention.output.dense, intermediate.dense, output.dense)
-  equal(matrices.length, 10);
-  deepStrictEqual([...adapter.ranks.values()], new Array(10).fill(4));
-  const others = named.filter(([n]) => !matrices.some(([mn]) => mn === n));
-  const head = 16 * 16 + 16 + 2 * 16 + 2;
-  equal(others.reduce((s, [, t]) => s + t.size, 0), 2 * (16 * 4 + 32) + head);
-  for (const [n, t] of m.namedParameters()) {
-    equal(
-      t.category,
-      named.some(([tn]) => tn === n) ? "trainable" : "weights",
-      n,
+Deno.test("GaLore on a model trains every parameter (targets projected); counts and optimizer bytes = Σ 4·(2·r·max + r·min) + 8 per other entry", () => {
+  for (const trainAll of [true, false]) {
+    const m = model();
+    const adapter = applyMethod("galore", m, { rank: 4, trainAll }, ctx()) as GaloreAdapter;
+    const named = namedTrainable(adapter.groups());
+    const matrices = named.filter(([n]) => adapter.ranks.has(n));
+    // 2 layers × (query, value, attention.output.dense, intermediate.dense, output.dense)
+    equal(matrices.length, 10);
+    deepStrictEqual([...adapter.ranks.values()], new Array(10).fill(4));
+    const others = named.filter(([n]) => !adapter.ranks.has(n));
+    const head = 16 * 16 + 16 + 2 * 16 + 2;
+    if (trainAll) {
+      // Full-parameter training: the model's every tensor is trained, once.
+      deepStrictEqual(named.map(([n]) => n).sort(), m.namedParameters().map(([n]) => n).sort());
+    } else {
+      equal(others.reduce((s, [, t]) => s + t.size, 0), 2 * (16 * 4 + 32) + head);
+    }
+    for (const [n, t] of m.namedParameters()) {
+      equal(t.category, named.some(([tn]) => tn === n) ? "trainable" : "weights", n);
+    }
+    const base = rt().pool.stats().live.optimizer;
+    const opt = optimizer(adapter, 1);
+    scope(() => backward(fixedBatchLoss(m)));
+    deepStrictEqual(
+      m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
+      named.map(([n]) => n).sort(),
     );
+    opt.step();
+    opt.zeroGrad();
+    const r = 4;
+    const projected = matrices.reduce(
+      (s, [, t]) => s + 2 * r * Math.max(...t.shape) + r * Math.min(...t.shape),
+      0,
+    );
+    const expected = 4 * projected + 8 * others.reduce((s, [, t]) => s + t.size, 0);
+    equal(opt.stateBytes, expected);
+    // + 8 bytes: the clipper's norm and coefficient live in the optimizer category too.
+    equal(rt().pool.stats().live.optimizer - base, expected + 8);
+    opt.dispose();
+    equal(rt().pool.stats().live.optimizer, base);
+    m.dispose();
   }
-  const base = rt().pool.stats().live.optimizer;
-  const opt = optimizer(adapter, 1);
-  scope(() => backward(fixedBatchLoss(m)));
-  deepStrictEqual(
-    m.namedParameters().filter(([, t]) => t.grad).map(([n]) => n).sort(),
-    named.map(([n]) => n).sort(),
+  throws(
+    () => applyMethod("galore", model(), { scope: "all" }, ctx()),
+    /method galore: invalid options/,
   );
-  opt.step();
-  opt.zeroGrad();
-  const r = 4;
-  const projected = matrices.reduce(
-    (s, [, t]) => s + 2 * r * Math.max(...t.shape) + r * Math.min(...t.shape),
-    0,
+});
+
+Deno.test("unprojected parameters follow GaLoreAdamW's plain branch (ε added to √v, decay after the step); projector columns sign-normalised", async () => {
+  const w = matrix(5, 9, 3);
+  const b = tensor(Float32Array.from(randomArray(6, 4)), [6], { category: "trainable" }).keep();
+  b.requiresGrad = true;
+  const opt = new GaLoreAdamW(
+    [{ params: [w, b], lr: 0.02, weightDecay: 0.3, betas: BETAS, eps: 1e-3 }],
+    {},
+    new Map([[w, 2]]),
+    { updateProjGap: 10, scale: 0.25, projType: "std", svd: "exact", seed: 0 },
   );
-  const expected = 4 * projected + 8 * others.reduce((s, [, t]) => s + t.size, 0);
-  equal(opt.stateBytes, expected);
-  // + 8 bytes: the clipper's norm and coefficient live in the optimizer category too.
-  equal(rt().pool.stats().live.optimizer - base, expected + 8);
+  const host = Float64Array.from(await b.read());
+  const mom = new Float64Array(6), vel = new Float64Array(6);
+  for (let step = 1; step <= 3; step++) {
+    const g = randomArray(6, 20 + step);
+    setGrad(b, g);
+    setGrad(w, randomArray(45, 30 + step));
+    opt.step();
+    const bc1 = 1 - BETAS[0] ** step, bc2 = 1 - BETAS[1] ** step;
+    for (let i = 0; i < 6; i++) {
+      mom[i] = BETAS[0] * mom[i] + (1 - BETAS[0]) * g[i];
+      vel[i] = BETAS[1] * vel[i] + (1 - BETAS[1]) * g[i] * g[i];
+      const n = mom[i] / (Math.sqrt(vel[i]) + 1e-3);
+      host[i] = (host[i] - 0.02 * Math.sqrt(bc2) / bc1 * n) * (1 - 0.02 * 0.3);
+    }
+  }
+  assertClose(await b.read(), host, { atol: 1e-6, rtol: 1e-5 }, "unprojected parameter");
+  const P = await opt.projector(w)!.read();
+  for (let k = 0; k < 2; k++) {
+    const column = Array.from({ length: 5 }, (_, i) => P[i * 2 + k]);
+    const largest = column.reduce((a, v) => (Math.abs(v) > Math.abs(a) ? v : a), 0);
+    ok(largest > 0, `projector column ${k}'s largest entry is positive`);
+  }
   opt.dispose();
-  equal(rt().pool.stats().live.optimizer, base);
-  m.dispose();
+  w.dispose();
+  b.dispose();
 });
 
 Deno.test("GaLore saveState → loadState resumes exactly (projectors, moments, steps)", async () => {
@@ -318,7 +363,10 @@ Deno.test("GaLore saveState → loadState resumes exactly (projectors, moments, 
   }
   const untrained = await evalLogits(model());
   ok((await evalLogits(a)).some((v, i) => v !== untrained[i]), "training changed the outputs");
-  throws(() => optB.loadState({ meta: { type: "adamw" }, arrays: {} }), /not GaLore's/);
+  throws(
+    () => optB.loadState({ meta: { type: "adamw" }, arrays: {} }),
+    /not this version's GaLore state/,
+  );
   for (const o of [optA, optB]) o.dispose();
   for (const mm of [a, b]) mm.dispose();
 });
@@ -378,5 +426,28 @@ Deno.test("GaLore: rank clamped with a warning, f16 weights train in f32, lr mul
     () => applyMethod("galore", model(), { rank: 0 }, ctx()),
     /method galore: invalid options/,
   );
+  // An f16 weight outside the targets cannot train in place: trainAll says so; without it, fine.
+  const half = () => {
+    const h = model();
+    const k = h.getModule("roberta.encoder.layer.1.attention.self.key") as Linear;
+    k.setParameter("weight", noGrad(() => cast(k.weight, "f16")));
+    return h;
+  };
+  throws(
+    () => applyMethod("galore", half(), { rank: 2 }, ctx()),
+    /frozenDtype f32, or set trainAll/,
+  );
+  applyMethod("galore", half(), { rank: 2, trainAll: false }, ctx());
   m.dispose();
+});
+
+Deno.test("GaLore's default targets are the reference recipes': every attention and feed-forward matrix", () => {
+  deepStrictEqual(galore.defaultTargets!(model()), [
+    "query",
+    "key",
+    "value",
+    "intermediate.dense",
+    "output.dense",
+  ]);
+  equal(galore.defaultTargets!(tinyLlama({ layers: 1, seed: 2 }).model()).length, 7);
 });

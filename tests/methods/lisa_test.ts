@@ -23,6 +23,7 @@ import {
   applyLisa,
   applyMethod,
   type LisaAdapter,
+  type LisaConfig,
   lisaSample,
   writeInto,
 } from "../../methods/mod.ts";
@@ -59,7 +60,10 @@ interface Run {
   opt: Optimizer;
 }
 
-function start(config = { layers: 2, interval: 2 }, seed = 5): Run {
+function start(
+  config: LisaConfig = { layers: 2, interval: 2, keepMoments: false },
+  seed = 5,
+): Run {
   const m = model();
   const adapter = applyLisa(m, config, ctx({ seed }));
   const groups = adapter.groups().map((g) => ({
@@ -123,7 +127,7 @@ Deno.test("LISA trains the sampled γ blocks in each interval of K steps (steps 
 
 Deno.test("LISA releases the state of frozen blocks: optimizer bytes = 8 · (always-trained + γ active blocks)", () => {
   const base = rt().pool.stats().live.optimizer;
-  const r = start({ layers: 1, interval: 1 }, 5);
+  const r = start({ layers: 1, interval: 1, keepMoments: false }, 5);
   const sizeOf = (pred: (n: string) => boolean) =>
     r.m.namedParameters().filter(([n]) => pred(n)).reduce((s, [, t]) => s + t.size, 0);
   const always = sizeOf((n) => blockOf(n) < 0);
@@ -158,6 +162,27 @@ Deno.test("LISA releases the state of frozen blocks: optimizer bytes = 8 · (alw
   equal(rt().pool.stats().peak.trainable, trainableBytes);
   r.opt.dispose();
   equal(rt().pool.stats().live.optimizer, base);
+  r.m.dispose();
+});
+
+Deno.test("keepMoments (LMFlow's behaviour): a frozen block keeps its moments, and resumes them when sampled again", () => {
+  const r = start({ layers: 1, interval: 1, keepMoments: true }, 5);
+  const sampled = new Set<number>();
+  for (let s = 0; s < 6; s++) {
+    for (const b of r.adapter.activeBlocks) sampled.add(b);
+    step(r, s);
+  }
+  const blockSize = (b: number) =>
+    r.m.namedParameters().filter(([n]) => blockOf(n) === b).reduce((a, [, t]) => a + t.size, 0);
+  const always = r.m.namedParameters().filter(([n]) => blockOf(n) < 0)
+    .reduce((a, [, t]) => a + t.size, 0);
+  ok(sampled.size >= 2, "more than one block trained");
+  equal(
+    r.opt.stateBytes,
+    8 * (always + [...sampled].reduce((a, b) => a + blockSize(b), 0)),
+    "every block ever sampled still holds its moments",
+  );
+  r.opt.dispose();
   r.m.dispose();
 });
 
@@ -229,7 +254,7 @@ Deno.test("LISA: every parameter is in a group, lr multipliers apply, targeting 
 Deno.test("LISA save writes changed tensors (always-trained + sampled blocks); load restores identical outputs", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const r = start({ layers: 1, interval: 2 });
+    const r = start({ layers: 1, interval: 2, keepMoments: false });
     for (let s = 0; s < 4; s++) step(r, s);
     const before = await logits(r.m);
     await r.adapter.save(dir);

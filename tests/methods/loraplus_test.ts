@@ -1,7 +1,9 @@
 /**
- * LoRA+ on a tiny random RoBERTa: it is LoRA (same start, same forward), its B matrices sit in
- * groups at λ× their module's learning-rate multiplier, an AdamW step moves B λ× as far as A, the
- * memory categories match the trainable count, and it saves as a plain PEFT LoRA adapter.
+ * LoRA+ on a tiny random RoBERTa: it is LoRA (same start, same forward), its B matrices and every
+ * trainable 1-D tensor sit in groups at λ× their module's learning-rate multiplier (the vectors
+ * without weight decay), as PEFT's create_loraplus_optimizer groups them; an AdamW step moves B
+ * λ× as far as A, the memory categories match the trainable count, and it saves as a plain PEFT
+ * LoRA adapter.
  */
 import { deepStrictEqual, equal, ok, throws } from "node:assert/strict";
 import { assertClose, setup } from "../helpers.ts";
@@ -37,6 +39,7 @@ Deno.test("LoRA+ defaults to λ = 16 over LoRA's defaults and rejects unknown or
     dropout: 0,
     rslora: false,
     lrRatio: 16,
+    vectorsAtRatio: true,
   });
   throws(
     () => applyMethod("loraplus", model(), { lrRatio: 0 }, ctx()),
@@ -64,22 +67,29 @@ Deno.test("LoRA+ starts as LoRA does (same A, B = 0, base outputs) and computes 
   deepStrictEqual(await evalLogits(plus), await evalLogits(plain));
 });
 
-Deno.test("LoRA+ groups: B at λ × the module multiplier (value ×4 → B ×4λ), A and the head unchanged", () => {
-  const groups = applyMethod(
-    "loraplus",
-    model(),
-    { r: 4, lrRatio: 8 },
-    ctx({ lrMultipliers: { value: 4 } }),
-  ).groups();
-  const rate = new Map(groups.flatMap((g) => g.names.map((n) => [n, g.lrMultiplier] as const)));
-  const p = "roberta.encoder.layer.1.attention.self";
-  equal(rate.get(`${p}.query.lora_A.weight`), 1);
-  equal(rate.get(`${p}.query.lora_B.weight`), 8);
-  equal(rate.get(`${p}.value.lora_A.weight`), 4);
-  equal(rate.get(`${p}.value.lora_B.weight`), 32);
-  equal(rate.get("classifier.out_proj.bias"), 1);
-  equal(rate.size, 8 + 4, "every LoRA tensor and head parameter in exactly one group");
-  ok(groups.every((g) => g.names.length === g.params.length && g.names.length > 0));
+Deno.test("LoRA+ groups as PEFT: B and every 1-D tensor at λ × the module multiplier (value ×4 → B ×4λ), vectors without decay; A and 2-D head weights at the base rate", () => {
+  for (const vectorsAtRatio of [true, false]) {
+    const groups = applyMethod(
+      "loraplus",
+      model(),
+      { r: 4, lrRatio: 8, vectorsAtRatio },
+      ctx({ lrMultipliers: { value: 4 }, weightDecay: 0.1 }),
+    ).groups();
+    const rate = new Map(groups.flatMap((g) => g.names.map((n) => [n, g.lrMultiplier] as const)));
+    const decay = new Map(groups.flatMap((g) => g.names.map((n) => [n, g.weightDecay] as const)));
+    const p = "roberta.encoder.layer.1.attention.self";
+    equal(rate.get(`${p}.query.lora_A.weight`), 1);
+    equal(rate.get(`${p}.query.lora_B.weight`), 8);
+    equal(rate.get(`${p}.value.lora_A.weight`), 4);
+    equal(rate.get(`${p}.value.lora_B.weight`), 32);
+    equal(decay.get(`${p}.value.lora_B.weight`), 0.1, "B keeps its weight decay");
+    equal(rate.get("classifier.out_proj.weight"), 1);
+    equal(rate.get("classifier.out_proj.bias"), vectorsAtRatio ? 8 : 1);
+    equal(rate.get("classifier.dense.bias"), vectorsAtRatio ? 8 : 1);
+    equal(decay.get("classifier.dense.bias"), 0, "vectors never decay");
+    equal(rate.size, 8 + 4, "every LoRA tensor and head parameter in exactly one group");
+    ok(groups.every((g) => g.names.length === g.params.length && g.names.length > 0));
+  }
 });
 
 Deno.test("an AdamW step moves B λ× as far as A; trainable = Σ r·(dIn + dOut) + head; memory categories agree", async () => {

@@ -1,7 +1,9 @@
 /**
  * SIFT on a tiny random RoBERTa: the selection is the host top-k of the first batch's gradient,
  * the forward is W + scattered deltas (checked in float64 and by finite differences), only the
- * selected entries change, optimizer state is 2·k floats per matrix, save/load/merge.
+ * selected entries change, optimizer state is 2·k floats per matrix, the reference schedule (no
+ * update of the increments at the selection step, no weight decay on them unless asked),
+ * save/load/merge.
  */
 import { deepStrictEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, rng, setup } from "../helpers.ts";
@@ -12,11 +14,19 @@ import type { Linear } from "../../models/module.ts";
 import {
   applyMethod,
   type DataPass,
+  sift,
   type SiftAdapter,
   siftCount,
   sparseDelta,
 } from "../../methods/mod.ts";
-import { contextBuilder, evalLogits, fixedBatchLoss, tinyRoberta, writeRandom } from "./support.ts";
+import {
+  contextBuilder,
+  evalLogits,
+  fixedBatchLoss,
+  tinyLlama,
+  tinyRoberta,
+  writeRandom,
+} from "./support.ts";
 
 await setup();
 
@@ -233,6 +243,42 @@ Deno.test("SIFT trains only the values and the head: counts, optimizer bytes 2·
   m.dispose();
 });
 
+Deno.test("step 0 (the selection's batch) leaves the increments alone while the head trains; increments take no weight decay unless incrementDecay", async () => {
+  for (const incrementDecay of [false, true]) {
+    const m = model();
+    const adapter = applyMethod(
+      "sift",
+      m,
+      { density: 0.05, incrementDecay },
+      ctx({ weightDecay: 0.1 }),
+    ) as SiftAdapter;
+    await adapter.beforeTraining!(pass(m));
+    const groups = adapter.groups();
+    for (const g of groups) {
+      const sparse = g.names.every((n) => n.endsWith(".sift.values"));
+      if (sparse) equal(g.weightDecay, incrementDecay ? 0.1 : 0, g.label);
+    }
+    const opt = new AdamW(
+      groups.map((g) => ({ params: g.params, lr: 0.05, weightDecay: g.weightDecay })),
+    );
+    const [, layer] = adapter.layers()[0];
+    const head = m.namedParameters().find(([n]) => n === "classifier.out_proj.bias")![1];
+    const head0 = await head.read();
+    for (const step of [0, 1]) {
+      scope(() => backward(fixedBatchLoss(m)));
+      adapter.beforeStep!(step);
+      equal(layer.values.grad === null, step === 0, `increment gradient at step ${step}`);
+      opt.step();
+      opt.zeroGrad();
+      const values = await layer.values.read();
+      equal(values.some((v) => v !== 0), step === 1, `increments after step ${step}`);
+      if (step === 0) ok((await head.read()).some((v, i) => v !== head0[i]), "the head trained");
+    }
+    opt.dispose();
+    m.dispose();
+  }
+});
+
 Deno.test("SIFT save → load gives identical outputs; files hold I32 indices and F32 values; merge keeps outputs", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -280,4 +326,22 @@ Deno.test("SIFT learning-rate multipliers group W_v's deltas apart", async () =>
   await adapter.beforeTraining!(pass(m));
   const v = adapter.groups().find((g) => g.lrMultiplier === 4)!;
   deepStrictEqual(v.names, [TARGETS[1], TARGETS[3]].map((t) => `${t}.sift.values`));
+});
+
+Deno.test("SIFT's default targets are the reference scripts' (GLUE: q, k, v, attention output; Alpaca: every LLaMA Linear)", () => {
+  deepStrictEqual(sift.defaultTargets!(model()), [
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+  ]);
+  deepStrictEqual(sift.defaultTargets!(tinyLlama({ layers: 1, seed: 2 }).model()), [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+  ]);
 });

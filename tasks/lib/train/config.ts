@@ -30,6 +30,8 @@ export const RunConfigSchema = z.object({
   targets: z.array(z.string().min(1)).min(1).optional(),
   /** Learning-rate multipliers by module, e.g. { value: 4 }. */
   lrMultipliers: z.record(z.string(), z.number().positive()).default({}),
+  /** The seed paper's W_v rule: λ·lr for value / v_proj parameters and every trainable vector. */
+  wvLrRatio: z.number().positive().optional(),
   lr: z.number().positive().default(5e-4),
   /** Train for this many epochs … */
   epochs: z.number().positive().default(3),
@@ -83,6 +85,12 @@ export interface RunConfig {
   targets?: string[];
   /** Learning-rate multipliers by module, e.g. { value: 4 }; default none. */
   lrMultipliers: Record<string, number>;
+  /**
+   * The seed paper's W_v rule (Yao et al. 2410.02247, as its official code groups parameters):
+   * λ × lr for every parameter of a value projection (`value`, `v_proj`) and every trainable 1-D
+   * tensor (biases, norm weights, magnitudes); composes with `lrMultipliers`. Absent: no rule.
+   */
+  wvLrRatio?: number;
   /** Peak learning rate (after warm-up); default 5e-4. */
   lr: number;
   /** Train for this many epochs (may be fractional); default 3. */

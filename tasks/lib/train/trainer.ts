@@ -39,7 +39,7 @@ import { ForwardContext } from "../../../models/context.ts";
 import type { LoadedModel } from "../../../models/load.ts";
 import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
-import { namedTrainable } from "../../../methods/groups.ts";
+import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
 import { writeTextAtomic } from "../../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
@@ -129,8 +129,12 @@ export interface TrainOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * The run's learning-rate schedule over `total` steps. A warm-up ratio becomes
+ * ⌈ratio × total⌉ steps, as Hugging Face's `TrainingArguments.get_warmup_steps`.
+ */
 function scheduleOf(config: RunConfig, total: number): Schedule {
-  const warmupSteps = config.warmupSteps ?? Math.round(config.warmupRatio * total);
+  const warmupSteps = config.warmupSteps ?? Math.ceil(config.warmupRatio * total);
   if (config.schedule === "constant") return constantSchedule({ warmupSteps });
   if (config.schedule === "cosine") return cosineSchedule({ warmupSteps, totalSteps: total });
   return linearSchedule({ warmupSteps, totalSteps: total });
@@ -229,7 +233,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       } s`,
     );
   }
-  const groups = adapter.groups();
+  const groups = applyValueLrRatio(adapter.groups(), config.wvLrRatio ?? 1);
   const named = namedTrainable(groups);
   for (const [n, t] of named) t.name = n;
   const counts = countParams(loaded, groups);
