@@ -43,6 +43,7 @@ function biases(model: Module): [string, Tensor][] {
 /** BitFit as a registry entry. */
 export const bitFit: Method<BitFitConfig> = {
   name: "bitfit",
+  changesBaseWeights: true,
   config: BitFitConfigSchema,
   defaultTargets: (model) => biases(model).map(([m]) => m),
   apply(model, _config, ctx) {

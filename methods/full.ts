@@ -1,6 +1,8 @@
 /**
  * Full fine-tuning: every parameter trains (f32), the baseline of every PEFT comparison.
- * Saved as a complete Hugging Face checkpoint (`model.safetensors` with the model's own names).
+ * Saved as `model.safetensors` with the model's own (Hugging Face) names plus `full_config.json`
+ * (method, base model, head modules), so `loadAdapter` restores it like the other own formats; a
+ * training run also writes the complete model folder `model/`.
  *
  * @module
  */
@@ -8,7 +10,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { toEntries, writeInto } from "./peft.ts";
+import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { ConfigSchema, Method } from "./types.ts";
 
 /** Full fine-tuning has no options of its own. */
@@ -20,6 +22,7 @@ export type FullConfig = Record<string, never>;
 /** Full fine-tuning as a registry entry. */
 export const fullFineTuning: Method<FullConfig> = {
   name: "full",
+  changesBaseWeights: true,
   config: FullConfigSchema,
   apply(model, _config, ctx) {
     const params = model.namedParameters();
@@ -42,6 +45,15 @@ export const fullFineTuning: Method<FullConfig> = {
         await writeSafetensors(join(dir, "model.safetensors"), await toEntries(params), {
           format: "pt",
         });
+        const config = {
+          method: "full",
+          base_model: ctx.baseModel,
+          modules_to_save: ctx.headModules,
+        };
+        await writeTextAtomic(
+          join(dir, "full_config.json"),
+          JSON.stringify(config, null, 2) + "\n",
+        );
       },
       load: async (dir) => {
         const reader = await openSafetensors(join(dir, "model.safetensors"));

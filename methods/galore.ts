@@ -656,6 +656,7 @@ export function galoreDefaultTargets(model: Module): string[] {
 /** GaLore as a registry entry. */
 export const galore: Method<GaloreConfig> = {
   name: "galore",
+  changesBaseWeights: true,
   config: GaloreConfigSchema,
   defaultTargets: galoreDefaultTargets,
   apply: (model, config, ctx) => applyGalore(model, config, ctx),

@@ -304,6 +304,7 @@ class LisaAdamW extends AdamW {
 /** LISA as a registry entry. */
 export const lisa: Method<LisaConfig> = {
   name: "lisa",
+  changesBaseWeights: true,
   config: LisaConfigSchema,
   apply: (model, config, ctx) => applyLisa(model, config, ctx),
 };

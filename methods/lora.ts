@@ -10,7 +10,6 @@
  *
  * @module
  */
-import { z } from "zod";
 import {
   add,
   cast,
@@ -32,21 +31,12 @@ import {
   ParamModule,
 } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
+import { loraOptions } from "./lora_options.ts";
 import { headParameters, loadInto, readAdapter, writeAdapter } from "./peft.ts";
 import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
-// Not annotated as ConfigSchema<LoraConfig>: PiSSA, LoRA-GA, LoRA+ and rsLoRA extend its shape.
 /** LoRA's options, with PEFT's defaults. */
-export const LoraConfigSchema = z.object({
-  /** Rank r of the update. */
-  r: z.number().int().positive().default(8),
-  /** α: the update is scaled by α/r (or α/√r with rsLoRA). */
-  alpha: z.number().positive().default(8),
-  /** Dropout on the adapter's input. */
-  dropout: z.number().min(0).lt(1).default(0),
-  /** rsLoRA: scale by α/√r, which keeps the update's magnitude stable as r grows. */
-  rslora: z.boolean().default(false),
-}).strict() satisfies ConfigSchema<LoraConfig>;
+export const LoraConfigSchema: ConfigSchema<LoraConfig> = loraOptions;
 
 /** Parsed LoRA options. */
 export interface LoraConfig {

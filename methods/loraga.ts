@@ -45,13 +45,14 @@ import {
   type Tensor,
   transpose,
 } from "../ops/mod.ts";
-import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
+import type { LoraConfig } from "./lora.ts";
+import { loraOptions } from "./lora_options.ts";
 import { signOfLargest } from "./signs.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
 import type { ConfigSchema, DataPass, Method } from "./types.ts";
 
 /** LoRA-GA's options: LoRA's, the gradient estimate's batches, and the official init choices. */
-export const LoraGaConfigSchema: ConfigSchema<LoraGaConfig> = LoraConfigSchema.extend({
+export const LoraGaConfigSchema: ConfigSchema<LoraGaConfig> = loraOptions.extend({
   /** Training batches whose mean gradient starts the adapter. */
   batches: z.number().int().positive().default(8),
   /** Which singular directions go to A₀ and B₀. */

@@ -21,11 +21,12 @@
  * @module
  */
 import { z } from "zod";
-import { applyLora, type LoraConfig, LoraConfigSchema } from "./lora.ts";
+import { applyLora, type LoraConfig } from "./lora.ts";
+import { loraOptions } from "./lora_options.ts";
 import type { ConfigSchema, Method, ParamGroupSpec } from "./types.ts";
 
 /** LoRA+'s options: LoRA's plus the B/A learning-rate ratio λ. */
-export const LoraPlusConfigSchema: ConfigSchema<LoraPlusConfig> = LoraConfigSchema.extend({
+export const LoraPlusConfigSchema: ConfigSchema<LoraPlusConfig> = loraOptions.extend({
   /** λ: B's learning rate over A's (PEFT's loraplus_lr_ratio). */
   lrRatio: z.number().positive().default(16),
   /** Every trainable 1-D tensor at λ too, as PEFT's create_loraplus_optimizer (false: B alone). */

@@ -30,12 +30,13 @@ import {
   transpose,
   unsqueeze,
 } from "../ops/mod.ts";
-import { type LoraConfig, LoraConfigSchema } from "./lora.ts";
+import type { LoraConfig } from "./lora.ts";
+import { loraOptions } from "./lora_options.ts";
 import { type LowRankStart, ResidualLora } from "./residual_lora.ts";
 import type { ConfigSchema, Method } from "./types.ts";
 
 /** PiSSA's options: LoRA's, and which SVD starts it. */
-export const PissaConfigSchema: ConfigSchema<PissaConfig> = LoraConfigSchema.extend({
+export const PissaConfigSchema: ConfigSchema<PissaConfig> = loraOptions.extend({
   /** "pissa" (exact SVD) or "pissa_niter_K" (randomized SVD, K power iterations), as in PEFT. */
   init: z.string().regex(/^pissa(_niter_\d+)?$/, {
     message: 'expected "pissa" (exact SVD) or "pissa_niter_K" (randomized, K power iterations)',

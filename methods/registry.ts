@@ -18,14 +18,15 @@ import { dora } from "./dora.ts";
 import { vera } from "./vera.ts";
 import { ia3 } from "./ia3.ts";
 import { bitFit } from "./bitfit.ts";
-import { applyLora, lora, LoraConfigSchema } from "./lora.ts";
+import { applyLora, lora, type LoraConfig } from "./lora.ts";
+import { loraOptions } from "./lora_options.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
 import type { Module } from "../models/module.ts";
 
 /** rsLoRA: LoRA scaled by α/√r. */
-const rslora: Method<ReturnType<typeof LoraConfigSchema.parse>> = {
+const rslora: Method<LoraConfig> = {
   name: "rslora",
-  config: LoraConfigSchema.extend({ rslora: LoraConfigSchema.shape.rslora.default(true) }),
+  config: loraOptions.extend({ rslora: loraOptions.shape.rslora.default(true) }),
   apply: (model, config, ctx) => applyLora(model, { ...config, rslora: true }, ctx, "rslora"),
 };
 
@@ -172,11 +173,12 @@ export async function loadAdapter(
 }
 
 /** Methods without a PEFT format keep `<method>_config.json` (see each method's file). */
-const OWN_FORMATS = ["galore", "lisa", "sift"] as const;
+const OWN_FORMATS = ["full", "galore", "lisa", "sift"] as const;
 
 /**
  * The adapter config in `dir` and the method + options it implies: PEFT's adapter_config.json,
- * or one of our own formats (`galore_config.json`, `lisa_config.json`, `sift_config.json`), whose
+ * or one of our own formats (`full_config.json`, `galore_config.json`, `lisa_config.json`,
+ * `sift_config.json`), whose
  * snake_case fields map onto the method's option names.
  */
 async function readAdapterConfig(dir: string): Promise<{
@@ -210,6 +212,11 @@ async function readAdapterConfig(dir: string): Promise<{
       if (camel in shape) options[camel] = value;
     }
     return { file, config, method: name, options };
+  }
+  if (await Deno.stat(`${dir}/config.json`).then((s) => s.isFile, () => false)) {
+    throw new Error(
+      `${dir}: a complete model folder (config.json), not an adapter: pass it as --model instead`,
+    );
   }
   throw new Error(
     `${dir}: no adapter config found (adapter_config.json, or ${

@@ -461,6 +461,7 @@ export function siftDefaultTargets(model: Module): string[] {
 /** SIFT as a registry entry. */
 export const sift: Method<SiftConfig> = {
   name: "sift",
+  changesBaseWeights: true,
   config: SiftConfigSchema,
   defaultTargets: siftDefaultTargets,
   apply: (model, config, ctx) => applySift(model, config, ctx),

@@ -145,6 +145,11 @@ export interface Method<C> {
    * bias), used when the run names none; absent: the run's default (query,value / q_proj,v_proj).
    */
   defaultTargets?(model: Module): string[];
+  /**
+   * The method changes the base model's own weights (full fine-tuning, GaLore, LISA, SIFT,
+   * BitFit): training then also writes `model/`, a complete Hugging Face model folder.
+   */
+  readonly changesBaseWeights?: boolean;
   /** Adapt `model` in place (swap targeted layers, choose what trains) and return its adapter. */
   apply(model: Module, config: C, ctx: MethodContext): Adapter;
 }

@@ -519,7 +519,7 @@ function decoderSchema<T extends "llama" | "mistral">(modelType: T) {
  * The zod schema of each supported `model_type`'s config.json (without `model_type` itself, which
  * {@link parseConfig} resolves first). Each parses raw JSON into its normalized config.
  */
-export const CONFIG_SCHEMAS = {
+const CONFIG_SCHEMAS = {
   roberta: encoderSchema("roberta"),
   bert: encoderSchema("bert"),
   llama: decoderSchema("llama"),

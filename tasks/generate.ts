@@ -1,22 +1,25 @@
 /**
- * `deno task generate --model DIR --prompt TEXT --max-new-tokens N --temperature T`
+ * `deno task generate --model DIR|REPO [--adapter DIR] --prompt TEXT --max-new-tokens N --temperature T`
  *
- * Continue a prompt with a LLaMA-family model folder (Hugging Face layout). Temperature 0 is
- * greedy decoding. Prints the prompt and its continuation.
+ * Continue a prompt with a LLaMA-family model (a Hugging Face folder or repo id), optionally with
+ * an adapter folder applied. Temperature 0 is greedy decoding. Prints the prompt and its
+ * continuation.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { generateText } from "./lib/eval/generate.ts";
 
-const USAGE = `usage: deno task generate --model DIR [--prompt TEXT] [--max-new-tokens N]
-                          [--temperature T] [--top-p P] [--seed S]`;
+const USAGE = `usage: deno task generate --model DIR|REPO [--adapter DIR] [--prompt TEXT]
+                          [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--offline]`;
 
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
       model: { type: "string" },
+      adapter: { type: "string" },
+      offline: { type: "boolean" },
       prompt: { type: "string", default: "" },
       "max-new-tokens": { type: "string", default: "200" },
       temperature: { type: "string", default: "0" },
@@ -42,6 +45,8 @@ if (import.meta.main) {
   try {
     const result = await generateText({
       model: values.model,
+      adapter: values.adapter,
+      offline: values.offline,
       prompt: values.prompt,
       maxNewTokens: number("max-new-tokens", values["max-new-tokens"], true),
       temperature: number("temperature", values.temperature, false),

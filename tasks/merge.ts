@@ -1,6 +1,7 @@
 /**
- * `deno task merge --model BASE --adapter DIR --output DIR` — fold an adapter (ours or PEFT's)
- * into the base weights and write a full Hugging Face checkpoint.
+ * `deno task merge --model BASE --adapter DIR --output DIR` — fold any method's output (a PEFT
+ * adapter, ours or PyTorch PEFT's; a full/GaLore/LISA/SIFT output; a run folder) into the base
+ * weights and write a complete Hugging Face model folder.
  *
  * @module
  */
@@ -23,8 +24,11 @@ if (import.meta.main) {
     Deno.exit(values.help ? 0 : 2);
   }
   try {
-    const n = await mergeAdapter(values.model, values.adapter, values.output, values.offline);
-    console.log(`wrote ${values.output}: ${n} tensors (adapter merged)`);
+    const r = await mergeAdapter(values.model, values.adapter, values.output, values.offline);
+    const what = r.kind === "adapter"
+      ? `${r.source} merged`
+      : `${r.source} was a full model already`;
+    console.log(`wrote ${values.output}: ${r.tensors} tensors (${what})`);
   } catch (e) {
     console.error(`error: ${e instanceof Error ? e.message : e}`);
     Deno.exit(1);

@@ -7,11 +7,20 @@ import { gpu, init } from "../../../ops/mod.ts";
 import { generate } from "../../../models/generate.ts";
 import { loadModel } from "../../../models/load.ts";
 import { loadTokenizer } from "../../../models/tokenizer.ts";
+import { loadAdapter } from "../../../methods/registry.ts";
+import { modelReference, resolveModelDir } from "../hub/model_source.ts";
 
 /** Options of {@link generateText}. */
 export interface GenerateTextOptions {
-  /** A Hugging Face model folder (config.json, model.safetensors, tokenizer.json). */
+  /** A Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or repo id. */
   model: string;
+  /**
+   * An adapter folder applied before generating: a PEFT adapter (ours or PyTorch PEFT's) or one
+   * of this toolkit's own formats. A run's `model/` is a complete model: pass it as `model`.
+   */
+  adapter?: string;
+  /** Never touch the network (a repo id must be in the Hugging Face cache); default false. */
+  offline?: boolean;
   /** Prompt text; empty means the BOS token alone. */
   prompt: string;
   /** Most tokens to generate (fewer when EOS comes first). */
@@ -44,12 +53,30 @@ export interface GenerateTextResult {
  */
 export async function generateText(options: GenerateTextOptions): Promise<GenerateTextResult> {
   await init();
-  const tokenizer = await loadTokenizer(options.model);
-  const loaded = await loadModel(options.model);
+  const dir = await resolveModelDir(options.model, options.offline ?? false);
+  const tokenizer = await loadTokenizer(dir);
+  const loaded = await loadModel(dir);
   if (loaded.kind !== "decoder") {
+    loaded.model.dispose();
     throw new Error(
       `${options.model}: generation needs a decoder (LLaMA-family), got ${loaded.config.model_type}`,
     );
+  }
+  if (options.adapter) {
+    try {
+      const a = await loadAdapter(loaded.model, options.adapter, {
+        lrMultipliers: {},
+        weightDecay: 0,
+        taskType: "CAUSAL_LM",
+        baseModel: await modelReference(options.model),
+        seed: 0,
+      });
+      // Merged weights generate faster than the adapted layers and give the same logits.
+      a.merge();
+    } catch (e) {
+      loaded.model.dispose();
+      throw e;
+    }
   }
   const ids = tokenizer.encode(options.prompt).ids;
   const prompt = ids.length > 0 ? ids : tokenizer.bosId !== null ? [tokenizer.bosId] : [];

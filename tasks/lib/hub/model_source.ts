@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { resolve } from "node:path";
 import { downloadModel } from "./hub.ts";
 
 /** True when `path` is a folder with a config.json. */
@@ -31,4 +32,13 @@ export async function resolveModelDir(model: string, offline: boolean): Promise<
         "  deno task train --model models-local/stories260K --task sst2 --data ../shared/data/glue/tsv",
     );
   }
+}
+
+/**
+ * How a saved file should name `model` (adapter_config.json's base_model_name_or_path,
+ * config.json's _name_or_path): a local folder as its absolute path, so the file still points at
+ * it from any working directory; anything else is a Hub repo id and stays as given.
+ */
+export async function modelReference(model: string): Promise<string> {
+  return await isModelFolder(model) ? resolve(model) : model;
 }

@@ -66,7 +66,8 @@ const RUN_FIELDS = Object.keys(RunConfigSchema.shape);
 /** RunConfig fields whose value is a mapping (the only ones a dotted key may reach into). */
 const MAPPING_FIELDS: ReadonlySet<string> = new Set(
   RUN_FIELDS.filter((key) => {
-    let s: z.ZodType = RunConfigSchema.shape[key as keyof typeof RunConfigSchema.shape];
+    // The public type hides zod; the fields are zod schemas, whose wrappers are peeled here.
+    let s = RunConfigSchema.shape[key as keyof RunConfig] as unknown as z.ZodType;
     while (s instanceof z.ZodDefault || s instanceof z.ZodOptional) s = s.unwrap() as z.ZodType;
     return s instanceof z.ZodRecord;
   }),
@@ -526,9 +527,9 @@ export function expandSweep(sweep: Sweep): SweepPlan {
     }
     const canonical = canonicalJson(settings);
     const parsed = RunConfigSchema.safeParse({ ...settings, output: "-" });
-    const issues: { path: PropertyKey[]; message: string }[] = parsed.success
+    const issues: { path: readonly PropertyKey[]; message: string }[] = parsed.success
       ? []
-      : parsed.error.issues;
+      : [...parsed.error.issues];
     const taskName = parsed.success ? parsed.data.task : settings.task;
     if (typeof taskName === "string") {
       try {
@@ -537,7 +538,7 @@ export function expandSweep(sweep: Sweep): SweepPlan {
         issues.push({ path: ["task"], message: (e as Error).message });
       }
     }
-    if (issues.length) {
+    if (issues.length || !parsed.success) {
       const label = `grid cell ${flat} (${
         gridKeys.map((k) => `${k}=${compact(assignment[k])}`).join(" ")
       })`;
@@ -546,7 +547,7 @@ export function expandSweep(sweep: Sweep): SweepPlan {
       }
       continue;
     }
-    const config = parsed.data!;
+    const config = parsed.data;
     const id = `${cellSlug(config, settings, gridKeys)}-${shortHash(canonical)}`;
     const seen = byId.get(id);
     if (seen !== undefined) {

@@ -11,11 +11,19 @@ import type { ConfigSchema, SchemaError } from "../../../methods/types.ts";
 /** Defaults of the quick start: roberta-base + LoRA on SST-2. */
 export const DEFAULT_MODEL = "FacebookAI/roberta-base";
 
-const positiveInt = z.number().int().positive();
+const positiveInt: z.ZodNumber = z.number().int().positive();
 
-// Not annotated as ConfigSchema<RunConfig>: the sweep reads its `.shape` (field names and kinds).
+/**
+ * A validator of run configurations that also lists its fields: the sweep reads `shape` for the
+ * setting names and their kinds (mappings may be reached with dotted keys).
+ */
+export interface RunConfigValidator extends ConfigSchema<RunConfig> {
+  /** The schema of each field, by its name in YAML (zod schemas at run time). */
+  readonly shape: Readonly<Record<keyof RunConfig, ConfigSchema<unknown>>>;
+}
+
 /** The run configuration schema (YAML keys are these names; flags are their kebab-case). */
-export const RunConfigSchema = z.object({
+export const RunConfigSchema: RunConfigValidator = z.object({
   /** A Hugging Face repo id (downloaded into the HF cache) or a local model folder. */
   model: z.string().min(1).default(DEFAULT_MODEL),
   /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …). */

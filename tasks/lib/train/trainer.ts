@@ -4,7 +4,8 @@
  * Flow: resolve model and data (local folders or the Hugging Face cache) → tokenise (cached) →
  * load the model (frozen) → apply the method → AdamW over the method's parameter groups → steps of
  * forward/backward/update in a memory scope each → evaluation at intervals and at the end →
- * checkpoints → metrics.jsonl, summary.json, adapter/.
+ * checkpoints → metrics.jsonl, summary.json, adapter/ (and model/, a complete Hugging Face model
+ * folder, for methods that change the base weights).
  *
  * Resumability: batches are a pure function of (seed, epoch), dropout masks of (seed, step, call),
  * kernels are deterministic (no float atomics), and a checkpoint holds the trainable tensors and
@@ -55,6 +56,8 @@ import {
 } from "./checkpoint.ts";
 import { Progress } from "../cli/progress.ts";
 import { VERSION } from "../version.ts";
+import { writeModelFolder } from "../output/model_folder.ts";
+import { modelReference } from "../hub/model_source.ts";
 
 export type { Scores } from "./prepare.ts";
 
@@ -197,7 +200,8 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     weightDecay: config.weightDecay,
     headModules,
     taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
-    baseModel: config.model,
+    // Saved configs must find the base model again from any folder: a repo id or an absolute path.
+    baseModel: await modelReference(config.model),
     seed: config.seed,
     totalSteps: total,
   });
@@ -385,7 +389,22 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   progress.finish();
   const final = await evaluate(total);
   await checkpoint(total);
-  await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+  const method = getMethod(config.method);
+  // Full fine-tuning's adapter/ would only repeat model/; the other methods' is their small file.
+  if (config.method !== "full") {
+    await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+  }
+  if (method.changesBaseWeights) {
+    // After save: merging folds SIFT's sparse deltas into W, after which it has none to save.
+    adapter.merge();
+    await writeModelFolder(loaded, join(out, "model"), {
+      sourceDir: loaded.dir,
+      head: p.task.kind === "glue"
+        ? { labels: p.task.spec.labelNames, regression: p.task.spec.isRegression }
+        : undefined,
+      nameOrPath: await modelReference(config.model),
+    });
+  }
   const stats = rt().pool.stats();
   const summary: Summary = {
     toolkit: `@ruc/peft ${VERSION}`,
