@@ -20,7 +20,7 @@ import { runEvaluation } from "../../tasks/lib/eval/run_eval.ts";
 import { generateText } from "../../tasks/lib/eval/generate.ts";
 import { loadModel } from "../../models/load.ts";
 import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
-import { EncoderForSequenceClassification } from "../../models/encoder.ts";
+import type { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { loadTokenizer, type Tokenizer } from "../../models/tokenizer.ts";
 import { applyMethod, loadAdapter, METHODS } from "../../methods/registry.ts";
 import { writeInto } from "../../methods/peft.ts";
