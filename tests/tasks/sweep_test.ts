@@ -7,7 +7,7 @@
  */
 import { deepEqual, equal, match, notEqual, ok, throws } from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { setup } from "../helpers.ts";
 import { makeLlamaFixture } from "../fixtures/make_fixtures.ts";
 import {
@@ -19,6 +19,7 @@ import {
   runSweep,
   shardCells,
   slurmScript,
+  sweepCommand,
   type SweepState,
 } from "../../tasks/lib/sweep/sweep.ts";
 import { parseSweepArgs } from "../../tasks/sweep.ts";
@@ -89,7 +90,8 @@ Deno.test("expansion: cartesian order, per-task/per-method overrides, dotted key
   const first = plan.cells[0].config;
   deepEqual(first.methodOptions, { alpha: 16, r: 4 }, "a dotted key merges into base's mapping");
   equal(first.lr, 5e-4, "RunConfig default");
-  equal(first.output, join("out/demo", plan.cells[0].id));
+  // Relative to the sweep file (demo.yaml in the working directory here).
+  equal(first.output, resolve("out/demo", plan.cells[0].id));
   ok(
     plan.cells.every((c) =>
       !(c.config.method === "lora" && c.config.task === "rte" && c.config.targets!.length === 3)
@@ -251,17 +253,17 @@ Deno.test("--slurm prints a ready array script, one shard and one GPU per task",
       "#SBATCH --partition=gpu",
       "#SBATCH --time=12:00:00",
       "#SBATCH --chdir=/repo",
-      "deno task sweep sweeps/demo.yaml --shard $SLURM_ARRAY_TASK_ID/4",
+      `${sweepCommand()} ${resolve("sweeps/demo.yaml")} --shard $SLURM_ARRAY_TASK_ID/4`,
     ]
   ) ok(lines.includes(l), `has ${l}`);
   ok(
-    lines.findIndex((l) => l.startsWith("deno task")) >
+    lines.findIndex((l) => l.startsWith("deno run")) >
       lines.findLastIndex((l) => l.startsWith("#SBATCH")),
   );
   match(script, /32 cells in 4 shards of at most 8/);
   const bare = slurmScript(plan, { shards: 2, workdir: "/repo", parallel: 3 });
   ok(!bare.includes("--partition") && !bare.includes("--time"));
-  ok(bare.includes("deno task sweep sweeps/demo.yaml --shard $SLURM_ARRAY_TASK_ID/2 --parallel 3"));
+  ok(bare.includes(`demo.yaml --shard $SLURM_ARRAY_TASK_ID/2 --parallel 3`));
   throws(() => slurmScript(plan, { shards: 33, workdir: "/repo" }), /the sweep has only 32 cells/);
 });
 

@@ -18,14 +18,24 @@ async function isModelFolder(path: string): Promise<boolean> {
  */
 export async function resolveModelDir(model: string, offline: boolean): Promise<string> {
   if (await isModelFolder(model)) return model;
-  const looksLocal = model.startsWith(".") || model.startsWith("/") || model.includes("\\");
-  if (looksLocal) throw new Error(`--model ${model}: no config.json in that folder`);
+  const isDir = await Deno.stat(model).then((s) => s.isDirectory, () => false);
+  // A path (./x, ../x, /x, C:\x) or an existing folder is local: never ask the Hub for it.
+  const looksLocal = isDir || model.startsWith(".") || model.startsWith("/") ||
+    model.includes("\\");
+  if (looksLocal) {
+    throw new Error(
+      isDir
+        ? `model ${model}: the folder has no config.json (not a Hugging Face model folder)`
+        : `model ${model}: no such folder (${resolve(model)})`,
+    );
+  }
   try {
     return (await downloadModel(model, undefined, { offline })).snapshotDir;
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     throw new Error(
-      `model ${model}: not available (${why}).\n` +
+      `model ${model}: no local folder ${resolve(model)}, and not available as a Hub repo ` +
+        `(${why}).\n` +
         "Offline? Use a local Hugging Face folder, e.g. convert the bundled stories260K:\n" +
         "  deno task convert --checkpoint ../shared/data/models/stories260K/stories260K.bin \\\n" +
         "    --tokenizer ../shared/data/models/stories260K/tok512.bin --output models-local/stories260K\n" +

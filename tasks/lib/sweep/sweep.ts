@@ -32,6 +32,11 @@
  * (`lora-sst2-s0-qv-v4-1a2b3c`): the same settings give the same id in every run and on every
  * machine, which is what makes resuming and sharding safe.
  *
+ * Paths in a sweep file (`output`, `data`, and a `model` that is a local folder) are relative to
+ * the file's own folder, so a sweep runs the same from any working directory. A `model` is a
+ * local folder when it starts with `./`, `../` or `/`, or when that folder exists; otherwise it
+ * is a Hugging Face repo id. Ids hash the settings as written, so moving the checkout keeps them.
+ *
  * State: every cell folder holds `sweep-cell.json` (running / failed with the error; done is the
  * presence of the trainer's summary.json, written atomically), and `{output}/sweep-state.json`
  * aggregates all cells. Since the truth lives per cell, a sweep killed with SIGKILL loses
@@ -49,7 +54,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
 import { getMethod } from "../../../methods/registry.ts";
@@ -480,6 +485,8 @@ const MAX_CELLS = 1_000_000;
  */
 export function expandSweep(sweep: Sweep): SweepPlan {
   const { spec, file } = sweep;
+  const root = dirname(resolve(file));
+  const output = resolve(root, spec.output);
   const gridKeys = Object.keys(spec.grid);
   const total = gridKeys.reduce((n, k) => n * spec.grid[k].length, 1);
   if (total > MAX_CELLS) {
@@ -565,14 +572,14 @@ export function expandSweep(sweep: Sweep): SweepPlan {
       id,
       assignment,
       settings,
-      config: { ...config, output: join(spec.output, id) },
+      config: { ...localPaths(config, root), output: join(output, id) },
     });
   }
   problems.throwIfAny();
   return {
     name: spec.name,
     file,
-    output: spec.output,
+    output,
     gridKeys,
     cells,
     excluded,
@@ -580,6 +587,28 @@ export function expandSweep(sweep: Sweep): SweepPlan {
     unusedExcludes: spec.exclude.map((_, i) => i).filter((i) => !used.has(i))
       .map((index) => ({ index, line: sweep.lineOf(["exclude", index]) })),
   };
+}
+
+/**
+ * `config` with its local paths resolved against `root` (the sweep file's folder): `data`
+ * always, `model` when it names a local folder (see the module doc), never a Hub repo id.
+ */
+export function localPaths(config: RunConfig, root: string): RunConfig {
+  const out = { ...config };
+  if (out.data !== undefined && !isAbsolute(out.data)) out.data = resolve(root, out.data);
+  if (!isAbsolute(out.model)) {
+    const explicit = /^\.\.?([/\\]|$)/.test(out.model);
+    const there = resolve(root, out.model);
+    const exists = (() => {
+      try {
+        return Deno.statSync(there).isDirectory;
+      } catch {
+        return false;
+      }
+    })();
+    if (explicit || exists) out.model = there;
+  }
+  return out;
 }
 
 // ---- shards and Slurm -----------------------------------------------------------------------------
@@ -611,7 +640,7 @@ export function shardCells(cells: readonly SweepCell[], shard?: Shard): SweepCel
 export interface SlurmOptions {
   /** Number of shards = array tasks. */
   shards: number;
-  /** The folder the jobs start in (the repository root). */
+  /** The folder the jobs start in (their Slurm logs go there); paths inside are absolute. */
   workdir: string;
   /** Slurm partition (`#SBATCH --partition`). */
   partition?: string;
@@ -623,6 +652,21 @@ export interface SlurmOptions {
 
 function shellQuote(s: string): string {
   return /^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replaceAll("'", `'"'"'`)}'`;
+}
+
+/**
+ * The command that runs this toolkit's sweep entry point from anywhere: the checkout's
+ * tasks/sweep.ts by absolute path (Deno finds its deno.json beside it), or, when the toolkit was
+ * loaded from JSR, `jsr:@ruc/peft@VERSION/sweep` (the exact version that planned the sweep).
+ */
+export function sweepCommand(moduleUrl: string = import.meta.url): string {
+  const entry = new URL("../../sweep.ts", moduleUrl);
+  if (entry.protocol === "file:") {
+    return `deno run -A ${shellQuote(decodeURIComponent(entry.pathname))}`;
+  }
+  const jsr = entry.href.match(/^https:\/\/jsr\.io\/(@[^/]+\/[^/]+)\/([^/]+)\/tasks\/sweep\.ts$/);
+  if (jsr) return `deno run -A jsr:${jsr[1]}@${jsr[2]}/sweep`;
+  return `deno run -A ${shellQuote(entry.href)}`;
 }
 
 /**
@@ -656,7 +700,9 @@ export function slurmScript(plan: SweepPlan, o: SlurmOptions): string {
     "set -euo pipefail",
     "# Deno's WebGPU wants a runtime folder; batch jobs often have none.",
     'export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"',
-    `deno task sweep ${shellQuote(plan.file)} --shard $SLURM_ARRAY_TASK_ID/${o.shards}${extra}`,
+    `${sweepCommand()} ${
+      shellQuote(resolve(plan.file))
+    } --shard $SLURM_ARRAY_TASK_ID/${o.shards}${extra}`,
     "",
   ].join("\n");
 }
