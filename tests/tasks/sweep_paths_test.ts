@@ -6,7 +6,13 @@
  */
 import { equal, match, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
-import { expandSweep, parseSweep, slurmScript, sweepCommand } from "../../tasks/lib/sweep/sweep.ts";
+import {
+  entrySpecifier,
+  expandSweep,
+  parseSweep,
+  slurmScript,
+  sweepCommand,
+} from "../../tasks/lib/sweep/sweep.ts";
 import { resolveModelDir } from "../../tasks/lib/hub/model_source.ts";
 
 const work = await Deno.realPath(await Deno.makeTempDir({ prefix: "sweep-paths-" }));
@@ -69,6 +75,11 @@ Deno.test("--slurm calls the sweep entry point by absolute path or by its JSR sp
   equal(
     sweepCommand("https://jsr.io/@ruc/peft/0.1.0/tasks/lib/sweep/sweep.ts"),
     "deno run -A jsr:@ruc/peft@0.1.0/sweep",
+  );
+  equal(
+    entrySpecifier(new URL("https://jsr.io/@ruc/peft/0.1.0/tasks/train.ts")),
+    "jsr:@ruc/peft@0.1.0/train",
+    "the sweep's cells run train.ts from the same package",
   );
   const plan = expandSweep(parseSweep(SWEEP, file));
   const script = slurmScript(plan, { shards: 2, workdir: work });

@@ -655,18 +655,26 @@ function shellQuote(s: string): string {
 }
 
 /**
- * The command that runs this toolkit's sweep entry point from anywhere: the checkout's
- * tasks/sweep.ts by absolute path (Deno finds its deno.json beside it), or, when the toolkit was
- * loaded from JSR, `jsr:@ruc/peft@VERSION/sweep` (the exact version that planned the sweep).
+ * How `deno run` should name one of the toolkit's entry points (tasks/NAME.ts, given as a URL): a
+ * checkout's file by its absolute path (Deno finds the deno.json beside it), a module loaded from
+ * JSR by its `jsr:@scope/name@VERSION/NAME` export (a bare https URL would lose the package's
+ * imports), anything else by its URL.
+ */
+export function entrySpecifier(entry: URL): string {
+  if (entry.protocol === "file:") return decodeURIComponent(entry.pathname);
+  const jsr = entry.href.match(
+    /^https:\/\/jsr\.io\/(@[^/]+\/[^/]+)\/([^/]+)\/tasks\/([a-z]+)\.ts$/,
+  );
+  if (jsr) return `jsr:${jsr[1]}@${jsr[2]}/${jsr[3]}`;
+  return entry.href;
+}
+
+/**
+ * The command that runs this toolkit's sweep entry point from any folder: the checkout's
+ * tasks/sweep.ts, or `jsr:@ruc/peft@VERSION/sweep` (the version that planned the sweep).
  */
 export function sweepCommand(moduleUrl: string = import.meta.url): string {
-  const entry = new URL("../../sweep.ts", moduleUrl);
-  if (entry.protocol === "file:") {
-    return `deno run -A ${shellQuote(decodeURIComponent(entry.pathname))}`;
-  }
-  const jsr = entry.href.match(/^https:\/\/jsr\.io\/(@[^/]+\/[^/]+)\/([^/]+)\/tasks\/sweep\.ts$/);
-  if (jsr) return `deno run -A jsr:${jsr[1]}@${jsr[2]}/sweep`;
-  return `deno run -A ${shellQuote(entry.href)}`;
+  return `deno run -A ${shellQuote(entrySpecifier(new URL("../../sweep.ts", moduleUrl)))}`;
 }
 
 /**
@@ -910,8 +918,7 @@ type Outcome = { ok: true; summary: Summary } | { ok: false; error: string };
 const DEFAULT_TRAIN_SCRIPT = new URL("../../train.ts", import.meta.url);
 
 function scriptArg(script: string | URL): string {
-  const url = script instanceof URL ? script : null;
-  return url?.protocol === "file:" ? decodeURIComponent(url.pathname) : String(script);
+  return script instanceof URL ? entrySpecifier(script) : script;
 }
 
 /** The last "error: …" block of a train.ts log, else its tail. */
