@@ -1,6 +1,6 @@
 /**
  * `deno task report RUNS_DIR [--out DIR] [--score final|best] [--digits N]` — the benchmark
- * tables and charts of every run under a folder: report.md, report.csv, report_pivot.csv and a
+ * tables and charts of every run under a folder: report.md, report.tex, report.csv, report_pivot.csv and a
  * self-contained report.html.
  *
  * @module
@@ -11,7 +11,7 @@ import { parseReportOptions, type ReportOptions, writeReport } from "./lib/repor
 const USAGE = `usage: deno task report RUNS_DIR [options]
 
   RUNS_DIR                folder searched recursively for summary.json (+ metrics.jsonl)
-  --out DIR               where report.md/.csv/.html go (default RUNS_DIR)
+  --out DIR               where report.md/.tex/.csv/.html go (default RUNS_DIR)
   --score final|best      score a run by its final or its best evaluation (default final)
   --digits N              decimals of scores (default 1)`;
 

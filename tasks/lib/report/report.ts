@@ -5,7 +5,8 @@
  * same method whose settings differ within a task (targets, rank, lr multipliers, …) get a
  * "variant" label so that a sweep pivots into separate rows. The pivot is methods × tasks with
  * mean ± sample std over seeds, the average over tasks, trainable parameters, peak memory by
- * category and throughput. It is written as Markdown, CSV (flat runs and pivot) and one
+ * category and throughput. It is written as Markdown, a LaTeX booktabs table, CSV (flat runs and
+ * pivot) and one
  * self-contained HTML page whose SVG charts vega-lite and vega render here, without a browser.
  *
  * @example
@@ -28,6 +29,19 @@ import { writeTextAtomic } from "../../../methods/peft.ts";
 import { COMMONSENSE_DATASETS } from "../data/commonsense.ts";
 import { formatIssues } from "../train/config.ts";
 import { GLUE_TASKS } from "../data/glue.ts";
+import { resolveTask } from "../data/pipeline.ts";
+
+/**
+ * A run's task under its canonical key (commonsense names are matched case-insensitively by the
+ * trainer, so "BoolQ" and "boolq" runs are one task); unknown tasks (own data) stay as written.
+ */
+function canonicalTask(task: string): string {
+  try {
+    return resolveTask(task).name;
+  } catch {
+    return task;
+  }
+}
 
 const MIB = 2 ** 20;
 
@@ -222,7 +236,7 @@ export interface ReportResult {
   /** What the files show. */
   report: ReportData;
   /** Paths of the files written. */
-  files: { markdown: string; csv: string; pivotCsv: string; html: string };
+  files: { markdown: string; latex: string; csv: string; pivotCsv: string; html: string };
   /** Files skipped or partly read, one line each. */
   warnings: string[];
 }
@@ -532,7 +546,7 @@ export async function collectRuns(
     partial.push({
       dir: relative(runsDir, runDir) || ".",
       model: summary.model,
-      task: summary.task,
+      task: canonicalTask(summary.task),
       method: summary.method,
       seed: summary.seed,
       mainMetric: summary.mainMetric,
@@ -743,6 +757,14 @@ const TASK_NAMES: Record<string, string> = {
   rte: "RTE",
   wnli: "WNLI",
   ax: "AX",
+  boolq: "BoolQ",
+  piqa: "PIQA",
+  social_i_qa: "SIQA",
+  hellaswag: "HellaSwag",
+  winogrande: "WinoGrande",
+  "ARC-Easy": "ARC-e",
+  "ARC-Challenge": "ARC-c",
+  openbookqa: "OBQA",
 };
 
 const METRIC_NAMES: Record<string, string> = {
@@ -753,7 +775,8 @@ const METRIC_NAMES: Record<string, string> = {
   spearmanr: "Spearman",
 };
 
-const taskName = (t: string): string => TASK_NAMES[t] ?? t;
+/** A task's name as papers print it (SST-2, BoolQ, ARC-e), the one spelling every output uses. */
+export const taskName = (t: string): string => TASK_NAMES[t] ?? t;
 const metricName = (m: string): string => METRIC_NAMES[m] ?? m;
 
 function formatCount(n: number): string {
@@ -920,6 +943,69 @@ export function renderReportMarkdown(report: ReportData): string {
   return parts.join("\n") + "\n";
 }
 
+/** Characters LaTeX treats specially in text, and symbols it needs math mode for. */
+const LATEX_ESCAPES: Record<string, string> = {
+  "\\": "\\textbackslash{}",
+  "&": "\\&",
+  "%": "\\%",
+  "$": "\\$",
+  "#": "\\#",
+  "_": "\\_",
+  "{": "\\{",
+  "}": "\\}",
+  "~": "\\textasciitilde{}",
+  "^": "\\textasciicircum{}",
+  "±": "$\\pm$",
+  "×": "$\\times$",
+  "·": "$\\cdot$",
+  "λ": "$\\lambda$",
+  "α": "$\\alpha$",
+  "η": "$\\eta$",
+  "≤": "$\\le$",
+  "≥": "$\\ge$",
+  "–": "--",
+  "—": "---",
+  "<": "$<$",
+  ">": "$>$",
+};
+
+/** `text` safe inside a LaTeX table cell; a minus sign before a number is typeset as one. */
+export function latexEscape(text: string): string {
+  const escaped = text.replace(/[\\&%$#_{}~^±×·λαη≤≥–—<>]/g, (c) => LATEX_ESCAPES[c]);
+  return escaped.replace(/(^|[\s(])-(?=\d)/g, (_, before: string) => `${before}$-$`);
+}
+
+/**
+ * The main table as a LaTeX booktabs table (needs `\usepackage{booktabs}`): methods × tasks,
+ * mean ± std over seeds, best per column in bold, the note as the caption. Paste it or
+ * `\input{report.tex}`.
+ */
+export function renderReportLatex(report: ReportData): string {
+  const main = mainTable(report);
+  const spec = main.header.map((_, i) => i === 0 ? "l" : "r").join("");
+  const line = (cells: string[]) => `${cells.join(" & ")} \\\\`;
+  const body = main.rows.map((r) =>
+    line(r.cells.map((c, i) => r.bold[i] ? `\\textbf{${latexEscape(c)}}` : latexEscape(c)))
+  );
+  return [
+    `% @ruc/peft report of ${report.runsDir}; needs \\usepackage{booktabs}.`,
+    "\\begin{table}[t]",
+    "\\centering",
+    "\\small",
+    `\\begin{tabular}{${spec}}`,
+    "\\toprule",
+    line(main.header.map(latexEscape)),
+    "\\midrule",
+    ...body,
+    "\\bottomrule",
+    "\\end{tabular}",
+    `\\caption{${latexEscape(scoreNote(report))}}`,
+    "\\label{tab:peft-benchmark}",
+    "\\end{table}",
+    "",
+  ].join("\n");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Charts
 
@@ -930,9 +1016,9 @@ export type ChartSpec = vl.TopLevelSpec;
 export interface ReportCharts {
   /** Training loss per step, one line per row, a panel per task. */
   loss: ChartSpec;
-  /** Score against trainable parameters (log x), a point per row and task. */
+  /** Score against trainable parameters (log x), a panel per task, a point ± std per row. */
   scoreVsParams: ChartSpec;
-  /** Peak memory by category, a stacked bar per row. */
+  /** Peak memory, a panel per category (own scale), a bar per row. */
   memory: ChartSpec;
 }
 
@@ -961,105 +1047,183 @@ function meanCurves(
 }
 
 /**
+ * Colours of the method/variant rows, in row order: Kelly's colours of maximum contrast (black
+ * and white left out, the pale ones last), so that neighbours in the legend never look alike;
+ * past them lines repeat the colours dashed.
+ */
+export const METHOD_COLORS: readonly string[] = [
+  "#0067A5", // blue
+  "#BE0032", // red
+  "#008856", // green
+  "#F38400", // orange
+  "#875692", // purple
+  "#222222", // near black
+  "#882D17", // reddish brown
+  "#E68FAC", // pink
+  "#8DB600", // yellow green
+  "#A1CAF1", // light blue
+  "#F3C300", // yellow
+  "#604E97", // violet
+  "#F99379", // salmon
+  "#848482", // grey
+  "#2B3D26", // olive green
+  "#C2B280", // buff
+];
+
+/** Solid for the first round of colours, dashed for the rows that reuse them. */
+function dashOf(i: number): number[] {
+  return i < METHOD_COLORS.length ? [1, 0] : [6, 3];
+}
+
+/**
  * Chart specifications: loss curves (mean over seeds, one line per method/variant, a panel per
- * task), score against trainable parameters (log x, a point per method/variant and task), and
- * stacked peak memory by category per method/variant.
+ * task, each with its own step and loss range), score against trainable parameters (log x, a
+ * panel per task, a point per method/variant with a ±1 std bar over seeds), and peak memory by
+ * category (a panel per category, each with its own MiB axis, so a dominant category such as
+ * activations does not flatten the others).
  */
 export function reportCharts(report: ReportData): ReportCharts {
   const { pivot } = report;
   const labels = pivot.rows.map((r) => r.label);
   const taskNames = pivot.tasks.map(taskName);
+  const range = labels.map((_, i) => METHOD_COLORS[i % METHOD_COLORS.length]);
   const color = {
     field: "label",
     type: "nominal" as const,
     title: "method",
-    scale: { domain: labels },
+    scale: { domain: labels, range },
   };
+  const columns = Math.min(3, Math.max(1, taskNames.length));
   const loss: ChartSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: "Training loss (mean over seeds)",
     data: { values: meanCurves(report.curves).map((p) => ({ ...p, task: taskName(p.task) })) },
     facet: { field: "task", type: "nominal", title: null, sort: taskNames },
-    columns: Math.min(3, Math.max(1, taskNames.length)),
+    columns,
     spec: {
       width: 300,
       height: 200,
       mark: { type: "line", strokeWidth: 2 },
       encoding: {
-        x: { field: "step", type: "quantitative", title: "step" },
+        x: {
+          field: "step",
+          type: "quantitative",
+          title: "step",
+          scale: { nice: false },
+          axis: { format: "d", tickMinStep: 1 },
+        },
         y: { field: "loss", type: "quantitative", title: "loss", scale: { zero: false } },
         color,
+        // Same field and title as colour: one legend showing colour and dash together.
+        strokeDash: {
+          field: "label",
+          type: "nominal",
+          title: "method",
+          scale: { domain: labels, range: labels.map((_, i) => dashOf(i)) },
+        },
       },
     },
-    resolve: { scale: { y: "independent" } },
+    // Tasks train for different numbers of steps and sit at different losses.
+    resolve: { scale: { x: "independent", y: "independent" } },
     config: CHART_CONFIG,
   };
   const points = pivot.rows.flatMap((r) =>
-    pivot.tasks.filter((t) => r.cells[t] && r.cells[t].trainableParams > 0).map((t) => ({
-      label: r.label,
-      task: taskName(t),
-      params: r.cells[t].trainableParams,
-      score: r.cells[t].mean,
-    }))
+    pivot.tasks.filter((t) => r.cells[t] && r.cells[t].trainableParams > 0).map((t) => {
+      const c = r.cells[t];
+      const std = c.std ?? 0;
+      return {
+        label: r.label,
+        task: taskName(t),
+        params: c.trainableParams,
+        score: c.mean,
+        low: c.mean - std,
+        high: c.mean + std,
+        n: c.n,
+      };
+    })
   );
   // Decades only: a log axis otherwise draws a grid line at every 2…9 × 10^k.
   const params = points.map((p) => p.params);
   const lo = Math.floor(Math.log10(Math.min(...params, 1e9)));
   const hi = Math.max(lo + 1, Math.ceil(Math.log10(Math.max(...params, 1))));
   const decades = Array.from({ length: hi - lo + 1 }, (_, i) => 10 ** (lo + i));
+  const x = {
+    field: "params",
+    type: "quantitative" as const,
+    title: "trainable parameters (log scale)",
+    scale: { type: "log" as const, domain: [decades[0], decades[decades.length - 1]] },
+    axis: { values: decades, format: "~s" },
+  };
   const scoreVsParams: ChartSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: "Score against trainable parameters",
-    width: 520,
-    height: 300,
+    title: "Score against trainable parameters (mean ± std over seeds)",
     data: { values: points },
-    mark: { type: "point", filled: true, size: 90, opacity: 0.85 },
-    encoding: {
-      x: {
-        field: "params",
-        type: "quantitative",
-        title: "trainable parameters (log scale)",
-        scale: { type: "log", domain: [decades[0], decades[decades.length - 1]] },
-        axis: { values: decades, format: "~s" },
-      },
-      y: {
-        field: "score",
-        type: "quantitative",
-        title: "score (main metric × 100)",
-        scale: { zero: false, padding: 12 },
-        axis: { format: ".1~f" },
-      },
-      color,
-      shape: { field: "task", type: "nominal", title: "task", scale: { domain: taskNames } },
+    facet: { field: "task", type: "nominal", title: null, sort: taskNames },
+    columns: Math.min(2, Math.max(1, taskNames.length)),
+    spec: {
+      width: 360,
+      height: 240,
+      layer: [
+        {
+          mark: { type: "rule", strokeWidth: 2 },
+          encoding: {
+            x,
+            y: { field: "low", type: "quantitative" },
+            y2: { field: "high" },
+            color,
+          },
+        },
+        {
+          mark: { type: "point", filled: true, size: 80, opacity: 0.9 },
+          encoding: {
+            x,
+            y: {
+              field: "score",
+              type: "quantitative",
+              title: "score (main metric × 100)",
+              scale: { zero: false, padding: 12 },
+              axis: { format: ".1~f" },
+            },
+            color,
+          },
+        },
+      ],
     },
+    resolve: { scale: { y: "independent" } },
     config: CHART_CONFIG,
   };
   const bars = pivot.rows.flatMap((r) =>
     pivot.categories.filter((c) => r.memoryMiB[c] > 0).map((c) => ({
       label: r.label,
       category: c,
-      order: pivot.categories.indexOf(c),
       mib: r.memoryMiB[c],
     }))
   );
   const memory: ChartSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: "Peak memory by category (MiB, largest over a row's runs)",
-    width: 520,
-    height: { step: 26 },
+    title: "Peak memory by category (MiB, largest over a row's runs; each panel its own scale)",
     data: { values: bars },
-    mark: "bar",
-    encoding: {
-      y: { field: "label", type: "nominal", title: null, sort: labels, axis: { labelLimit: 1000 } },
-      x: { field: "mib", type: "quantitative", title: "MiB", stack: "zero" },
-      color: {
-        field: "category",
-        type: "nominal",
-        title: "category",
-        scale: { domain: pivot.categories },
-      },
-      order: { field: "order", type: "quantitative" },
+    facet: {
+      column: { field: "category", type: "nominal", title: null, sort: pivot.categories },
     },
+    spec: {
+      width: 110,
+      height: { step: 22 },
+      mark: "bar",
+      encoding: {
+        y: {
+          field: "label",
+          type: "nominal",
+          title: null,
+          sort: labels,
+          axis: { labelLimit: 1000 },
+        },
+        x: { field: "mib", type: "quantitative", title: "MiB", axis: { tickCount: 3 } },
+        // The rows are named on the y axis already.
+        color: { ...color, legend: null },
+      },
+    },
+    resolve: { scale: { x: "independent" } },
     config: CHART_CONFIG,
   };
   return { loss, scoreVsParams, memory };
@@ -1201,7 +1365,7 @@ export async function buildReport(options: ReportOptions): Promise<ReportData> {
 
 /**
  * Build the report of `runsDir` and write report.md, report.csv (one row per run),
- * report_pivot.csv and report.html into `out` (default `runsDir`), each atomically.
+ * report.tex (the main table for a paper), report_pivot.csv and report.html into `out` (default `runsDir`), each atomically.
  */
 export async function writeReport(options: ReportOptions): Promise<ReportResult> {
   const o = parseReportOptions(options);
@@ -1217,12 +1381,14 @@ export async function writeReport(options: ReportOptions): Promise<ReportResult>
   await Deno.mkdir(out, { recursive: true });
   const files = {
     markdown: join(out, "report.md"),
+    latex: join(out, "report.tex"),
     csv: join(out, "report.csv"),
     pivotCsv: join(out, "report_pivot.csv"),
     html: join(out, "report.html"),
   };
   const html = await renderReportHtml(report);
   await writeTextAtomic(files.markdown, renderReportMarkdown(report));
+  await writeTextAtomic(files.latex, renderReportLatex(report));
   await writeTextAtomic(files.csv, report.table.toCSV());
   await writeTextAtomic(files.pivotCsv, pivotTable(report.pivot).toCSV());
   await writeTextAtomic(files.html, html);
