@@ -14,7 +14,11 @@ import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { type Summary, train } from "../../tasks/lib/train/trainer.ts";
 import {
   buildReport,
+  latexEscape,
+  METHOD_COLORS,
   readReportCsv,
+  renderChartSvg,
+  renderReportLatex,
   renderReportMarkdown,
   reportCharts,
   writeReport,
@@ -364,6 +368,133 @@ Deno.test({
   },
 });
 
+Deno.test("LaTeX cells escape TeX's special characters and typeset ±, ×, minus signs", () => {
+  equal(
+    latexEscape("a_b & 5% #1 {x} ~^ \\"),
+    "a\\_b \\& 5\\% \\#1 \\{x\\} \\textasciitilde{}\\textasciicircum{} \\textbackslash{}",
+  );
+  equal(latexEscape("-9.6 ± 1.0"), "$-$9.6 $\\pm$ 1.0");
+  equal(latexEscape("lora (value lr ×4 · r=8)"), "lora (value lr $\\times$4 $\\cdot$ r=8)");
+  equal(latexEscape("pre-trained 2.1K–2.2K"), "pre-trained 2.1K--2.2K", "a hyphen in a word stays");
+});
+
+Deno.test({
+  name: "report.tex: a booktabs table with the pivot's rows, mean ± std cells and the best in bold",
+  ignore: !present,
+  fn: async () => {
+    await runs();
+    const out = join(work, "report-tex");
+    const { report, files } = await writeReport({ runsDir: join(work, "runs"), out });
+    const tex = await Deno.readTextFile(files.latex);
+    equal(tex, renderReportLatex(report));
+    const lines = tex.split("\n");
+    const at = (rule: string) => lines.indexOf(rule);
+    ok(at("\\toprule") < at("\\midrule") && at("\\midrule") < at("\\bottomrule"));
+    ok(lines.includes("\\begin{tabular}{lrrrrrrr}"), "one l column, then right-aligned numbers");
+    equal(
+      lines[at("\\toprule") + 1],
+      "Method & SST-2 (Acc) & STS-B (Pearson) & Avg & Trainable params & \\% of total & Peak MiB & Tokens/s \\\\",
+    );
+    const body = lines.slice(at("\\midrule") + 1, at("\\bottomrule"));
+    equal(body.length, report.pivot.rows.length);
+    const strip = (c: string) => c.replace(/^\\textbf\{(.*)\}$/, "$1");
+    let bold = 0;
+    for (const [i, r] of report.pivot.rows.entries()) {
+      const cells = body[i].replace(/ \\\\$/, "").split(" & ");
+      equal(cells[0], latexEscape(r.label));
+      for (const [k, t] of report.pivot.tasks.entries()) {
+        const c = r.cells[t];
+        if (!c) {
+          equal(cells[1 + k], "---", `${r.label} has no ${t} runs: an em dash`);
+          continue;
+        }
+        const std = c.std === null ? "" : ` $\\pm$ ${c.std.toFixed(1)}`;
+        // Seed counts differ between cells here (one LoRA variant has one seed): n is shown.
+        const n = report.pivot.uniformN === null ? ` (n=${c.n})` : "";
+        equal(
+          strip(cells[1 + k]),
+          `${latexEscape(c.mean.toFixed(1))}${std}${n}`,
+          `${r.label} / ${t}`,
+        );
+        if (cells[1 + k].startsWith("\\textbf{")) {
+          bold++;
+          const means = report.pivot.rows.filter((x) => x.cells[t]).map((x) => x.cells[t].mean);
+          equal(c.mean, Math.max(...means), "bold = best");
+        }
+      }
+    }
+    ok(bold >= report.pivot.tasks.length, "each task column has its best in bold");
+    ok(
+      /\\caption\{Scores: the final evaluation's main metric \$\\times\$ 100, mean \$\\pm\$ sample std/
+        .test(tex),
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "charts: loss panels with their own step range, distinct colours, ±std bars, per-category memory panels",
+  ignore: !present,
+  fn: async () => {
+    await runs();
+    const report = await buildReport({ runsDir: join(work, "runs") });
+    const charts = reportCharts(report);
+    const resolve = (spec: unknown) =>
+      (spec as { resolve: { scale: Record<string, string> } }).resolve.scale;
+    deepEqual(resolve(charts.loss), { x: "independent", y: "independent" });
+    deepEqual(resolve(charts.memory), { x: "independent" });
+    // SST-2 runs took 3 steps, so did STS-B here: each panel's range is its own data's.
+    const range = (charts.loss.data as { values: { task: string; step: number }[] }).values;
+    for (const task of ["SST-2", "STS-B"]) {
+      const steps = range.filter((v) => v.task === task).map((v) => v.step);
+      equal(Math.min(...steps), 1);
+      equal(Math.max(...steps), 3);
+    }
+    equal(new Set(METHOD_COLORS).size, METHOD_COLORS.length, "no colour twice");
+    // Each row's line is drawn in its own colour of the palette.
+    const svg = (await renderChartSvg(charts.loss)).toLowerCase();
+    const rows = report.pivot.rows.length;
+    const points = (charts.scoreVsParams.data as {
+      values: { label: string; task: string; score: number; low: number; high: number }[];
+    }).values;
+    for (const p of points) {
+      const row = report.pivot.rows.find((r) => r.label === p.label)!;
+      const cell = row.cells[p.task === "SST-2" ? "sst2" : "stsb"];
+      close(p.high - p.score, cell.std ?? 0, `${p.label} ${p.task} +std`);
+      close(p.score - p.low, cell.std ?? 0, `${p.label} ${p.task} −std`);
+    }
+    ok(points.some((p) => p.high > p.low), "some cells have a spread");
+    for (const c of METHOD_COLORS.slice(0, rows)) {
+      ok(svg.includes(`stroke="${c.toLowerCase()}"`), `colour ${c} drawn`);
+    }
+    ok(!svg.includes(`stroke="${METHOD_COLORS[rows].toLowerCase()}"`), "and no other row's");
+    const categories =
+      (charts.memory as { facet: { column: { sort: string[] } } }).facet.column.sort;
+    deepEqual(categories, report.pivot.categories);
+  },
+});
+
+Deno.test({
+  name: "a task is one column under one name however its runs spelled it (BoolQ, boolq)",
+  ignore: !present,
+  fn: async () => {
+    const made = await runs();
+    const dir = join(work, "spelled");
+    for (const [i, spelling] of ["BoolQ", "boolq"].entries()) {
+      const to = join(dir, `r${i}`);
+      await Deno.mkdir(to, { recursive: true });
+      const o = JSON.parse(await Deno.readTextFile(join(made[i * 2].dir, "summary.json")));
+      o.task = spelling;
+      o.seed = i;
+      await Deno.writeTextFile(join(to, "summary.json"), JSON.stringify(o));
+    }
+    const { report, files } = await writeReport({ runsDir: dir });
+    deepEqual(report.pivot.tasks, ["boolq"]);
+    ok((await Deno.readTextFile(files.markdown)).includes("| BoolQ (Acc) |"));
+    ok((await Deno.readTextFile(files.latex)).includes("Method & BoolQ (Acc) &"));
+  },
+});
+
 Deno.test({
   name:
     "malformed summary.json and metrics.jsonl lines give warnings naming the file and are skipped",
@@ -429,7 +560,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "deno task report: flags are validated; the CLI writes the four files",
+  name: "deno task report: flags are validated; the CLI writes the five files",
   ignore: !present,
   fn: async () => {
     throws(() => reportOptionsFromArgs([]), /expected one RUNS_DIR, got 0/);
@@ -461,7 +592,7 @@ Deno.test({
     }).output();
     equal(r.code, 0, new TextDecoder().decode(r.stderr));
     ok(new TextDecoder().decode(r.stdout).includes("9 runs → 3 rows × 2 tasks"));
-    for (const f of ["report.md", "report.csv", "report_pivot.csv", "report.html"]) {
+    for (const f of ["report.md", "report.tex", "report.csv", "report_pivot.csv", "report.html"]) {
       ok((await Deno.stat(join(out, f))).size > 0, `${f} written`);
     }
   },
