@@ -2,6 +2,11 @@
  * A one-line progress bar on stderr (step, loss, learning rate, tokens/s, ETA). On a terminal it
  * redraws in place; elsewhere it prints a line at most every 10 % so logs stay readable.
  *
+ * Hand-written rather than `cli-progress`: that library draws through Node's TTY stream API and,
+ * off a terminal, prints nothing by default (`noTTYOutput: true` gives a line every 2 s, by
+ * time rather than progress), while Slurm and sweep logs want a line per 10 %; the bar itself is
+ * a few lines here.
+ *
  * @module
  */
 

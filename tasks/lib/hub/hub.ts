@@ -16,6 +16,14 @@
  * `$HF_ENDPOINT` and `$HF_TOKEN` (or the token file `huggingface-cli login` writes) are honoured, and
  * `$HF_HUB_OFFLINE=1` resolves everything from the cache alone (refs → snapshot).
  *
+ * Why not `@huggingface/hub`: its `downloadFileToCacheDir`/`snapshotDownload` (2.17) write the
+ * same layout but restart a killed download from byte 0 (the `.incomplete` file is truncated,
+ * never resumed with Range), do not check the sha256 of what arrived, take no lock, so a Python
+ * process filling the same cache can race them, have no offline mode (every call asks the tree
+ * API unless given a commit hash), and retry no plain (non-Xet) download. Those are the cases a
+ * GPU node on a flaky network hits; tests/tasks/hub_test.ts drives each of them against a local
+ * fixture server.
+ *
  * @example
  * ```ts
  * import { snapshotDownload } from "./hub.ts";
