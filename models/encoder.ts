@@ -3,8 +3,12 @@
  * heads: post-LN blocks with GELU (erf), RoBERTa's position ids offset past the padding index,
  * BERT's token types and pooler, and a one-label regression head (STS-B).
  *
- * Deviation from Hugging Face, on purpose: attention-probability dropout is not applied (the
- * attention kernel is fused and never materialises the probabilities); hidden dropout is.
+ * Dropout in training follows Hugging Face's RobertaModel/BertModel: hidden_dropout_prob on the
+ * embeddings' output and on the attention and FFN outputs before each residual,
+ * attention_probs_dropout_prob on the attention probabilities (inside the fused kernel), and the
+ * head's dropout (classifier_dropout, or hidden_dropout_prob when it is null) before
+ * RobertaClassificationHead's dense and out_proj, or before BERT's classifier. Evaluation applies
+ * none.
  *
  * @module
  */
@@ -48,6 +52,10 @@ export interface EncoderDims {
   layerNormEps: number;
   /** Dropout probability on embeddings and sub-layer outputs (training only). */
   hiddenDropout: number;
+  /** Dropout probability on the attention probabilities (training only; default 0). */
+  attentionDropout?: number;
+  /** Dropout probability of the classification head; null or absent: `hiddenDropout`. */
+  classifierDropout?: number | null;
   /** Id of the padding token (RoBERTa's position ids start after it). */
   padTokenId: number;
   /** Labels of the classification head (1: regression). */
@@ -224,8 +232,10 @@ export class EncoderForSequenceClassification extends Container {
     return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
   }
 
-  /** Final hidden states [B, T, H]. */
-  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  /** Final hidden states [B, T, H] (dropout as `ctx` says; default: the running context). */
+  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    // Adapter layers (LoRA's dropout) read the running context: make it `ctx`.
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.hidden(inputs, ctx));
     const d = this.dims;
     const [b, t] = inputs.ids.shape;
     const host = inputs.ids.hostData;
@@ -265,11 +275,15 @@ export class EncoderForSequenceClassification extends Container {
     return x;
   }
 
-  /** Classification logits [B, numLabels] (regression: [B, 1]). */
-  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  /**
+   * Classification logits [B, numLabels] (regression: [B, 1]). Without `ctx`, the context of the
+   * running forward pass ({@link ForwardContext.current}): evaluation outside training.
+   */
+  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.forward(inputs, ctx));
     const h = this.hidden(inputs, ctx);
     const first = squeeze(slice(h, 1, 0, 1), 1); // the <s> / [CLS] token, [B, H]
-    const p = this.dims.hiddenDropout;
+    const p = this.dims.classifierDropout ?? this.dims.hiddenDropout;
     const lin = (path: string, x: Tensor) => (this.getModule(path) as LinearLike).forward(x);
     if (this.dims.kind === "roberta") {
       const z = tanh(lin("classifier.dense", ctx.dropout(first, p)));

@@ -255,7 +255,9 @@ export class LlamaForCausalLM extends Container {
   }
 
   /** Final hidden states [B, T, H]. */
-  hidden(inputs: DecoderInputs, _ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  hidden(inputs: DecoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    // Adapter layers (LoRA's dropout) read the running context: make it `ctx`.
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.hidden(inputs, ctx));
     const { ids, cache } = inputs;
     const [b, t] = ids.shape;
     const start = cache?.length ?? 0;

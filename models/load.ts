@@ -78,6 +78,8 @@ export function encoderDimsFromConfig(c: ModelConfig, numLabels: number): Encode
     typeVocabSize: c.type_vocab_size,
     layerNormEps: c.layer_norm_eps,
     hiddenDropout: c.hidden_dropout_prob,
+    attentionDropout: c.attention_probs_dropout_prob,
+    classifierDropout: c.classifier_dropout,
     padTokenId: c.pad_token_id ?? 1,
     numLabels,
   };
