@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { dropout, rngU32, seedU32, type Tensor } from "../ops/mod.ts";
+import { type AttentionDropout, dropout, rngU32, seedU32, type Tensor } from "../ops/mod.ts";
 
 let active: ForwardContext | null = null;
 
@@ -28,6 +28,28 @@ const TWO_POW_32 = 4294967296;
  * from the same seed (initial weights use streams 0, 1, … of the plain seed).
  */
 const DROPOUT_SALT = 0x0d0f0a11;
+
+/**
+ * The (seed, stream) that dropout call `call` (0, 1, … in forward order) of (micro-)step `step`
+ * of a run seeded `runSeed` draws its mask from — what {@link ForwardContext} passes to the
+ * dropout kernels (tests rebuild masks with it).
+ */
+export function dropoutCallStream(
+  runSeed: number,
+  step: number,
+  call: number,
+): { seed: number; stream: number } {
+  if (call >= CALLS_PER_STEP) {
+    throw new Error(
+      `ForwardContext: more than ${CALLS_PER_STEP} dropout calls in one forward pass; ` +
+        "dropout streams would overlap the next step's",
+    );
+  }
+  const index = BigInt(step) * BigInt(CALLS_PER_STEP) + BigInt(call);
+  const stream = Number(index % BigInt(TWO_POW_32));
+  const epoch = Number(index / BigInt(TWO_POW_32));
+  return { seed: rngU32(seedU32(runSeed), DROPOUT_SALT, epoch), stream };
+}
 
 /** Forward-pass settings shared by every module of a model. */
 export class ForwardContext {
@@ -78,23 +100,22 @@ export class ForwardContext {
 
   /** The (seed, stream) of the next dropout call. */
   #nextStream(): { seed: number; stream: number } {
-    const call = this.#call++;
-    if (call >= CALLS_PER_STEP) {
-      throw new Error(
-        `ForwardContext: more than ${CALLS_PER_STEP} dropout calls in one forward pass; ` +
-          "dropout streams would overlap the next step's",
-      );
-    }
-    const index = BigInt(this.step) * BigInt(CALLS_PER_STEP) + BigInt(call);
-    const stream = Number(index % BigInt(TWO_POW_32));
-    const epoch = Number(index / BigInt(TWO_POW_32));
-    return { seed: rngU32(seedU32(this.seed), DROPOUT_SALT, epoch), stream };
+    return dropoutCallStream(this.seed, this.step, this.#call++);
   }
 
   /** Dropout with probability `p` when training; identity otherwise. */
   dropout(x: Tensor, p: number): Tensor {
     if (!this.training || p === 0) return x;
     return dropout(x, p, { ...this.#nextStream(), training: true });
+  }
+
+  /**
+   * The attention-probability dropout of one attention call (its `dropout` option), taking the
+   * next stream: undefined in evaluation or when `p` is 0.
+   */
+  attentionDropout(p: number): AttentionDropout | undefined {
+    if (!this.training || p === 0) return undefined;
+    return { p, ...this.#nextStream() };
   }
 }
 

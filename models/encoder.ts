@@ -158,7 +158,10 @@ export class EncoderLayer extends Container {
     const q = split(this.#lin("attention.self.query", x));
     const k = split(this.#lin("attention.self.key", x));
     const v = split(this.#lin("attention.self.value", x));
-    const attn = scaledDotProductAttention(q, k, v, { keyPaddingMask: keyMask });
+    const attn = scaledDotProductAttention(q, k, v, {
+      keyPaddingMask: keyMask,
+      dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
+    });
     const merged = reshape(transpose(attn, 1, 2), [b, t, h]);
     const p = this.dims.hiddenDropout;
     const a = ctx.dropout(this.#lin("attention.output.dense", merged), p);

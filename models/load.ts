@@ -61,6 +61,7 @@ export function llamaDimsFromConfig(c: ModelConfig, numLabels = 0): LlamaDims {
     tieWordEmbeddings: c.tie_word_embeddings,
     maxPositions: c.max_position_embeddings,
     numLabels,
+    attentionDropout: c.attention_dropout,
   };
 }
 
