@@ -931,18 +931,15 @@ ${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}
  * rgba32float texture with elements 4c … 4c+3, zero past D.
  */
 function packKernel(s: TileShape): Kernel {
-  return cached(
-    "pack",
-    { ...s, threads: 64, rowsPerThread: 1, masked: false, dropout: false },
-    () =>
-      defineKernel({
-        name: "attention_pack",
-        bindings: [
-          { name: "src", type: "f32", access: "read" },
-          { name: "dst", texture: "rgba32float", access: "write" },
-        ],
-        params: [["rows", "u32"], ["heads", "u32"], ["len", "u32"], ...stridedParams("src")],
-        source: `const D: u32 = ${s.headDim}u;
+  return cached("pack", { ...s, threads: 64, rowsPerThread: 1, masked: false }, () =>
+    defineKernel({
+      name: "attention_pack",
+      bindings: [
+        { name: "src", type: "f32", access: "read" },
+        { name: "dst", texture: "rgba32float", access: "write" },
+      ],
+      params: [["rows", "u32"], ["heads", "u32"], ["len", "u32"], ...stridedParams("src")],
+      source: `const D: u32 = ${s.headDim}u;
 const NV: u32 = ${vecsPerRow(s.headDim)}u;
 const LINE_ROWS: u32 = ${s.lineRows}u;
 ${stridedVec4Fn("src", s.headDim)}
@@ -958,8 +955,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let x = (row % LINE_ROWS) * NV + c;
   textureStore(dst, vec2u(x, row / LINE_ROWS), src_vec4(b, h, l, c));
 }`,
-      }),
-  );
+    }));
 }
 
 /** Pack `t` ([B, H, L, D], any strides) into a scratch texture laid out as `s` reads it. */
