@@ -196,7 +196,10 @@ export function trainHead(model: Module, ctx: MethodContext): [string, Tensor][]
  */
 export function mergeLowRank(
   model: Module,
-  layers: readonly [string, Pick<LoraLinear, "base" | "deltaWeight"> & { loraBias?: Tensor | null; scaling?: number }][],
+  layers: readonly [
+    string,
+    Pick<LoraLinear, "base" | "deltaWeight"> & { loraBias?: Tensor | null; scaling?: number },
+  ][],
 ): void {
   for (const [name, layer] of layers) {
     if (layer.loraBias && layer.base instanceof Linear && !layer.base.bias) {

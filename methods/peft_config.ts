@@ -159,7 +159,9 @@ export function checkLoraConfigFields(config: Record<string, unknown>, file: str
     );
   }
   if (config.lora_bias === true && config.use_dora === true) {
-    throw new Error(`${file}: field "lora_bias" cannot be true with use_dora (PEFT refuses it too)`);
+    throw new Error(
+      `${file}: field "lora_bias" cannot be true with use_dora (PEFT refuses it too)`,
+    );
   }
 }
 
@@ -288,7 +290,9 @@ export function resolveTargetModules(
   if (typeof target === "string" && target.toLowerCase() === "all-linear") {
     // Every Linear but the output layer, and for SEQ_CLS the classifier head (PEFT's rule).
     const head = t.taskType === "SEQ_CLS"
-      ? ["score", "classifier"].find((h) => [...linears].some((n) => n === h || n.startsWith(`${h}.`)))
+      ? ["score", "classifier"].find((h) =>
+        [...linears].some((n) => n === h || n.startsWith(`${h}.`))
+      )
       : undefined;
     target = [...linears].filter((n) =>
       n !== "lm_head" && !(head && (n === head || n.startsWith(`${head}.`)))

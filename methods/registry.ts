@@ -223,7 +223,9 @@ const PEFT_TARGETED = ["LORA", "ADALORA", "IA3", "VERA"];
 function peftDefaultTargets(peftType: string, model: Module): string[] {
   const arch = architectureOf(model);
   const llama = arch === "llama";
-  if (peftType === "IA3") return llama ? ["k_proj", "v_proj", "down_proj"] : ["key", "value", "output.dense"];
+  if (peftType === "IA3") {
+    return llama ? ["k_proj", "v_proj", "down_proj"] : ["key", "value", "output.dense"];
+  }
   if (peftType === "ADALORA" && arch === "roberta") return ["query", "key", "value", "dense"];
   return llama ? ["q_proj", "v_proj"] : ["query", "value"];
 }
