@@ -160,13 +160,17 @@ export function loadInto(files: AdapterFiles, name: string, target: Tensor): voi
   const src = files.tensors.get(name);
   if (!src) {
     throw new Error(
-      `${files.file}: no tensor ${PEFT_PREFIX}${name} (shape [${target.shape}]), which the ` +
+      `${files.file}: no tensor ${PEFT_PREFIX}${name} (shape [${
+        target.shape.join(", ")
+      }]), which the ` +
         "adapter config implies; the file is incomplete or for another config",
     );
   }
   if (src.shape.join() !== target.shape.join()) {
     throw new Error(
-      `${files.file}: tensor ${PEFT_PREFIX}${name} has shape [${src.shape}], the model expects [${target.shape}]`,
+      `${files.file}: tensor ${PEFT_PREFIX}${name} has shape [${
+        src.shape.join(", ")
+      }], the model expects [${target.shape.join(", ")}]`,
     );
   }
   writeInto(target, src.data);

@@ -236,12 +236,17 @@ function peftDefaultTargets(peftType: string, model: Module): string[] {
  */
 function rejectUnusedTensors(model: Module, file: string, unused: readonly string[]): void {
   if (unused.length === 0) return;
-  const modules = new Set(model.namedModules().map(([n]) => n));
+  const modules = new Map(model.namedModules());
+  // The module a tensor names is missing when the walk down its dotted path leaves the tree
+  // before reaching a leaf (a layer index past the model's depth); below a leaf are parameter
+  // names (lora_A.weight on an unadapted Linear), which belong to an existing module.
   const missingModule = (key: string): string | null => {
     const parts = key.split(".");
     for (let i = 1; i < parts.length; i++) {
       const prefix = parts.slice(0, i).join(".");
-      if (!modules.has(prefix)) return prefix;
+      const m = modules.get(prefix);
+      if (!m) return prefix;
+      if (m.children().length === 0) return null;
     }
     return null;
   };
