@@ -111,6 +111,61 @@ export const LORA_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
   kasa_config: defaultOnly(null, "KaSA is not supported"),
 };
 
+/** AdaLoraConfig: LoraConfig's fields as AdaLoRA's layers use them, plus its schedule. */
+export const ADALORA_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
+  ...LORA_CONFIG_FIELDS,
+  r: noEffect(8, "PEFT ignores r for AdaLoRA (init_r is the rank)"),
+  use_rslora: noEffect(false, "AdaLoRA's layers scale by lora_alpha / ranknum"),
+  alpha_pattern: noEffect({}, "AdaLoRA's layers take lora_alpha only"),
+  lora_bias: noEffect(false, "AdaLoRA's layers have no lora_B bias"),
+  use_dora: defaultOnly(false, "PEFT refuses DoRA with AdaLoRA"),
+  rank_pattern: honoured({}, "the budget mask of kept singular triplets"),
+  init_lora_weights: noEffect(true, "the loaded tensors replace the start"),
+  target_r: honoured(8, "the final average rank"),
+  init_r: honoured(12, "the initial rank"),
+  tinit: honoured(0, "warm-up steps before budgeting"),
+  tfinal: honoured(0, "final fine-tuning steps"),
+  deltaT: honoured(1, "steps between budget allocations"),
+  beta1: honoured(0.85, "sensitivity EMA"),
+  beta2: honoured(0.85, "uncertainty EMA"),
+  orth_reg_weight: honoured(0.5, "orthogonality regulariser weight"),
+  total_step: honoured(null, "the schedule's length"),
+};
+
+/** IA3Config. */
+export const IA3_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
+  ...BASE_FIELDS,
+  target_modules: honoured(null, "list, full-match regex or all-linear, as PEFT"),
+  exclude_modules: honoured(null, "list (exact or suffix) or full-match regex"),
+  feedforward_modules: honoured(null, "scaled on the input instead of the output"),
+  fan_in_fan_out: noEffect(false, "PEFT resets it to false for nn.Linear"),
+  init_ia3_weights: noEffect(true, "the loaded vectors replace the start"),
+};
+
+/** VeraConfig. */
+export const VERA_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
+  ...BASE_FIELDS,
+  r: honoured(256, "rank of the shared projections"),
+  target_modules: honoured(null, "list, full-match regex or all-linear, as PEFT"),
+  layers_to_transform: honoured(null, "layer indices kept among suffix matches"),
+  layers_pattern: honoured(null, "the module list holding the layer index"),
+  projection_prng_key: honoured(0, "seed of the shared projections"),
+  save_projection: honoured(true, "whether the projections are in the file"),
+  vera_dropout: honoured(0, "dropout on the adapter input while training"),
+  d_initial: honoured(0.1, "start of the d vectors"),
+  fan_in_fan_out: noEffect(false, "PEFT resets it to false for nn.Linear"),
+  init_weights: noEffect(true, "the loaded vectors replace the start"),
+  bias: defaultOnly("none", 'trained base biases ("all", "vera_only") are not restored yet'),
+};
+
+/** The field table of each peft_type we load. */
+export const PEFT_CONFIG_FIELDS: Readonly<Record<string, Readonly<Record<string, FieldRule>>>> = {
+  LORA: LORA_CONFIG_FIELDS,
+  ADALORA: ADALORA_CONFIG_FIELDS,
+  IA3: IA3_CONFIG_FIELDS,
+  VERA: VERA_CONFIG_FIELDS,
+};
+
 /** init_lora_weights values that mean the plain LoRA start (the loaded tensors replace it). */
 const PLAIN_INITS: readonly unknown[] = [true, false, "gaussian"];
 /** init_lora_weights values handled by another of our methods. */
@@ -128,13 +183,16 @@ function show(v: unknown): string {
 }
 
 /**
- * Check a LoRA adapter_config.json against {@link LORA_CONFIG_FIELDS}: every field is known, and
- * each one we do not honour has its default. An unknown field with a non-empty value is refused
- * too (PEFT drops it with a warning; we cannot know what a newer PEFT meant by it).
+ * Check an adapter_config.json against its peft_type's table ({@link PEFT_CONFIG_FIELDS}): every
+ * field is known, and each one we do not honour has its default. An unknown field with a
+ * non-empty value is refused too (PEFT drops it with a warning; we cannot know what a newer PEFT
+ * meant by it). LoRA's init_lora_weights must name a start we implement.
  */
-export function checkLoraConfigFields(config: Record<string, unknown>, file: string): void {
+export function checkPeftConfigFields(config: Record<string, unknown>, file: string): void {
+  const table = PEFT_CONFIG_FIELDS[String(config.peft_type)];
+  if (!table) return;
   for (const [key, value] of Object.entries(config)) {
-    const rule = LORA_CONFIG_FIELDS[key];
+    const rule = table[key];
     if (!rule) {
       const empty = value === null || value === false ||
         (typeof value === "object" && Object.keys(value as object).length === 0);
@@ -151,6 +209,7 @@ export function checkLoraConfigFields(config: Record<string, unknown>, file: str
       );
     }
   }
+  if (config.peft_type !== "LORA") return;
   const init = config.init_lora_weights ?? true;
   if (!PLAIN_INITS.includes(init) && !(typeof init === "string" && METHOD_INITS.test(init))) {
     throw new Error(
@@ -394,4 +453,26 @@ export function patternFromConfig(
     out[k] = x as number;
   }
   return out;
+}
+
+/**
+ * IA3's feed-forward modules among the resolved `targets`, by PEFT's rule: a string is a
+ * full-match regex; a list entry matches a name ending in it (plain suffix, no dot required).
+ */
+export function resolveFeedforward(
+  feedforward: unknown,
+  targets: readonly string[],
+  file: string,
+): string[] {
+  if (feedforward === null || feedforward === undefined) return [];
+  if (typeof feedforward === "string") {
+    const re = pythonRegex(`^(?:${feedforward})$`, file, "feedforward_modules");
+    return targets.filter((t) => re.test(t));
+  }
+  if (!Array.isArray(feedforward) || !feedforward.every((f) => typeof f === "string")) {
+    throw new Error(
+      `${file}: field "feedforward_modules" must be a list of module names or a regex`,
+    );
+  }
+  return targets.filter((t) => feedforward.some((f: string) => t.endsWith(f)));
 }

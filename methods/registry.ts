@@ -24,8 +24,9 @@ import type { Module } from "../models/module.ts";
 import { architectureOf } from "./lora.ts";
 import { auditAdapterReads, PEFT_PREFIX } from "./peft.ts";
 import {
-  checkLoraConfigFields,
+  checkPeftConfigFields,
   patternFromConfig,
+  resolveFeedforward,
   resolveTargetModules,
   targetingFromConfig,
 } from "./peft_config.ts";
@@ -92,7 +93,7 @@ function methodFromPeftConfig(
   file: string,
 ): { method: string; options: Record<string, unknown> } {
   const type = config.peft_type;
-  if (type === "LORA") checkLoraConfigFields(config, file);
+  checkPeftConfigFields(config, file);
   if (type === "LORA" && config.init_lora_weights === "eva") {
     // EVA's loader reads rank_pattern / alpha_pattern itself (its ranks come from the tensors).
     const options = {
@@ -153,8 +154,8 @@ function methodFromPeftConfig(
     };
   }
   if (type === "IA3") {
-    const ff = config.feedforward_modules;
-    return { method: "ia3", options: Array.isArray(ff) ? { feedforward: ff.map(String) } : {} };
+    // feedforward_modules is resolved against the model in loadAdapter.
+    return { method: "ia3", options: {} };
   }
   if (type === "VERA") {
     return {
@@ -206,7 +207,13 @@ export async function loadAdapter(
     }
     targets = listed;
   }
-  const adapter = applyMethod(method, model, options, { ...ctx, targets, headModules });
+  // IA3's feed-forward modules by PEFT's own rule (plain suffix or full-match regex); null keeps
+  // the architecture's default, as PEFT does.
+  const resolved = config.peft_type === "IA3" && file.endsWith(ADAPTER_CONFIG_FILE) &&
+      config.feedforward_modules != null
+    ? { ...options, feedforward: resolveFeedforward(config.feedforward_modules, targets, file) }
+    : options;
+  const adapter = applyMethod(method, model, resolved, { ...ctx, targets, headModules });
   const read = await auditAdapterReads(() => adapter.load(dir));
   for (const files of read) rejectUnusedTensors(model, files.file, files.tensors.unused());
   return adapter;
