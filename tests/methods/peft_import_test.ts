@@ -6,17 +6,27 @@
  * by the loader's code. Covers rank_pattern and alpha_pattern (first matching key wins),
  * lora_bias, regex target_modules (full match), "all-linear", layers_to_transform with and
  * without layers_pattern, exclude_modules as a list and as a regex. Every field we do not honour
- * is refused naming the file and the field.
+ * is refused naming the file and the field; lora_bias merges as PEFT does; IA3's feed-forward
+ * modules follow PEFT's rule.
  */
-import { equal, rejects } from "node:assert/strict";
+import { equal, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { assertClose, randomArray, setup } from "../helpers.ts";
-import { loadAdapter, LORA_CONFIG_FIELDS } from "../../methods/mod.ts";
+import { noGrad, scopeAsync, tensor } from "../../ops/mod.ts";
+import { applyMethod, loadAdapter, LORA_CONFIG_FIELDS, writeInto } from "../../methods/mod.ts";
+import { LlamaForCausalLM } from "../../models/llama.ts";
 import { writeSafetensors } from "../../models/safetensors.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
-import { encoderDims, hostSource } from "../models/fixtures.ts";
+import { encoderDims, hostSource, llamaDims, llamaWeights } from "../models/fixtures.ts";
 import type { HostWeights } from "../models/reference.ts";
-import { evalLogits, MAX_POSITIONS, TINY_ROBERTA, tinyRoberta } from "./support.ts";
+import {
+  evalLogits,
+  MAX_POSITIONS,
+  TINY_ROBERTA,
+  tinyLlama,
+  tinyLlamaDims,
+  tinyRoberta,
+} from "./support.ts";
 
 await setup();
 
@@ -387,4 +397,182 @@ Deno.test("every field we do not honour is refused, naming the file and the fiel
     /field "rank_pattern"/,
   );
   await expectRefused({ target_modules: 3 }, /field "target_modules"/);
+});
+
+Deno.test("a lora_bias adapter merges into the base bias with unchanged outputs; without a base bias merge is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const expected = both(["attention.self.value"], () => ({ r: 4, scaling: 2, bias: true }));
+    await writePeft(
+      dir,
+      peftConfig({ lora_bias: true, target_modules: ["value"] }),
+      adapterTensors(expected, 40),
+    );
+    const m = model();
+    const adapter = await loadAdapter(m, dir, LOAD_CTX);
+    const before = await evalLogits(m);
+    adapter.merge();
+    assertClose(await evalLogits(m), before, { atol: 2e-5, rtol: 1e-4 }, "merged");
+    equal(m.namedParameters().some(([n]) => n.includes("lora_")), false, "plain model after merge");
+    // LLaMA's projections have no bias: PEFT cannot merge lora_bias there, neither do we.
+    const llama = tinyLlama({ layers: 1, seed: 2 });
+    const q = "model.layers.0.self_attn.q_proj";
+    const llamaDir = await Deno.makeTempDir();
+    try {
+      const t = new Map([
+        [`${q}.lora_A.weight`, { shape: [2, 8], data: new Float32Array(16).fill(0.1) }],
+        [`${q}.lora_B.weight`, { shape: [8, 2], data: new Float32Array(16).fill(0.1) }],
+        [`${q}.lora_B.bias`, { shape: [8], data: new Float32Array(8).fill(0.1) }],
+      ]);
+      await writePeft(
+        llamaDir,
+        peftConfig({
+          r: 2,
+          lora_bias: true,
+          target_modules: ["q_proj"],
+          task_type: "CAUSAL_LM",
+          modules_to_save: null,
+        }),
+        t,
+      );
+      const loaded = await loadAdapter(llama.model(), llamaDir, {
+        ...LOAD_CTX,
+        taskType: "CAUSAL_LM",
+      });
+      throws(() => loaded.merge(), /q_proj: cannot merge lora_bias into a layer without a bias/);
+    } finally {
+      await Deno.remove(llamaDir, { recursive: true });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("all-linear on a causal LM adapts every projection but lm_head", async () => {
+  const dims = { ...tinyLlamaDims(2), tied: false };
+  const weights = llamaWeights(dims, 8);
+  const build = (w: HostWeights) => new LlamaForCausalLM(llamaDims(dims), hostSource(w));
+  const hd = dims.hidden / dims.heads, kv = dims.kvHeads * hd;
+  const shapes: Record<string, [number, number]> = {
+    "self_attn.q_proj": [dims.hidden, dims.hidden],
+    "self_attn.k_proj": [kv, dims.hidden],
+    "self_attn.v_proj": [kv, dims.hidden],
+    "self_attn.o_proj": [dims.hidden, dims.hidden],
+    "mlp.gate_proj": [dims.inter, dims.hidden],
+    "mlp.up_proj": [dims.inter, dims.hidden],
+    "mlp.down_proj": [dims.hidden, dims.inter],
+  };
+  const r = 2, scaling = 8 / 2;
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  const merged: HostWeights = new Map([...weights].map(([k, v]) => [k, Float64Array.from(v)]));
+  let seed = 50;
+  for (let l = 0; l < dims.layers; l++) {
+    for (const [kind, [dOut, dIn]] of Object.entries(shapes)) {
+      const name = `model.layers.${l}.${kind}`;
+      const a = Float32Array.from(randomArray(r * dIn, seed++, -0.3, 0.3));
+      const b = Float32Array.from(randomArray(dOut * r, seed++, -0.3, 0.3));
+      tensors.set(`${name}.lora_A.weight`, { shape: [r, dIn], data: a });
+      tensors.set(`${name}.lora_B.weight`, { shape: [dOut, r], data: b });
+      const w = merged.get(`${name}.weight`)!;
+      for (let o = 0; o < dOut; o++) {
+        for (let i = 0; i < dIn; i++) {
+          let acc = 0;
+          for (let k = 0; k < r; k++) acc += b[o * r + k] * a[k * dIn + i];
+          w[o * dIn + i] += scaling * acc;
+        }
+      }
+    }
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePeft(
+      dir,
+      peftConfig({
+        r,
+        target_modules: "all-linear",
+        task_type: "CAUSAL_LM",
+        modules_to_save: null,
+      }),
+      tensors,
+    );
+    const loaded = build(weights);
+    await loadAdapter(loaded, dir, { ...LOAD_CTX, taskType: "CAUSAL_LM" });
+    const logits = (m: LlamaForCausalLM) =>
+      scopeAsync(() =>
+        noGrad(() =>
+          m.logits(m.hidden({ ids: tensor(Int32Array.from([1, 4, 7, 2, 9, 3]), [2, 3]) }))
+        ).read()
+      );
+    const want = await logits(build(merged));
+    assertClose(await logits(loaded), want, { atol: 2e-5, rtol: 1e-4 }, "all-linear LLaMA");
+    equal(
+      loaded.namedParameters().some(([n]) => n.startsWith("lm_head.lora")),
+      false,
+      "lm_head untouched",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("IA3 feedforward_modules: a regex string or a plain-suffix list selects the same modules", async () => {
+  const source = model();
+  const ia3 = applyMethod("ia3", source, { feedforward: ["intermediate.dense"] }, {
+    ...LOAD_CTX,
+    targets: ["key", "value", "intermediate.dense"],
+    headModules: ["classifier"],
+  });
+  for (
+    const [, t] of ia3.groups().flatMap((g) => g.names.map((n, i) => [n, g.params[i]] as const))
+  ) {
+    writeInto(t, Float32Array.from(randomArray(t.size, t.size, 0.5, 1.5)));
+  }
+  const want = await evalLogits(source);
+  const dir = await Deno.makeTempDir();
+  try {
+    await ia3.save(dir);
+    const file = join(dir, "adapter_config.json");
+    const saved = JSON.parse(await Deno.readTextFile(file));
+    // A regex (full match), a dotted name, and a plain suffix ("dense", matching without a dot
+    // as PEFT's endswith does) all select intermediate.dense among the targets.
+    for (const ff of [".*\\.intermediate\\.dense", ["intermediate.dense"], ["dense"], []]) {
+      await Deno.writeTextFile(file, JSON.stringify({ ...saved, feedforward_modules: ff }));
+      const m = model();
+      if (Array.isArray(ff) && ff.length === 0) {
+        // No feed-forward module: intermediate.dense would scale its output, another model,
+        // and the saved vector's shape says so.
+        await rejects(loadAdapter(m, dir, LOAD_CTX), /intermediate\.dense\.ia3_l has shape/);
+        continue;
+      }
+      await loadAdapter(m, dir, LOAD_CTX);
+      assertClose(await evalLogits(m), want, { atol: 1e-5, rtol: 1e-5 }, JSON.stringify(ff));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("AdaLoRA, IA3 and VeRA configs: fields we do not honour are refused by name", async () => {
+  for (
+    const [type, field, value] of [
+      ["VERA", "bias", "all"],
+      ["ADALORA", "use_dora", true],
+      ["IA3", "some_future_option", { a: 1 }],
+    ] as const
+  ) {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.writeTextFile(
+        join(dir, "adapter_config.json"),
+        JSON.stringify({ peft_type: type, target_modules: ["query"], [field]: value }),
+      );
+      await writeSafetensors(join(dir, "adapter_model.safetensors"), [], { format: "pt" });
+      await rejects(
+        loadAdapter(model(), dir, LOAD_CTX),
+        new RegExp(`adapter_config.json: field "${field}"`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
 });
