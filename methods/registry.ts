@@ -10,9 +10,12 @@ import { pissa } from "./pissa.ts";
 import { olora } from "./olora.ts";
 import { loraGa } from "./loraga.ts";
 import { residualMethodFromPeft } from "./residual_lora.ts";
-import { galore } from "./galore.ts";
-import { lisa } from "./lisa.ts";
-import { sift } from "./sift.ts";
+import { galore, GALORE_WEIGHTS } from "./galore.ts";
+import { lisa, LISA_WEIGHTS } from "./lisa.ts";
+import { sift, SIFT_WEIGHTS } from "./sift.ts";
+import { namedTrainable } from "./groups.ts";
+import { join } from "node:path";
+import { assertFiniteWeights } from "../models/validate.ts";
 import { loraPlus } from "./loraplus.ts";
 import { dora } from "./dora.ts";
 import { vera } from "./vera.ts";
@@ -216,6 +219,12 @@ export async function loadAdapter(
   const adapter = applyMethod(method, model, resolved, { ...ctx, targets, headModules });
   const read = await auditAdapterReads(() => adapter.load(dir));
   for (const files of read) rejectUnusedTensors(model, files.file, files.tensors.unused());
+  // PEFT files were checked on the host as they were read; our own formats (GaLore, LISA, SIFT)
+  // are checked here, on the GPU, as loaded into the model.
+  if (read.length === 0) {
+    const weights = OWN_WEIGHTS[method as (typeof OWN_FORMATS)[number]];
+    await assertFiniteWeights(namedTrainable(adapter.groups()), weights ? join(dir, weights) : dir);
+  }
   return adapter;
 }
 
@@ -271,6 +280,12 @@ function rejectUnusedTensors(model: Module, file: string, unused: readonly strin
 
 /** Methods without a PEFT format keep `<method>_config.json` (see each method's file). */
 const OWN_FORMATS = ["galore", "lisa", "sift"] as const;
+/** The weights file of each of our own formats. */
+const OWN_WEIGHTS: Record<(typeof OWN_FORMATS)[number], string> = {
+  galore: GALORE_WEIGHTS,
+  lisa: LISA_WEIGHTS,
+  sift: SIFT_WEIGHTS,
+};
 
 /**
  * The adapter config in `dir` and the method + options it implies: PEFT's adapter_config.json,

@@ -244,3 +244,29 @@ Deno.test("a checkpoint of another shape or with NaN is refused before anything 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("our own formats (GaLore) are checked too: tensors of a missing layer, NaN", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "peft-validate-galore-" });
+  try {
+    const deep = roberta(5);
+    const adapter = applyMethod("galore", deep, {}, context());
+    await adapter.save(dir);
+    const file = join(dir, "galore_model.safetensors");
+    await rejectsNaming(loadAdapter(roberta(2), dir, LOAD_CTX), [
+      file,
+      "roberta.encoder.layer.2.",
+      "not trained by GaLore on this model",
+    ]);
+    const name = "roberta.encoder.layer.0.attention.self.value.weight";
+    await rewrite(
+      file,
+      (entries) =>
+        entries.map((e) =>
+          e.name === name ? { ...e, data: new Float32Array(e.data.length).fill(-Infinity) } : e
+        ),
+    );
+    await rejectsNaming(loadAdapter(roberta(5), dir, LOAD_CTX), [file, name, "NaN/Inf"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
