@@ -198,3 +198,34 @@ export function headParameters(model: Module, heads: readonly string[]): [string
   }
   return out;
 }
+
+/**
+ * Restore base-layer biases an adapter trained with PEFT's `bias` option, into the model in place:
+ * "lora_only" / "vera_only" saved `<adapted module>.base_layer.bias` for the adapted layers, "all"
+ * every `.bias` of the model (LayerNorms included). Our adapted layers keep their base under
+ * `base_layer`, so each key names a parameter of `model` exactly. The head's own copies that
+ * PEFT's modules_to_save wrapper adds under "all" (`<head>.original_module.…`, the untrained
+ * original; `<head>.modules_to_save.<adapter>.…`, a copy of the saved head) are not parameters of
+ * the fine-tuned model and are passed over. Returns the names written.
+ */
+export function loadTrainedBiases(
+  model: Module,
+  files: AdapterFiles,
+  mode: "all" | "lora_only" | "vera_only",
+): string[] {
+  const params = new Map(model.namedParameters());
+  const written: string[] = [];
+  for (const key of files.tensors.unused()) {
+    if (!key.endsWith(".bias") || /\.(lora_B|vera_lambda_b)\./.test(key)) continue;
+    if (mode === "all" && /\.(original_module|modules_to_save)\./.test(key)) {
+      files.tensors.get(key); // accounted for: not part of the fine-tuned model
+      continue;
+    }
+    if (mode !== "all" && !key.endsWith(".base_layer.bias")) continue;
+    const target = params.get(key);
+    if (!target) continue; // left unused: the caller names it
+    loadInto(files, key, target);
+    written.push(key);
+  }
+  return written;
+}

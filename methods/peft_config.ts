@@ -90,7 +90,7 @@ export const LORA_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
     false,
     "PEFT resets it to false for nn.Linear, the only layer type adapted here",
   ),
-  bias: defaultOnly("none", 'trained base biases ("all", "lora_only") are not restored yet'),
+  bias: honoured("none", 'trained base biases ("all", "lora_only") restored into the model'),
   eva_config: noEffect(null, "EVA's data pass settings; the saved adapter holds its result"),
   lora_ga_config: honoured(null, "LoRA-GA's direction, scale and gamma"),
   corda_config: noEffect(null, "used only with init_lora_weights corda, which is refused"),
@@ -155,7 +155,7 @@ export const VERA_CONFIG_FIELDS: Readonly<Record<string, FieldRule>> = {
   d_initial: honoured(0.1, "start of the d vectors"),
   fan_in_fan_out: noEffect(false, "PEFT resets it to false for nn.Linear"),
   init_weights: noEffect(true, "the loaded vectors replace the start"),
-  bias: defaultOnly("none", 'trained base biases ("all", "vera_only") are not restored yet'),
+  bias: honoured("none", 'trained base biases ("all", "vera_only") restored into the model'),
 };
 
 /** The field table of each peft_type we load. */
@@ -208,6 +208,16 @@ export function checkPeftConfigFields(config: Record<string, unknown>, file: str
           `only ${show(rule.default)} is`,
       );
     }
+  }
+  const biasModes = config.peft_type === "VERA"
+    ? ["none", "all", "vera_only"]
+    : ["none", "all", "lora_only"];
+  if (config.peft_type !== "IA3" && !biasModes.includes(String(config.bias ?? "none"))) {
+    throw new Error(
+      `${file}: field "bias" = ${show(config.bias)} is not one of ${
+        biasModes.map((m) => `"${m}"`).join(", ")
+      }`,
+    );
   }
   if (config.peft_type !== "LORA") return;
   const init = config.init_lora_weights ?? true;

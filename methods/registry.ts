@@ -25,7 +25,7 @@ import { applyLora, lora, LoraConfigSchema } from "./lora.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
 import type { Module } from "../models/module.ts";
 import { architectureOf } from "./lora.ts";
-import { auditAdapterReads, PEFT_PREFIX } from "./peft.ts";
+import { auditAdapterReads, loadTrainedBiases, PEFT_PREFIX } from "./peft.ts";
 import {
   checkPeftConfigFields,
   patternFromConfig,
@@ -218,6 +218,19 @@ export async function loadAdapter(
     : options;
   const adapter = applyMethod(method, model, resolved, { ...ctx, targets, headModules });
   const read = await auditAdapterReads(() => adapter.load(dir));
+  const bias = config.bias ?? "none";
+  if (bias !== "none" && read.length > 0 && PEFT_TARGETED.includes(String(config.peft_type))) {
+    loadTrainedBiases(model, read[0], bias as "all" | "lora_only" | "vera_only");
+    // The restored biases live in the base model now; save() writes bias "none" and would drop
+    // them, so saving this adapter again is refused rather than silently lossy.
+    adapter.save = () =>
+      Promise.reject(
+        new Error(
+          `${file}: this adapter trained base biases (bias "${bias}"), which save() does not ` +
+            "write; merge it (deno task merge) to keep them",
+        ),
+      );
+  }
   for (const files of read) rejectUnusedTensors(model, files.file, files.tensors.unused());
   // PEFT files were checked on the host as they were read; our own formats (GaLore, LISA, SIFT)
   // are checked here, on the GPU, as loaded into the model.

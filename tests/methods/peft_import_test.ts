@@ -346,7 +346,6 @@ async function expectRefused(config: Record<string, unknown>, message: RegExp): 
 
 /** A non-default value for each field only whose default we accept. */
 const NON_DEFAULT: Record<string, unknown> = {
-  bias: "all",
   ensure_weight_tying: true,
   megatron_config: { tensor_model_parallel_size: 2 },
   layer_replication: [[0, 2], [1, 2]],
@@ -555,7 +554,7 @@ Deno.test("IA3 feedforward_modules: a regex string or a plain-suffix list select
 Deno.test("AdaLoRA, IA3 and VeRA configs: fields we do not honour are refused by name", async () => {
   for (
     const [type, field, value] of [
-      ["VERA", "bias", "all"],
+      ["VERA", "bias", "vera_and_more"],
       ["ADALORA", "use_dora", true],
       ["IA3", "some_future_option", { a: 1 }],
     ] as const
@@ -570,6 +569,66 @@ Deno.test("AdaLoRA, IA3 and VeRA configs: fields we do not honour are refused by
       await rejects(
         loadAdapter(model(), dir, LOAD_CTX),
         new RegExp(`adapter_config.json: field "${field}"`),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
+Deno.test('bias "lora_only" and "all": trained base biases are restored; PEFT\'s head copies are passed over', async () => {
+  const expected = both(
+    ["attention.self.query", "attention.self.value"],
+    () => ({ r: 4, scaling: 2 }),
+  );
+  for (const mode of ["lora_only", "all"] as const) {
+    const dir = await Deno.makeTempDir();
+    try {
+      const tensors = adapterTensors(expected, 60);
+      const reference = mergedWeights(expected, tensors);
+      let seed = 70;
+      const trained = (name: string, as: string) => {
+        const data = Float32Array.from(randomArray(weights.get(name)!.length, seed++, -0.2, 0.2));
+        tensors.set(as, { shape: [data.length], data });
+        reference.set(name, Float64Array.from(data));
+      };
+      for (const e of expected) trained(`${e.module}.bias`, `${e.module}.base_layer.bias`);
+      if (mode === "all") {
+        for (const name of weights.keys()) {
+          if (!name.endsWith(".bias") || name.startsWith("classifier.")) continue;
+          if (expected.some((e) => name === `${e.module}.bias`)) continue;
+          trained(name, name); // unadapted Linears and every LayerNorm
+        }
+        // The modules_to_save wrapper's own entries: the untouched original and the trained copy.
+        for (const p of ["dense", "out_proj"]) {
+          const head = tensors.get(`classifier.${p}.bias`)!;
+          tensors.set(`classifier.original_module.${p}.bias`, {
+            shape: head.shape,
+            data: Float32Array.from(weights.get(`classifier.${p}.bias`)!),
+          });
+          tensors.set(`classifier.modules_to_save.default.${p}.bias`, head);
+        }
+      }
+      await writePeft(dir, peftConfig({ bias: mode }), tensors);
+      const loaded = model();
+      const adapter = await loadAdapter(loaded, dir, LOAD_CTX);
+      const want = await evalLogits(
+        new EncoderForSequenceClassification(
+          encoderDims(TINY_ROBERTA, MAX_POSITIONS),
+          hostSource(reference),
+        ),
+      );
+      assertClose(await evalLogits(loaded), want, { atol: 2e-5, rtol: 1e-4 }, mode);
+      await rejects(adapter.save(dir), /trained base biases.*merge it/);
+      // A bias for a module the model lacks is still an unused tensor, named.
+      tensors.set("roberta.encoder.layer.7.output.dense.bias", {
+        shape: [H],
+        data: new Float32Array(H),
+      });
+      await writePeft(dir, peftConfig({ bias: mode }), tensors);
+      await rejects(
+        loadAdapter(model(), dir, LOAD_CTX),
+        /layer\.7\.output\.dense\.bias belongs to roberta\.encoder\.layer\.7/,
       );
     } finally {
       await Deno.remove(dir, { recursive: true });
