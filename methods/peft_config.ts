@@ -227,6 +227,12 @@ export function checkPeftConfigFields(config: Record<string, unknown>, file: str
         'false, "gaussian", "eva", "pissa", "pissa_niter_K", "olora", "lora_ga"',
     );
   }
+  if (config.lora_bias === true && typeof init === "string") {
+    throw new Error(
+      `${file}: field "lora_bias" cannot be true with init_lora_weights ${show(init)} ` +
+        "(PEFT allows it only with true or false)",
+    );
+  }
   if (config.lora_bias === true && config.use_dora === true) {
     throw new Error(
       `${file}: field "lora_bias" cannot be true with use_dora (PEFT refuses it too)`,

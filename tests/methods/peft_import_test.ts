@@ -391,6 +391,7 @@ Deno.test("every field we do not honour is refused, naming the file and the fiel
   await expectRefused({ rank_pattern: { query: 0 } }, /field "rank_pattern" entry "query"/);
   await expectRefused({ alpha_pattern: { "(?P<x>query)": 4 } }, /field "alpha_pattern"/);
   await expectRefused({ use_dora: true, lora_bias: true }, /field "lora_bias"/);
+  await expectRefused({ init_lora_weights: "eva", lora_bias: true }, /field "lora_bias"/);
   await expectRefused(
     { init_lora_weights: "olora", rank_pattern: { query: 2 } },
     /field "rank_pattern"/,
