@@ -16,6 +16,7 @@ import { type EncoderDims, EncoderForSequenceClassification } from "./encoder.ts
 import { type LlamaDims, LlamaForCausalLM } from "./llama.ts";
 import { openCheckpoint } from "./safetensors.ts";
 import type { InitKind, WeightSource } from "./weights.ts";
+import { assertFiniteWeights } from "./validate.ts";
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -115,6 +116,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const initStd = options.initStd ?? config.initializer_range;
   const prefix = isEncoderConfig(config) ? config.model_type : null;
   const uploaded = new Map<string, Tensor>();
+  const origin = reader.path;
   try {
     // Upload every floating tensor once, then hand them to the constructor by name.
     for (const name of reader.names) {
@@ -141,13 +143,14 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const newlyInitialized: string[] = [];
   let stream = 0;
   const source: WeightSource = {
+    origin,
     get(name, shape) {
       for (const key of candidates(name, prefix)) {
         const t = uploaded.get(key);
         if (!t) continue;
         if (t.shape.join() !== shape.join()) {
           throw new Error(
-            `${dir}: tensor ${key} has shape [${t.shape.join(", ")}], the config implies [${
+            `${origin}: tensor ${key} has shape [${t.shape.join(", ")}], the config implies [${
               shape.join(", ")
             }]`,
           );
@@ -178,17 +181,29 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
       for (const n of names) uploaded.get(n)!.dispose();
       return names;
     };
+    // Every checkpoint tensor the model uses must be finite (new heads are drawn here, finite).
+    const checkUsed = () => assertFiniteWeights([...uploaded].filter(([n]) => used.has(n)), origin);
     if (isEncoderConfig(config)) {
       const numLabels = options.numLabels ?? config.num_labels;
       const model = new EncoderForSequenceClassification(
         encoderDimsFromConfig(config, numLabels),
         source,
       );
-      return { kind: "encoder", model, config, dir, newlyInitialized, unused: unused() };
+      const skipped = unused();
+      await checkUsed().catch((e) => {
+        model.dispose();
+        throw e;
+      });
+      return { kind: "encoder", model, config, dir, newlyInitialized, unused: skipped };
     }
     const numLabels = options.classificationHead ? options.numLabels ?? config.num_labels : 0;
     const model = new LlamaForCausalLM(llamaDimsFromConfig(config, numLabels), source);
-    return { kind: "decoder", model, config, dir, newlyInitialized, unused: unused() };
+    const skipped = unused();
+    await checkUsed().catch((e) => {
+      model.dispose();
+      throw e;
+    });
+    return { kind: "decoder", model, config, dir, newlyInitialized, unused: skipped };
   } catch (e) {
     for (const t of uploaded.values()) t.dispose();
     throw e;
