@@ -29,6 +29,7 @@ import {
   tensor,
 } from "../../../ops/mod.ts";
 import { ForwardContext } from "../../../models/context.ts";
+import { isEncoderConfig, loadConfig } from "../../../models/config.ts";
 import { loadMaskedLM, loadModel } from "../../../models/load.ts";
 import type { EncoderForMaskedLM } from "../../../models/masked_lm.ts";
 import type { LlamaForCausalLM } from "../../../models/llama.ts";
@@ -360,6 +361,17 @@ export async function preparePretraining(
   const objective = config.objective as Objective;
   const modelDir = await resolveModelDir(config.model, config.offline);
   const tokenizer = await loadTokenizer(modelDir);
+  const modelConfig = await loadConfig(modelDir);
+  const positions = isEncoderConfig(modelConfig)
+    ? modelConfig.max_position_embeddings -
+      (modelConfig.model_type === "roberta" ? (modelConfig.pad_token_id ?? 1) + 1 : 0)
+    : modelConfig.max_position_embeddings;
+  if (config.maxLength > positions) {
+    throw new Error(
+      `--max-length ${config.maxLength}: ${modelDir}/config.json allows sequences of at most ` +
+        `${positions} tokens; pretraining blocks are --max-length tokens long`,
+    );
+  }
   const split = await splitBlocks(config, tokenizer, modelDir, log);
   const counts = {
     trainBlocks: split.trainCount,
