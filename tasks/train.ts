@@ -36,7 +36,8 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --output DIR  --offline  --resume
   --objective mlm|clm     pretrain on raw text instead of a task (masked LM for encoders,
                           causal LM for decoders); with --train-file a.txt,b.jsonl [--eval-file F]
-                          [--text-column text] [--mlm-probability 0.15] [--from-scratch]`;
+                          [--text-column text] [--mlm-probability 0.15] [--from-scratch]
+                          [--tokenizer REPO|DIR] (when the model folder has only config.json)`;
 
 const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
   lr: "lr",
@@ -72,6 +73,7 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   output: "output",
   objective: "objective",
   "text-column": "textColumn",
+  tokenizer: "tokenizer",
 };
 
 /** Build a RunConfig from command-line arguments (and the YAML file they name). */

@@ -27,7 +27,7 @@ if (present) {
   const lines = (await Deno.readTextFile(SST2)).split("\n").slice(1, 801).map((l) =>
     l.split("\t")[0]
   );
-  // Paragraphs (blank-line separated) are documents; 20 sentences each.
+  // One document per line (blank lines are skipped); 20 sentences each.
   const docs: string[] = [];
   for (let i = 0; i < lines.length; i += 20) docs.push(lines.slice(i, i + 20).join(" "));
   await Deno.writeTextFile(text, docs.join("\n\n") + "\n");

@@ -343,6 +343,7 @@ export interface PreparedPretraining {
   objective: Objective;
   tokenizer: Tokenizer;
   modelDir: string;
+  tokenizerDir: string;
   loaded:
     | Awaited<ReturnType<typeof loadMaskedLM>>
     | Extract<Awaited<ReturnType<typeof loadModel>>, { kind: "decoder" }>;
@@ -360,7 +361,10 @@ export async function preparePretraining(
 ): Promise<PreparedPretraining> {
   const objective = config.objective as Objective;
   const modelDir = await resolveModelDir(config.model, config.offline);
-  const tokenizer = await loadTokenizer(modelDir);
+  const tokenizerDir = config.tokenizer
+    ? await resolveModelDir(config.tokenizer, config.offline)
+    : modelDir;
+  const tokenizer = await loadTokenizer(tokenizerDir);
   const modelConfig = await loadConfig(modelDir);
   const positions = isEncoderConfig(modelConfig)
     ? modelConfig.max_position_embeddings -
@@ -372,7 +376,7 @@ export async function preparePretraining(
         `${positions} tokens; pretraining blocks are --max-length tokens long`,
     );
   }
-  const split = await splitBlocks(config, tokenizer, modelDir, log);
+  const split = await splitBlocks(config, tokenizer, tokenizerDir, log);
   const counts = {
     trainBlocks: split.trainCount,
     evalBlocks: split.evalCount,
@@ -395,6 +399,7 @@ export async function preparePretraining(
       objective,
       tokenizer,
       modelDir,
+      tokenizerDir,
       loaded,
       batches: trainBatches(split, config, mask),
       counts,
@@ -420,6 +425,7 @@ export async function preparePretraining(
     objective,
     tokenizer,
     modelDir,
+    tokenizerDir,
     loaded,
     batches: trainBatches(split, config),
     counts,

@@ -45,12 +45,13 @@ export function lmArchitecture(modelType: string): string {
 
 /**
  * Write `model` as a Hugging Face model folder into `dir` (which must not exist or be empty),
- * taking config.json and the tokenizer files from `baseDir`.
+ * taking config.json from `baseDir` and the tokenizer files from `tokenizerDir`.
  */
 export async function writePretrainedModel(
   dir: string,
   loaded: { model: Module; config: ModelConfig },
   baseDir: string,
+  tokenizerDir: string = baseDir,
 ): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const raw = JSON.parse(await Deno.readTextFile(join(baseDir, "config.json")));
@@ -67,10 +68,12 @@ export async function writePretrainedModel(
   });
   for (const f of TOKENIZER_FILES) {
     try {
-      await Deno.copyFile(join(baseDir, f), join(dir, basename(f)));
+      await Deno.copyFile(join(tokenizerDir, f), join(dir, basename(f)));
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
-        throw new Error(`${join(baseDir, f)}: cannot copy (${e instanceof Error ? e.message : e})`);
+        throw new Error(
+          `${join(tokenizerDir, f)}: cannot copy (${e instanceof Error ? e.message : e})`,
+        );
       }
     }
   }

@@ -79,6 +79,8 @@ export const RunConfigSchema = z.object({
   mlmProbability: z.number().gt(0).lt(1).default(0.15),
   /** Initialise the model from its config.json (pretraining from scratch). */
   fromScratch: z.boolean().default(false),
+  /** The tokenizer's repo id or folder, when it is not the model's (HF's --tokenizer_name). */
+  tokenizer: z.string().min(1).optional(),
 }).strict() satisfies ConfigSchema<RunConfig>;
 
 /** A validated run configuration (defaults filled in). */
@@ -164,6 +166,11 @@ export interface RunConfig {
   mlmProbability: number;
   /** Initialise every weight from config.json instead of loading them; default false. */
   fromScratch: boolean;
+  /**
+   * A repo id or folder holding the tokenizer, when the model folder has none (a from-scratch
+   * config, as run_mlm.py's --tokenizer_name); absent: the model's own.
+   */
+  tokenizer?: string;
 }
 
 /** Turn schema issues into one message naming each field and what was expected. */

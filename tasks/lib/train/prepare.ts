@@ -77,7 +77,9 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
   if (config.objective) return await preparePretrainingRun(config, log);
   const task = resolveTask(config.task);
   const modelDir = await resolveModelDir(config.model, config.offline);
-  const tokenizer = await loadTokenizer(modelDir);
+  const tokenizer = await loadTokenizer(
+    config.tokenizer ? await resolveModelDir(config.tokenizer, config.offline) : modelDir,
+  );
   const source = await dataSource(task, config.data, config.offline);
   const padId = tokenizer.padId ?? 0;
   const tokKey = {
@@ -213,6 +215,6 @@ async function preparePretrainingRun(
         detail: r,
       };
     },
-    saveModel: (dir) => writePretrainedModel(dir, p.loaded, p.modelDir),
+    saveModel: (dir) => writePretrainedModel(dir, p.loaded, p.modelDir, p.tokenizerDir),
   };
 }
