@@ -173,12 +173,11 @@ export class EncoderLayer extends Container {
 }
 
 /**
- * RobertaForSequenceClassification / BertForSequenceClassification: the backbone under `roberta`
- * or `bert`, and the head (`classifier.dense` + `classifier.out_proj` for RoBERTa; `bert.pooler`
- * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
+ * The RoBERTa/BERT backbone under `roberta` or `bert` (embeddings and layers, no pooler) and its
+ * forward pass to the final hidden states; the task models below add their heads.
  */
-export class EncoderForSequenceClassification extends Container {
-  /** Build the model from `w`; head weights absent from `w` are initialised, the rest required. */
+export class EncoderModel extends Container {
+  /** Build the backbone from `w` (every tensor required). */
   constructor(readonly dims: EncoderDims, w: WeightSource) {
     super();
     const d = dims;
@@ -217,22 +216,6 @@ export class EncoderForSequenceClassification extends Container {
     for (let i = 0; i < d.numLayers; i++) {
       layers.add(String(i), new EncoderLayer(d, w, `${base}.encoder.layer.${i}`));
     }
-    if (d.kind === "roberta") {
-      const head = this.add("classifier", new Container());
-      head.add("dense", linearFrom(w, "classifier.dense", d.hiddenSize, d.hiddenSize, true));
-      head.add("out_proj", linearFrom(w, "classifier.out_proj", d.numLabels, d.hiddenSize, true));
-    } else {
-      backbone.add("pooler", new Container()).add(
-        "dense",
-        linearFrom(w, "bert.pooler.dense", d.hiddenSize, d.hiddenSize, true),
-      );
-      this.add("classifier", linearFrom(w, "classifier", d.numLabels, d.hiddenSize, true));
-    }
-  }
-
-  /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
-  get headModules(): string[] {
-    return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
   }
 
   /** Final hidden states [B, T, H] (dropout as `ctx` says; default: the running context). */
@@ -276,6 +259,35 @@ export class EncoderForSequenceClassification extends Container {
       x = (layers.getModule(String(i)) as EncoderLayer).forward(x, inputs.attentionMask, ctx);
     }
     return x;
+  }
+}
+
+/**
+ * RobertaForSequenceClassification / BertForSequenceClassification: the backbone under `roberta`
+ * or `bert`, and the head (`classifier.dense` + `classifier.out_proj` for RoBERTa; `bert.pooler`
+ * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
+ */
+export class EncoderForSequenceClassification extends EncoderModel {
+  /** Build the model from `w`; head weights absent from `w` are initialised, the rest required. */
+  constructor(dims: EncoderDims, w: WeightSource) {
+    super(dims, w);
+    const d = dims;
+    if (d.kind === "roberta") {
+      const head = this.add("classifier", new Container());
+      head.add("dense", linearFrom(w, "classifier.dense", d.hiddenSize, d.hiddenSize, true));
+      head.add("out_proj", linearFrom(w, "classifier.out_proj", d.numLabels, d.hiddenSize, true));
+    } else {
+      (this.getModule("bert") as Container).add("pooler", new Container()).add(
+        "dense",
+        linearFrom(w, "bert.pooler.dense", d.hiddenSize, d.hiddenSize, true),
+      );
+      this.add("classifier", linearFrom(w, "classifier", d.numLabels, d.hiddenSize, true));
+    }
+  }
+
+  /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
+  get headModules(): string[] {
+    return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
   }
 
   /**
