@@ -19,4 +19,10 @@ export const loraOptions = z.object({
   dropout: z.number().min(0).lt(1).default(0),
   /** rsLoRA: scale by α/√r, which keeps the update's magnitude stable as r grows. */
   rslora: z.boolean().default(false),
+  /** Per-module rank by module pattern (PEFT's rank_pattern), e.g. { "layer.0.attention.self.query": 16 }. */
+  rankPattern: z.record(z.string(), z.number().int().positive()).default({}),
+  /** Per-module α by module pattern (PEFT's alpha_pattern). */
+  alphaPattern: z.record(z.string(), z.number().positive()).default({}),
+  /** A trainable bias on lora_B (PEFT's lora_bias). */
+  loraBias: z.boolean().default(false),
 }).strict() satisfies ConfigSchema<LoraConfig>;

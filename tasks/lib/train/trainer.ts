@@ -37,7 +37,7 @@ import {
   zeros,
 } from "../../../ops/mod.ts";
 import { ForwardContext } from "../../../models/context.ts";
-import type { LoadedModel } from "../../../models/load.ts";
+import type { Module } from "../../../models/module.ts";
 import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
 import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
@@ -145,7 +145,7 @@ function scheduleOf(config: RunConfig, total: number): Schedule {
 
 /** Parameters of a model: trainable (in groups) and total. */
 function countParams(
-  loaded: LoadedModel,
+  loaded: { model: Module },
   groups: readonly ParamGroupSpec[],
 ): { trainable: number; total: number } {
   const all = new Set(loaded.model.namedParameters().map(([, t]) => t));
@@ -189,17 +189,24 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const headModules = p.task.kind === "glue"
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
-  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  const batchesPerEpoch = p.batches?.perEpoch ?? Math.ceil(p.train.length / config.batchSize);
   if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
   const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
   const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
+  // A model folder is written only when the method kept the model's own parameter names (full
+  // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
+  const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets: config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
       defaultTargets(modelType),
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
-    taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
+    taskType: p.task.kind === "glue"
+      ? "SEQ_CLS"
+      : p.task.kind === "pretrain" && p.task.name === "mlm"
+      ? null
+      : "CAUSAL_LM",
     // Saved configs must find the base model again from any folder: a repo id or an absolute path.
     baseModel: await modelReference(config.model),
     seed: config.seed,
@@ -210,6 +217,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   let epochCache: { epoch: number; batches: number[][] } | null = null;
   const lengths = p.train.map((e) => e.ids.length);
   const batchAt = (k: number): HostBatch => {
+    if (p.batches) return p.batches.at(k);
     const epoch = Math.floor(k / batchesPerEpoch);
     if (epochCache?.epoch !== epoch) {
       epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
@@ -389,27 +397,41 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   progress.finish();
   const final = await evaluate(total);
   await checkpoint(total);
-  const method = getMethod(config.method);
-  // Full fine-tuning's adapter/ would only repeat model/; the other methods' is their small file.
-  if (config.method !== "full") {
+  if (p.saveModel) {
+    // Pretraining writes its own model folder (an MLM or LM head, the tokenizer it trained with).
     await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+    const sameNames = loaded.model.namedParameters().map(([n]) => n).join("\n") === baseNames;
+    if (sameNames) await writeDirAtomic(join(out, "model"), (tmp) => p.saveModel!(tmp));
+    else {
+      log(
+        `${config.method} keeps its weights in ${
+          join(out, "adapter")
+        }; merge them with deno task merge`,
+      );
+    }
+  } else {
+    // Full fine-tuning's adapter/ would only repeat model/; the other methods' is their small file.
+    if (config.method !== "full") {
+      await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+    }
+    if (getMethod(config.method).changesBaseWeights && loaded.kind !== "masked-lm") {
+      // After save: merging folds SIFT's sparse deltas into W, after which it has none to save.
+      adapter.merge();
+      await writeModelFolder(loaded, join(out, "model"), {
+        sourceDir: loaded.dir,
+        head: p.task.kind === "glue"
+          ? { labels: p.task.spec.labelNames, regression: p.task.spec.isRegression }
+          : undefined,
+        nameOrPath: await modelReference(config.model),
+      });
+    }
   }
-  if (method.changesBaseWeights) {
-    // After save: merging folds SIFT's sparse deltas into W, after which it has none to save.
-    adapter.merge();
-    await writeModelFolder(loaded, join(out, "model"), {
-      sourceDir: loaded.dir,
-      head: p.task.kind === "glue"
-        ? { labels: p.task.spec.labelNames, regression: p.task.spec.isRegression }
-        : undefined,
-      nameOrPath: await modelReference(config.model),
-    });
-  }
+  p.batches?.close();
   const stats = rt().pool.stats();
   const summary: Summary = {
     toolkit: `@ruc/peft ${VERSION}`,
     model: config.model,
-    task: config.task,
+    task: config.objective ?? config.task,
     method: config.method,
     seed: config.seed,
     config,
