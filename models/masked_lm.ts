@@ -51,6 +51,7 @@ export class EncoderForMaskedLM extends EncoderModel {
     const h = dims.hiddenSize;
     const names = maskedLmHeadNames(dims.kind);
     // The head's own bias lives on its root module (`lm_head.bias`, `cls.predictions.bias`).
+    // deno-lint-ignore no-this-alias -- a cursor that walks down from this module, not an alias
     let root: Container = this;
     const parts = names.root.split(".");
     for (const [i, part] of parts.entries()) {
