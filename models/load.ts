@@ -273,11 +273,17 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
 
 /** What {@link loadMaskedLM} returns. */
 export interface LoadedMaskedLM {
+  /** Always "masked-lm". */
   kind: "masked-lm";
+  /** The encoder with its masked-LM head. */
   model: EncoderForMaskedLM;
+  /** The validated config.json. */
   config: ModelConfig;
+  /** The folder it was loaded from. */
   dir: string;
+  /** Parameters the checkpoint lacked and that were initialised (the head, from scratch). */
   newlyInitialized: string[];
+  /** Checkpoint tensors no parameter used. */
   unused: string[];
 }
 

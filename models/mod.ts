@@ -21,5 +21,6 @@ export * from "./context.ts";
 export * from "./encoder.ts";
 export * from "./llama.ts";
 export * from "./generate.ts";
+export * from "./masked_lm.ts";
 export * from "./load.ts";
 export * from "./validate.ts";
