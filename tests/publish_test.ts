@@ -28,3 +28,27 @@ Deno.test("deno publish --dry-run: no slow types, a LICENSE, no tests or fixture
   ok(license.includes("Apache License") && license.includes("Version 2.0, January 2004"));
   ok(license.includes("END OF TERMS AND CONDITIONS"), "the full text, not a pointer to it");
 });
+
+Deno.test("every exported entry point runs from another folder (--help, no cwd-relative imports)", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${root}deno.json`));
+  const elsewhere = await Deno.makeTempDir({ prefix: "entry-cwd-" });
+  try {
+    const entries = Object.entries(config.exports as Record<string, string>)
+      .filter(([name]) => name !== ".");
+    ok(entries.length >= 8, "train, evaluate, download, generate, convert, merge, sweep, report");
+    for (const [name, file] of entries) {
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--no-check", new URL(file, `file://${root}`).pathname, "--help"],
+        cwd: elsewhere,
+        env: { NO_COLOR: "1", XDG_RUNTIME_DIR: "/tmp" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const out = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+      equal(r.code, 0, `${name}: ${out}`);
+      ok(/usage:/.test(out), `${name} prints its usage: ${out.slice(0, 200)}`);
+    }
+  } finally {
+    await Deno.remove(elsewhere, { recursive: true });
+  }
+});

@@ -115,7 +115,7 @@ Deno.test("loadAdapter on a folder without any adapter config names what it look
         baseModel: "x",
         seed: 0,
       }),
-      /no adapter config found \(adapter_config\.json, or galore_config\.json, lisa_config\.json, sift_config\.json\)/,
+      /no adapter config found \(adapter_config\.json, or full_config\.json, galore_config\.json, lisa_config\.json, sift_config\.json\)/,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
