@@ -16,6 +16,7 @@ import { makeLlamaFixture, makeRobertaFixture } from "../fixtures/make_fixtures.
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
 import { mergeAdapter } from "../../tasks/lib/output/merge.ts";
+import { labelFields } from "../../tasks/lib/output/model_folder.ts";
 import { runEvaluation } from "../../tasks/lib/eval/run_eval.ts";
 import { generateText } from "../../tasks/lib/eval/generate.ts";
 import { loadModel } from "../../models/load.ts";
@@ -348,6 +349,66 @@ Deno.test({
     deepStrictEqual(adapted.tokens, viaMerge.tokens);
     const plain = await generateText({ ...options, model: llama });
     notDeepStrictEqual(adapted.tokens, plain.tokens, "the adapter changes the continuation");
+  },
+});
+
+Deno.test("labelFields: transformers' id2label/label2id, regression as one generic label", () => {
+  deepStrictEqual(labelFields({ labels: ["unacceptable", "acceptable"] }), {
+    id2label: { "0": "unacceptable", "1": "acceptable" },
+    label2id: { unacceptable: 0, acceptable: 1 },
+    problem_type: "single_label_classification",
+  });
+  deepStrictEqual(labelFields({ labels: [], regression: true }), {
+    id2label: { "0": "LABEL_0" },
+    label2id: { LABEL_0: 0 },
+    problem_type: "regression",
+  });
+});
+
+Deno.test({
+  name: "a LLaMA's model/: LlamaForSequenceClassification on SST-2, LlamaForCausalLM on BoolQ",
+  ignore: !present,
+  fn: async () => {
+    const llama = join(work, "llama-cls");
+    await makeLlamaFixture(llama, { seed: 5 });
+    const cls = join(work, "llama-sst2");
+    const summary = await train(runConfig(cls, { model: llama, steps: 2 }), quiet);
+    const config = JSON.parse(await Deno.readTextFile(join(cls, "model", "config.json")));
+    deepStrictEqual(config.architectures, ["LlamaForSequenceClassification"]);
+    deepStrictEqual(config.id2label, { "0": "negative", "1": "positive" });
+    ok((await tensorNames(join(cls, "model", "model.safetensors"))).includes("score.weight"));
+    const report = await runEvaluation({
+      model: join(cls, "model"),
+      task: "sst2",
+      data,
+      offline: true,
+      batchSize: 16,
+      maxLength: 16,
+    });
+    equal(report.main, summary.final.accuracy, "evaluate scores model/ as the run did");
+    const lm = join(work, "llama-boolq");
+    await train(
+      runConfig(lm, {
+        model: llama,
+        task: "boolq",
+        data: `${SHARED}commonsense`,
+        steps: 2,
+        maxLength: 64,
+        trainLimit: 8,
+        evalLimit: 2,
+        maxNewTokens: 4,
+      }),
+      quiet,
+    );
+    const lmConfig = JSON.parse(await Deno.readTextFile(join(lm, "model", "config.json")));
+    deepStrictEqual(lmConfig.architectures, ["LlamaForCausalLM"]);
+    equal(lmConfig.id2label, undefined);
+    const fromModel = await generateText({
+      model: join(lm, "model"),
+      prompt: "Once upon a time",
+      maxNewTokens: 6,
+    });
+    equal(fromModel.tokens.length > 0, true, "generate opens model/");
   },
 });
 
