@@ -20,13 +20,14 @@ const project = join(work, "project");
 await Deno.mkdir(join(project, "sweeps"), { recursive: true });
 await Deno.mkdir(join(project, "models-local", "tiny"), { recursive: true });
 await Deno.mkdir(join(project, "data"), { recursive: true });
+await Deno.mkdir(join(project, "sweeps", "local"), { recursive: true });
 await Deno.mkdir(join(work, "elsewhere"), { recursive: true });
 
 const SWEEP = `name: paths
 output: ../runs/paths
 base: { data: ../data, steps: 1 }
 grid:
-  model: [../models-local/tiny, FacebookAI/roberta-base, ./not-there, also/not-there]
+  model: [../models-local/tiny, FacebookAI/roberta-base, ./not-there, also/not-there, local/todo]
 `;
 const file = join(project, "sweeps", "paths.yaml");
 await Deno.writeTextFile(file, SWEEP);
@@ -43,6 +44,11 @@ Deno.test("sweep paths resolve against the YAML's folder, whatever the working d
     equal(models[1], "FacebookAI/roberta-base", "a Hub repo id stays one");
     equal(models[2], join(project, "sweeps", "not-there"), "./x is local even when missing");
     equal(models[3], "also/not-there", "owner/name without such a folder is a repo id");
+    equal(
+      models[4],
+      join(project, "sweeps", "local", "todo"),
+      "a missing folder in a local parent",
+    );
     for (const c of plan.cells) {
       equal(c.config.data, join(project, "data"));
       equal(c.config.output, join(project, "runs", "paths", c.id));

@@ -34,8 +34,8 @@
  *
  * Paths in a sweep file (`output`, `data`, and a `model` that is a local folder) are relative to
  * the file's own folder, so a sweep runs the same from any working directory. A `model` is a
- * local folder when it starts with `./`, `../` or `/`, or when that folder exists; otherwise it
- * is a Hugging Face repo id. Ids hash the settings as written, so moving the checkout keeps them.
+ * local folder when it starts with `./`, `../` or `/`, or when that folder or its parent exists
+ * there; otherwise it is a Hugging Face repo id. Ids hash the settings as written, so moving the checkout keeps them.
  *
  * State: every cell folder holds `sweep-cell.json` (running / failed with the error; done is the
  * presence of the trainer's summary.json, written atomically), and `{output}/sweep-state.json`
@@ -599,14 +599,16 @@ export function localPaths(config: RunConfig, root: string): RunConfig {
   if (!isAbsolute(out.model)) {
     const explicit = /^\.\.?([/\\]|$)/.test(out.model);
     const there = resolve(root, out.model);
-    const exists = (() => {
+    const isDir = (path: string) => {
       try {
-        return Deno.statSync(there).isDirectory;
+        return Deno.statSync(path).isDirectory;
       } catch {
         return false;
       }
-    })();
-    if (explicit || exists) out.model = there;
+    };
+    // `models-local/x` not converted yet: its parent folder beside the file says it is local,
+    // so the run reports a missing folder instead of asking the Hub for "models-local/x".
+    if (explicit || isDir(there) || isDir(dirname(there))) out.model = there;
   }
   return out;
 }
