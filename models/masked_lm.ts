@@ -103,7 +103,7 @@ export class EncoderForMaskedLM extends EncoderModel {
   }
 
   /** Vocabulary logits [B, T, V] at every position (inference; training uses {@link mlmLoss}). */
-  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;
     return reshape(this.headLogits(reshape(h, [b * t, hs])), [b, t, this.dims.vocabSize]);
@@ -116,7 +116,7 @@ export class EncoderForMaskedLM extends EncoderModel {
   mlmLoss(
     inputs: EncoderInputs,
     labels: Int32Array,
-    ctx: ForwardContext = ForwardContext.eval(),
+    ctx: ForwardContext = ForwardContext.current(),
   ): Tensor {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;
