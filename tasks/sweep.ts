@@ -140,7 +140,8 @@ export async function sweepCli(args: readonly string[]): Promise<number> {
     });
     console.error(formatSweepResult(result));
     if (result.interrupted) return 130;
-    return result.failed.length ? 1 : 0;
+    // Cells left to another live process are not done by this invocation: not a success.
+    return result.failed.length || result.busy.length ? 1 : 0;
   } finally {
     for (const s of signals) Deno.removeSignalListener(s, stop);
   }
