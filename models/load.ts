@@ -138,6 +138,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const newlyInitialized: string[] = [];
   let stream = 0;
   const source: WeightSource = {
+    origin: dir,
     get(name, shape) {
       for (const key of candidates(name, prefix)) {
         const t = uploaded.get(key);

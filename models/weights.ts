@@ -15,13 +15,19 @@ export interface WeightSource {
   get(name: string, shape: readonly number[]): Tensor | null;
   /** A newly initialised tensor (normal: N(0, initializer_range²)). */
   init(name: string, shape: readonly number[], kind: InitKind): Tensor;
+  /** Where the tensors come from (a model folder or file), for error messages. */
+  origin?: string;
 }
 
 /** The checkpoint tensor, or an error naming it and the expected shape. */
 export function required(w: WeightSource, name: string, shape: readonly number[]): Tensor {
   const t = w.get(name, shape);
   if (!t) {
-    throw new Error(`checkpoint has no tensor ${name} (expected shape [${shape.join(", ")}])`);
+    throw new Error(
+      `${w.origin ? `${w.origin}: ` : ""}checkpoint has no tensor ${name} (expected shape [${
+        shape.join(", ")
+      }]), which the model's config.json implies; the weights file is incomplete or belongs to another model`,
+    );
   }
   return t;
 }
