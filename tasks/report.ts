@@ -39,7 +39,11 @@ export function reportOptionsFromArgs(args: string[]): ReportOptions | null {
   if (values.digits !== undefined) {
     raw.digits = parseNumberFlag("digits", values.digits, { integer: true, min: 0, max: 4 });
   }
-  return parseReportOptions(raw, "flags");
+  try {
+    return parseReportOptions(raw, "flags");
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 if (import.meta.main) {

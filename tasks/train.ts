@@ -168,7 +168,14 @@ export async function configFromArgs(args: string[]): Promise<TrainArgs> {
   option("lora-dropout", "dropout", { min: 0, max: 0.99 });
   if (values.rslora) methodOptions.rslora = true;
   raw.methodOptions = methodOptions;
-  return { config: parseRunConfig(raw, source), resume: Boolean(values.resume) };
+  let config: RunConfig;
+  try {
+    config = parseRunConfig(raw, source);
+  } catch (e) {
+    // Without a YAML file every value came from a flag: bad usage, not a bad file.
+    throw values.config ? e : new UsageError((e as Error).message);
+  }
+  return { config, resume: Boolean(values.resume) };
 }
 
 if (import.meta.main) {

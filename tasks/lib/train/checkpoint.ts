@@ -4,9 +4,9 @@
  * Crash safety: a checkpoint is written completely into `checkpoint.tmp-*` (state.json last,
  * recording the byte size of every file), then swapped in with two renames (`checkpoint` →
  * `checkpoint.old`, tmp → `checkpoint`). A kill can stop this anywhere, so before a run uses its
- * folder {@link recoverRunFolder} looks at what is on disk: a complete `checkpoint` wins; without
- * one, the newest complete copy (a finished tmp, else `.old`) is renamed into place; leftovers are
- * removed, each with a message. A write that fails (disk full) removes its tmp folder and names
+ * folder {@link recoverRunFolder} looks at what is on disk: the newest complete copy (a finished
+ * tmp, `checkpoint`, or `.old`) ends up as `checkpoint`; leftovers are removed, each with a
+ * message. A write that fails (disk full) removes its tmp folder and names
  * the file; the previous checkpoint stays as it was.
  *
  * @module
@@ -245,25 +245,33 @@ export async function recoverRunFolder(out: string): Promise<string[]> {
   const ckpt = join(out, CHECKPOINT);
   const has = (n: string) => names.includes(n);
   const tmps = (base: string) => names.filter((n) => n.startsWith(`${base}.tmp-`));
-  // Checkpoint: keep a complete one; else promote the newest complete copy.
+  // Checkpoint: the newest complete copy wins (a finished tmp is newer than `checkpoint`, which
+  // is newer than `.old`), so no step already saved is trained again.
   const current = has(CHECKPOINT) ? await readState(ckpt) : null;
-  if (typeof current !== "object" || current === null) {
-    const candidates: { dir: string; state: CheckpointState }[] = [];
-    for (const n of [...tmps(CHECKPOINT), `${CHECKPOINT}.old`]) {
-      if (!has(n)) continue;
-      const s = await readState(join(out, n));
-      if (typeof s !== "string") candidates.push({ dir: join(out, n), state: s });
+  const candidates: { name: string; state: CheckpointState }[] = [];
+  if (current !== null && typeof current !== "string") {
+    candidates.push({ name: CHECKPOINT, state: current });
+  }
+  for (const n of [...tmps(CHECKPOINT), `${CHECKPOINT}.old`]) {
+    if (!has(n)) continue;
+    const s = await readState(join(out, n));
+    if (typeof s !== "string") candidates.push({ name: n, state: s });
+  }
+  candidates.sort((a, b) => b.state.step - a.state.step);
+  const pick = candidates[0];
+  if (pick && pick.name !== CHECKPOINT) {
+    if (has(CHECKPOINT)) {
+      said.push(
+        typeof current === "string"
+          ? `${ckpt} is incomplete (${current}); replaced by ${join(out, pick.name)}`
+          : `${join(out, pick.name)} (step ${pick.state.step}) is newer than ${ckpt}; using it`,
+      );
+      await Deno.remove(ckpt, { recursive: true });
+    } else {
+      said.push(`recovered the checkpoint of step ${pick.state.step} from ${join(out, pick.name)}`);
     }
-    candidates.sort((a, b) => b.state.step - a.state.step);
-    const pick = candidates[0];
-    if (pick) {
-      if (has(CHECKPOINT)) {
-        said.push(`${ckpt} is incomplete (${current}); replaced by ${pick.dir}`);
-        await Deno.remove(ckpt, { recursive: true });
-      } else said.push(`recovered the checkpoint of step ${pick.state.step} from ${pick.dir}`);
-      await Deno.rename(pick.dir, ckpt);
-      names.splice(names.indexOf(basename(pick.dir)), 1);
-    }
+    await Deno.rename(join(out, pick.name), ckpt);
+    names.splice(names.indexOf(pick.name), 1);
   }
   // best/ and adapter/: a cut swap leaves only the complete `.old`; put it back.
   for (const base of ["best", "adapter"]) {
