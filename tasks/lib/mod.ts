@@ -32,3 +32,4 @@ export * from "./cli/runner.ts";
 export * from "./train/lock.ts";
 export * from "./train/run_folder.ts";
 export * from "./train/validate.ts";
+export * from "./train/checkpoint.ts";

@@ -38,12 +38,13 @@ export interface FlagDef {
 /** Declared flags by their long name (without the dashes). */
 export type FlagSpec = Record<string, FlagDef>;
 
-type ValueOf<D extends FlagDef> = D["type"] extends "boolean" ? boolean
+/** The parsed value of one declared flag: a boolean for a switch, else its text(s). */
+export type FlagValue<D extends FlagDef> = D["type"] extends "boolean" ? boolean
   : D["multiple"] extends true ? string[]
   : string;
 
 /** The parsed values of a {@link FlagSpec}: absent flags are undefined. */
-export type FlagValues<S extends FlagSpec> = { [K in keyof S]?: ValueOf<S[K]> };
+export type FlagValues<S extends FlagSpec> = { [K in keyof S]?: FlagValue<S[K]> };
 
 /** Options of {@link parseFlags}. */
 export interface ParseFlagsOptions {

@@ -27,12 +27,19 @@ const FILES = ["trainable.safetensors", "optimizer.safetensors"] as const;
 
 /** What state.json of a checkpoint holds besides the optimizer's metadata. */
 export interface CheckpointState {
+  /** Optimizer steps done. */
   step: number;
+  /** Rows of metrics.jsonl that belong to those steps (later rows are dropped on resume). */
   metricsLines: number;
+  /** The best evaluation so far (its adapter is in best/). */
   best: { main: number; step: number; scores: Scores } | null;
+  /** Mean loss of the last logged window. */
   lastLoss: number;
+  /** Seconds in training steps, summed over processes. */
   trainSeconds: number;
+  /** Non-padding training tokens seen. */
   tokens: number;
+  /** {@link configHash} of the run's settings. */
   configHash: string;
   /** Mean loss of the first logged window (the divergence test compares against it). */
   firstLoss?: number;
