@@ -685,6 +685,19 @@ const CASES: Case[] = [
     message: /nomodel/,
     absent: ["m"],
   },
+  {
+    name: "merge: disk full while writing the merged model leaves no partial folder",
+    cli: "merge",
+    env: { RUC_PEFT_FAULT: "enospc@merge:written" },
+    args: (d) => ["--model", ws.roberta, "--adapter", adapterDir, "--output", join(d, "m")],
+    code: 1,
+    message: /m\.tmp-[0-9a-f]{8}: cannot write|No space left on device .*m\.tmp-/,
+    absent: ["m"],
+    after: async (d) => {
+      const left = (await listDir(d)).filter((n) => n.startsWith("m."));
+      return left.length ? `leftover ${left.join(", ")}` : null;
+    },
+  },
   // ---- convert -------------------------------------------------------------------------------
   {
     name: "convert: missing --tokenizer",

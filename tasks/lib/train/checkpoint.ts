@@ -113,11 +113,11 @@ export async function writeDirAtomic(
   try {
     await Deno.mkdir(tmp, { recursive: true });
     await write(tmp);
+    faultPoint(`${label}:written`, tmp);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
-  faultPoint(`${label}:written`);
   const old = `${dir}.old`;
   await Deno.remove(old, { recursive: true }).catch(() => {});
   const had = await Deno.stat(dir).then(() => true, () => false);
