@@ -289,7 +289,11 @@ export async function recoverRunFolder(out: string): Promise<string[]> {
     }
   }
   for (const n of names) {
-    if (/\.tmp-[0-9a-f]{8}$/.test(n) || /^(checkpoint|best|adapter)\.old$/.test(n)) {
+    // Only what the trainer writes: a sweep may be writing its own tmp files in a cell folder.
+    if (
+      /^(checkpoint|best|adapter|metrics\.jsonl|summary\.json|config\.json)\.tmp-[0-9a-f]{8}$/
+        .test(n) || /^(checkpoint|best|adapter)\.old$/.test(n)
+    ) {
       await Deno.remove(join(out, n), { recursive: true }).catch(() => {});
       said.push(`removed the leftover ${join(out, n)}`);
     }
