@@ -88,6 +88,7 @@ export async function mergeAdapter(
       const tensors = await writeModelFolder(loaded, output, {
         sourceDir: source,
         head: head ?? undefined,
+        label: "merge",
       });
       return { tensors, source, kind: "model" };
     } finally {
@@ -116,6 +117,7 @@ export async function mergeAdapter(
       sourceDir: dir,
       head: head ?? generic,
       nameOrPath: await modelReference(model),
+      label: "merge",
     });
     return { tensors, source, kind: "adapter" };
   } finally {

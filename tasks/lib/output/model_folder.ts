@@ -46,6 +46,8 @@ export interface ModelFolderOptions {
   head?: ModelHead;
   /** Written as config.json's `_name_or_path` (a repo id or an absolute folder). */
   nameOrPath?: string;
+  /** Name of the write's fault points (the reliability tests); default the folder's name. */
+  label?: string;
 }
 
 /**
@@ -130,7 +132,7 @@ export async function writeModelFolder(
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       });
     }
-  });
+  }, options.label);
   return params.length;
 }
 
