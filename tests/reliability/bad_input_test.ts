@@ -674,7 +674,7 @@ const CASES: Case[] = [
     cli: "merge",
     args: (d) => ["--model", ws.roberta, "--adapter", join(d, "none"), "--output", join(d, "m")],
     code: 1,
-    message: /none\/adapter_config\.json: cannot read the adapter config/,
+    message: /--adapter \S*none: no such folder/,
     absent: ["m"],
   },
   {

@@ -42,6 +42,11 @@ const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 
 /** A run folder's output (model/ first: it is already complete), or `dir` itself. */
 async function outputOf(dir: string): Promise<string> {
+  if (!(await Deno.stat(dir).then((s) => s.isDirectory, () => false))) {
+    throw new Error(
+      `--adapter ${dir}: no such folder (expected an adapter folder, a model folder or a run folder)`,
+    );
+  }
   if (await exists(join(dir, "summary.json")) || await exists(join(dir, "checkpoint"))) {
     for (const sub of ["model", "adapter"]) {
       if (await exists(join(dir, sub))) return join(dir, sub);
