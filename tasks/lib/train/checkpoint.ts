@@ -108,7 +108,7 @@ function writeError(file: string, e: unknown): Error {
 export async function writeDirAtomic(
   dir: string,
   write: (tmp: string) => Promise<void>,
-  label = basename(dir),
+  label: string = basename(dir),
 ): Promise<void> {
   const tmp = `${dir}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
