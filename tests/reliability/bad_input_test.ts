@@ -562,7 +562,7 @@ const CASES: Case[] = [
     },
     args: (d) => [...evalArgs(), "--adapter", join(d, "ad")],
     code: 1,
-    message: /adapter has no tensor base_model\.model\./,
+    message: /no tensor base_model\.model\.\S+ \(shape \[\d+\]\), which the adapter config implies/,
   },
   {
     name: "evaluate: model file without a tensor the config needs",
