@@ -636,3 +636,45 @@ Deno.test('bias "lora_only" and "all": trained base biases are restored; PEFT\'s
     }
   }
 });
+
+Deno.test("DoRA (use_dora) takes the per-module r and α of rank_pattern / alpha_pattern", async () => {
+  const expected: Expected[] = [
+    { module: layerModule(0, "attention.self.query"), r: 2, scaling: 16 / 2 },
+    { module: layerModule(0, "attention.self.value"), r: 4, scaling: 8 / 4 },
+    { module: layerModule(1, "attention.self.query"), r: 2, scaling: 16 / 2 },
+    { module: layerModule(1, "attention.self.value"), r: 4, scaling: 8 / 4 },
+  ];
+  const tensors = adapterTensors(expected, 80);
+  // The reference: W' = diag(m / ‖W + s·B·A‖_row)·(W + s·B·A), formed on the host.
+  const reference = mergedWeights(expected, tensors);
+  for (const [i, e] of expected.entries()) {
+    const w = reference.get(`${e.module}.weight`)!;
+    const m = Float32Array.from(randomArray(H, 90 + i, 0.5, 1.5));
+    tensors.set(`${e.module}.lora_magnitude_vector`, { shape: [H], data: m });
+    for (let o = 0; o < H; o++) {
+      let norm = 0;
+      for (let k = 0; k < H; k++) norm += w[o * H + k] ** 2;
+      const f = m[o] / Math.sqrt(norm);
+      for (let k = 0; k < H; k++) w[o * H + k] *= f;
+    }
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePeft(
+      dir,
+      peftConfig({ use_dora: true, rank_pattern: { query: 2 }, alpha_pattern: { query: 16 } }),
+      tensors,
+    );
+    const loaded = model();
+    await loadAdapter(loaded, dir, LOAD_CTX);
+    const want = await evalLogits(
+      new EncoderForSequenceClassification(
+        encoderDims(TINY_ROBERTA, MAX_POSITIONS),
+        hostSource(reference),
+      ),
+    );
+    assertClose(await evalLogits(loaded), want, { atol: 2e-5, rtol: 1e-4 }, "DoRA with patterns");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
