@@ -194,17 +194,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
 }
 
 /**
- * The number of NaN and ±Inf elements of each tensor (f32 or f16, contiguous), in order: one
- * dispatch per tensor and a single read-back for all of them, so checking a whole model's weights
- * costs one pass over its bytes and one round trip.
- *
- * @example
- * ```ts ignore
- * const [bad] = await countNonFinite([tensor([1, NaN, Infinity])]); // 2
- * ```
+ * Record the NaN/±Inf count of each tensor (f32 or f16, contiguous) into a new u32 tensor
+ * [tensors.length], one dispatch per tensor, without reading it back.
  */
-export async function countNonFinite(tensors: readonly Tensor[]): Promise<number[]> {
-  if (tensors.length === 0) return [];
+export function recordNonFiniteCounts(tensors: readonly Tensor[]): Tensor {
   const counts = tensor(new Uint32Array(tensors.length), [tensors.length], {
     dtype: "u32",
     category: "scratch",
@@ -224,6 +217,27 @@ export async function countNonFinite(tensors: readonly Tensor[]): Promise<number
         grid1d(groups),
       );
     });
+  } catch (e) {
+    counts.dispose();
+    throw e;
+  }
+  return counts;
+}
+
+/**
+ * The number of NaN and ±Inf elements of each tensor (f32 or f16, contiguous), in order: one
+ * dispatch per tensor and a single read-back for all of them, so checking a whole model's weights
+ * costs one pass over its bytes and one round trip.
+ *
+ * @example
+ * ```ts ignore
+ * const [bad] = await countNonFinite([tensor([1, NaN, Infinity])]); // 2
+ * ```
+ */
+export async function countNonFinite(tensors: readonly Tensor[]): Promise<number[]> {
+  if (tensors.length === 0) return [];
+  const counts = recordNonFiniteCounts(tensors);
+  try {
     return Array.from(await counts.read());
   } finally {
     counts.dispose();
