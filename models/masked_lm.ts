@@ -51,14 +51,10 @@ export class EncoderForMaskedLM extends EncoderModel {
     const h = dims.hiddenSize;
     const names = maskedLmHeadNames(dims.kind);
     // The head's own bias lives on its root module (`lm_head.bias`, `cls.predictions.bias`).
-    let root: Container = this;
-    const parts = names.root.split(".");
-    for (const [i, part] of parts.entries()) {
-      const child = i === parts.length - 1
-        ? new HeadRoot(orInit(w, `${names.root}.bias`, [dims.vocabSize], "zeros"))
-        : new Container();
-      root = root.add(part, child);
-    }
+    const root = new HeadRoot(orInit(w, `${names.root}.bias`, [dims.vocabSize], "zeros"));
+    const [first, second] = names.root.split(".");
+    if (second) this.add(first, new Container()).add(second, root);
+    else this.add(first, root);
     const transform = dims.kind === "roberta" ? root : root.add("transform", new Container());
     transform.add(
       "dense",
