@@ -13,7 +13,13 @@ import { equal, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { assertClose, randomArray, setup } from "../helpers.ts";
 import { noGrad, scopeAsync, tensor } from "../../ops/mod.ts";
-import { applyMethod, loadAdapter, LORA_CONFIG_FIELDS, writeInto } from "../../methods/mod.ts";
+import {
+  applyMethod,
+  expandAllLinear,
+  loadAdapter,
+  LORA_CONFIG_FIELDS,
+  writeInto,
+} from "../../methods/mod.ts";
 import { LlamaForCausalLM } from "../../models/llama.ts";
 import { writeSafetensors } from "../../models/safetensors.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
@@ -674,6 +680,50 @@ Deno.test("DoRA (use_dora) takes the per-module r and α of rank_pattern / alpha
       ),
     );
     assertClose(await evalLogits(loaded), want, { atol: 2e-5, rtol: 1e-4 }, "DoRA with patterns");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training with --targets all-linear adapts what PEFT would, and saves names PEFT reads back", async () => {
+  const m = model();
+  const targets = expandAllLinear(m, ["All-Linear"], ["classifier"], "SEQ_CLS");
+  equal(targets.length, 2 * Object.keys(SHAPES).length);
+  equal(
+    targets.some((t) => t.startsWith("classifier")),
+    false,
+    "the head is trained whole, not adapted",
+  );
+  equal(expandAllLinear(m, ["query", "value"], ["classifier"], "SEQ_CLS").join(), "query,value");
+  const llama = new LlamaForCausalLM(
+    llamaDims({ ...tinyLlamaDims(1), tied: false }),
+    hostSource(llamaWeights({ ...tinyLlamaDims(1), tied: false }, 3)),
+  );
+  const names = expandAllLinear(llama, ["all-linear"], [], null);
+  equal(names.length, 7);
+  equal(names.includes("lm_head"), false, "the output layer is left alone");
+  // Saved with the resolved names, the adapter loads back into the same modules.
+  const adapter = applyMethod("lora", m, { r: 2 }, {
+    ...LOAD_CTX,
+    targets,
+    headModules: ["classifier"],
+  });
+  for (const g of adapter.groups()) {
+    for (const t of g.params) {
+      writeInto(t, Float32Array.from(randomArray(t.size, t.size, -0.2, 0.2)));
+    }
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await adapter.save(dir);
+    const fresh = model();
+    await loadAdapter(fresh, dir, LOAD_CTX);
+    assertClose(
+      await evalLogits(fresh),
+      await evalLogits(m),
+      { atol: 1e-6, rtol: 1e-6 },
+      "round trip",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

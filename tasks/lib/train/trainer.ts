@@ -41,6 +41,7 @@ import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
 import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
 import { writeTextAtomic } from "../../../methods/peft.ts";
+import { expandAllLinear } from "../../../methods/peft_config.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
 import { prepare, type Scores } from "./prepare.ts";
@@ -215,8 +216,13 @@ async function trainInFolder(
   // A model folder is written only when the method kept the model's own parameter names (full
   // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
   const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
-  const targets = config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
-    defaultTargets(modelType);
+  const targets = expandAllLinear(
+    loaded.model,
+    config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
+      defaultTargets(modelType),
+    headModules,
+    p.task.kind === "glue" ? "SEQ_CLS" : null,
+  );
   checkRunPlan(config, loaded.model, targets, total);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets,
