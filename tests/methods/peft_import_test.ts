@@ -12,21 +12,23 @@
 import { equal, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { assertClose, randomArray, setup } from "../helpers.ts";
-import { noGrad, scopeAsync, tensor } from "../../ops/mod.ts";
+import { backward, noGrad, scope, scopeAsync, tensor } from "../../ops/mod.ts";
 import {
   applyMethod,
   expandAllLinear,
   loadAdapter,
   LORA_CONFIG_FIELDS,
+  namedTrainable,
   writeInto,
 } from "../../methods/mod.ts";
 import { LlamaForCausalLM } from "../../models/llama.ts";
-import { writeSafetensors } from "../../models/safetensors.ts";
+import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { encoderDims, hostSource, llamaDims, llamaWeights } from "../models/fixtures.ts";
 import type { HostWeights } from "../models/reference.ts";
 import {
   evalLogits,
+  fixedBatchLoss,
   MAX_POSITIONS,
   TINY_ROBERTA,
   tinyLlama,
@@ -723,6 +725,36 @@ Deno.test("training with --targets all-linear adapts what PEFT would, and saves 
       await evalLogits(m),
       { atol: 1e-6, rtol: 1e-6 },
       "round trip",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loraBias trains: lora_B.bias is a trainable parameter with a gradient and is saved as PEFT names it", async () => {
+  const m = model();
+  const adapter = applyMethod("lora", m, { r: 2, loraBias: true }, {
+    ...LOAD_CTX,
+    targets: ["value"],
+    headModules: ["classifier"],
+  });
+  const named = namedTrainable(adapter.groups());
+  const biases = named.filter(([n]) => n.endsWith("lora_B.bias"));
+  equal(biases.length, 2);
+  scope(() => backward(fixedBatchLoss(m)));
+  for (const [n, t] of biases) {
+    const g = await t.grad!.read();
+    equal(g.some((v) => v !== 0), true, `${n} has a gradient`);
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await adapter.save(dir);
+    const config = JSON.parse(await Deno.readTextFile(join(dir, "adapter_config.json")));
+    equal(config.lora_bias, true);
+    using reader = await openSafetensors(join(dir, "adapter_model.safetensors"));
+    equal(
+      reader.has(`base_model.model.${layerModule(1, "attention.self.value")}.lora_B.bias`),
+      true,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
