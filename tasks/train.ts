@@ -15,12 +15,18 @@ import {
   type RunConfig,
 } from "./lib/train/config.ts";
 import { train } from "./lib/train/trainer.ts";
+import { canonicalKeys } from "./lib/train/aliases.ts";
+import { formatSeconds } from "./lib/cli/progress.ts";
 
 const USAGE = `usage: deno task train [--config FILE.yaml] [options]
 
   --model REPO|DIR        Hugging Face repo id or local folder (default FacebookAI/roberta-base)
   --task NAME             sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte, wnli, boolq, piqa, …
-  --data DIR              local data folder (GLUE parquet/TSV root, or commonsense root)
+  --data DIR              local data folder (GLUE parquet/TSV root, commonsense root, or a
+                          Hugging Face datasets folder of your own data)
+  --train-file F [--eval-file F]   your own data: .jsonl .json .csv .tsv .parquet
+  --text-column C  --text-pair-column C  --label-column C   classification columns
+  --format alpaca|sharegpt|messages|text   instruction data for decoders (default: detected)
   --method NAME           full, lora, rslora, …  (default lora)
   --targets a,b           modules to adapt (default query,value or q_proj,v_proj)
   --rank R --alpha A --lora-dropout P --rslora       LoRA options
@@ -31,6 +37,7 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --warmup-ratio X | --warmup-steps N  --schedule linear|cosine|constant
   --weight-decay X  --max-grad-norm X  --seed N
   --eval-interval N  --log-interval N  --save-interval N  --eval-batch-size N
+  --early-stopping-patience N [--early-stopping-threshold X]   stop when the eval metric stalls
   --train-limit N  --eval-limit N  --frozen-dtype f32|f16
   --eval-mode generate|loglik  --max-new-tokens N
   --output DIR  --offline  --resume`;
@@ -55,6 +62,8 @@ const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
   "eval-limit": "evalLimit",
   "eval-batch-size": "evalBatchSize",
   "max-new-tokens": "maxNewTokens",
+  "early-stopping-patience": "earlyStoppingPatience",
+  "early-stopping-threshold": "earlyStoppingThreshold",
 };
 
 const STRING_FLAGS: Record<string, keyof RunConfig> = {
@@ -66,6 +75,12 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   "frozen-dtype": "frozenDtype",
   "eval-mode": "evalMode",
   output: "output",
+  "train-file": "trainFile",
+  "eval-file": "evalFile",
+  "text-column": "textColumn",
+  "text-pair-column": "textPairColumn",
+  "label-column": "labelColumn",
+  format: "format",
 };
 
 /** Build a RunConfig from command-line arguments (and the YAML file they name). */
@@ -98,8 +113,9 @@ export async function configFromArgs(
     console.log(USAGE);
     Deno.exit(0);
   }
+  // YAML keys in our spelling first (HF / LLaMA-Factory names mapped), so flags override them.
   const raw: Record<string, unknown> = values.config
-    ? await readRunYaml(String(values.config))
+    ? canonicalKeys(await readRunYaml(String(values.config)), String(values.config))
     : {};
   const source = values.config ? `${values.config} + flags` : "flags";
   for (const [flag, key] of Object.entries(NUMBER_FLAGS)) {
@@ -157,7 +173,10 @@ if (import.meta.main) {
           summary.finalLoss.toFixed(4)
         } · ${summary.trainableParams.toLocaleString()} trainable ` +
         `params · ${Math.round(summary.tokensPerSecond)} tokens/s · peak memory ` +
-        `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n  run files: ${config.output}`,
+        `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n` +
+        `  train time ${formatSeconds(summary.trainSeconds)} (${summary.steps} steps` +
+        `${summary.earlyStopping?.stoppedAt ? ", stopped early" : ""}) · wall time ` +
+        `${formatSeconds(summary.wallSeconds)}\n  run files: ${config.output}`,
     );
   } catch (e) {
     console.error(`error: ${e instanceof Error ? e.message : e}`);

@@ -23,6 +23,11 @@ export interface CheckpointState {
   trainSeconds: number;
   tokens: number;
   configHash: string;
+  /**
+   * Early stopping's counter: evaluations in a row without enough improvement, and the step the
+   * run stopped at (null while it goes on). Absent without early stopping.
+   */
+  earlyStopping?: { bad: number; stoppedAt: number | null };
 }
 
 /** A short hash of the settings that change a run's trajectory. */

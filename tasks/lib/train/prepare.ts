@@ -31,27 +31,36 @@ import {
   shiftLabels,
 } from "../eval/evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
+import { usesOwnData } from "../data/own/own_task.ts";
+import { type OwnTaskInfo, prepareOwnData } from "../data/own/prepare_own.ts";
+import type { EvalProgress, LmEval } from "../eval/evaluate.ts";
 
 /** One evaluation's scores (flat, for tables). */
 export type Scores = Record<string, number>;
 
 /** A task made ready to train: data encoded, model loaded, loss and evaluation bound. */
 export interface Prepared {
-  task: TaskInfo;
+  /** A built-in task, or the user's own data. */
+  task: TaskInfo | OwnTaskInfo;
   tokenizer: Tokenizer;
   loaded: LoadedModel;
   train: Encoded[];
-  evaluate: () => Promise<
+  /** Evaluate now; `main` is higher-is-better (a loss comes negated). */
+  evaluate: (onProgress?: EvalProgress) => Promise<
     {
       scores: Scores;
       main: number;
       mainMetric: string;
-      detail: ClassificationEval | CommonsenseEval;
+      detail: ClassificationEval | CommonsenseEval | LmEval;
     }
   >;
   loss: (h: HostBatch) => Tensor;
   padSide: "left" | "right";
   padId: number;
+  /** Whether the model has a sequence-classification head (else it trains as a causal LM). */
+  sequenceClassification: boolean;
+  /** Own classification data: Hugging Face's label maps of the new head. */
+  labelMaps?: { id2label: Record<string, string>; label2id: Record<string, number> };
 }
 
 /**
@@ -59,9 +68,10 @@ export interface Prepared {
  * task's loss and evaluation: the first half of `train()`'s data flow.
  */
 export async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
-  const task = resolveTask(config.task);
   const modelDir = await resolveModelDir(config.model, config.offline);
   const tokenizer = await loadTokenizer(modelDir);
+  if (usesOwnData(config)) return await prepareOwnData(config, log, modelDir, tokenizer);
+  const task = resolveTask(config.task);
   const source = await dataSource(task, config.data, config.offline);
   const padId = tokenizer.padId ?? 0;
   const tokKey = {
@@ -104,18 +114,20 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       train,
       padSide: "right",
       padId,
+      sequenceClassification: true,
       loss: (h) => {
         const logits = classifierLogits(classifier, h);
         if (task.spec.isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
         return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
       },
-      evaluate: async () => {
+      evaluate: async (onProgress) => {
         const r = await evaluateClassification(
           classifier,
           evalSet,
           task.spec,
           config.evalBatchSize,
           padId,
+          { onProgress },
         );
         return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
       },
@@ -145,6 +157,7 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
     train,
     padSide: "right",
     padId,
+    sequenceClassification: false,
     loss: (h) => {
       const hidden = model.hidden({
         ids: tensor(h.ids, [h.b, h.t]),
@@ -152,10 +165,11 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       });
       return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
     },
-    evaluate: async () => {
+    evaluate: async (onProgress) => {
       const opts = {
         batchSize: config.evalBatchSize,
         maxPromptTokens: model.dims.maxPositions - config.maxNewTokens,
+        onProgress,
       };
       const r = config.evalMode === "loglik"
         ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)

@@ -107,6 +107,15 @@ export interface Summary {
   trainSeconds: number;
   /** Seconds from the start of this process's `train` call to the summary. */
   wallSeconds: number;
+  /** Own classification data: the head's label maps, as Hugging Face config.json writes them. */
+  labels?: { id2label: Record<string, string>; label2id: Record<string, number> };
+  /** Early stopping's settings and outcome (absent when it was off). */
+  earlyStopping?: {
+    patience: number;
+    threshold: number;
+    /** The step training stopped at, or null when it ran to the end. */
+    stoppedAt: number | null;
+  };
   /** The WebGPU adapter the run used. */
   device: AdapterDescription;
   /** Versions of the toolkit and the runtime. */
@@ -183,7 +192,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const p = await prepare(config, log);
   const { loaded } = p;
   const modelType = loaded.config.model_type;
-  const headModules = p.task.kind === "glue"
+  const headModules = p.sequenceClassification
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
   const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
@@ -196,7 +205,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
-    taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
+    taskType: p.sequenceClassification ? "SEQ_CLS" : "CAUSAL_LM",
     baseModel: config.model,
     seed: config.seed,
     totalSteps: total,
@@ -221,7 +230,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       tokenMasks: (n) =>
         Array.from({ length: Math.min(n, batchesPerEpoch) }, (_, k) => {
           const h = batchAt(k);
-          const labelMask = p.task.kind === "glue"
+          const labelMask = p.sequenceClassification
             ? undefined
             : Float32Array.from(h.lmLabels, (l) => (l === -100 ? 0 : 1));
           return { b: h.b, t: h.t, mask: h.mask, labelMask };
@@ -263,6 +272,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     trainSeconds: 0,
     tokens: 0,
     configHash: hash,
+    ...(config.earlyStoppingPatience ? { earlyStopping: { bad: 0, stoppedAt: null } } : {}),
   };
   if (resumable) {
     state = await loadCheckpoint(ckptDir, named, optimizer);
@@ -276,7 +286,9 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     log(`resumed from ${ckptDir} at step ${start}`);
   } else {
     await writeTextAtomic(metricsFile, "");
-    await writeTextAtomic(join(out, "config.json"), JSON.stringify(config, null, 2) + "\n");
+    // Own classification data: the label maps beside the settings, named as in HF config.json.
+    const saved = { ...config, ...(p.labelMaps ?? {}) };
+    await writeTextAtomic(join(out, "config.json"), JSON.stringify(saved, null, 2) + "\n");
   }
   const metricsLog: string[] = [];
   const flushMetrics = async () => {
@@ -306,19 +318,44 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
 
   const progress = new Progress(total, Deno.stderr.isTerminal(), options.progress !== false);
 
+  const interactive = Deno.stderr.isTerminal();
+  let lastEval: Awaited<ReturnType<typeof p.evaluate>> | null = null;
   const evaluate = async (step: number) => {
     const t0 = performance.now();
-    const r = await p.evaluate();
+    let bar: Progress | null = null;
+    const r = await p.evaluate((done, n) => {
+      bar ??= new Progress(n, interactive, options.progress !== false, {
+        label: "eval",
+        every: 0.25,
+      });
+      bar.count(done);
+    });
+    (bar as Progress | null)?.clear();
     record({ step, eval: r.scores, main: r.main, seconds: (performance.now() - t0) / 1000 });
+    const previous = state.best;
     if (!state.best || r.main > state.best.main) {
       state.best = { main: r.main, step, scores: r.scores };
       await writeDirAtomic(join(out, "best"), (tmp) => adapter.save(tmp));
     }
-    log(
+    const es = state.earlyStopping;
+    let stopNote = "";
+    if (es && config.earlyStoppingPatience) {
+      // HF's EarlyStoppingCallback: an improvement beats the best before it by > threshold.
+      const threshold = config.earlyStoppingThreshold ?? 0;
+      const improved = !previous || r.main - previous.main > threshold;
+      es.bad = improved ? 0 : es.bad + 1;
+      if (es.bad >= config.earlyStoppingPatience && step < total) {
+        es.stoppedAt = step;
+        stopNote = `; no improvement in ${es.bad} evaluations: early stopping`;
+      }
+    }
+    progress.print(
       `step ${step}: ${
         Object.entries(r.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")
-      }`,
+      }${stopNote}`,
+      log,
     );
+    lastEval = r;
     return r;
   };
   const checkpoint = async (step: number) => {
@@ -330,7 +367,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
 
   let trainSeconds = state.trainSeconds, tokens = state.tokens;
   let windowStart = performance.now(), windowTokens = 0;
-  for (let step = start; step < total; step++) {
+  for (let step = start; step < total && state.earlyStopping?.stoppedAt == null; step++) {
     const t0 = performance.now();
     let stepTokens = 0;
     for (let m = 0; m < config.gradAccum; m++) {
@@ -383,8 +420,10 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     options.onStep?.(done);
   }
   progress.finish();
-  const final = await evaluate(total);
-  await checkpoint(total);
+  // Early stopping ends at its evaluation's step; that evaluation is the final one.
+  const end = state.earlyStopping?.stoppedAt ?? total;
+  const final = end < total && lastEval ? lastEval : await evaluate(end);
+  await checkpoint(end);
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
   const stats = rt().pool.stats();
   const summary: Summary = {
@@ -394,8 +433,8 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     method: config.method,
     seed: config.seed,
     config,
-    steps: total,
-    epochs: (total * config.gradAccum) / batchesPerEpoch,
+    steps: end,
+    epochs: (end * config.gradAccum) / batchesPerEpoch,
     finalLoss: state.lastLoss,
     final: final.scores,
     best: state.best!.scores,
@@ -407,6 +446,16 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     tokensPerSecond: tokens / Math.max(1e-9, trainSeconds),
     trainSeconds,
     wallSeconds: (performance.now() - started) / 1000,
+    ...(p.labelMaps ? { labels: p.labelMaps } : {}),
+    ...(config.earlyStoppingPatience
+      ? {
+        earlyStopping: {
+          patience: config.earlyStoppingPatience,
+          threshold: config.earlyStoppingThreshold ?? 0,
+          stoppedAt: state.earlyStopping?.stoppedAt ?? null,
+        },
+      }
+      : {}),
     device: gpu().adapter,
     versions: {
       toolkit: VERSION,

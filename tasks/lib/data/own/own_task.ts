@@ -1,0 +1,127 @@
+/**
+ * When a run uses the user's own data, what the run's task is called then, and which tables it
+ * reads: `--train-file` / `--eval-file`, or the splits of a Hugging Face datasets folder
+ * (`--data DIR`).
+ *
+ * @module
+ */
+import { basename } from "node:path";
+import { GLUE_TASKS } from "../glue.ts";
+import { COMMONSENSE_DATASETS } from "../commonsense.ts";
+import { type DataTable, findDatasetSplits, readDataFile, readDataFiles } from "./readers.ts";
+
+/** Run settings that only own data uses. */
+export const OWN_DATA_KEYS: readonly string[] = [
+  "trainFile",
+  "evalFile",
+  "textColumn",
+  "textPairColumn",
+  "labelColumn",
+  "format",
+];
+
+/** The settings that decide where own data comes from. */
+export interface OwnDataSettings {
+  /** The run's task name. */
+  task: string;
+  /** A data folder. */
+  data?: string;
+  /** A training file. */
+  trainFile?: string;
+  /** An evaluation file. */
+  evalFile?: string;
+  /** Own-data column and format settings (their presence selects own data). */
+  textColumn?: string;
+  /** See {@link OwnDataSettings.textColumn}. */
+  textPairColumn?: string;
+  /** See {@link OwnDataSettings.textColumn}. */
+  labelColumn?: string;
+  /** See {@link OwnDataSettings.textColumn}. */
+  format?: string;
+}
+
+/** Whether `name` is a built-in task (GLUE or commonsense). */
+export function isBuiltinTask(name: string): boolean {
+  return (GLUE_TASKS as readonly string[]).includes(name) ||
+    COMMONSENSE_DATASETS.some((d) => d.toLowerCase() === name.toLowerCase());
+}
+
+/**
+ * Whether a run trains on own data: it names a file or an own-data setting, or its task is not a
+ * built-in one (then `--data` is a Hugging Face datasets folder).
+ *
+ * @example
+ * ```ts
+ * import { usesOwnData } from "./own_task.ts";
+ * console.log(usesOwnData({ task: "sst2" }), usesOwnData({ task: "reviews", trainFile: "r.csv" }));
+ * // false true
+ * ```
+ */
+export function usesOwnData(s: OwnDataSettings): boolean {
+  const r = s as unknown as Record<string, unknown>;
+  return OWN_DATA_KEYS.some((k) => r[k] !== undefined) || !isBuiltinTask(s.task);
+}
+
+/**
+ * Raw run settings with a task name for own data when none is given: the training file's name
+ * without its extension (reviews.csv → "reviews"), else the data folder's name.
+ */
+export function ownTaskDefault(raw: Record<string, unknown>): Record<string, unknown> {
+  if (raw.task !== undefined || !OWN_DATA_KEYS.some((k) => raw[k] !== undefined)) return raw;
+  const from = typeof raw.trainFile === "string"
+    ? raw.trainFile
+    : typeof raw.data === "string"
+    ? raw.data
+    : undefined;
+  if (from === undefined) return raw;
+  const name = basename(from.replace(/[/\\]+$/, "")).replace(/\.[^.]+$/, "");
+  return { ...raw, task: name || "own" };
+}
+
+/** The tables of an own-data run and where they came from. */
+export interface OwnTables {
+  /** Training rows. */
+  train: DataTable;
+  /** Evaluation rows, when there are any. */
+  eval?: DataTable;
+  /** Names of the files or folder, for the log. */
+  source: string;
+  /** Which split the evaluation rows are ("validation", "test", or the file). */
+  evalSplit: string;
+}
+
+/** Reads an own-data run's tables (files win over the folder's splits). */
+export async function readOwnTables(s: OwnDataSettings): Promise<OwnTables> {
+  if (s.trainFile) {
+    const train = await readDataFile(s.trainFile);
+    const evaluation = s.evalFile ? await readDataFile(s.evalFile) : undefined;
+    return {
+      train,
+      eval: evaluation,
+      source: s.evalFile ? `${s.trainFile} + ${s.evalFile}` : s.trainFile,
+      evalSplit: s.evalFile ? basename(s.evalFile) : "train",
+    };
+  }
+  if (!s.data) {
+    throw new Error(
+      `task "${s.task}" is not a built-in one, so it needs your data: --train-file FILE ` +
+        "[--eval-file FILE] (jsonl, json, csv, tsv, parquet) or --data DIR (a Hugging Face " +
+        "datasets folder)",
+    );
+  }
+  const folder = await findDatasetSplits(s.data);
+  const train = await readDataFiles(folder.splits.train!);
+  const evalSplit = s.evalFile
+    ? basename(s.evalFile)
+    : folder.splits.validation
+    ? "validation"
+    : folder.splits.test
+    ? "test"
+    : "train";
+  const evaluation = s.evalFile
+    ? await readDataFile(s.evalFile)
+    : evalSplit === "validation" || evalSplit === "test"
+    ? await readDataFiles(folder.splits[evalSplit]!)
+    : undefined;
+  return { train, eval: evaluation, source: s.data, evalSplit };
+}
