@@ -9,9 +9,13 @@
 import { parseArgs } from "node:util";
 import { writeTextAtomic } from "../methods/peft.ts";
 import { formatReport, runEvaluation } from "./lib/eval/run_eval.ts";
+import { INSTRUCTION_FORMATS } from "./lib/data/own/instruction.ts";
 
 const USAGE = `usage: deno task evaluate --model DIR|REPO --task NAME [--adapter DIR] [--data DIR]
         [--split NAME] [--limit N] [--batch-size N] [--max-length N]
+   or: deno task evaluate --model DIR|REPO [--adapter RUN/adapter] --eval-file FILE
+        [--text-column C] [--text-pair-column C] [--label-column C]
+        [--format alpaca|sharegpt|messages|text]   (defaults: the run's config.json)
         [--eval-mode generate|loglik] [--max-new-tokens N] [--frozen-dtype f32|f16]
         [--output FILE.json] [--offline]`;
 
@@ -22,6 +26,11 @@ if (import.meta.main) {
       model: { type: "string" },
       adapter: { type: "string" },
       task: { type: "string" },
+      "eval-file": { type: "string" },
+      "text-column": { type: "string" },
+      "text-pair-column": { type: "string" },
+      "label-column": { type: "string" },
+      format: { type: "string" },
       data: { type: "string" },
       split: { type: "string" },
       limit: { type: "string" },
@@ -35,7 +44,7 @@ if (import.meta.main) {
       help: { type: "boolean" },
     },
   });
-  if (values.help || !values.model || !values.task) {
+  if (values.help || !values.model || !(values.task || values["eval-file"])) {
     console.log(USAGE);
     Deno.exit(values.help ? 0 : 2);
   }
@@ -61,6 +70,12 @@ if (import.meta.main) {
       model: values.model,
       adapter: values.adapter,
       task: values.task,
+      evalFile: values["eval-file"],
+      textColumn: values["text-column"],
+      textPairColumn: values["text-pair-column"],
+      labelColumn: values["label-column"],
+      format: choice("format", values.format, INSTRUCTION_FORMATS),
+      progress: true,
       data: values.data,
       split: values.split,
       limit: int("limit", values.limit),

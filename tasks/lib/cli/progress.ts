@@ -23,6 +23,8 @@ export interface ProgressOptions {
   label?: string;
   /** Off a terminal: print a line each time this fraction more is done; default 0.1. */
   every?: number;
+  /** When the work began (`performance.now()`), if before the bar was made; default now. */
+  start?: number;
 }
 
 /** A progress bar for `total` steps (or examples). */
@@ -43,6 +45,7 @@ export class Progress {
   ) {
     this.#label = options.label ? `${options.label} ` : "";
     this.#every = options.every ?? 0.1;
+    this.#start = options.start ?? this.#start;
   }
 
   #bar(done: number): { text: string; eta: number; elapsed: number; frac: number } {
@@ -120,9 +123,10 @@ export class Progress {
   }
 }
 
-/** 75 → "1m15s". */
+/** 75 → "1m15s"; under 10 s with one decimal (2.4 → "2.4s"). */
 export function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
+  if (s < 10) return `${s.toFixed(1)}s`;
   const m = Math.floor(s / 60);
   return m > 0 ? `${m}m${Math.round(s % 60).toString().padStart(2, "0")}s` : `${Math.round(s)}s`;
 }

@@ -327,6 +327,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       bar ??= new Progress(n, interactive, options.progress !== false, {
         label: "eval",
         every: 0.25,
+        start: t0,
       });
       bar.count(done);
     });
