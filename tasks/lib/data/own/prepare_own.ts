@@ -177,6 +177,12 @@ export async function prepareOwnData(
     classificationHead: true,
     frozenDtype: config.frozenDtype,
     seed: config.seed,
+  }).catch((e: Error) => {
+    if (!/has shape .* the config implies/.test(e.message)) throw e;
+    throw new Error(
+      `${e.message}\n(${config.task} has ${numLabels} ${isRegression ? "output" : "classes"}; ` +
+        "the checkpoint's classification head has another size: start from a base checkpoint)",
+    );
   });
   const classifier: Classifier = loaded.kind === "encoder"
     ? { kind: "encoder", model: loaded.model }
