@@ -13,6 +13,7 @@ import {
 } from "../../tasks/lib/train/aliases.ts";
 import { parseRunConfig, RunConfigSchema } from "../../tasks/lib/train/config.ts";
 import { configFromArgs } from "../../tasks/train.ts";
+import { expandSweep, parseSweep } from "../../tasks/lib/sweep/sweep.ts";
 
 Deno.test("the alias table's targets and RUN_KEYS are the schema's fields", () => {
   deepEqual([...RUN_KEYS].sort(), Object.keys(RunConfigSchema.shape).sort());
@@ -133,5 +134,35 @@ Deno.test("a YAML file with Trainer names, overridden by flags", async () => {
     },
     (e: Error) =>
       equal(e.message, `${file}: unknown key "num_train_epoch"; did you mean "num_train_epochs"?`),
+  );
+});
+
+Deno.test("sweeps take the same names, and own data needs no built-in task", () => {
+  const plan = expandSweep(parseSweep(
+    [
+      "name: own",
+      "output: runs/own",
+      "base:",
+      "  model: m",
+      "  train_file: data/reviews.csv",
+      "  text_column: review",
+      "  max_steps: 3",
+      "grid:",
+      "  learning_rate: [1.0e-3, 2.0e-3]",
+      "  lora_rank: [4, 8]",
+    ].join("\n"),
+    "own.yaml",
+  ));
+  equal(plan.cells.length, 4);
+  const c = plan.cells[3].config;
+  equal(c.task, "reviews");
+  equal(c.trainFile, "data/reviews.csv");
+  equal(c.textColumn, "review");
+  equal(c.steps, 3);
+  equal(c.lr, 2e-3);
+  equal(c.methodOptions.r, 8);
+  throws(
+    () => parseSweep("name: x\noutput: o\nbase:\n  learnin_rate: 1\n", "x.yaml"),
+    /x\.yaml:4: field "base\.learnin_rate": unknown run setting "learnin_rate"; did you mean "learning_rate"\?/,
   );
 });

@@ -199,6 +199,33 @@ export function suggestKey(key: string): string | null {
 }
 
 /**
+ * Our spelling of one key (`methodOptions.r` for LoRA's rank aliases), or null when it is
+ * neither ours nor a known alias.
+ *
+ * @example
+ * ```ts
+ * import { canonicalKey } from "./aliases.ts";
+ * console.log(canonicalKey("lora_rank"), canonicalKey("batch_size"), canonicalKey("nope"));
+ * // methodOptions.r batchSize null
+ * ```
+ */
+export function canonicalKey(key: string): string | null {
+  if (RUN_KEYS.includes(key)) return key;
+  if (key in ALIASES) return ALIASES[key];
+  const c = camel(key);
+  return RUN_KEYS.includes(c) ? c : null;
+}
+
+/**
+ * A value given under alias `key` in our terms (HF's `max_steps: -1` → null, meaning unset;
+ * `lr_scheduler_type` names → ours); other keys' values unchanged. Throws for values we lack.
+ */
+export function aliasValue(key: string, value: unknown, source = "config"): unknown {
+  const rule = VALUE_RULES[key];
+  return rule ? rule(value, `${source}: "${key}"`) : value;
+}
+
+/**
  * `raw` with every key in our spelling: aliases mapped (LoRA options into `methodOptions`), snake
  * and kebab case camelised. Throws one message naming `source` and the key for an unknown key
  * (with the closest known name) or for two spellings of one setting with different values.
