@@ -293,6 +293,9 @@ Deno.test("own data is selected by its settings or by a task name that is not bu
   deepEqual(ownTaskDefault({ trainFile: "data/reviews.csv" }).task, "reviews");
   deepEqual(ownTaskDefault({ data: "my_ds/", format: "alpaca" }).task, "my_ds");
   deepEqual(ownTaskDefault({ task: "x", trainFile: "a.csv" }).task, "x");
+  deepEqual(ownTaskDefault({ trainFile: "glue/SST-2/train.tsv" }).task, "SST-2");
+  deepEqual(ownTaskDefault({ trainFile: "ds/data/training-00000.parquet" }).task, "data");
+  deepEqual(ownTaskDefault({ trainFile: "trainers.csv" }).task, "trainers");
 });
 
 // A Zephyr-style template (turn headers, the EOS token closing each turn), written as Jinja.

@@ -5,10 +5,16 @@
  *
  * @module
  */
-import { basename } from "node:path";
+import { basename, dirname } from "node:path";
 import { GLUE_TASKS } from "../glue.ts";
 import { COMMONSENSE_DATASETS } from "../commonsense.ts";
-import { type DataTable, findDatasetSplits, readDataFile, readDataFiles } from "./readers.ts";
+import {
+  type DataTable,
+  findDatasetSplits,
+  readDataFile,
+  readDataFiles,
+  SPLIT_KEYWORDS,
+} from "./readers.ts";
 
 /** Run settings that only own data uses. */
 export const OWN_DATA_KEYS: readonly string[] = [
@@ -74,7 +80,13 @@ export function ownTaskDefault(raw: Record<string, unknown>): Record<string, unk
     ? raw.data
     : undefined;
   if (from === undefined) return raw;
-  const name = basename(from.replace(/[/\\]+$/, "")).replace(/\.[^.]+$/, "");
+  const path = from.replace(/[/\\]+$/, "");
+  let name = basename(path).replace(/\.[^.]+$/, "");
+  // "SST-2/train.tsv" and "my_ds/train-00000-of-00001.parquet" are named after their folder.
+  const splitWords = Object.values(SPLIT_KEYWORDS).flat().join("|");
+  if (new RegExp(`^(${splitWords})([-_.]|\\d|$)`, "i").test(name)) {
+    name = basename(dirname(path)) || name;
+  }
   return { ...raw, task: name || "own" };
 }
 
