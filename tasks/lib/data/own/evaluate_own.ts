@@ -124,6 +124,11 @@ export async function evaluateOwnFile(
       template,
       maxLength,
     );
+    if (enc.dropped) {
+      console.error(
+        `${o.evalFile}: ${enc.dropped} records skipped: no reply token within maxLength ${maxLength}`,
+      );
+    }
     const r = await evaluateLmLoss(loaded.model, enc.examples, o.batchSize, padId, onProgress);
     loaded.model.dispose();
     return {
