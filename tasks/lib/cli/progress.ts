@@ -25,6 +25,8 @@ export interface ProgressOptions {
   every?: number;
   /** When the work began (`performance.now()`), if before the bar was made; default now. */
   start?: number;
+  /** Where a terminal bar's bytes go; default stderr (tests capture them). */
+  out?: (text: string) => void;
 }
 
 /** A progress bar for `total` steps (or examples). */
@@ -32,7 +34,7 @@ export class Progress {
   #start = performance.now();
   #lastPrinted = -1;
   #line = "";
-  readonly #encoder = new TextEncoder();
+  readonly #out: (text: string) => void;
   readonly #label: string;
   readonly #every: number;
 
@@ -46,6 +48,8 @@ export class Progress {
     this.#label = options.label ? `${options.label} ` : "";
     this.#every = options.every ?? 0.1;
     this.#start = options.start ?? this.#start;
+    const encoder = new TextEncoder();
+    this.#out = options.out ?? ((text) => Deno.stderr.writeSync(encoder.encode(text)));
   }
 
   #bar(done: number): { text: string; eta: number; elapsed: number; frac: number } {
@@ -63,7 +67,7 @@ export class Progress {
   #show(line: string, frac: number): void {
     if (this.interactive) {
       this.#line = line;
-      Deno.stderr.writeSync(this.#encoder.encode(`\r${line}\x1b[K`));
+      this.#out(`\r${line}\x1b[K`);
       return;
     }
     const slot = Math.floor(frac / this.#every + 1e-9);
@@ -98,9 +102,9 @@ export class Progress {
    */
   print(line: string, write: (s: string) => void = (s) => console.error(s)): void {
     if (this.enabled && this.interactive && this.#line) {
-      Deno.stderr.writeSync(this.#encoder.encode("\r\x1b[K"));
+      this.#out("\r\x1b[K");
       write(line);
-      Deno.stderr.writeSync(this.#encoder.encode(`${this.#line}\x1b[K`));
+      this.#out(`${this.#line}\x1b[K`);
       return;
     }
     write(line);
@@ -109,7 +113,7 @@ export class Progress {
   /** Remove the bar from a terminal's line (it is drawn again by the next update). */
   clear(): void {
     if (this.enabled && this.interactive && this.#line) {
-      Deno.stderr.writeSync(this.#encoder.encode("\r\x1b[K"));
+      this.#out("\r\x1b[K");
       this.#line = "";
     }
   }
@@ -117,7 +121,7 @@ export class Progress {
   /** End the bar's line. */
   finish(): void {
     if (this.enabled && this.interactive && this.#line) {
-      Deno.stderr.writeSync(this.#encoder.encode("\n"));
+      this.#out("\n");
       this.#line = "";
     }
   }

@@ -56,15 +56,12 @@ export const RUN_KEYS: readonly string[] = [
   "offline",
 ];
 
-/** Where an alias lands: a run key, or a method option (`methodOptions.<name>`). */
-type Target = string;
-
 /**
- * Foreign names → ours. Values pass through unchanged unless {@link VALUE_RULES} says otherwise.
+ * Foreign names → ours: a run key, or a method option (`methodOptions.<name>`). Values pass through unchanged unless {@link VALUE_RULES} says otherwise.
  * Sources: transformers `TrainingArguments`, `run_glue.py` / `run_clm.py` data arguments, PEFT
  * `LoraConfig`, LLaMA-Factory's finetuning/data arguments.
  */
-export const ALIASES: Readonly<Record<string, Target>> = {
+export const ALIASES: Readonly<Record<string, string>> = {
   // transformers TrainingArguments
   learning_rate: "lr",
   num_train_epochs: "epochs",

@@ -42,8 +42,11 @@ export type Scores = Record<string, number>;
 export interface Prepared {
   /** A built-in task, or the user's own data. */
   task: TaskInfo | OwnTaskInfo;
+  /** The model's tokenizer. */
   tokenizer: Tokenizer;
+  /** The model, frozen, with the task's head when it has one. */
   loaded: LoadedModel;
+  /** The training examples, tokenised. */
   train: Encoded[];
   /** Evaluate now; `main` is higher-is-better (a loss comes negated). */
   evaluate: (onProgress?: EvalProgress) => Promise<
@@ -54,8 +57,11 @@ export interface Prepared {
       detail: ClassificationEval | CommonsenseEval | LmEval;
     }
   >;
+  /** The task's loss of one batch (records onto the tape). */
   loss: (h: HostBatch) => Tensor;
+  /** Where batches are padded. */
   padSide: "left" | "right";
+  /** The padding token id. */
   padId: number;
   /** Whether the model has a sequence-classification head (else it trains as a causal LM). */
   sequenceClassification: boolean;
