@@ -37,3 +37,8 @@ export * from "./data/own/chat_template.ts";
 export * from "./data/own/own_task.ts";
 export * from "./data/own/prepare_own.ts";
 export * from "./data/own/evaluate_own.ts";
+export * from "./cli/runner.ts";
+export * from "./train/lock.ts";
+export * from "./train/run_folder.ts";
+export * from "./train/validate.ts";
+export * from "./train/checkpoint.ts";

@@ -54,6 +54,10 @@ export const RUN_KEYS: readonly string[] = [
   "maxNewTokens",
   "output",
   "offline",
+  "objective",
+  "mlmProbability",
+  "fromScratch",
+  "tokenizer",
 ];
 
 /**
@@ -95,6 +99,8 @@ export const ALIASES: Readonly<Record<string, string>> = {
   max_samples: "trainLimit",
   max_eval_samples: "evalLimit",
   max_new_tokens: "maxNewTokens",
+  mlm_probability: "mlmProbability",
+  tokenizer_name: "tokenizer",
   dataset_dir: "data",
   template: "format",
   finetuning_type: "method",

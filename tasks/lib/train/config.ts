@@ -25,12 +25,6 @@ export const RunConfigSchema = z.object({
   task: z.string().min(1).default("sst2"),
   /** Local data folder (GLUE parquet/TSV root, commonsense root, or a HF datasets folder). */
   data: z.string().min(1).optional(),
-  /** Own data: a training file (.jsonl, .json, .csv, .tsv, .parquet). */
-  trainFile: z.string().min(1).optional(),
-  /** Own data: an evaluation file (same formats). */
-  evalFile: z.string().min(1).optional(),
-  /** Own classification data: the text column (default text, sentence or sentence1). */
-  textColumn: z.string().min(1).optional(),
   /** Own classification data: the second text of a pair (default sentence2 after sentence1). */
   textPairColumn: z.string().min(1).optional(),
   /** Own classification data: the label column (default label). */
@@ -54,7 +48,8 @@ export const RunConfigSchema = z.object({
   steps: positiveInt.optional(),
   batchSize: positiveInt.default(16),
   gradAccum: positiveInt.default(1),
-  maxLength: positiveInt.default(128),
+  // Room for the special tokens (up to 4 for a sentence pair) and some text.
+  maxLength: z.number().int().min(8).default(128),
   /** Warm-up as a fraction of the training steps (0..1) … */
   warmupRatio: z.number().min(0).max(1).default(0.06),
   /** … or as a number of steps (overrides the ratio). */
@@ -86,6 +81,26 @@ export const RunConfigSchema = z.object({
   output: z.string().min(1).default("runs/latest"),
   /** Never touch the network; resolve models and data from the cache or local folders. */
   offline: z.boolean().default(false),
+  /** Pretrain on raw text instead of a task: masked LM (encoders) or causal LM (decoders). */
+  objective: z.enum(["mlm", "clm"]).optional(),
+  /**
+   * Training data files, one or several (shards): own data (.jsonl, .json, .csv, .tsv, .parquet)
+   * or, with `objective`, pretraining text (.txt: a document per paragraph, or .jsonl).
+   */
+  trainFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /** Evaluation files (own data; pretraining default: the last 5 % of the training blocks). */
+  evalFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /**
+   * The column / JSONL field of the text: own classification data (default text, else sentence,
+   * else sentence1), `format: text`, and pretraining (default text).
+   */
+  textColumn: z.string().min(1).optional(),
+  /** MLM: share of tokens selected for prediction. */
+  mlmProbability: z.number().gt(0).lt(1).default(0.15),
+  /** Initialise the model from its config.json (pretraining from scratch). */
+  fromScratch: z.boolean().default(false),
+  /** The tokenizer's repo id or folder, when it is not the model's (HF's --tokenizer_name). */
+  tokenizer: z.string().min(1).optional(),
 }).strict() satisfies ConfigSchema<RunConfig>;
 
 /** A validated run configuration (defaults filled in). */
@@ -99,12 +114,6 @@ export interface RunConfig {
    * datasets folder with a file or folder per split; absent: download.
    */
   data?: string;
-  /** Own data: a training file (.jsonl, .json, .csv, .tsv or .parquet, by extension). */
-  trainFile?: string;
-  /** Own data: an evaluation file (same formats); absent: the folder's validation split. */
-  evalFile?: string;
-  /** Own classification data: the text column; default text, else sentence, else sentence1. */
-  textColumn?: string;
   /** Own classification data: the second text column; default sentence2 after sentence1. */
   textPairColumn?: string;
   /** Own classification data: the label column; default label, else labels. */
@@ -178,6 +187,33 @@ export interface RunConfig {
   output: string;
   /** Never touch the network: models and data from the cache or local folders; default false. */
   offline: boolean;
+  /**
+   * Pretrain on raw text (`trainFile`) instead of fine-tuning on `task`: "mlm" for RoBERTa/BERT
+   * (RobertaForMaskedLM's head, 15 % masking, 80/10/10), "clm" for LLaMA-family decoders.
+   */
+  objective?: "mlm" | "clm";
+  /**
+   * Training files: own data (.jsonl, .json, .csv, .tsv, .parquet, by extension; several are
+   * shards of one table) or, with `objective`, pretraining text (.txt, .jsonl, optionally .gz).
+   */
+  trainFile?: string | string[];
+  /** Evaluation files (own data: absent → the folder's validation split; pretraining: the last
+   * 5 % of the training blocks). */
+  evalFile?: string | string[];
+  /**
+   * The text column / JSONL field: own classification data (absent: text, else sentence, else
+   * sentence1), `format: text`, pretraining (absent: "text").
+   */
+  textColumn?: string;
+  /** MLM selection probability; default 0.15 (Hugging Face's mlm_probability). */
+  mlmProbability: number;
+  /** Initialise every weight from config.json instead of loading them; default false. */
+  fromScratch: boolean;
+  /**
+   * A repo id or folder holding the tokenizer, when the model folder has none (a from-scratch
+   * config, as run_mlm.py's --tokenizer_name); absent: the model's own.
+   */
+  tokenizer?: string;
 }
 
 /** Turn schema issues into one message naming each field and what was expected. */

@@ -5,7 +5,7 @@
  * @module
  */
 import { crossEntropy, mseLoss, reshape, type Tensor, tensor } from "../../../ops/mod.ts";
-import { type LoadedModel, loadModel } from "../../../models/load.ts";
+import { type LoadedMaskedLM, type LoadedModel, loadModel } from "../../../models/load.ts";
 import { loadTokenizer, type Tokenizer } from "../../../models/tokenizer.ts";
 import type { RunConfig } from "./config.ts";
 import {
@@ -34,27 +34,41 @@ import { resolveModelDir } from "../hub/model_source.ts";
 import { usesOwnData } from "../data/own/own_task.ts";
 import { type OwnTaskInfo, prepareOwnData } from "../data/own/prepare_own.ts";
 import type { EvalProgress, LmEval } from "../eval/evaluate.ts";
+import {
+  type BatchSource,
+  type Objective,
+  preparePretraining,
+  type PretrainEval,
+} from "../pretrain/objective.ts";
+import { writePretrainedModel } from "../pretrain/save.ts";
 
 /** One evaluation's scores (flat, for tables). */
 export type Scores = Record<string, number>;
 
+/** What a run trains on: a task's data set, or raw text under a pretraining objective. */
+export type PreparedTask = TaskInfo | { kind: "pretrain"; name: Objective };
+
 /** A task made ready to train: data encoded, model loaded, loss and evaluation bound. */
 export interface Prepared {
-  /** A built-in task, or the user's own data. */
-  task: TaskInfo | OwnTaskInfo;
+  /** A built-in task, raw text under a pretraining objective, or the user's own data. */
+  task: PreparedTask | OwnTaskInfo;
   /** The model's tokenizer. */
   tokenizer: Tokenizer;
   /** The model, frozen, with the task's head when it has one. */
-  loaded: LoadedModel;
-  /** The training examples, tokenised. */
+  loaded: LoadedModel | LoadedMaskedLM;
+  /** The encoded training examples (empty when `batches` streams them). */
   train: Encoded[];
+  /** Batches produced on demand (pretraining streams its blocks from disk). */
+  batches?: BatchSource;
+  /** Write a complete Hugging Face model folder of the trained model (pretraining's output). */
+  saveModel?: (dir: string) => Promise<void>;
   /** Evaluate now; `main` is higher-is-better (a loss comes negated). */
   evaluate: (onProgress?: EvalProgress) => Promise<
     {
       scores: Scores;
       main: number;
       mainMetric: string;
-      detail: ClassificationEval | CommonsenseEval | LmEval;
+      detail: ClassificationEval | CommonsenseEval | PretrainEval | LmEval;
     }
   >;
   /** The task's loss of one batch (records onto the tape). */
@@ -74,8 +88,11 @@ export interface Prepared {
  * task's loss and evaluation: the first half of `train()`'s data flow.
  */
 export async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
+  if (config.objective) return await preparePretrainingRun(config, log);
   const modelDir = await resolveModelDir(config.model, config.offline);
-  const tokenizer = await loadTokenizer(modelDir);
+  const tokenizer = await loadTokenizer(
+    config.tokenizer ? await resolveModelDir(config.tokenizer, config.offline) : modelDir,
+  );
   if (usesOwnData(config)) return await prepareOwnData(config, log, modelDir, tokenizer);
   const task = resolveTask(config.task);
   const source = await dataSource(task, config.data, config.offline);
@@ -190,5 +207,34 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
         detail: r,
       };
     },
+  };
+}
+
+/** A pretraining objective's run: streamed blocks, its LM loss, held-out loss and accuracy. */
+async function preparePretrainingRun(
+  config: RunConfig,
+  log: (s: string) => void,
+): Promise<Prepared> {
+  const p = await preparePretraining(config, log);
+  return {
+    task: { kind: "pretrain", name: p.objective },
+    tokenizer: p.tokenizer,
+    loaded: p.loaded,
+    train: [],
+    batches: p.batches,
+    padSide: "right",
+    padId: p.tokenizer.padId ?? 0,
+    sequenceClassification: false,
+    loss: p.loss,
+    evaluate: async () => {
+      const r = await p.evaluate();
+      return {
+        scores: { loss: r.loss, perplexity: r.perplexity, accuracy: r.accuracy },
+        main: r.accuracy,
+        mainMetric: "accuracy",
+        detail: r,
+      };
+    },
+    saveModel: (dir) => writePretrainedModel(dir, p.loaded, p.modelDir, p.tokenizerDir),
   };
 }

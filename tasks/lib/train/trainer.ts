@@ -36,7 +36,7 @@ import {
   zeros,
 } from "../../../ops/mod.ts";
 import { ForwardContext } from "../../../models/context.ts";
-import type { LoadedModel } from "../../../models/load.ts";
+import type { Module } from "../../../models/module.ts";
 import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
 import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
@@ -53,12 +53,21 @@ import {
   truncateLines,
   writeDirAtomic,
 } from "./checkpoint.ts";
+import { openRunFolder } from "./run_folder.ts";
+import { faultPoint } from "./faults.ts";
+import { checkRunPlan } from "./validate.ts";
 import { Progress } from "../cli/progress.ts";
 import { VERSION } from "../version.ts";
 
 export type { Scores } from "./prepare.ts";
 
-/** Thrown when the loss becomes NaN or infinite. */
+/**
+ * A mean loss this many times the first logged one (and above 100) is divergence: cross-entropy
+ * that high means probabilities of e^-100, and regression losses start at the targets' scale.
+ */
+const EXPLODED_FACTOR = 100;
+
+/** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 export class DivergedError extends Error {
   /** `message` says at which step and where the last good checkpoint is. */
   constructor(message: string) {
@@ -99,13 +108,14 @@ export interface Summary {
   trainableParams: number;
   /** Elements of every parameter of the adapted model, trainable or frozen. */
   totalParams: number;
-  /** Peak bytes per memory category and total, from the engine's pool. */
+  /** Peak bytes per memory category and total, from the engine's pool (maximum over resumes). */
   memory: { peak: Record<string, number>; peakTotal: number; reservedBytes: number };
   /** Non-padding training tokens per second of `trainSeconds`. */
   tokensPerSecond: number;
   /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
-  /** Seconds from the start of this process's `train` call to the summary. */
+  /** Wall seconds of the run: this process's `train` call plus those of earlier processes up to
+   * the checkpoint each resumed from. */
   wallSeconds: number;
   /** Own classification data: the head's label maps, as Hugging Face config.json writes them. */
   labels?: { id2label: Record<string, string>; label2id: Record<string, number> };
@@ -151,7 +161,7 @@ function scheduleOf(config: RunConfig, total: number): Schedule {
 
 /** Parameters of a model: trainable (in groups) and total. */
 function countParams(
-  loaded: LoadedModel,
+  loaded: { model: Module },
   groups: readonly ParamGroupSpec[],
 ): { trainable: number; total: number } {
   const all = new Set(loaded.model.namedParameters().map(([, t]) => t));
@@ -172,22 +182,34 @@ function countParams(
  */
 export async function train(config: RunConfig, options: TrainOptions = {}): Promise<Summary> {
   const log = options.log ?? ((s: string) => console.error(s));
+  const folder = await openRunFolder(config, options.resume === true, log);
+  if (folder.finishedSummary) {
+    await folder.close();
+    log(`${config.output} finished already (summary.json); nothing to do`);
+    return folder.finishedSummary as Summary;
+  }
+  try {
+    return await trainInFolder(config, options, log, folder.checkpoint !== null);
+  } catch (e) {
+    await folder.abandon();
+    throw e;
+  } finally {
+    await folder.close();
+  }
+}
+
+async function trainInFolder(
+  config: RunConfig,
+  options: TrainOptions,
+  log: (line: string) => void,
+  resumable: boolean,
+): Promise<Summary> {
   const started = performance.now();
   await init();
   const out = config.output;
-  await Deno.mkdir(out, { recursive: true });
   const ckptDir = join(out, CHECKPOINT);
   const metricsFile = join(out, "metrics.jsonl");
   const hash = await configHash(config);
-  const resumable = options.resume &&
-    await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
-  if (
-    !options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false)
-  ) {
-    throw new Error(
-      `${out} already holds a checkpoint: pass --resume to continue it, or choose another --output`,
-    );
-  }
   rt().pool.resetPeak();
   const p = await prepare(config, log);
   const { loaded } = p;
@@ -195,17 +217,26 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const headModules = p.sequenceClassification
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
-  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  const batchesPerEpoch = p.batches?.perEpoch ?? Math.ceil(p.train.length / config.batchSize);
   if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
   const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
   const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
+  // A model folder is written only when the method kept the model's own parameter names (full
+  // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
+  const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
+  const targets = config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
+    defaultTargets(modelType);
+  checkRunPlan(config, loaded.model, targets, total);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
-    targets: config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
-      defaultTargets(modelType),
+    targets,
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
-    taskType: p.sequenceClassification ? "SEQ_CLS" : "CAUSAL_LM",
+    taskType: p.sequenceClassification
+      ? "SEQ_CLS"
+      : p.task.kind === "pretrain" && p.task.name === "mlm"
+      ? null
+      : "CAUSAL_LM",
     baseModel: config.model,
     seed: config.seed,
     totalSteps: total,
@@ -215,6 +246,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   let epochCache: { epoch: number; batches: number[][] } | null = null;
   const lengths = p.train.map((e) => e.ids.length);
   const batchAt = (k: number): HostBatch => {
+    if (p.batches) return p.batches.at(k);
     const epoch = Math.floor(k / batchesPerEpoch);
     if (epochCache?.epoch !== epoch) {
       epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
@@ -276,11 +308,6 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   };
   if (resumable) {
     state = await loadCheckpoint(ckptDir, named, optimizer);
-    if (state.configHash !== hash) {
-      throw new Error(
-        `${ckptDir} was written by a run with other settings; resume needs the same configuration`,
-      );
-    }
     start = state.step;
     await truncateLines(metricsFile, state.metricsLines);
     log(`resumed from ${ckptDir} at step ${start}`);
@@ -293,9 +320,11 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const metricsLog: string[] = [];
   const flushMetrics = async () => {
     if (!metricsLog.length) return;
+    faultPoint("metrics:append", metricsFile);
     await Deno.writeTextFile(metricsFile, metricsLog.join(""), { append: true });
     state.metricsLines += metricsLog.length;
     metricsLog.length = 0;
+    faultPoint("metrics:appended");
   };
   const record = (obj: Record<string, unknown>) => metricsLog.push(JSON.stringify(obj) + "\n");
 
@@ -306,12 +335,24 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     const total = (await lossSum.read())[0];
     const mean = total / Math.max(1, lossSteps);
     noGrad(() => addInto(lossSum, tensor(-total)));
-    if (lossSteps > 0 && !Number.isFinite(mean)) {
+    if (lossSteps === 0) return mean;
+    const limit = EXPLODED_FACTOR * Math.max(1, state.firstLoss ?? mean);
+    if (!Number.isFinite(mean) || mean > limit) {
+      const kept = await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
+      const where = kept
+        ? `The last good checkpoint is ${ckptDir} (step ${state.step})`
+        : `No checkpoint was written before it${
+          config.saveInterval > 0 ? ` (the first save was due at step ${config.saveInterval})` : ""
+        }`;
       throw new DivergedError(
-        `loss became ${mean} by step ${step}; stopped. The last good checkpoint is ${ckptDir} ` +
-          `(step ${state.step}); lower the learning rate or enable --max-grad-norm`,
+        `loss became ${mean}${
+          Number.isFinite(mean)
+            ? ` (over ${EXPLODED_FACTOR}× the first logged loss ${state.firstLoss?.toPrecision(4)})`
+            : ""
+        } by step ${step}; stopped. ${where}; lower --lr or set --max-grad-norm`,
       );
     }
+    state.firstLoss ??= mean;
     lossSteps = 0;
     return mean;
   };
@@ -359,10 +400,21 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     lastEval = r;
     return r;
   };
+  // Wall time and peaks of the processes before this one (a resumed run sums / maxes them).
+  const wallBefore = state.wallSeconds ?? 0;
+  const peakBefore = { peak: state.peak ?? {}, total: state.peakTotal ?? 0 };
+  const runPeaks = () => {
+    const stats = rt().pool.stats();
+    const peak: Record<string, number> = { ...peakBefore.peak };
+    for (const [k, v] of Object.entries(stats.peak)) peak[k] = Math.max(peak[k] ?? 0, v);
+    return { peak, peakTotal: Math.max(peakBefore.total, stats.peakTotal) };
+  };
   const checkpoint = async (step: number) => {
     if (lossSteps > 0) state.lastLoss = await readLoss(step);
     await flushMetrics();
     state.step = step;
+    state.wallSeconds = wallBefore + (performance.now() - started) / 1000;
+    Object.assign(state, runPeaks());
     await saveCheckpoint(ckptDir, state, named, optimizer);
   };
 
@@ -419,18 +471,39 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       await checkpoint(done);
     }
     options.onStep?.(done);
+    faultPoint(`step:${done}`);
   }
   progress.finish();
   // Early stopping ends at its evaluation's step; that evaluation is the final one.
   const end = state.earlyStopping?.stoppedAt ?? total;
-  const final = end < total && lastEval ? lastEval : await evaluate(end);
-  await checkpoint(end);
+  // A run killed after its final checkpoint has its final scores there: evaluating again
+  // would append a second final row.
+  let final = state.final;
+  if (!final) {
+    const r = end < total && lastEval ? lastEval : await evaluate(end);
+    final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
+    state.final = final;
+    await checkpoint(end);
+  } else {
+    log(`the final evaluation (step ${end}) is in the checkpoint; writing the run's files`);
+  }
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+  if (p.saveModel) {
+    const sameNames = loaded.model.namedParameters().map(([n]) => n).join("\n") === baseNames;
+    if (sameNames) await writeDirAtomic(join(out, "model"), (tmp) => p.saveModel!(tmp));
+    else {log(
+        `${config.method} keeps its weights in ${
+          join(out, "adapter")
+        }; merge them with deno task merge`,
+      );}
+  }
+  p.batches?.close();
   const stats = rt().pool.stats();
+  const peaks = runPeaks();
   const summary: Summary = {
     toolkit: `@ruc/peft ${VERSION}`,
     model: config.model,
-    task: config.task,
+    task: config.objective ?? config.task,
     method: config.method,
     seed: config.seed,
     config,
@@ -443,10 +516,10 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     mainMetric: final.mainMetric,
     trainableParams: counts.trainable,
     totalParams: counts.total,
-    memory: { peak: stats.peak, peakTotal: stats.peakTotal, reservedBytes: stats.reservedBytes },
+    memory: { peak: peaks.peak, peakTotal: peaks.peakTotal, reservedBytes: stats.reservedBytes },
     tokensPerSecond: tokens / Math.max(1e-9, trainSeconds),
     trainSeconds,
-    wallSeconds: (performance.now() - started) / 1000,
+    wallSeconds: wallBefore + (performance.now() - started) / 1000,
     ...(p.labelMaps ? { labels: p.labelMaps } : {}),
     ...(config.earlyStoppingPatience
       ? {
@@ -469,6 +542,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   };
   await flushMetrics();
   await writeTextAtomic(join(out, "summary.json"), JSON.stringify(summary, null, 2) + "\n");
+  faultPoint("summary:written");
   optimizer.dispose();
   lossSum.dispose();
   loaded.model.dispose();

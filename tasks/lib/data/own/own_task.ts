@@ -8,13 +8,7 @@
 import { basename, dirname } from "node:path";
 import { GLUE_TASKS } from "../glue.ts";
 import { COMMONSENSE_DATASETS } from "../commonsense.ts";
-import {
-  type DataTable,
-  findDatasetSplits,
-  readDataFile,
-  readDataFiles,
-  SPLIT_KEYWORDS,
-} from "./readers.ts";
+import { type DataTable, findDatasetSplits, readDataFiles, SPLIT_KEYWORDS } from "./readers.ts";
 
 /** Run settings that only own data uses. */
 export const OWN_DATA_KEYS: readonly string[] = [
@@ -32,10 +26,12 @@ export interface OwnDataSettings {
   task: string;
   /** A data folder. */
   data?: string;
-  /** A training file. */
-  trainFile?: string;
-  /** An evaluation file. */
-  evalFile?: string;
+  /** Training files (several: shards of one table). */
+  trainFile?: string | string[];
+  /** Evaluation files. */
+  evalFile?: string | string[];
+  /** A pretraining objective (raw text, not own data). */
+  objective?: string;
   /** Own-data column and format settings (their presence selects own data). */
   textColumn?: string;
   /** See {@link OwnDataSettings.textColumn}. */
@@ -64,6 +60,7 @@ export function isBuiltinTask(name: string): boolean {
  * ```
  */
 export function usesOwnData(s: OwnDataSettings): boolean {
+  if (s.objective !== undefined) return false;
   const r = s as unknown as Record<string, unknown>;
   return OWN_DATA_KEYS.some((k) => r[k] !== undefined) || !isBuiltinTask(s.task);
 }
@@ -73,9 +70,11 @@ export function usesOwnData(s: OwnDataSettings): boolean {
  * without its extension (reviews.csv → "reviews"), else the data folder's name.
  */
 export function ownTaskDefault(raw: Record<string, unknown>): Record<string, unknown> {
-  if (raw.task !== undefined || !OWN_DATA_KEYS.some((k) => raw[k] !== undefined)) return raw;
-  const from = typeof raw.trainFile === "string"
-    ? raw.trainFile
+  if (raw.task !== undefined || raw.objective !== undefined) return raw;
+  if (!OWN_DATA_KEYS.some((k) => raw[k] !== undefined)) return raw;
+  const first = Array.isArray(raw.trainFile) ? raw.trainFile[0] : raw.trainFile;
+  const from = typeof first === "string"
+    ? first
     : typeof raw.data === "string"
     ? raw.data
     : undefined;
@@ -104,15 +103,14 @@ export interface OwnTables {
 
 /** Reads an own-data run's tables (files win over the folder's splits). */
 export async function readOwnTables(s: OwnDataSettings): Promise<OwnTables> {
-  if (s.trainFile) {
-    const train = await readDataFile(s.trainFile);
-    const evaluation = s.evalFile ? await readDataFile(s.evalFile) : undefined;
-    return {
-      train,
-      eval: evaluation,
-      source: s.evalFile ? `${s.trainFile} + ${s.evalFile}` : s.trainFile,
-      evalSplit: s.evalFile ? basename(s.evalFile) : "train",
-    };
+  const list = (f: string | string[] | undefined) => f === undefined ? [] : [f].flat();
+  const trainFiles = list(s.trainFile), evalFiles = list(s.evalFile);
+  const evalName = evalFiles.length ? basename(evalFiles[0]) : undefined;
+  if (trainFiles.length) {
+    const train = await readDataFiles(trainFiles);
+    const evaluation = evalFiles.length ? await readDataFiles(evalFiles) : undefined;
+    const source = [...trainFiles, ...evalFiles].join(" + ");
+    return { train, eval: evaluation, source, evalSplit: evalName ?? "train" };
   }
   if (!s.data) {
     throw new Error(
@@ -123,15 +121,10 @@ export async function readOwnTables(s: OwnDataSettings): Promise<OwnTables> {
   }
   const folder = await findDatasetSplits(s.data);
   const train = await readDataFiles(folder.splits.train!);
-  const evalSplit = s.evalFile
-    ? basename(s.evalFile)
-    : folder.splits.validation
-    ? "validation"
-    : folder.splits.test
-    ? "test"
-    : "train";
-  const evaluation = s.evalFile
-    ? await readDataFile(s.evalFile)
+  const evalSplit = evalName ??
+    (folder.splits.validation ? "validation" : folder.splits.test ? "test" : "train");
+  const evaluation = evalFiles.length
+    ? await readDataFiles(evalFiles)
     : evalSplit === "validation" || evalSplit === "test"
     ? await readDataFiles(folder.splits[evalSplit]!)
     : undefined;
