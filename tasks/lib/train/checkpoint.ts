@@ -69,8 +69,11 @@ export function trajectorySettings(config: RunConfig): Record<string, unknown> {
     offline: _off,
     evalInterval: _e,
     saveInterval: _s,
+    // config.json also holds own data's label maps: read from the data, not settings.
+    id2label: _id2label,
+    label2id: _label2id,
     ...rest
-  } = config;
+  } = config as RunConfig & { id2label?: unknown; label2id?: unknown };
   return rest;
 }
 
