@@ -286,9 +286,12 @@ Deno.test({
   },
 });
 
-Deno.test("own data is selected by its settings or by a task name that is not built in", () => {
+Deno.test("own data is selected by its settings, never by the task name alone", () => {
   equal(usesOwnData({ task: "sst2", data: "glue" }), false);
-  equal(usesOwnData({ task: "reviews", data: "folder" }), true);
+  // A task name alone is no signal: a mistyped task with a GLUE folder must stay an error.
+  equal(usesOwnData({ task: "reviews", data: "folder" }), false);
+  equal(usesOwnData({ task: "reviews", data: "folder", labelColumn: "label" }), true);
+  equal(usesOwnData({ task: "x", trainFile: "a.txt", objective: "mlm" }), false);
   equal(usesOwnData({ task: "sst2", trainFile: "x.csv" }), true);
   deepEqual(ownTaskDefault({ trainFile: "data/reviews.csv" }).task, "reviews");
   deepEqual(ownTaskDefault({ data: "my_ds/", format: "alpaca" }).task, "my_ds");

@@ -43,7 +43,8 @@ export function resolveTask(name: string): TaskInfo {
   throw new Error(
     `unknown task "${name}"; GLUE: ${GLUE_TASKS.join(", ")}; commonsense: ${
       COMMONSENSE_DATASETS.join(", ")
-    }`,
+    }; for your own data pass --train-file FILE or --data DIR with --text-column, ` +
+      "--label-column or --format",
   );
 }
 

@@ -6,8 +6,6 @@
  * @module
  */
 import { basename, dirname } from "node:path";
-import { GLUE_TASKS } from "../glue.ts";
-import { COMMONSENSE_DATASETS } from "../commonsense.ts";
 import { type DataTable, findDatasetSplits, readDataFiles, SPLIT_KEYWORDS } from "./readers.ts";
 
 /** Run settings that only own data uses. */
@@ -42,15 +40,10 @@ export interface OwnDataSettings {
   format?: string;
 }
 
-/** Whether `name` is a built-in task (GLUE or commonsense). */
-export function isBuiltinTask(name: string): boolean {
-  return (GLUE_TASKS as readonly string[]).includes(name) ||
-    COMMONSENSE_DATASETS.some((d) => d.toLowerCase() === name.toLowerCase());
-}
-
 /**
- * Whether a run trains on own data: it names a file or an own-data setting, or its task is not a
- * built-in one (then `--data` is a Hugging Face datasets folder).
+ * Whether a run trains on own data: it names a file or an own-data setting (then `--data` is a
+ * Hugging Face datasets folder). A task name alone never selects own data, so a mistyped task
+ * with a GLUE folder is an error rather than a run on that folder's files.
  *
  * @example
  * ```ts
@@ -62,7 +55,7 @@ export function isBuiltinTask(name: string): boolean {
 export function usesOwnData(s: OwnDataSettings): boolean {
   if (s.objective !== undefined) return false;
   const r = s as unknown as Record<string, unknown>;
-  return OWN_DATA_KEYS.some((k) => r[k] !== undefined) || !isBuiltinTask(s.task);
+  return OWN_DATA_KEYS.some((k) => r[k] !== undefined);
 }
 
 /**
@@ -114,7 +107,7 @@ export async function readOwnTables(s: OwnDataSettings): Promise<OwnTables> {
   }
   if (!s.data) {
     throw new Error(
-      `task "${s.task}" is not a built-in one, so it needs your data: --train-file FILE ` +
+      `own data for task "${s.task}": pass --train-file FILE ` +
         "[--eval-file FILE] (jsonl, json, csv, tsv, parquet) or --data DIR (a Hugging Face " +
         "datasets folder)",
     );
