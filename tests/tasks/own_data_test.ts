@@ -198,6 +198,7 @@ Deno.test("labels: strings sorted, integers sorted numerically, floats make a re
   deepEqual(labelMaps(s.labels), {
     id2label: { "0": "a", "1": "b", "2": "c" },
     label2id: { a: 0, b: 1, c: 2 },
+    problem_type: "single_label_classification",
   });
   const ints = ownClassification(
     await readDataFile(await write("l/i.csv", "sentence,label\nx,10\ny,2\nz,5\nw,2\n")),

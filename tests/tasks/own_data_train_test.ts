@@ -70,6 +70,7 @@ Deno.test({
     deepEqual(summary.labels, {
       id2label: { "0": "negative", "1": "positive" },
       label2id: { negative: 0, positive: 1 },
+      problem_type: "single_label_classification",
     });
     deepEqual(Object.keys(summary.final).sort(), ["accuracy", "f1"]);
     ok(summary.trainSeconds > 0);
@@ -120,8 +121,21 @@ Deno.test({
     );
     deepEqual(Object.keys(summary.final).sort(), ["mse", "pearson", "spearmanr"]);
     equal(summary.mainMetric, "pearson");
-    equal(summary.labels, undefined);
+    equal(summary.labels?.problem_type, "regression");
     ok(Number.isFinite(summary.final.mse));
+    // Whole-number scores in a CSV stay a regression: the run's config.json says problem_type.
+    const csv = join(work, "scores.csv");
+    await Deno.writeTextFile(
+      csv,
+      "sentence1,sentence2,score\ngood,film,4\nbad,film,1\nfine,film,3\n",
+    );
+    const report = await runEvaluation({
+      model: headless,
+      adapter: join(work, "run-reg", "adapter"),
+      evalFile: csv,
+      offline: true,
+    });
+    deepEqual(Object.keys(report.metrics).sort(), ["mse", "pearson", "spearmanr"]);
   },
 });
 

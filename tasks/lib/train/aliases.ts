@@ -101,8 +101,9 @@ export const ALIASES: Readonly<Record<string, string>> = {
   max_new_tokens: "maxNewTokens",
   mlm_probability: "mlmProbability",
   tokenizer_name: "tokenizer",
-  dataset_dir: "data",
-  template: "format",
+  // LLaMA-Factory's dataset_info.json field (alpaca | sharegpt); its `template` names a chat
+  // template instead, which here comes from the model's tokenizer_config.json.
+  formatting: "format",
   finetuning_type: "method",
   // PEFT LoraConfig / LLaMA-Factory LoRA arguments
   lora_rank: "methodOptions.r",

@@ -72,8 +72,9 @@ export function trajectorySettings(config: RunConfig): Record<string, unknown> {
     // config.json also holds own data's label maps: read from the data, not settings.
     id2label: _id2label,
     label2id: _label2id,
+    problem_type: _problemType,
     ...rest
-  } = config as RunConfig & { id2label?: unknown; label2id?: unknown };
+  } = config as RunConfig & { id2label?: unknown; label2id?: unknown; problem_type?: unknown };
   return rest;
 }
 

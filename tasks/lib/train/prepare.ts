@@ -33,6 +33,7 @@ import {
 import { resolveModelDir } from "../hub/model_source.ts";
 import { usesOwnData } from "../data/own/own_task.ts";
 import { type OwnTaskInfo, prepareOwnData } from "../data/own/prepare_own.ts";
+import type { LabelMaps } from "../data/own/classification.ts";
 import type { EvalProgress, LmEval } from "../eval/evaluate.ts";
 import {
   type BatchSource,
@@ -80,7 +81,7 @@ export interface Prepared {
   /** Whether the model has a sequence-classification head (else it trains as a causal LM). */
   sequenceClassification: boolean;
   /** Own classification data: Hugging Face's label maps of the new head. */
-  labelMaps?: { id2label: Record<string, string>; label2id: Record<string, number> };
+  labelMaps?: LabelMaps;
 }
 
 /**

@@ -44,6 +44,7 @@ import { writeTextAtomic } from "../../../methods/peft.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
 import { prepare, type Scores } from "./prepare.ts";
+import type { LabelMaps } from "../data/own/classification.ts";
 import {
   CHECKPOINT,
   type CheckpointState,
@@ -118,7 +119,7 @@ export interface Summary {
    * the checkpoint each resumed from. */
   wallSeconds: number;
   /** Own classification data: the head's label maps, as Hugging Face config.json writes them. */
-  labels?: { id2label: Record<string, string>; label2id: Record<string, number> };
+  labels?: LabelMaps;
   /** Early stopping's settings and outcome (absent when it was off). */
   earlyStopping?: {
     patience: number;

@@ -218,13 +218,22 @@ export function ownClassification(
   };
 }
 
-/** Hugging Face's `id2label` / `label2id` for a label list (regression: one "LABEL_0"). */
-export function labelMaps(
-  labels: readonly string[],
-): { id2label: Record<string, string>; label2id: Record<string, number> } {
+/** The head's labels as Hugging Face's config.json writes them. */
+export interface LabelMaps {
+  /** Class name by id ("LABEL_0" for regression's one output). */
+  id2label: Record<string, string>;
+  /** Class id by name. */
+  label2id: Record<string, number>;
+  /** "single_label_classification" or "regression". */
+  problem_type: "single_label_classification" | "regression";
+}
+
+/** Hugging Face's `id2label` / `label2id` / `problem_type` for a label list (empty: regression). */
+export function labelMaps(labels: readonly string[]): LabelMaps {
   const names = labels.length ? labels : ["LABEL_0"];
   return {
     id2label: Object.fromEntries(names.map((l, i) => [String(i), l])),
     label2id: Object.fromEntries(names.map((l, i) => [l, i])),
+    problem_type: labels.length ? "single_label_classification" : "regression",
   };
 }

@@ -63,8 +63,10 @@ export interface RunDataSettings {
   format?: InstructionFormat;
   /** Tokens per example. */
   maxLength?: number;
-  /** Class names by id (classification runs). */
+  /** Class names by id (own classification and regression runs). */
   id2label?: Record<string, string>;
+  /** "single_label_classification" or "regression" (Hugging Face's name). */
+  problem_type?: string;
 }
 
 /**
@@ -143,7 +145,9 @@ export async function evaluateOwnFile(
     textPairColumn: o.textPairColumn ?? run.textPairColumn,
     labelColumn: o.labelColumn ?? run.labelColumn,
   };
-  const known = run.id2label
+  const known = run.problem_type === "regression"
+    ? { problem: "regression" as const, labels: [] }
+    : run.id2label
     ? {
       problem: "classification" as const,
       labels: Object.keys(run.id2label).sort((a, b) => Number(a) - Number(b)).map((k) =>

@@ -216,7 +216,7 @@ export async function prepareOwnData(
     padSide: "right",
     padId,
     sequenceClassification: true,
-    labelMaps: isRegression ? undefined : labelMaps(data.labels),
+    labelMaps: labelMaps(data.labels),
     loss: (h) => {
       const logits = classifierLogits(classifier, h);
       if (isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
