@@ -79,6 +79,11 @@ Deno.test("jsonl, json, csv and parquet give the same rows; tsv reads unquoted f
     deepEqual(t.rows, ROWS, f);
     deepEqual(t.columns, ["text", "label"], f);
   }
+  // A .json file may also hold JSON lines, or one object with the records' array.
+  const lines = await write("f/lines.json", ROWS.map((r) => JSON.stringify(r)).join("\n"));
+  deepEqual((await readDataFile(lines)).rows, ROWS);
+  const wrapped = await write("f/wrapped.json", JSON.stringify({ data: ROWS }, null, 2));
+  deepEqual((await readDataFile(wrapped)).rows, ROWS);
   // Where a row is: lines (1-based, the header is line 1) or parquet rows (0-based).
   equal((await readDataFile(csv)).where(2), "line 4");
   equal((await readDataFile(jsonl)).where(1), "line 2");

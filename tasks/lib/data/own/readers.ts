@@ -182,14 +182,15 @@ function arrayElementOffsets(text: string): number[] {
 /** A JSON file: an array of records, or (as Hugging Face's json loader allows) JSON lines. */
 export function parseJson(file: string, text: string): DataTable {
   const first = text.trimStart()[0];
-  if (first !== "[") {
-    if (first === "{" && text.trim().split("\n").length > 1) return parseJsonLines(file, text);
-    if (first !== "{") throw new DataFileError(file, "expected a JSON array of records");
+  if (first !== "[" && first !== "{") {
+    throw new DataFileError(file, "expected a JSON array of records");
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (e) {
+    // Several objects, one per line: JSON lines in a .json file.
+    if (first === "{") return parseJsonLines(file, text);
     throw new DataFileError(file, `not valid JSON (${(e as Error).message})`);
   }
   if (!Array.isArray(value)) {
