@@ -210,19 +210,36 @@ function escapeRegex(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
+type Splitter = { byText: Map<string, number>; pattern: RegExp } | null;
+// Built once per tokenizer: Llama 3 has 256 special tokens, and every boundary re-encodes.
+const SPLITTERS = new WeakMap<Tokenizer, Splitter>();
+
+/** The special-token strings of a tokenizer (longest first, so `<|a|>` wins over `<|`). */
+function splitterOf(tokenizer: Tokenizer): Splitter {
+  if (SPLITTERS.has(tokenizer)) return SPLITTERS.get(tokenizer)!;
+  const specials = [...tokenizer.specialIds]
+    .map((id) => [tokenizer.idToToken(id), id] as const)
+    .filter((e): e is readonly [string, number] => typeof e[0] === "string" && e[0].length > 0)
+    .sort((a, b) => b[0].length - a[0].length);
+  const split = specials.length
+    ? {
+      byText: new Map(specials),
+      pattern: new RegExp(`(${specials.map(([s]) => escapeRegex(s)).join("|")})`),
+    }
+    : null;
+  SPLITTERS.set(tokenizer, split);
+  return split;
+}
+
 /**
  * Token ids of text that may contain special-token strings (`<s>`, `<|im_end|>`): those become
  * their ids, the text between them is tokenised without special tokens (as Hugging Face splits
  * added tokens out before the model runs).
  */
 export function encodeWithSpecials(tokenizer: Tokenizer, text: string): number[] {
-  const specials = [...tokenizer.specialIds]
-    .map((id) => [tokenizer.idToToken(id), id] as const)
-    .filter((e): e is readonly [string, number] => typeof e[0] === "string" && e[0].length > 0)
-    .sort((a, b) => b[0].length - a[0].length);
-  if (!specials.length) return tokenizer.tokenize(text);
-  const byText = new Map(specials);
-  const pattern = new RegExp(`(${specials.map(([s]) => escapeRegex(s)).join("|")})`);
+  const split = splitterOf(tokenizer);
+  if (!split) return tokenizer.tokenize(text);
+  const { byText, pattern } = split;
   const ids: number[] = [];
   for (const part of text.split(pattern)) {
     if (!part) continue;
