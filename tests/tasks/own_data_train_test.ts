@@ -183,6 +183,22 @@ Deno.test({
     equal(resumed.resumedFrom, 2);
     equal(resumed.steps, 3);
     equal(resumed.earlyStopping?.stoppedAt, 3);
+    // Killed right after the stopping evaluation's checkpoint: the resume writes the run's
+    // files from it, without evaluating (or logging an evaluation) again.
+    const out3 = join(work, "run-es-killed-at-stop");
+    const config3 = parseRunConfig({ ...base, output: out3 });
+    await train(config3, {
+      ...quiet,
+      onStep: (step) => {
+        if (step === 3) throw new Error("killed");
+      },
+    }).catch((e: Error) => equal(e.message, "killed"));
+    const again = await train(config3, { ...quiet, resume: true });
+    equal(again.steps, 3);
+    deepEqual(again.final, s.final);
+    const rows = (await Deno.readTextFile(join(out3, "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((r) => r.eval);
+    deepEqual(rows.map((r) => r.step), [1, 2, 3]);
     // No stop without patience running out: patience 5 over 4 steps trains to the end.
     const full = await train(
       parseRunConfig({

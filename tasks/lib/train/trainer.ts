@@ -361,7 +361,8 @@ async function trainInFolder(
   const progress = new Progress(total, Deno.stderr.isTerminal(), options.progress !== false);
 
   const interactive = Deno.stderr.isTerminal();
-  let lastEval: Awaited<ReturnType<typeof p.evaluate>> | null = null;
+  // Whether early stopping ended training in this process (its evaluation is then the final).
+  let stoppedHere = false;
   const evaluate = async (step: number) => {
     const t0 = performance.now();
     let bar: Progress | null = null;
@@ -389,6 +390,8 @@ async function trainInFolder(
       es.bad = improved ? 0 : es.bad + 1;
       if (es.bad >= config.earlyStoppingPatience && step < total) {
         es.stoppedAt = step;
+        // This evaluation is the final one; the checkpoint after it keeps it for a resume.
+        state.final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
         stopNote = `; no improvement in ${es.bad} evaluations: early stopping`;
       }
     }
@@ -398,7 +401,7 @@ async function trainInFolder(
       }${stopNote}`,
       log,
     );
-    lastEval = r;
+    stoppedHere ||= stopNote !== "";
     return r;
   };
   // Wall time and peaks of the processes before this one (a resumed run sums / maxes them).
@@ -481,11 +484,11 @@ async function trainInFolder(
   // would append a second final row.
   let final = state.final;
   if (!final) {
-    const r = end < total && lastEval ? lastEval : await evaluate(end);
+    const r = await evaluate(end);
     final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
     state.final = final;
     await checkpoint(end);
-  } else {
+  } else if (!stoppedHere) {
     log(`the final evaluation (step ${end}) is in the checkpoint; writing the run's files`);
   }
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
