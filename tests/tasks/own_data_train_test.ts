@@ -4,7 +4,7 @@
  * float-label file trains a regression; a tiny Alpaca JSONL trains the real stories260K with
  * reply-only loss and evaluates; early stopping stops at the right step, records it and resumes.
  */
-import { deepEqual, equal, ok } from "node:assert/strict";
+import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { setup } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
@@ -90,6 +90,30 @@ Deno.test({
     equal(report.task, "reviews");
     equal(report.metrics.accuracy, summary.final.accuracy);
     equal(report.metrics.f1, summary.final.f1);
+  },
+});
+
+Deno.test({
+  name: "three classes on a checkpoint with a two-class head: one line saying what to do",
+  ignore: !hasRoberta,
+  fn: async () => {
+    const csv = join(work, "three.csv");
+    await Deno.writeTextFile(csv, "text,label\na,x\nb,y\nc,z\n");
+    await rejects(
+      train(
+        parseRunConfig({ model: roberta, trainFile: csv, steps: 1, output: join(work, "r3") }),
+        quiet,
+      ),
+      (e: Error) => {
+        equal(e.message.includes("\n"), false, e.message);
+        ok(
+          /classifier\.out_proj\.weight has shape \[2, 32\].*three has 3 classes, so start from a base checkpoint/
+            .test(e.message),
+          e.message,
+        );
+        return true;
+      },
+    );
   },
 });
 

@@ -180,8 +180,8 @@ export async function prepareOwnData(
   }).catch((e: Error) => {
     if (!/has shape .* the config implies/.test(e.message)) throw e;
     throw new Error(
-      `${e.message}\n(${config.task} has ${numLabels} ${isRegression ? "output" : "classes"}; ` +
-        "the checkpoint's classification head has another size: start from a base checkpoint)",
+      `${e.message}; ${config.task} has ${numLabels} ${isRegression ? "output" : "classes"}, ` +
+        "so start from a base checkpoint (one without this classification head)",
     );
   });
   const classifier: Classifier = loaded.kind === "encoder"
