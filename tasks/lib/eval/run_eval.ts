@@ -126,6 +126,7 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
         limit: o.limit,
         batchSize: o.batchSize ?? 32,
         frozenDtype: o.frozenDtype,
+        adapter: o.adapter,
       },
       run,
       (m, taskType) => attachAdapter(o, m, taskType),

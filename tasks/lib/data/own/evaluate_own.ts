@@ -47,6 +47,8 @@ export interface OwnEvalSettings {
   batchSize: number;
   /** Frozen weights' storage type. */
   frozenDtype?: "f32" | "f16";
+  /** The adapter folder put on the model (absent: the base model, a new head is untrained). */
+  adapter?: string;
 }
 
 /** What the run folder's config.json says about its own data, when it was an own-data run. */
@@ -176,6 +178,13 @@ export async function evaluateOwnFile(
     frozenDtype: o.frozenDtype,
   });
   await attach(loaded.model, "SEQ_CLS");
+  if (!o.adapter && loaded.newlyInitialized.length) {
+    console.error(
+      `warning: ${
+        loaded.newlyInitialized.join(", ")
+      } newly initialised (no trained head): scores are untrained`,
+    );
+  }
   const c: Classifier = loaded.kind === "encoder"
     ? { kind: "encoder", model: loaded.model }
     : { kind: "decoder", model: loaded.model };
