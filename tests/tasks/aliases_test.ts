@@ -107,6 +107,10 @@ Deno.test("unknown keys answer with did-you-mean; conflicting spellings are one 
     /run\.yaml: "lr_scheduler_type": "polynomial" is not supported; expected one of linear/,
   );
   throws(
+    () => parseRunConfig({ lora_target: "all" }, "run.yaml"),
+    /run\.yaml: "lora_target": "all" is not supported; list the modules/,
+  );
+  throws(
     () => parseRunConfig({ earlyStoppingPatience: 2 }, "run.yaml"),
     /run\.yaml: field "earlyStoppingPatience": needs evaluations during training/,
   );
