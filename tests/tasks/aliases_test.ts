@@ -106,10 +106,9 @@ Deno.test("unknown keys answer with did-you-mean; conflicting spellings are one 
     () => parseRunConfig({ lr_scheduler_type: "polynomial" }, "run.yaml"),
     /run\.yaml: "lr_scheduler_type": "polynomial" is not supported; expected one of linear/,
   );
-  throws(
-    () => parseRunConfig({ lora_target: "all" }, "run.yaml"),
-    /run\.yaml: "lora_target": "all" is not supported; list the modules/,
-  );
+  // LLaMA-Factory's "all" and PEFT's "all-linear" select every Linear but the heads.
+  deepEqual(parseRunConfig({ lora_target: "all" }, "run.yaml").targets, ["all-linear"]);
+  deepEqual(parseRunConfig({ target_modules: "all-linear" }, "run.yaml").targets, ["all-linear"]);
   throws(
     () => parseRunConfig({ earlyStoppingPatience: 2 }, "run.yaml"),
     /run\.yaml: field "earlyStoppingPatience": needs evaluations during training/,

@@ -138,21 +138,18 @@ const VALUE_RULES: Readonly<Record<string, (v: unknown, key: string) => unknown>
     return map[v];
   },
   // LLaMA-Factory writes targets as one comma-separated string.
-  lora_target: (v, key) => splitList(noAllLinear(v, key)),
-  target_modules: (v, key) => splitList(noAllLinear(v, key)),
+  lora_target: (v) => splitList(allLinear(v)),
+  target_modules: (v) => splitList(allLinear(v)),
   finetuning_type: (v, key) => {
     if (v === "lora" || v === "full") return v;
     throw new Error(`${key}: ${JSON.stringify(v)} is not supported; expected lora or full`);
   },
 };
 
-/** LLaMA-Factory's "all" / PEFT's "all-linear" have no training-side meaning here yet. */
-function noAllLinear(v: unknown, key: string): unknown {
+/** LLaMA-Factory's "all" and PEFT's "all-linear": every Linear but the output and task heads. */
+function allLinear(v: unknown): unknown {
   if (typeof v === "string" && ["all", "all-linear"].includes(v.trim().toLowerCase())) {
-    throw new Error(
-      `${key}: ${JSON.stringify(v)} is not supported; list the modules, e.g. ` +
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (LLaMA) or query,key,value (RoBERTa)",
-    );
+    return ["all-linear"];
   }
   return v;
 }
