@@ -55,10 +55,15 @@ export interface BatchSource {
 
 /** Which blocks of the packed files train and which evaluate. */
 export interface BlockSplit {
+  /** The packed token blocks the training batches come from. */
   train: TokenBlocks;
+  /** How many of them train. */
   trainCount: number;
+  /** The packed token blocks held out for evaluation. */
   eval: TokenBlocks;
+  /** Index of the first evaluation block. */
   evalStart: number;
+  /** How many blocks evaluate. */
   evalCount: number;
 }
 
@@ -340,15 +345,23 @@ export function shiftedTargets(h: HostBatch): Int32Array {
 
 /** A pretraining task ready for the training loop. */
 export interface PreparedPretraining {
+  /** Masked (mlm) or causal (clm) language modelling. */
   objective: Objective;
+  /** The tokenizer the blocks were packed with. */
   tokenizer: Tokenizer;
+  /** The model's folder. */
   modelDir: string;
+  /** The tokenizer's folder (the model's unless --tokenizer named another). */
   tokenizerDir: string;
+  /** The model with its language-modelling head. */
   loaded:
     | Awaited<ReturnType<typeof loadMaskedLM>>
     | Extract<Awaited<ReturnType<typeof loadModel>>, { kind: "decoder" }>;
+  /** Training batches, read from the packed files on demand. */
   batches: BatchSource;
+  /** The objective's loss of one batch. */
   loss: (h: HostBatch) => Tensor;
+  /** Held-out loss and perplexity. */
   evaluate: () => Promise<PretrainEval>;
   /** Blocks that train / evaluate, and the tokens of the training blocks. */
   counts: { trainBlocks: number; evalBlocks: number; trainTokens: number };
