@@ -87,7 +87,10 @@ Deno.test("a lock is refused while held and released only by its holder", async 
   const dir = await Deno.makeTempDir({ prefix: "lock-test-" });
   try {
     const lines: string[] = [];
+    // What a process killed while taking the lock leaves (pid 2^22 + 1 exceeds Linux's pid_max).
+    await Deno.writeTextFile(join(dir, "x.lock.4194305-0123abcd"), "{}");
     const lock = await acquireLock(dir, "x.lock", "test", (l) => lines.push(l));
+    deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["x.lock"], "leftover removed");
     const held = JSON.parse(await Deno.readTextFile(join(dir, "x.lock")));
     equal(held.pid, Deno.pid);
     equal(held.host, Deno.hostname());
