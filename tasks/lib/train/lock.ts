@@ -40,12 +40,14 @@ export interface FolderLock {
   release(): Promise<void>;
 }
 
-/** Start time of a process in clock ticks since boot, or null when it does not exist. */
+/** Start time of a process in clock ticks since boot, or null when it is not running. */
 async function processStart(pid: number): Promise<number | null> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ")".
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // A zombie (killed, not yet reaped: common in containers whose init does not reap) is gone.
+    if (fields[0] === "Z" || fields[0] === "X") return null;
     return Number(fields[19]);
   } catch {
     return null;
