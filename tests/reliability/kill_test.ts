@@ -66,6 +66,7 @@ Deno.test({
       const ref = await runCli(ws, "train", quickTrain(ws, whole));
       equal(ref.code, 0, ref.stderr);
       const refAdapter = await Deno.readFile(join(whole, "adapter", "adapter_model.safetensors"));
+      const refBest = await Deno.readFile(join(whole, "best", "adapter_model.safetensors"));
       const refRows = await metricsRows(whole);
       const refSummary = JSON.parse(await Deno.readTextFile(join(whole, "summary.json")));
       ok(refRows.some((r) => "eval" in r) && refRows.some((r) => "loss" in r));
@@ -98,11 +99,11 @@ Deno.test({
             failures.push(`${point}: resumed from ${resumedFrom}, expected ${from}`);
           }
           const adapter = await Deno.readFile(join(out, "adapter", "adapter_model.safetensors"));
-          if (
-            adapter.length !== refAdapter.length || !adapter.every((b, k) => b === refAdapter[k])
-          ) {
-            failures.push(`${point}: adapter bytes differ`);
-          }
+          const same = (x: Uint8Array, y: Uint8Array) =>
+            x.length === y.length && x.every((b, k) => b === y[k]);
+          if (!same(adapter, refAdapter)) failures.push(`${point}: adapter bytes differ`);
+          const best = await Deno.readFile(join(out, "best", "adapter_model.safetensors"));
+          if (!same(best, refBest)) failures.push(`${point}: best/ adapter bytes differ`);
           try {
             deepEqual(await metricsRows(out), refRows);
           } catch {
