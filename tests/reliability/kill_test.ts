@@ -135,3 +135,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "SIGTERM stops train after the current step with a checkpoint (exit 130); --resume ends identical",
+  ignore: !present,
+  fn: async () => {
+    const ws = await workspace("reliability-term-");
+    try {
+      const args = (out: string) =>
+        quickTrain(ws, out).map((a, i, all) => (all[i - 1] === "--steps" ? "24" : a));
+      const whole = join(ws.dir, "whole");
+      equal((await runCli(ws, "train", args(whole))).code, 0);
+      const out = join(ws.dir, "term");
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../../tasks/train.ts", import.meta.url).pathname,
+          ...args(out),
+        ],
+        env: ws.env,
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const end = Date.now() + 120_000;
+      while (Date.now() < end) {
+        const s = await Deno.readTextFile(join(out, "checkpoint", "state.json")).catch(() => "");
+        if (s && JSON.parse(s).step >= 2) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      child.kill("SIGTERM");
+      const done = await child.output();
+      const stderr = new TextDecoder().decode(done.stderr);
+      equal(done.code, 130, stderr);
+      const m =
+        /^error: interrupted after step (\d+) of 24; saved a checkpoint there\. Continue with the same command and --resume$/m
+          .exec(stderr);
+      ok(m, stderr);
+      const state = JSON.parse(await Deno.readTextFile(join(out, "checkpoint", "state.json")));
+      equal(state.step, Number(m![1]), "the checkpoint is at the step the message names");
+      ok(!(await exists(join(out, "train.lock"))), "lock released");
+      const resumed = await runCli(ws, "train", [...args(out), "--resume"]);
+      equal(resumed.code, 0, resumed.stderr);
+      deepEqual(await metricsRows(out), await metricsRows(whole));
+      deepEqual(
+        await Deno.readFile(join(out, "adapter", "adapter_model.safetensors")),
+        await Deno.readFile(join(whole, "adapter", "adapter_model.safetensors")),
+      );
+    } finally {
+      await Deno.remove(ws.dir, { recursive: true });
+    }
+  },
+});

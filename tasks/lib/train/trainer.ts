@@ -68,6 +68,17 @@ export type { Scores } from "./prepare.ts";
 const EXPLODED_FACTOR = 100;
 
 /** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
+/** Thrown when {@link TrainOptions.signal} stops a run (after a checkpoint at that step). */
+export class InterruptedError extends Error {
+  /** A shell's code for a run stopped by a signal (128 + SIGINT). */
+  readonly exitCode = 130;
+  /** `message` says at which step the run stopped and that a checkpoint was saved there. */
+  constructor(message: string) {
+    super(message);
+    this.name = "InterruptedError";
+  }
+}
+
 export class DivergedError extends Error {
   /** `message` says at which step and where the last good checkpoint is. */
   constructor(message: string) {
@@ -135,6 +146,8 @@ export interface TrainOptions {
   progress?: boolean;
   /** Called after every optimizer step (tests use it to stop a run midway). */
   onStep?: (step: number) => void;
+  /** Stops the run after the current step, with a checkpoint there (Ctrl-C, SIGTERM). */
+  signal?: AbortSignal;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -425,6 +438,13 @@ async function trainInFolder(
       await checkpoint(done);
     }
     options.onStep?.(done);
+    if (options.signal?.aborted && done < total) {
+      await checkpoint(done);
+      throw new InterruptedError(
+        `interrupted after step ${done} of ${total}; saved a checkpoint there. ` +
+          `Continue with the same command and --resume`,
+      );
+    }
     faultPoint(`step:${done}`);
   }
   progress.finish();
