@@ -67,7 +67,6 @@ export type { Scores } from "./prepare.ts";
  */
 const EXPLODED_FACTOR = 100;
 
-/** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 /** Thrown when {@link TrainOptions.signal} stops a run (after a checkpoint at that step). */
 export class InterruptedError extends Error {
   /** A shell's code for a run stopped by a signal (128 + SIGINT). */
@@ -79,6 +78,7 @@ export class InterruptedError extends Error {
   }
 }
 
+/** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 export class DivergedError extends Error {
   /** `message` says at which step and where the last good checkpoint is. */
   constructor(message: string) {
@@ -125,8 +125,10 @@ export interface Summary {
   tokensPerSecond: number;
   /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
-  /** Wall seconds of the run: this process's `train` call plus those of earlier processes up to
-   * the checkpoint each resumed from. */
+  /**
+   * Wall seconds of the run: this process's `train` call plus those of the earlier processes up
+   * to the checkpoint each left (time after a kill's last checkpoint is not known).
+   */
   wallSeconds: number;
   /** The WebGPU adapter the run used. */
   device: AdapterDescription;
