@@ -11,12 +11,12 @@ export type InitKind = "normal" | "zeros" | "ones";
 
 /** A source of named weights for a model constructor. */
 export interface WeightSource {
+  /** Where the weights come from (a checkpoint file), named in errors. */
+  readonly origin?: string;
   /** The checkpoint tensor `name` with `shape`, or null when the checkpoint lacks it. */
   get(name: string, shape: readonly number[]): Tensor | null;
   /** A newly initialised tensor (normal: N(0, initializer_range²)). */
   init(name: string, shape: readonly number[], kind: InitKind): Tensor;
-  /** Where the tensors come from (a model folder or file), for error messages. */
-  origin?: string;
 }
 
 /** The checkpoint tensor, or an error naming it and the expected shape. */
@@ -24,7 +24,7 @@ export function required(w: WeightSource, name: string, shape: readonly number[]
   const t = w.get(name, shape);
   if (!t) {
     throw new Error(
-      `${w.origin ? `${w.origin}: ` : ""}checkpoint has no tensor ${name} (expected shape [${
+      `${w.origin ?? "checkpoint"}: checkpoint has no tensor ${name} (expected shape [${
         shape.join(", ")
       }]), which the model's config.json implies; the weights file is incomplete or belongs to another model`,
     );

@@ -40,7 +40,11 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --eval-interval N  --log-interval N  --save-interval N  --eval-batch-size N
   --train-limit N  --eval-limit N  --frozen-dtype f32|f16
   --eval-mode generate|loglik  --max-new-tokens N
-  --output DIR  --offline  --resume`;
+  --output DIR  --offline  --resume
+  --objective mlm|clm     pretrain on raw text instead of a task (masked LM for encoders,
+                          causal LM for decoders); with --train-file a.txt,b.jsonl [--eval-file F]
+                          [--text-column text] [--mlm-probability 0.15] [--from-scratch]
+                          [--tokenizer REPO|DIR] (when the model folder has only config.json)`;
 
 const POSITIVE: NumberRule = { min: 0, minExclusive: true };
 const POSITIVE_INT: NumberRule = { integer: true, min: 1 };
@@ -67,6 +71,7 @@ const NUMBER_FLAGS: Record<string, [keyof RunConfig, NumberRule]> = {
   "eval-limit": ["evalLimit", POSITIVE_INT],
   "eval-batch-size": ["evalBatchSize", POSITIVE_INT],
   "max-new-tokens": ["maxNewTokens", POSITIVE_INT],
+  "mlm-probability": ["mlmProbability", { min: 0, minExclusive: true, max: 0.99 }],
 };
 
 const STRING_FLAGS: Record<string, keyof RunConfig> = {
@@ -78,6 +83,9 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   "frozen-dtype": "frozenDtype",
   "eval-mode": "evalMode",
   output: "output",
+  objective: "objective",
+  "text-column": "textColumn",
+  tokenizer: "tokenizer",
 };
 
 const FLAGS: FlagSpec = {
@@ -89,6 +97,9 @@ const FLAGS: FlagSpec = {
   alpha: { type: "string" },
   "lora-dropout": { type: "string" },
   rslora: { type: "boolean" },
+  "train-file": { type: "string" },
+  "eval-file": { type: "string" },
+  "from-scratch": { type: "boolean" },
   offline: { type: "boolean" },
   resume: { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -142,6 +153,13 @@ export async function configFromArgs(args: string[]): Promise<TrainArgs> {
     }
   }
   if (values.offline) raw.offline = true;
+  if (values["from-scratch"]) raw.fromScratch = true;
+  for (const [flag, key] of [["train-file", "trainFile"], ["eval-file", "evalFile"]] as const) {
+    if (values[flag] === undefined) continue;
+    const files = parseList(str(flag)!);
+    if (!files.length) throw new UsageError(`--${flag}: expected one or more files, got ""`);
+    raw[key] = files.length === 1 ? files[0] : files;
+  }
   const methodOptions: Record<string, unknown> = {
     ...(raw.methodOptions as Record<string, unknown> ?? {}),
   };

@@ -578,7 +578,7 @@ const CASES: Case[] = [
     args: (d) => evalArgs({ model: join(d, "model") }),
     code: 1,
     message:
-      /model: checkpoint has no tensor \S+ \(expected shape \[\d+(, \d+)*\]\), which the model's config\.json implies/,
+      /model\.safetensors: checkpoint has no tensor \S+ \(expected shape \[\d+(, \d+)*\]\), which the model's config\.json implies/,
   },
   {
     name: "evaluate: model folder without config.json",

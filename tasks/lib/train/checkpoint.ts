@@ -16,6 +16,7 @@ import type { Optimizer, Tensor } from "../../../ops/mod.ts";
 import { openSafetensors, writeSafetensors } from "../../../models/safetensors.ts";
 import { toEntries, writeInto, writeTextAtomic } from "../../../methods/peft.ts";
 import type { RunConfig } from "./config.ts";
+import { assertFiniteWeights, assertShape } from "../../../models/validate.ts";
 import type { Scores } from "./prepare.ts";
 import { faultPoint } from "./faults.ts";
 
@@ -329,16 +330,11 @@ export async function loadCheckpoint(
           }: checkpoint has no tensor ${name}; was it written by another method?`,
         );
       }
-      const data = await params.readF32(name);
-      if (data.length !== t.size) {
-        throw new Error(
-          `${
-            join(dir, FILES[0])
-          }: tensor ${name} has ${data.length} values, this run expects ${t.size}`,
-        );
-      }
-      writeInto(t, data);
+      // A checkpoint of other settings (e.g. another rank) must not be written into these tensors.
+      assertShape(name, params.info(name).shape, t.shape, params.path);
+      writeInto(t, await params.readF32(name));
     }
+    await assertFiniteWeights(named, params.path);
   } finally {
     params.close();
   }
