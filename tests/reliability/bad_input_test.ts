@@ -333,6 +333,15 @@ const CASES: Case[] = [
     absent: ["out"],
   },
   {
+    name: "--max-length beyond the encoder's position table",
+    cli: "train",
+    args: (d) => trainArgs(join(d, "out"), { "max-length": "600" }),
+    code: 1,
+    message:
+      /maxLength \(--max-length\) is 600, more than .*roberta-tiny can hold: 512 positions \(max_position_embeddings 514/,
+    absent: ["out"],
+  },
+  {
     name: "--resume of a folder that does not exist",
     cli: "train",
     args: (d) => [...trainArgs(join(d, "out")), "--resume"],

@@ -232,7 +232,7 @@ async function trainInFolder(
   const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
   const targets = config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
     defaultTargets(modelType);
-  checkRunPlan(config, loaded.model, targets, total);
+  checkRunPlan(config, loaded.model, targets, total, loaded.config);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets,
     lrMultipliers: config.lrMultipliers,
