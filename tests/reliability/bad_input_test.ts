@@ -571,7 +571,8 @@ const CASES: Case[] = [
     },
     args: (d) => [...evalArgs(), "--adapter", join(d, "ad")],
     code: 1,
-    message: /adapter has no tensor base_model\.model\./,
+    message:
+      /ad\/adapter_model\.safetensors: no tensor base_model\.model\.\S+ \(shape \[\d+(, \d+)*\]\)/,
   },
   {
     name: "evaluate: model file without a tensor the config needs",
