@@ -122,12 +122,8 @@ export async function openRunFolder(
     if (state.configHash !== hash) {
       throw new Error(
         `--resume: ${join(ckptDir, "state.json")} was written by a run with other settings ` +
-          `(${
-            before
-              ? "config.json matches, so it was copied in from another run"
-              : "no config.json to compare"
-          }); ` +
-          `choose another --output`,
+          `than this command's${before ? ` and ${configFile}'s` : ""} (the checkpoint does not ` +
+          `belong to this run); choose another --output`,
       );
     }
     return {
