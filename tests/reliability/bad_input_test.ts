@@ -289,7 +289,7 @@ const CASES: Case[] = [
     setup: (d) => Deno.writeTextFile(join(d, "run.yaml"), "lr: 1e-3\nepoch: 3\n"),
     args: (d) => ["--config", join(d, "run.yaml")],
     code: 1,
-    message: /run\.yaml \+ flags: field "\(top level\)": Unrecognized key: "epoch"/,
+    message: /run\.yaml: unknown key "epoch"; did you mean "epochs"\?/,
   },
   {
     name: "--config file with a negative batch size",
