@@ -572,7 +572,7 @@ const CASES: Case[] = [
     args: (d) => [...evalArgs(), "--adapter", join(d, "ad")],
     code: 1,
     message:
-      /ad\/adapter_model\.safetensors: no tensor base_model\.model\.\S+ \(shape \[\d+(, \d+)*\]\)/,
+      /ad\/adapter_model\.safetensors: (adapter has )?no tensor base_model\.model\.\S+ \(shape \[\d+(, \d+)*\]\)/,
   },
   {
     name: "evaluate: model file without a tensor the config needs",
