@@ -399,6 +399,22 @@ const CASES: Case[] = [
     absent: ["out/summary.json"],
   },
   {
+    name: "a new run into a finished run's folder whose checkpoint was deleted",
+    cli: "train",
+    setup: async (d) => {
+      await withRun(d);
+      await Deno.remove(join(d, "out", "checkpoint"), { recursive: true });
+      await Deno.writeTextFile(join(d, "out", "summary.json"), "{}\n");
+    },
+    args: (d) => trainArgs(join(d, "out")),
+    code: 1,
+    message: /out holds a finished run \(summary\.json\): choose another --output/,
+    after: async (d) =>
+      (await Deno.readTextFile(join(d, "out", "summary.json"))) === "{}\n"
+        ? null
+        : "summary.json was replaced",
+  },
+  {
     name: "corrupt state.json",
     cli: "train",
     setup: async (d) => {
