@@ -80,6 +80,11 @@ export function clearTape(): void {
   tape = [];
 }
 
+/** The node's inputs and output: tensors a rule may return as-is that others still own. */
+function inputs(node: Node): Set<Tensor> {
+  return new Set([...node.inputs, node.output]);
+}
+
 /** Hooks the elementwise module registers so autograd can add and fill without a cycle. */
 export interface GradArith {
   /** a + b as a new tensor (broadcasting). */
@@ -142,6 +147,10 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         grads.delete(node.output);
         stored.delete(g);
         const inputGrads = node.backward(g);
+        // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
+        // no second buffer at the peak); a tensor also stored or handed to a second input is
+        // copied instead.
+        const adopted = new Set<Tensor>();
         node.inputs.forEach((input, j) => {
           const gi = inputGrads[j];
           if (!gi || !input.requiresGrad) return;
@@ -161,12 +170,19 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
             }
           } else if (input.grad) {
             a.addInto(input.grad, gi); // a leaf: accumulate into its persistent .grad
+          } else if (
+            gi.ownsStorage && gi.dtype === "f32" && !stored.has(gi) && !adopted.has(gi) &&
+            gi !== gradOutput &&
+            !inputs(node).has(gi)
+          ) {
+            input.grad = gi.setCategory("grads").keep();
+            adopted.add(gi);
           } else {
             input.grad = a.copyKept(gi);
           }
         });
-        for (const gi of inputGrads) if (gi) release(gi);
-        release(g);
+        for (const gi of inputGrads) if (gi && !adopted.has(gi)) release(gi);
+        if (!adopted.has(g)) release(g);
       }
     } finally {
       gradEnabled = prev;
