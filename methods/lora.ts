@@ -15,6 +15,7 @@ import {
   add,
   cast,
   linear,
+  lowRankLinear,
   matmul,
   mul,
   noGrad,
@@ -100,7 +101,22 @@ export class LoraLinear extends Module implements LinearLike {
 
   /** base(x) + s·dropout(x)·Aᵀ·Bᵀ. */
   forward(x: Tensor): Tensor {
-    const y = this.base.forward(x);
+    const base = this.base;
+    if (base instanceof Linear) {
+      // One fused op: the update is added in the product's epilogue and only xd and xd·Aᵀ are
+      // kept for backward (the same dropout stream is drawn as below).
+      const xd = ForwardContext.current().dropout(x, this.dropout);
+      return lowRankLinear(
+        x,
+        base.weight,
+        base.bias ?? undefined,
+        xd,
+        this.loraA,
+        this.loraB,
+        this.scaling,
+      );
+    }
+    const y = base.forward(x);
     const xd = ForwardContext.current().dropout(x, this.dropout);
     const update = linear(linear(xd, this.loraA), this.loraB);
     return add(y, mul(update, this.scaling));

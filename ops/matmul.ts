@@ -79,6 +79,12 @@ export interface MatmulPlan {
   readonly out: Tensor;
   /** Element offset of C's first entry in `out`. */
   readonly outOffset: number;
+  /** A is read by several products in a row (a layer input): variants may keep its staging. */
+  readonly reuseA?: boolean;
+  /** The product is scaled by this before the bias is added (1: plain). */
+  readonly alpha: number;
+  /** Add into `out`'s current values instead of overwriting them (C += α·A·B). */
+  readonly accumulate: boolean;
 }
 
 /** What a variant needs to know to say whether it supports a call. */
@@ -251,6 +257,7 @@ interface KernelTypes {
   bType: DType;
   biasType: DType | null;
   batchRank: number;
+  accumulate: boolean;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("matmul", key, build);
@@ -307,8 +314,18 @@ function loadTile(o: {
   }`;
 }
 
-/** Store a thread's vec4 accumulators, guarding the ragged edges and adding the bias. */
-function storeLines(rowsPerThread: number, vec4PerRow: number, hasBias: boolean): string {
+/**
+ * Store a thread's vec4 accumulators, guarding the ragged edges: the epilogue scales by α, adds
+ * the bias, and (accumulating) adds C's current value, so LoRA's s·(h·Bᵀ) lands on the base
+ * output without a separate scale and add. α = 1 multiplies exactly, so plain products keep
+ * their bits.
+ */
+function storeLines(
+  rowsPerThread: number,
+  vec4PerRow: number,
+  hasBias: boolean,
+  accumulate: boolean,
+): string {
   const lines: string[] = [];
   for (let i = 0; i < rowsPerThread; i++) {
     lines.push(`  if (m_out + ${i}u < params.M) {`);
@@ -316,8 +333,10 @@ function storeLines(rowsPerThread: number, vec4PerRow: number, hasBias: boolean)
       for (let l = 0; l < 4; l++) {
         const n = `n_out + ${4 * j + l}u`;
         const bias = hasBias ? ` + f32(bias[params.bias_off + ${n}])` : "";
+        const at = `C[c_base + (m_out + ${i}u) * params.N + ${n}]`;
+        const prior = accumulate ? `${at} + ` : "";
         lines.push(
-          `    if (${n} < params.N) { C[c_base + (m_out + ${i}u) * params.N + ${n}] = ` +
+          `    if (${n} < params.N) { ${at} = ${prior}params.alpha * ` +
             `acc[${i * vec4PerRow + j}][${l}]${bias}; }`,
         );
       }
@@ -368,6 +387,7 @@ function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
         ["c_off", "u32"],
         ["bias_off", "u32"],
         ["batch_base", "u32"],
+        ["alpha", "f32"],
         ...batchParams(t.batchRank, ["A", "B"]),
       ],
       source: /* wgsl */ `
@@ -435,7 +455,7 @@ ${inner.join("\n")}
   }
   let m_out = m0 + ty * ${PM}u;
   let n_out = n0 + tx * ${PN}u;
-${storeLines(PM, V, t.biasType !== null)}
+${storeLines(PM, V, t.biasType !== null, t.accumulate)}
 }`,
     });
   });
@@ -449,6 +469,7 @@ function kernelTypes(plan: MatmulPlan): KernelTypes {
     bType: plan.b.tensor.dtype,
     biasType: plan.bias?.dtype ?? null,
     batchRank: plan.batchDims.length,
+    accumulate: plan.accumulate,
   };
 }
 
@@ -484,6 +505,7 @@ function commonParams(plan: MatmulPlan): Record<string, number> {
     K: plan.K,
     c_off: plan.outOffset,
     bias_off: plan.bias?.offset ?? 0,
+    alpha: plan.alpha,
   };
   plan.batchDims.forEach((d, i) => (p[`bd${i}`] = d));
   return p;
@@ -596,8 +618,13 @@ ${walk.join("\n")}
 }
 
 /** The product kernel reading A and B from packed textures. */
-function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: number): Kernel {
-  return cached(`texture|${JSON.stringify(tile)}|${biasType}|${batchRank}`, () => {
+function textureKernel(
+  tile: TextureTile,
+  biasType: DType | null,
+  batchRank: number,
+  accumulate: boolean,
+): Kernel {
+  return cached(`texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}`, () => {
     const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
     const body: string[] = [];
     for (let c = 0; c < CN; c++) {
@@ -632,6 +659,7 @@ function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: num
         ["c_off", "u32"],
         ["bias_off", "u32"],
         ["batch_base", "u32"],
+        ["alpha", "f32"],
         ...batchParams(batchRank, ["A", "B"]),
       ],
       source: /* wgsl */ `
@@ -654,7 +682,7 @@ ${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }]
   for (var k4 = 0u; k4 < k4_end; k4++) {
 ${body.join("\n")}
   }
-${storeLines(RM, CN, biasType !== null)}
+${storeLines(RM, CN, biasType !== null, accumulate)}
 }`,
     });
   });
@@ -682,11 +710,172 @@ interface PackDim {
   s: number;
 }
 
+// ---- packed-operand cache --------------------------------------------------------------------
+
+interface PackEntry {
+  buffer: GPUBuffer;
+  key: string;
+  version: number;
+  tex: ScratchTexture;
+  bytes: number;
+  pinned: boolean;
+}
+
+/**
+ * Packed textures kept for reuse, keyed by (buffer, layout) and valid while the buffer's write
+ * version is unchanged. Two kinds: frozen weights ("weights", no grad) are pinned, so each is
+ * packed once per run in each layout it is read in (a merge or any in-place write bumps the
+ * version, a dispose drops the entry); a layer input that several products read in a row (q, k,
+ * v and LoRA's A all read x) is kept in a small LRU, so it is packed once for all of them. Held
+ * textures count as "scratch" in the memory report like any other.
+ */
+class PackCache {
+  #byBuffer = new Map<GPUBuffer, PackEntry[]>();
+  #transient: PackEntry[] = [];
+  #pinnedBytes = 0;
+  #transientBytes = 0;
+  #hooked: unknown = null;
+  /** Most bytes of frozen-weight textures held; weights beyond it are packed per call. */
+  pinnedBudget = 64 * 2 ** 20;
+  /** Most bytes of layer-input textures held (least recently used go first). */
+  transientBudget = 4 * 2 ** 20;
+
+  #hook(): void {
+    const r = rt();
+    if (this.#hooked === r) return;
+    this.#hooked = r;
+    r.onBufferReleased((b) => this.drop(b));
+    r.onClearTextures(() => this.clear());
+  }
+
+  get(buffer: GPUBuffer, key: string): ScratchTexture | null {
+    const list = this.#byBuffer.get(buffer);
+    if (!list) return null;
+    const version = rt().writeVersion(buffer);
+    if (list.some((e) => e.version !== version)) {
+      this.drop(buffer);
+      return null;
+    }
+    const e = list.find((x) => x.key === key);
+    if (!e) return null;
+    if (!e.pinned) {
+      this.#transient.splice(this.#transient.indexOf(e), 1);
+      this.#transient.push(e);
+    }
+    return e.tex;
+  }
+
+  /** Keep `tex` for (buffer, key); false when over budget (the caller releases it). */
+  put(buffer: GPUBuffer, key: string, tex: ScratchTexture, pinned: boolean): boolean {
+    this.#hook();
+    const bytes = tex.width * tex.height * 16;
+    if (pinned ? this.#pinnedBytes + bytes > this.pinnedBudget : bytes > this.transientBudget) {
+      return false;
+    }
+    const e: PackEntry = {
+      buffer,
+      key,
+      version: rt().writeVersion(buffer),
+      tex,
+      bytes,
+      pinned,
+    };
+    const list = this.#byBuffer.get(buffer) ?? [];
+    list.push(e);
+    this.#byBuffer.set(buffer, list);
+    if (pinned) this.#pinnedBytes += bytes;
+    else {
+      this.#transient.push(e);
+      this.#transientBytes += bytes;
+      while (this.#transientBytes > this.transientBudget) this.#remove(this.#transient[0]);
+    }
+    return true;
+  }
+
+  #remove(e: PackEntry): void {
+    const list = this.#byBuffer.get(e.buffer)!;
+    list.splice(list.indexOf(e), 1);
+    if (list.length === 0) this.#byBuffer.delete(e.buffer);
+    if (e.pinned) this.#pinnedBytes -= e.bytes;
+    else {
+      this.#transient.splice(this.#transient.indexOf(e), 1);
+      this.#transientBytes -= e.bytes;
+    }
+    rt().textures.release(e.tex);
+  }
+
+  drop(buffer: GPUBuffer): void {
+    const list = this.#byBuffer.get(buffer);
+    if (list) { for (const e of [...list]) this.#remove(e); }
+  }
+
+  clear(): void {
+    for (const list of [...this.#byBuffer.values()]) for (const e of [...list]) this.#remove(e);
+  }
+
+  /** Bytes of textures held. */
+  get bytes(): number {
+    return this.#pinnedBytes + this.#transientBytes;
+  }
+}
+
+const packCache = new PackCache();
+
+/** Drop every cached packed operand (their textures go back to the pool). */
+export function clearPackCache(): void {
+  packCache.clear();
+}
+
+/** Bytes of packed-operand textures the texture variant holds for reuse. */
+export function packCacheBytes(): number {
+  return packCache.bytes;
+}
+
+/** A packed operand: the texture, and whether the cache owns it (then it is not released). */
+interface Packed {
+  tex: ScratchTexture;
+  cached: boolean;
+}
+
 /**
  * Pack `count` matrices of an operand (entries `zBase…` over `dims`) into a scratch texture,
- * stacked every `rowsPadded` rows.
+ * stacked every `rowsPadded` rows; served from (and kept in) the pack cache for frozen weights
+ * and, when `reuse` is set, for a layer input.
  */
 function pack(
+  o: MatrixOperand,
+  dims: readonly PackDim[],
+  zBase: number,
+  count: number,
+  rowsPadded: number,
+  reuse = false,
+): Packed {
+  const t = o.tensor;
+  const pinned = t.category === "weights" && !t.requiresGrad;
+  const key = pinned || reuse
+    ? [
+      t.dtype,
+      o.offset,
+      o.rows,
+      o.cols,
+      o.rowStride,
+      o.colStride,
+      zBase,
+      count,
+      rowsPadded,
+      ...dims.flatMap((x) => [x.d, x.s]),
+    ].join(",")
+    : "";
+  if (key) {
+    const hit = packCache.get(t.buffer, key);
+    if (hit) return { tex: hit, cached: true };
+  }
+  const tex = packInto(o, dims, zBase, count, rowsPadded);
+  const cached = key !== "" && packCache.put(t.buffer, key, tex, pinned);
+  return { tex, cached };
+}
+
+function packInto(
   o: MatrixOperand,
   dims: readonly PackDim[],
   zBase: number,
@@ -728,13 +917,19 @@ function textureFits(g: Gpu, s: MatmulShapes): boolean {
 /** Record the product over packed textures `ta`, `tb` (row strides per batch dim given). */
 function productFromTextures(
   plan: MatmulPlan,
-  ta: ScratchTexture,
-  tb: ScratchTexture,
+  pa: Packed,
+  pb: Packed,
   rowStridesA: readonly number[],
   rowStridesB: readonly number[],
 ): void {
+  const ta = pa.tex, tb = pb.tex;
   const tile = plan.N <= 64 ? TEXTURE_TILE_NARROW : TEXTURE_TILE;
-  const kernel = textureKernel(tile, plan.bias?.dtype ?? null, plan.batchDims.length);
+  const kernel = textureKernel(
+    tile,
+    plan.bias?.dtype ?? null,
+    plan.batchDims.length,
+    plan.accumulate,
+  );
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
     p[`A_bs${i}`] = rowStridesA[i];
@@ -748,8 +943,8 @@ function productFromTextures(
     Math.ceil(plan.M / (tile.rowsPerThread * tile.wgY)),
     plan.batch,
   );
-  rt().textures.release(ta);
-  rt().textures.release(tb);
+  if (!pa.cached) rt().textures.release(ta);
+  if (!pb.cached) rt().textures.release(tb);
 }
 
 function runTexture(plan: MatmulPlan): void {
@@ -775,7 +970,7 @@ function runTexture(plan: MatmulPlan): void {
   const ownA = own(plan.a), ownB = own(plan.b);
   if (countOf(ownA) * M <= max && countOf(ownB) * kPad <= max) {
     // Each operand's distinct matrices fit one texture: pack each once.
-    const ta = pack(plan.a, ownA, 0, countOf(ownA), M);
+    const ta = pack(plan.a, ownA, 0, countOf(ownA), M, plan.reuseA);
     const tb = pack(plan.b, ownB, 0, countOf(ownB), kPad);
     productFromTextures(
       plan,
@@ -791,7 +986,7 @@ function runTexture(plan: MatmulPlan): void {
   const chunk = Math.floor(max / Math.max(M, kPad));
   for (let z0 = 0; z0 < plan.batch; z0 += chunk) {
     const count = Math.min(chunk, plan.batch - z0);
-    const ta = pack(plan.a, all(plan.a), z0, count, M);
+    const ta = pack(plan.a, all(plan.a), z0, count, M, plan.reuseA);
     const tb = pack(plan.b, all(plan.b), z0, count, kPad);
     productFromTextures(
       { ...plan, batchDims: [count], batch: count, outOffset: plan.outOffset + z0 * M * N },
@@ -817,6 +1012,18 @@ MATMUL.register({
 export interface MatmulOptions {
   /** [N] added to every output row (fused into the kernel's store). */
   bias?: Tensor;
+  /**
+   * A is read by several products in a row (a layer input feeding q, k, v): variants that stage
+   * operands may keep A's staged copy for the next product that reads it unchanged.
+   */
+  reuseA?: boolean;
+  /** Scale the product by α before the bias is added (default 1). */
+  alpha?: number;
+  /**
+   * Add α·A·B (+ bias) into this tensor (contiguous f32 of the result's shape) instead of a new
+   * one; the call returns it.
+   */
+  into?: Tensor;
 }
 
 function shapeStr(t: Tensor): string {
@@ -845,12 +1052,12 @@ function transposedView(t: Tensor): Tensor {
  * leading dimensions, rank-1 operands as in torch.matmul, an optional fused bias.
  */
 export function matmulRaw(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
-  const call = prepare(a, b, options.bias);
+  const call = prepare(a, b, options.bias, options);
   if (call.plan) {
     const shapes = matmulShapes(call.plan);
     MATMUL.choose(shapes, matmulKey(shapes)).run(call.plan);
   }
-  return finish(call);
+  return finish(call, options.into);
 }
 
 /** A validated call: the output, its plan (null when there is nothing to multiply). */
@@ -864,7 +1071,12 @@ interface PreparedCall {
 }
 
 /** Validate, allocate the output and plan the product (empty and K = 0 cases are filled here). */
-function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
+function prepare(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | undefined,
+  options: MatmulOptions = {},
+): PreparedCall {
   checkFloat(a, "matmul operand A");
   checkFloat(b, "matmul operand B");
   if (a.rank === 0 || b.rank === 0) {
@@ -894,8 +1106,29 @@ function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
   const finalShape = [...batchShape];
   if (a.rank > 1) finalShape.push(M);
   if (b.rank > 1) finalShape.push(N);
-  const out = empty([...batchShape, M, N]);
+  const into = options.into;
+  if (
+    into &&
+    (into.dtype !== "f32" || !into.isContiguous || into.size !== numel(finalShape) ||
+      into.shape.join() !== finalShape.join())
+  ) {
+    throw new Error(
+      `matmul: accumulation target ${into} must be contiguous f32 of shape [${finalShape}]`,
+    );
+  }
+  const out = into
+    ? into.view([...batchShape, M, N], contiguousStrides([...batchShape, M, N]))
+    : empty([...batchShape, M, N]);
   const temps: Tensor[] = [];
+  if (into && (out.size === 0 || K === 0)) {
+    // Nothing to add but the bias.
+    if (out.size > 0 && bias) {
+      const sum = map([out, bias], "a + b");
+      assign(out, sum);
+      sum.dispose();
+    }
+    return { plan: null, out, temps, finalShape };
+  }
   if (out.size === 0 || K === 0) {
     if (out.size > 0 && bias) assign(out, bias);
     else if (out.size > 0) fillInto(out, 0);
@@ -922,15 +1155,22 @@ function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
     b: s.b,
     bias: biasC ?? null,
     out,
-    outOffset: 0,
+    outOffset: into ? into.offset : 0,
+    reuseA: options.reuseA ?? false,
+    alpha: options.alpha ?? 1,
+    accumulate: into !== undefined,
   };
   return { plan, out, temps, finalShape };
 }
 
 /** Dispose the call's temporaries and return the output in its final shape. */
-function finish(call: PreparedCall): Tensor {
+function finish(call: PreparedCall, into?: Tensor): Tensor {
   for (const t of call.temps) t.dispose();
   const { out, finalShape } = call;
+  if (into) {
+    out.dispose();
+    return into;
+  }
   if (finalShape.length === out.rank) return out;
   const y = out.view(finalShape, contiguousStrides(finalShape));
   out.dispose();
@@ -1092,7 +1332,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   }
   const x2 = rowsOf(x);
   const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias });
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
   wT.dispose();
   const outShape = [...x.shape.slice(0, -1), dOut];
   const y = reshapeTo(y2, outShape);
@@ -1111,5 +1351,92 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     return [dx, dw, db];
   });
   if (!recorded.requiresGrad) x2.dispose();
+  return recorded;
+}
+
+/**
+ * A Linear with a low-rank update, LoRA's forward, as one op:
+ * y = x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ with W [dOut, dIn], A [r, dIn], B [dOut, r]; `xd` is the adapter's
+ * input (x after LoRA dropout, or x itself). The update's product lands on the base output in the
+ * matmul's epilogue (C += s·h·Bᵀ), so no base output, update or scaled copy is materialised, and
+ * backward keeps only xd and h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every
+ * input: dx = g·W, dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
+ *
+ * @example
+ * ```ts
+ * import { init, lowRankLinear, tensor } from "./mod.ts";
+ * await init();
+ * const x = tensor([[1, 2]]);
+ * const y = lowRankLinear(x, tensor([[1, 0], [0, 1]]), undefined, x, tensor([[1, 1]]),
+ *   tensor([[1], [0]]), 0.5); // [[1 + 0.5·3, 2]] = [[2.5, 2]]
+ * ```
+ */
+export function lowRankLinear(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  xd: Tensor,
+  loraA: Tensor,
+  loraB: Tensor,
+  scaling: number,
+): Tensor {
+  if (weight.rank !== 2) throw new Error(`lowRankLinear: weight ${weight} must be [dOut, dIn]`);
+  const [dOut, dIn] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
+    throw new Error(`lowRankLinear: input ${x} must end in dIn = ${dIn} (weight ${weight})`);
+  }
+  if (xd.shape.join() !== x.shape.join()) {
+    throw new Error(`lowRankLinear: adapter input ${xd} must have the shape of ${x}`);
+  }
+  if (loraA.rank !== 2 || loraA.shape[1] !== dIn) {
+    throw new Error(`lowRankLinear: A ${loraA} must be [r, ${dIn}]`);
+  }
+  const r = loraA.shape[0];
+  if (loraB.rank !== 2 || loraB.shape[0] !== dOut || loraB.shape[1] !== r) {
+    throw new Error(`lowRankLinear: B ${loraB} must be [${dOut}, ${r}]`);
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== dOut)) {
+    throw new Error(`lowRankLinear: bias ${bias} must have shape [${dOut}]`);
+  }
+  const x2 = rowsOf(x);
+  const xd2 = xd === x ? x2 : rowsOf(xd);
+  const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
+  const h = matmulRaw(xd2, aT, { reuseA: true });
+  matmulRaw(h, bT, { alpha: scaling, into: y2 });
+  for (const t of [wT, aT, bT]) t.dispose();
+  const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
+  const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
+  const recorded = record("lowRankLinear", y, inputs, (g) => {
+    const g2 = rowsOf(g);
+    const gT = transposedView(g2);
+    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
+    const dw = weight.requiresGrad ? matmulRaw(gT, x2) : null;
+    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    const dh = loraA.requiresGrad || xd.requiresGrad
+      ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true })
+      : null;
+    const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
+    let dA: Tensor | null = null, dxd: Tensor | null = null;
+    if (dh) {
+      if (loraA.requiresGrad) {
+        const dhT = transposedView(dh);
+        dA = matmulRaw(dhT, xd2);
+        dhT.dispose();
+      }
+      if (xd.requiresGrad) dxd = reshapeTo(matmulRaw(dh, loraA), xd.shape);
+      dh.dispose();
+    }
+    gT.dispose();
+    g2.dispose();
+    return bias ? [dx, dw, db, dxd, dA, dB] : [dx, dw, dxd, dA, dB];
+  });
+  if (!recorded.requiresGrad) {
+    x2.dispose();
+    if (xd2 !== x2) xd2.dispose();
+    h.dispose();
+  } else if (!weight.requiresGrad && xd2 !== x2) {
+    x2.dispose(); // only dW reads x in backward
+  }
   return recorded;
 }
