@@ -128,8 +128,12 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
     // can be disposed as soon as its node has run.
     const grads = new Map<Tensor, Tensor>();
     const stored = new Set<Tensor>();
+    // Leaf gradients adopted by the node being processed (they must not be stored as well).
+    let adopted = new Set<Tensor>();
     const store = (key: Tensor, value: Tensor) => {
-      const v = stored.has(value) || value === gradOutput ? a.copy(value) : value;
+      const v = stored.has(value) || adopted.has(value) || value === gradOutput
+        ? a.copy(value)
+        : value;
       grads.set(key, v);
       stored.add(v);
     };
@@ -150,7 +154,7 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
         // no second buffer at the peak); a tensor also stored or handed to a second input is
         // copied instead.
-        const adopted = new Set<Tensor>();
+        adopted = new Set<Tensor>();
         node.inputs.forEach((input, j) => {
           const gi = inputGrads[j];
           if (!gi || !input.requiresGrad) return;
@@ -161,7 +165,9 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
           }
           if (produced.has(input)) {
             const before = grads.get(input);
-            if (before) {
+            if (before && before.ownsStorage && before !== gi && !before.sharesStorage(gi)) {
+              a.addInto(before, gi); // sole owner: sum in place, no second buffer
+            } else if (before) {
               stored.delete(before);
               store(input, a.add(before, gi));
               release(before);

@@ -737,8 +737,12 @@ class PackCache {
   #hooked: unknown = null;
   /** Most bytes of frozen-weight textures held; weights beyond it are packed per call. */
   pinnedBudget = 64 * 2 ** 20;
-  /** Most bytes of layer-input textures held (least recently used go first). */
-  transientBudget = 4 * 2 ** 20;
+  /**
+   * Layer-input textures held, least recently used dropped first. Two cover the reuse patterns
+   * (q, k and v reading x; LoRA's backward reading g twice) while bounding the extra memory to
+   * two activations.
+   */
+  transientEntries = 2;
 
   #hook(): void {
     const r = rt();
@@ -769,9 +773,7 @@ class PackCache {
   put(buffer: GPUBuffer, key: string, tex: ScratchTexture, pinned: boolean): boolean {
     this.#hook();
     const bytes = tex.width * tex.height * 16;
-    if (pinned ? this.#pinnedBytes + bytes > this.pinnedBudget : bytes > this.transientBudget) {
-      return false;
-    }
+    if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
     const e: PackEntry = {
       buffer,
       key,
@@ -787,7 +789,7 @@ class PackCache {
     else {
       this.#transient.push(e);
       this.#transientBytes += bytes;
-      while (this.#transientBytes > this.transientBudget) this.#remove(this.#transient[0]);
+      while (this.#transient.length > this.transientEntries) this.#remove(this.#transient[0]);
     }
     return true;
   }
@@ -1402,7 +1404,8 @@ export function lowRankLinear(
   const xd2 = xd === x ? x2 : rowsOf(xd);
   const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
   const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
-  const h = matmulRaw(xd2, aT, { reuseA: true });
+  // xd is read again only when it is x itself (no dropout).
+  const h = matmulRaw(xd2, aT, { reuseA: xd === x });
   matmulRaw(h, bT, { alpha: scaling, into: y2 });
   for (const t of [wT, aT, bT]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
