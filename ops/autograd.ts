@@ -124,18 +124,23 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
   tape = [];
   const produced = new Set<Tensor>(nodes.map((n) => n.output));
   withCategory("grads", () => {
-    // Pending gradients of non-leaf tensors. A tensor is stored under at most one key, so each
-    // can be disposed as soon as its node has run.
+    // Pending gradients of non-leaf tensors. One tensor may be pending for several keys (add's
+    // g for both of its inputs): `holders` counts them, it is summed in place only while one key
+    // holds it, and it is disposed once none does and its node has run.
     const grads = new Map<Tensor, Tensor>();
-    const stored = new Set<Tensor>();
+    const holders = new Map<Tensor, number>();
+    const stored = { has: (t: Tensor) => (holders.get(t) ?? 0) > 0 };
+    const unhold = (t: Tensor) => {
+      const n = (holders.get(t) ?? 0) - 1;
+      if (n > 0) holders.set(t, n);
+      else holders.delete(t);
+    };
     // Leaf gradients adopted by the node being processed (they must not be stored as well).
     let adopted = new Set<Tensor>();
     const store = (key: Tensor, value: Tensor) => {
-      const v = stored.has(value) || adopted.has(value) || value === gradOutput
-        ? a.copy(value)
-        : value;
+      const v = adopted.has(value) || value === gradOutput ? a.copy(value) : value;
       grads.set(key, v);
-      stored.add(v);
+      holders.set(v, (holders.get(v) ?? 0) + 1);
     };
     const release = (t: Tensor) => {
       if (!stored.has(t) && t !== gradOutput && !t.disposed) t.dispose();
@@ -149,7 +154,7 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         const g = grads.get(node.output);
         if (!g) continue;
         grads.delete(node.output);
-        stored.delete(g);
+        unhold(g);
         const inputGrads = node.backward(g);
         // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
         // no second buffer at the peak); a tensor also stored or handed to a second input is
@@ -165,10 +170,13 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
           }
           if (produced.has(input)) {
             const before = grads.get(input);
-            if (before && before.ownsStorage && before !== gi && !before.sharesStorage(gi)) {
-              a.addInto(before, gi); // sole owner: sum in place, no second buffer
+            if (
+              before && holders.get(before) === 1 && before.ownsStorage &&
+              !before.sharesStorage(gi)
+            ) {
+              a.addInto(before, gi); // sole holder: sum in place, no second buffer
             } else if (before) {
-              stored.delete(before);
+              unhold(before);
               store(input, a.add(before, gi));
               release(before);
             } else {
