@@ -189,9 +189,13 @@ export interface ScratchTexture extends TextureBindable {
   readonly height: number;
 }
 
-/** Round a texture dimension up to one of four classes per power of two (as buffer classes). */
+/**
+ * Round a texture dimension up to one of four classes per power of two (as buffer classes); below
+ * 16 to the next power of two, since attention packs rows into a few very wide texture lines and
+ * a floor of 16 lines held 8× the bytes they needed.
+ */
 function textureClass(d: number): number {
-  if (d <= 16) return 16;
+  if (d <= 16) return 2 ** Math.ceil(Math.log2(d));
   const p = 2 ** Math.floor(Math.log2(d));
   if (p === d) return p;
   const step = p / 4;
