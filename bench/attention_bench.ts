@@ -7,7 +7,8 @@
  * recompute: the forward counts 4·B·H·T·S·D (the two products), forward + backward 3.5 times that
  * (the backward as 2.5 forwards). The adapter's preferred variant runs every size; the other
  * variants of the "attention" family run at T 128 only, to compare them without minutes per call
- * on a software adapter.
+ * on a software adapter, and so does the preferred variant with attention-probability dropout
+ * (p 0.1), whose cost over the plain call is the per-probability mask hash.
  */
 import {
   ATTENTION,
@@ -42,6 +43,8 @@ interface Case {
   size: AttentionShapes;
   mode: Mode;
   variant: string;
+  /** Attention-probability dropout p (0: none). */
+  dropout: number;
 }
 
 function cases(): Case[] {
@@ -51,7 +54,12 @@ function cases(): Case[] {
     const variants = size.queryLen <= 128
       ? ATTENTION.candidates(size).map((v) => v.name)
       : [preferred];
-    for (const variant of variants) for (const mode of MODES) out.push({ size, mode, variant });
+    for (const variant of variants) {
+      for (const mode of MODES) out.push({ size, mode, variant, dropout: 0 });
+    }
+    if (size.queryLen <= 128) {
+      for (const mode of MODES) out.push({ size, mode, variant: preferred, dropout: 0.1 });
+    }
   }
   return out;
 }
@@ -62,15 +70,18 @@ function flops({ batch, queryHeads, queryLen, keyLen, headDim }: AttentionShapes
 }
 
 const label = (c: Case) =>
-  `attention B${c.size.batch} H${c.size.queryHeads} T${c.size.queryLen} D${c.size.headDim} ${c.mode} [${c.variant}]`;
+  `attention B${c.size.batch} H${c.size.queryHeads} T${c.size.queryLen} D${c.size.headDim} ${c.mode} [${c.variant}]${
+    c.dropout > 0 ? ` dropout ${c.dropout}` : ""
+  }`;
 
 /** Record one call (and its backward) inside measure's scope; gradients are dropped too. */
-function step([q, k, v, gradOut]: Tensor[], mode: Mode): void {
+function step([q, k, v, gradOut]: Tensor[], mode: Mode, p: number): void {
+  const options = p > 0 ? { dropout: { p, seed: 1, stream: 0 } } : {};
   if (mode === "forward") {
-    noGrad(() => scaledDotProductAttention(q, k, v));
+    noGrad(() => scaledDotProductAttention(q, k, v, options));
     return;
   }
-  backward(scaledDotProductAttention(q, k, v), gradOut);
+  backward(scaledDotProductAttention(q, k, v, options), gradOut);
   for (const t of [q, k, v]) {
     t.grad?.dispose();
     t.grad = null;
@@ -89,7 +100,7 @@ async function run(c: Case): Promise<MeasureResult> {
     return await withVariant("attention", c.variant, () =>
       measure(
         { name: label(c), flops: flops(c.size, c.mode), iterations: 3 },
-        () => step(inputs, c.mode),
+        () => step(inputs, c.mode, c.dropout),
       ));
   } finally {
     for (const t of inputs) t.dispose();

@@ -780,6 +780,8 @@ export function applyAdaLora(
         use_rslora: false,
         use_dora: false,
         alpha_pattern: {},
+        exclude_modules: null,
+        lora_bias: false,
         layers_to_transform: null,
         layers_pattern: null,
         revision: null,

@@ -134,6 +134,11 @@ export const dora: Method<DoraConfig> = {
   name: "dora",
   config: DoraConfigSchema,
   apply(model: Module, config, ctx) {
+    if (config.loraBias) {
+      throw new Error(
+        "DoRA: loraBias (lora_bias) is not supported with DoRA (PEFT refuses it too)",
+      );
+    }
     const lora = applyLora(model, config, ctx, "dora");
     const layers: [string, DoraLinear][] = adaptableLinears(model, ctx).map(([name, l]) => {
       if (!(l instanceof LoraLinear) || !(l.base instanceof Linear)) {

@@ -54,7 +54,7 @@ import {
   transpose,
   zeros,
 } from "../ops/mod.ts";
-import { allLinears, type LinearLike, matchesTarget, Module } from "../models/module.ts";
+import { allLinears, type LinearLike, Module } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import {
   adaptableLinears,
@@ -65,6 +65,7 @@ import {
   trainHead,
 } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
+import { patternValue } from "./peft_config.ts";
 import type { Adapter, ConfigSchema, DataPass, Method, MethodContext, TokenMask } from "./types.ts";
 
 /** EVA's options: LoRA's plus PEFT's EvaConfig, with PEFT's defaults. */
@@ -543,8 +544,8 @@ export function applyEva(model: Module, config: EvaConfig, ctx: MethodContext): 
         const p = files.config[key];
         return p && typeof p === "object" ? p as Record<string, number> : {};
       };
-      const find = (p: Record<string, number>, name: string) =>
-        Object.entries(p).find(([k]) => matchesTarget(name, k))?.[1];
+      // PEFT's get_pattern_key: the first key, in file order, matching the module name's end.
+      const find = (p: Record<string, number>, name: string) => patternValue(p, name);
       const ranks = pattern("rank_pattern"), alphas = pattern("alpha_pattern");
       layers.forEach((l, i) => {
         const a = files.tensors.get(`${l.name}.lora_A.weight`);

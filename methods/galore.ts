@@ -629,6 +629,14 @@ export function applyGalore(
       const file = join(dir, GALORE_WEIGHTS);
       const reader = await openSafetensors(file);
       try {
+        const expected = new Set(trained().map(([name]) => name));
+        const extra = reader.names.find((n) => !expected.has(n));
+        if (extra) {
+          throw new Error(
+            `${file}: tensor ${extra} is not trained by GaLore on this model (another model or ` +
+              "other targets?)",
+          );
+        }
         for (const [name, t] of trained()) {
           if (!reader.has(name)) throw new Error(`${file}: missing tensor ${name}`);
           const shape = reader.info(name).shape;

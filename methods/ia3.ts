@@ -171,6 +171,7 @@ export const ia3: Method<Ia3Config> = {
           task_type: ctx.taskType,
           base_model_name_or_path: ctx.baseModel,
           target_modules: ctx.targets,
+          exclude_modules: null,
           feedforward_modules: feedforward.filter((f) => layers.some(([n]) => matchesTarget(n, f))),
           modules_to_save: ctx.headModules.length ? ctx.headModules : null,
           fan_in_fan_out: false,

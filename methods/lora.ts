@@ -8,6 +8,12 @@
  * so the adapted model starts equal to the base model. Only A and B (and the task head) train.
  * Saved as PEFT does: `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`.
  *
+ * PEFT's per-module options: `rankPattern` / `alphaPattern` (rank_pattern / alpha_pattern) give a
+ * module its own r and α by PEFT's pattern rule (methods/peft_config.ts), and `loraBias`
+ * (lora_bias) adds a trainable bias b [dOut] on B, inside the scaling:
+ *   update = s · (dropout(x)·Aᵀ·Bᵀ + b),   saved as `<module>.lora_B.bias`; merging adds s·b to
+ * the base bias (PEFT cannot merge it into a layer without one, and neither do we).
+ *
  * @module
  */
 import { z } from "zod";
@@ -33,6 +39,7 @@ import {
   ParamModule,
 } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
+import { type ModulePattern, patternValue } from "./peft_config.ts";
 import { headParameters, loadInto, readAdapter, writeAdapter } from "./peft.ts";
 import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
@@ -47,6 +54,12 @@ export const LoraConfigSchema = z.object({
   dropout: z.number().min(0).lt(1).default(0),
   /** rsLoRA: scale by α/√r, which keeps the update's magnitude stable as r grows. */
   rslora: z.boolean().default(false),
+  /** Per-module rank by module pattern (PEFT's rank_pattern), e.g. { "layer.0.attention.self.query": 16 }. */
+  rankPattern: z.record(z.string(), z.number().int().positive()).default({}),
+  /** Per-module α by module pattern (PEFT's alpha_pattern). */
+  alphaPattern: z.record(z.string(), z.number().positive()).default({}),
+  /** A trainable bias on lora_B (PEFT's lora_bias). */
+  loraBias: z.boolean().default(false),
 }).strict() satisfies ConfigSchema<LoraConfig>;
 
 /** Parsed LoRA options. */
@@ -59,6 +72,31 @@ export interface LoraConfig {
   dropout: number;
   /** rsLoRA: scale by α/√r instead of α/r; default false. */
   rslora: boolean;
+  /** Per-module rank overriding r, by PEFT's pattern rule; default {}. */
+  rankPattern?: ModulePattern;
+  /** Per-module α overriding alpha, by PEFT's pattern rule; default {}. */
+  alphaPattern?: ModulePattern;
+  /** A trainable bias on lora_B, scaled with the update (PEFT's lora_bias); default false. */
+  loraBias?: boolean;
+}
+
+/** The rank and α of module `name` under `config`'s patterns (PEFT's rank_pattern/alpha_pattern). */
+export function moduleRankAlpha(
+  config: Pick<LoraConfig, "r" | "alpha" | "rankPattern" | "alphaPattern">,
+  name: string,
+): { r: number; alpha: number } {
+  return {
+    r: patternValue(config.rankPattern ?? {}, name) ?? config.r,
+    alpha: patternValue(config.alphaPattern ?? {}, name) ?? config.alpha,
+  };
+}
+
+/** Patterns or a lora_B bias in `config`, which methods other than LoRA/DoRA refuse. */
+export function usesModuleOptions(config: LoraConfig): string | null {
+  if (Object.keys(config.rankPattern ?? {}).length) return "rankPattern (rank_pattern)";
+  if (Object.keys(config.alphaPattern ?? {}).length) return "alphaPattern (alpha_pattern)";
+  if (config.loraBias) return "loraBias (lora_bias)";
+  return null;
 }
 
 /** The scaling s of the low-rank update. */
@@ -73,20 +111,32 @@ export class LoraLinear extends Module implements LinearLike {
   /** dOut of the base layer. */
   readonly outFeatures: number;
 
-  /** Wrap `base` with A [r, dIn] and B [dOut, r], update scale s and input dropout probability. */
+  /**
+   * Wrap `base` with A [r, dIn] and B [dOut, r], update scale s, input dropout probability, and
+   * optionally a bias [dOut] on B (PEFT's lora_bias).
+   */
   constructor(
     readonly base: LinearLike,
     loraA: Tensor,
     loraB: Tensor,
     readonly scaling: number,
     readonly dropout: number,
+    loraBias: Tensor | null = null,
   ) {
     super();
     this.inFeatures = base.inFeatures;
     this.outFeatures = base.outFeatures;
+    if (loraBias && (loraBias.rank !== 1 || loraBias.shape[0] !== base.outFeatures)) {
+      throw new Error(`lora_B bias must be [${base.outFeatures}], got [${loraBias.shape}]`);
+    }
     this.addModule("base_layer", base);
     this.addModule("lora_A", new ParamModule({ weight: loraA }));
-    this.addModule("lora_B", new ParamModule({ weight: loraB }));
+    this.addModule("lora_B", new ParamModule({ weight: loraB, bias: loraBias }));
+  }
+
+  /** The bias on B [dOut] (PEFT's lora_bias), or null. */
+  get loraBias(): Tensor | null {
+    return (this.getModule("lora_B") as ParamModule).maybe("bias");
   }
 
   /** A [r, dIn]. */
@@ -99,7 +149,7 @@ export class LoraLinear extends Module implements LinearLike {
     return (this.getModule("lora_B") as ParamModule).get("weight");
   }
 
-  /** base(x) + s·dropout(x)·Aᵀ·Bᵀ. */
+  /** base(x) + s·(dropout(x)·Aᵀ·Bᵀ + b). */
   forward(x: Tensor): Tensor {
     const base = this.base;
     if (base instanceof Linear) {
@@ -118,7 +168,7 @@ export class LoraLinear extends Module implements LinearLike {
     }
     const y = base.forward(x);
     const xd = ForwardContext.current().dropout(x, this.dropout);
-    const update = linear(linear(xd, this.loraA), this.loraB);
+    const update = linear(linear(xd, this.loraA), this.loraB, this.loraBias ?? undefined);
     return add(y, mul(update, this.scaling));
   }
 
@@ -156,15 +206,37 @@ export function trainHead(model: Module, ctx: MethodContext): [string, Tensor][]
   return params;
 }
 
-/** Fold every LoraLinear's update into its base weight and put the base Linear back. */
+/**
+ * Fold every LoraLinear's update into its base weight (and a lora_B bias, times s, into the base
+ * bias) and put the base Linear back.
+ */
 export function mergeLowRank(
   model: Module,
-  layers: readonly [string, Pick<LoraLinear, "base" | "deltaWeight">][],
+  layers: readonly [
+    string,
+    Pick<LoraLinear, "base" | "deltaWeight"> & { loraBias?: Tensor | null; scaling?: number },
+  ][],
 ): void {
+  for (const [name, layer] of layers) {
+    if (layer.loraBias && layer.base instanceof Linear && !layer.base.bias) {
+      throw new Error(
+        `${name}: cannot merge lora_bias into a layer without a bias (PEFT cannot either); ` +
+          "use the adapter unmerged",
+      );
+    }
+  }
   noGrad(() => {
     for (const [name, layer] of layers) {
       if (!(layer.base instanceof Linear)) {
         throw new Error(`${name}: cannot merge into a non-Linear base`);
+      }
+      const bias = layer.base.bias;
+      if (layer.loraBias && bias) {
+        const scaled = mul(layer.loraBias, layer.scaling ?? 1);
+        const merged = add(bias, scaled);
+        scaled.dispose();
+        merged.setCategory(bias.category);
+        layer.base.setParameter("bias", merged);
       }
       const delta = layer.deltaWeight();
       const w = layer.base.weight;
@@ -196,17 +268,37 @@ export function loraPeftConfig(
     lora_dropout: config.dropout,
     use_rslora: config.rslora,
     use_dora: false,
+    // Targets are the resolved module names or suffixes, so exclusion and layer selection are
+    // already applied: the fields that would narrow them further stay at PEFT's defaults.
     target_modules: ctx.targets,
+    exclude_modules: null,
+    layers_to_transform: null,
+    layers_pattern: null,
     modules_to_save: ctx.headModules.length ? ctx.headModules : null,
     bias: "none",
+    lora_bias: config.loraBias ?? false,
     fan_in_fan_out: false,
     init_lora_weights: init,
     inference_mode: true,
-    rank_pattern: {},
-    alpha_pattern: {},
-    layers_to_transform: null,
-    layers_pattern: null,
+    rank_pattern: { ...config.rankPattern },
+    alpha_pattern: { ...config.alphaPattern },
     revision: null,
+    layer_replication: null,
+    megatron_config: null,
+    megatron_core: "megatron.core",
+    loftq_config: {},
+    eva_config: null,
+    corda_config: null,
+    lora_ga_config: null,
+    use_qalora: false,
+    qalora_group_size: 16,
+    trainable_token_indices: null,
+    target_parameters: null,
+    alora_invocation_tokens: null,
+    arrow_config: null,
+    use_bdlora: null,
+    ensure_weight_tying: false,
+    auto_mapping: null,
   };
 }
 
@@ -225,23 +317,31 @@ export function applyLora(
     );
   }
   model.setRequiresGrad(false);
-  const scaling = loraScaling(config);
   const layers: [string, LoraLinear][] = targets.map(([name, base], i) => {
+    const { r, alpha } = moduleRankAlpha(config, name);
     const bound = 1 / Math.sqrt(base.inFeatures);
-    const a = randUniform([config.r, base.inFeatures], -bound, bound, {
+    const a = randUniform([r, base.inFeatures], -bound, bound, {
       seed: ctx.seed,
       stream: 7919 + i,
       category: "trainable",
     });
-    const b = zeros([base.outFeatures, config.r], { category: "trainable" });
+    const b = zeros([base.outFeatures, r], { category: "trainable" });
+    // PEFT's lora_B is an nn.Linear with bias=lora_bias, whose bias starts at zero under B = 0.
+    const bias = config.loraBias ? zeros([base.outFeatures], { category: "trainable" }) : null;
     a.requiresGrad = b.requiresGrad = true;
-    const layer = new LoraLinear(base, a, b, scaling, config.dropout);
+    if (bias) bias.requiresGrad = true;
+    const scaling = loraScaling({ r, alpha, rslora: config.rslora });
+    const layer = new LoraLinear(base, a, b, scaling, config.dropout, bias);
     model.setModule(name, layer);
     return [name, layer];
   });
   const head = trainHead(model, ctx);
   const loraParams = (): [string, Tensor][] =>
-    layers.flatMap(([n, l]) => [[`${n}.lora_A.weight`, l.loraA], [`${n}.lora_B.weight`, l.loraB]]);
+    layers.flatMap(([n, l]): [string, Tensor][] => [
+      [`${n}.lora_A.weight`, l.loraA],
+      [`${n}.lora_B.weight`, l.loraB],
+      ...(l.loraBias ? [[`${n}.lora_B.bias`, l.loraBias] as [string, Tensor]] : []),
+    ]);
   return {
     method,
     groups: () => [

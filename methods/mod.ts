@@ -24,3 +24,4 @@ export * from "./adalora.ts";
 export * from "./eva.ts";
 export * from "./galore.ts";
 export * from "./signs.ts";
+export * from "./peft_config.ts";

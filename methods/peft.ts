@@ -55,12 +55,62 @@ export async function writeAdapter(
   await writeTextAtomic(join(dir, ADAPTER_CONFIG), JSON.stringify(config, null, 2) + "\n");
 }
 
+/** One adapter tensor on the host. */
+export interface HostTensor {
+  /** Its shape. */
+  shape: number[];
+  /** Its values, widened to f32. */
+  data: Float32Array;
+}
+
+/**
+ * The tensors of an adapter file, remembering which ones a method asked for (`get`), so a loader
+ * can refuse tensors nothing used: a 5-layer adapter on a 2-layer model is an error, not a model
+ * that silently lost three layers.
+ */
+export class AdapterTensors extends Map<string, HostTensor> {
+  /** Keys read through `get`. */
+  readonly used: Set<string> = new Set();
+
+  /** The tensor `key`, marked as used. */
+  override get(key: string): HostTensor | undefined {
+    this.used.add(key);
+    return super.get(key);
+  }
+
+  /** Keys never read through `get`, in file order. */
+  unused(): string[] {
+    return [...this.keys()].filter((k) => !this.used.has(k));
+  }
+}
+
 /** A PEFT adapter folder read back: its config and its tensors (host f32, by module name). */
 export interface AdapterFiles {
   /** adapter_config.json as parsed JSON (PEFT's snake_case keys). */
   config: Record<string, unknown>;
   /** Tensors keyed without the `base_model.model.` prefix. */
-  tensors: Map<string, { shape: number[]; data: Float32Array }>;
+  tensors: AdapterTensors;
+  /** The weights file they came from (named in errors). */
+  file: string;
+}
+
+/** Open audits of {@link auditAdapterReads}: every readAdapter result is recorded in each. */
+const audits: AdapterFiles[][] = [];
+
+/**
+ * Run `load` and return every adapter folder it read through {@link readAdapter}, so the caller
+ * can check that each tensor was used. Loads run one at a time in our CLIs; an audit records
+ * whatever is read while it is open.
+ */
+export async function auditAdapterReads(load: () => Promise<void>): Promise<AdapterFiles[]> {
+  const seen: AdapterFiles[] = [];
+  audits.push(seen);
+  try {
+    await load();
+  } finally {
+    audits.splice(audits.indexOf(seen), 1);
+  }
+  return seen;
 }
 
 /** Read a PEFT adapter folder (written by this toolkit or by PEFT). */
@@ -77,28 +127,50 @@ export async function readAdapter(dir: string): Promise<AdapterFiles> {
   if (!config || typeof config !== "object" || typeof config.peft_type !== "string") {
     throw new Error(`${configPath}: expected a PEFT adapter config with a "peft_type" field`);
   }
-  const reader = await openSafetensors(join(dir, ADAPTER_WEIGHTS));
-  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  const file = join(dir, ADAPTER_WEIGHTS);
+  const reader = await openSafetensors(file);
+  const tensors = new AdapterTensors();
   try {
     for (const name of reader.names) {
       const key = name.startsWith(PEFT_PREFIX) ? name.slice(PEFT_PREFIX.length) : name;
       // PEFT versions before 0.7 kept the adapter name in keys; drop a ".default" segment.
       const clean = key.replace(/\.default(?=\.)/g, "");
-      tensors.set(clean, { shape: [...reader.info(name).shape], data: await reader.readF32(name) });
+      const data = await reader.readF32(name);
+      // The values are on the host here already: checking them costs one pass, no GPU trip.
+      const bad = data.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) {
+        throw new Error(
+          `${file}: tensor ${name} holds ${data[bad]} at element ${bad} (${
+            data.reduce((c, v) => c + (Number.isFinite(v) ? 0 : 1), 0)
+          } non-finite values); the adapter is corrupt or its training diverged`,
+        );
+      }
+      tensors.set(clean, { shape: [...reader.info(name).shape], data });
     }
   } finally {
     reader.close();
   }
-  return { config, tensors };
+  const files = { config, tensors, file };
+  for (const audit of audits) audit.push(files);
+  return files;
 }
 
 /** Copy host values into an existing parameter in place (same buffer), checking the shape. */
 export function loadInto(files: AdapterFiles, name: string, target: Tensor): void {
   const src = files.tensors.get(name);
-  if (!src) throw new Error(`adapter has no tensor ${PEFT_PREFIX}${name}`);
+  if (!src) {
+    throw new Error(
+      `${files.file}: no tensor ${PEFT_PREFIX}${name} (shape [${
+        target.shape.join(", ")
+      }]), which the ` +
+        "adapter config implies; the file is incomplete or for another config",
+    );
+  }
   if (src.shape.join() !== target.shape.join()) {
     throw new Error(
-      `adapter tensor ${PEFT_PREFIX}${name} has shape [${src.shape}], the model expects [${target.shape}]`,
+      `${files.file}: tensor ${PEFT_PREFIX}${name} has shape [${
+        src.shape.join(", ")
+      }], the model expects [${target.shape.join(", ")}]`,
     );
   }
   writeInto(target, src.data);
@@ -125,4 +197,35 @@ export function headParameters(model: Module, heads: readonly string[]): [string
     out.push(...m.namedParameters(h));
   }
   return out;
+}
+
+/**
+ * Restore base-layer biases an adapter trained with PEFT's `bias` option, into the model in place:
+ * "lora_only" / "vera_only" saved `<adapted module>.base_layer.bias` for the adapted layers, "all"
+ * every `.bias` of the model (LayerNorms included). Our adapted layers keep their base under
+ * `base_layer`, so each key names a parameter of `model` exactly. The head's own copies that
+ * PEFT's modules_to_save wrapper adds under "all" (`<head>.original_module.…`, the untrained
+ * original; `<head>.modules_to_save.<adapter>.…`, a copy of the saved head) are not parameters of
+ * the fine-tuned model and are passed over. Returns the names written.
+ */
+export function loadTrainedBiases(
+  model: Module,
+  files: AdapterFiles,
+  mode: "all" | "lora_only" | "vera_only",
+): string[] {
+  const params = new Map(model.namedParameters());
+  const written: string[] = [];
+  for (const key of files.tensors.unused()) {
+    if (!key.endsWith(".bias") || /\.(lora_B|vera_lambda_b)\./.test(key)) continue;
+    if (mode === "all" && /\.(original_module|modules_to_save)\./.test(key)) {
+      files.tensors.get(key); // accounted for: not part of the fine-tuned model
+      continue;
+    }
+    if (mode !== "all" && !key.endsWith(".base_layer.bias")) continue;
+    const target = params.get(key);
+    if (!target) continue; // left unused: the caller names it
+    loadInto(files, key, target);
+    written.push(key);
+  }
+  return written;
 }

@@ -52,6 +52,7 @@ import {
   loraScaling,
   mergeLowRank,
   trainHead,
+  usesModuleOptions,
 } from "./lora.ts";
 import { type AdapterFiles, loadInto, readAdapter, writeAdapter } from "./peft.ts";
 import type { Adapter, MethodContext } from "./types.ts";
@@ -107,6 +108,11 @@ export class ResidualLora {
     readonly ctx: MethodContext,
     readonly spec: ResidualSpec,
   ) {
+    const perModule = usesModuleOptions(config);
+    if (perModule) {
+      // The residual start and its rank-2r conversion assume one r and one α for every module.
+      throw new Error(`${spec.method}: ${perModule} is not supported for a residual start`);
+    }
     const targets = adaptableLinears(model, ctx);
     if (targets.length === 0) {
       throw new Error(

@@ -71,7 +71,7 @@ export interface MethodContext {
   /** Modules trained in full and saved whole (the task head), PEFT's modules_to_save. */
   headModules: string[];
   /** PEFT task type written to adapter_config.json. */
-  taskType: "SEQ_CLS" | "CAUSAL_LM";
+  taskType: "SEQ_CLS" | "CAUSAL_LM" | null;
   /** The base model's name or path (adapter_config.json base_model_name_or_path). */
   baseModel: string;
   /** The run's seed; random initialisations and selections derive from it. */

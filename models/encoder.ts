@@ -3,8 +3,12 @@
  * heads: post-LN blocks with GELU (erf), RoBERTa's position ids offset past the padding index,
  * BERT's token types and pooler, and a one-label regression head (STS-B).
  *
- * Deviation from Hugging Face, on purpose: attention-probability dropout is not applied (the
- * attention kernel is fused and never materialises the probabilities); hidden dropout is.
+ * Dropout in training follows Hugging Face's RobertaModel/BertModel: hidden_dropout_prob on the
+ * embeddings' output and on the attention and FFN outputs before each residual,
+ * attention_probs_dropout_prob on the attention probabilities (inside the fused kernel), and the
+ * head's dropout (classifier_dropout, or hidden_dropout_prob when it is null) before
+ * RobertaClassificationHead's dense and out_proj, or before BERT's classifier. Evaluation applies
+ * none.
  *
  * @module
  */
@@ -48,6 +52,10 @@ export interface EncoderDims {
   layerNormEps: number;
   /** Dropout probability on embeddings and sub-layer outputs (training only). */
   hiddenDropout: number;
+  /** Dropout probability on the attention probabilities (training only; default 0). */
+  attentionDropout?: number;
+  /** Dropout probability of the classification head; null or absent: `hiddenDropout`. */
+  classifierDropout?: number | null;
   /** Id of the padding token (RoBERTa's position ids start after it). */
   padTokenId: number;
   /** Labels of the classification head (1: regression). */
@@ -150,7 +158,10 @@ export class EncoderLayer extends Container {
     const q = split(this.#lin("attention.self.query", x));
     const k = split(this.#lin("attention.self.key", x));
     const v = split(this.#lin("attention.self.value", x));
-    const attn = scaledDotProductAttention(q, k, v, { keyPaddingMask: keyMask });
+    const attn = scaledDotProductAttention(q, k, v, {
+      keyPaddingMask: keyMask,
+      dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
+    });
     const merged = reshape(transpose(attn, 1, 2), [b, t, h]);
     const p = this.dims.hiddenDropout;
     const a = ctx.dropout(this.#lin("attention.output.dense", merged), p);
@@ -162,12 +173,11 @@ export class EncoderLayer extends Container {
 }
 
 /**
- * RobertaForSequenceClassification / BertForSequenceClassification: the backbone under `roberta`
- * or `bert`, and the head (`classifier.dense` + `classifier.out_proj` for RoBERTa; `bert.pooler`
- * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
+ * The RoBERTa/BERT backbone under `roberta` or `bert` (embeddings and layers, no pooler) and its
+ * forward pass to the final hidden states; the task models below add their heads.
  */
-export class EncoderForSequenceClassification extends Container {
-  /** Build the model from `w`; head weights absent from `w` are initialised, the rest required. */
+export class EncoderModel extends Container {
+  /** Build the backbone from `w` (every tensor required). */
   constructor(readonly dims: EncoderDims, w: WeightSource) {
     super();
     const d = dims;
@@ -206,26 +216,12 @@ export class EncoderForSequenceClassification extends Container {
     for (let i = 0; i < d.numLayers; i++) {
       layers.add(String(i), new EncoderLayer(d, w, `${base}.encoder.layer.${i}`));
     }
-    if (d.kind === "roberta") {
-      const head = this.add("classifier", new Container());
-      head.add("dense", linearFrom(w, "classifier.dense", d.hiddenSize, d.hiddenSize, true));
-      head.add("out_proj", linearFrom(w, "classifier.out_proj", d.numLabels, d.hiddenSize, true));
-    } else {
-      backbone.add("pooler", new Container()).add(
-        "dense",
-        linearFrom(w, "bert.pooler.dense", d.hiddenSize, d.hiddenSize, true),
-      );
-      this.add("classifier", linearFrom(w, "classifier", d.numLabels, d.hiddenSize, true));
-    }
   }
 
-  /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
-  get headModules(): string[] {
-    return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
-  }
-
-  /** Final hidden states [B, T, H]. */
-  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  /** Final hidden states [B, T, H] (dropout as `ctx` says; default: the running context). */
+  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    // Adapter layers (LoRA's dropout) read the running context: make it `ctx`.
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.hidden(inputs, ctx));
     const d = this.dims;
     const [b, t] = inputs.ids.shape;
     const host = inputs.ids.hostData;
@@ -264,12 +260,45 @@ export class EncoderForSequenceClassification extends Container {
     }
     return x;
   }
+}
 
-  /** Classification logits [B, numLabels] (regression: [B, 1]). */
-  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+/**
+ * RobertaForSequenceClassification / BertForSequenceClassification: the backbone under `roberta`
+ * or `bert`, and the head (`classifier.dense` + `classifier.out_proj` for RoBERTa; `bert.pooler`
+ * + `classifier` for BERT). Missing head weights are initialised as Hugging Face does.
+ */
+export class EncoderForSequenceClassification extends EncoderModel {
+  /** Build the model from `w`; head weights absent from `w` are initialised, the rest required. */
+  constructor(dims: EncoderDims, w: WeightSource) {
+    super(dims, w);
+    const d = dims;
+    if (d.kind === "roberta") {
+      const head = this.add("classifier", new Container());
+      head.add("dense", linearFrom(w, "classifier.dense", d.hiddenSize, d.hiddenSize, true));
+      head.add("out_proj", linearFrom(w, "classifier.out_proj", d.numLabels, d.hiddenSize, true));
+    } else {
+      (this.getModule("bert") as Container).add("pooler", new Container()).add(
+        "dense",
+        linearFrom(w, "bert.pooler.dense", d.hiddenSize, d.hiddenSize, true),
+      );
+      this.add("classifier", linearFrom(w, "classifier", d.numLabels, d.hiddenSize, true));
+    }
+  }
+
+  /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
+  get headModules(): string[] {
+    return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
+  }
+
+  /**
+   * Classification logits [B, numLabels] (regression: [B, 1]). Without `ctx`, the context of the
+   * running forward pass ({@link ForwardContext.current}): evaluation outside training.
+   */
+  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.forward(inputs, ctx));
     const h = this.hidden(inputs, ctx);
     const first = squeeze(slice(h, 1, 0, 1), 1); // the <s> / [CLS] token, [B, H]
-    const p = this.dims.hiddenDropout;
+    const p = this.dims.classifierDropout ?? this.dims.hiddenDropout;
     const lin = (path: string, x: Tensor) => (this.getModule(path) as LinearLike).forward(x);
     if (this.dims.kind === "roberta") {
       const z = tanh(lin("classifier.dense", ctx.dropout(first, p)));

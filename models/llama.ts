@@ -57,6 +57,8 @@ export interface LlamaDims {
   maxPositions: number;
   /** Labels of the sequence-classification head (0: no head). */
   numLabels: number;
+  /** Dropout probability on the attention probabilities (training only; default 0). */
+  attentionDropout?: number;
 }
 
 /** Per-layer key/value cache for incremental decoding: [B, Hkv, capacity, headDim] each. */
@@ -141,8 +143,13 @@ export class LlamaAttention extends Container {
     let k = rope(heads("k_proj", numKvHeads), positions, { theta: ropeTheta });
     let v = heads("v_proj", numKvHeads);
     if (cache) [k, v] = cache.append(layer, k, v);
-    const ctx = scaledDotProductAttention(q, k, v, { causal: true, keyPaddingMask: keyMask });
-    const merged = reshape(transpose(ctx, 1, 2), [b, t, numHeads * headDim]);
+    // HF's LlamaAttention drops attention weights with config.attention_dropout in training.
+    const attn = scaledDotProductAttention(q, k, v, {
+      causal: true,
+      keyPaddingMask: keyMask,
+      dropout: ForwardContext.current().attentionDropout(this.dims.attentionDropout ?? 0),
+    });
+    const merged = reshape(transpose(attn, 1, 2), [b, t, numHeads * headDim]);
     return this.child<LinearLike>("o_proj").forward(merged);
   }
 }
@@ -255,7 +262,9 @@ export class LlamaForCausalLM extends Container {
   }
 
   /** Final hidden states [B, T, H]. */
-  hidden(inputs: DecoderInputs, _ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  hidden(inputs: DecoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+    // Adapter layers (LoRA's dropout) read the running context: make it `ctx`.
+    if (ForwardContext.current() !== ctx) return ctx.run(() => this.hidden(inputs, ctx));
     const { ids, cache } = inputs;
     const [b, t] = ids.shape;
     const start = cache?.length ?? 0;

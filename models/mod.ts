@@ -22,3 +22,4 @@ export * from "./encoder.ts";
 export * from "./llama.ts";
 export * from "./generate.ts";
 export * from "./load.ts";
+export * from "./validate.ts";

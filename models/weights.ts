@@ -11,6 +11,8 @@ export type InitKind = "normal" | "zeros" | "ones";
 
 /** A source of named weights for a model constructor. */
 export interface WeightSource {
+  /** Where the weights come from (a checkpoint file), named in errors. */
+  readonly origin?: string;
   /** The checkpoint tensor `name` with `shape`, or null when the checkpoint lacks it. */
   get(name: string, shape: readonly number[]): Tensor | null;
   /** A newly initialised tensor (normal: N(0, initializer_range²)). */
@@ -21,7 +23,11 @@ export interface WeightSource {
 export function required(w: WeightSource, name: string, shape: readonly number[]): Tensor {
   const t = w.get(name, shape);
   if (!t) {
-    throw new Error(`checkpoint has no tensor ${name} (expected shape [${shape.join(", ")}])`);
+    throw new Error(
+      `${w.origin ?? "checkpoint"}: no tensor ${name} (expected shape [${
+        shape.join(", ")
+      }]), which the model's config needs`,
+    );
   }
   return t;
 }

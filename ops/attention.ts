@@ -7,7 +7,9 @@
  *
  * Supports grouped-query attention (query head h reads kv head ⌊h·Hkv/Hq⌋), causal masking
  * aligned to the end of the keys (query i sees keys j ≤ i + S − T, as with a KV cache), a key
- * padding mask, and q/k/v given as strided views (read in place).
+ * padding mask, q/k/v given as strided views (read in place), and dropout on the attention
+ * probabilities with a counter-based mask that the backward regenerates (see {@link
+ * attentionDropoutKeep}), so the probabilities are never stored, with or without dropout.
  *
  * Two kernel variants form the "attention" family (see ./variants.ts); they share every kernel
  * generator and differ only in where the streamed rows (K/V, or Q/dO for dK/dV) are read from:
@@ -20,7 +22,9 @@
  */
 import { needsGrad, record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
+import { dropoutThreshold } from "./dropout.ts";
 import { map, zeros } from "./elementwise.ts";
+import { pcgHash, RNG_WGSL, rngU32, seedU32 } from "./random.ts";
 import {
   type Bindable,
   type BindingDecl,
@@ -44,6 +48,41 @@ export interface AttentionOptions {
   scale?: number;
   /** Overrides the workgroup shape the variant picks (for kernel tests and tuning). */
   tiling?: AttentionTiling;
+  /** Dropout on the attention probabilities (training); absent or p = 0: none. */
+  dropout?: AttentionDropout;
+}
+
+/**
+ * Dropout on the attention probabilities: probability (b, h, i, j) is zeroed with probability `p`
+ * and the kept ones scaled by 1/(1−p), after the softmax and before the product with v, as
+ * nn.Dropout on attention_probs in Hugging Face's BERT/RoBERTa. The mask is
+ * {@link attentionDropoutKeep} of (seed, stream, b·Hq + h, i, j).
+ */
+export interface AttentionDropout {
+  /** Drop probability in [0, 1]. */
+  p: number;
+  /** Any integer (folded to 32 bits). */
+  seed: number;
+  /** The call's stream, an integer in [0, 2³²); every call of a run takes its own. */
+  stream: number;
+}
+
+/**
+ * Whether attention dropout keeps probability (query row `row` of head `batchHead` = b·Hq + h,
+ * key `key`): pcg(key + pcg(row + rng_u32(seed, stream, batchHead))) ≥ round(p·2³²). One hash
+ * per (batch·head) and per row is shared by the row's keys, so the kernels pay one hash per
+ * probability; the backward recomputes the same bits. The plain-TS twin of the kernels' rule
+ * (tests rebuild explicit masks with it).
+ */
+export function attentionDropoutKeep(
+  d: AttentionDropout,
+  batchHead: number,
+  row: number,
+  key: number,
+): boolean {
+  if (d.p === 1) return false;
+  const rowKey = pcgHash((row + rngU32(seedU32(d.seed), d.stream, batchHead)) >>> 0);
+  return pcgHash((key + rowKey) >>> 0) >= dropoutThreshold(d.p);
 }
 
 /** Workgroup shape of the attention kernels: invocations, and rows each invocation owns. */
@@ -87,6 +126,8 @@ interface TileShape {
   rowsPerThread: number;
   /** Whether a key padding mask is bound. */
   masked: boolean;
+  /** Whether the probabilities are dropped out (the dropout params are bound). */
+  dropout: boolean;
   operands: AttentionOperands;
   /** "workgroup": streamed rows staged per step. */
   tile: number;
@@ -209,12 +250,14 @@ function tileShape(
   headDim: number,
   rowCount: number,
   masked: boolean,
+  dropout: boolean,
   override: AttentionTiling | undefined,
 ): TileShape {
   const g = rt().gpu;
   const base = {
     headDim,
     masked,
+    dropout,
     operands,
     tile: operands === "workgroup" ? workgroupTile(g, headDim) : 0,
     lineRows: operands === "texture" ? textureLineRows(g, headDim) : 0,
@@ -317,6 +360,37 @@ function geometryValues(
   };
 }
 
+/**
+ * WGSL of attention dropout ({@link attentionDropoutKeep}): the per-row key and the multiplier
+ * of probability (row, key) — 0 when dropped, 1/(1−p) when kept.
+ */
+const DROPOUT_WGSL = /* wgsl */ `
+fn drop_row_key(batch_head: u32, row: u32) -> u32 {
+  return pcg_hash(row + rng_u32(params.drop_seed, params.drop_stream, batch_head));
+}
+fn drop_mul(row_key: u32, key: u32) -> f32 {
+  return select(0.0, params.drop_scale, pcg_hash(key + row_key) >= params.drop_threshold);
+}
+`;
+
+const DROPOUT_PARAMS: [string, "u32" | "f32"][] = [
+  ["drop_seed", "u32"],
+  ["drop_stream", "u32"],
+  ["drop_threshold", "u32"],
+  ["drop_scale", "f32"],
+];
+
+function dropoutValues(d: AttentionDropout | undefined): Record<string, number> {
+  if (!d) return { drop_seed: 0, drop_stream: 0, drop_threshold: 0, drop_scale: 1 };
+  return {
+    drop_seed: seedU32(d.seed),
+    drop_stream: d.stream,
+    drop_threshold: dropoutThreshold(d.p),
+    // p = 1 drops everything (the clamped threshold would keep one u32 value in 2³²).
+    drop_scale: d.p === 1 ? 0 : 1 / (1 - d.p),
+  };
+}
+
 function constants(s: TileShape): string {
   const layout = s.operands === "workgroup"
     ? `const TILE: u32 = ${s.tile}u;`
@@ -325,7 +399,7 @@ function constants(s: TileShape): string {
 fn texel_of(row: u32) -> vec2u {
   return vec2u((row % LINE_ROWS) * NV, row / LINE_ROWS);
 }`;
-  return `const D: u32 = ${s.headDim}u;
+  return `${s.dropout ? RNG_WGSL + DROPOUT_WGSL : ""}const D: u32 = ${s.headDim}u;
 const NV: u32 = ${vecsPerRow(s.headDim)}u;
 const THREADS: u32 = ${s.threads}u;
 const ROWS: u32 = THREADS * ${s.rowsPerThread}u;
@@ -510,7 +584,12 @@ ${
   let head${r} = kvh * params.group + min(row${r}, row_count - 1u) / params.tq;
   let pos${r} = min(row${r}, row_count - 1u) % params.tq;
   let limit${r} = key_limit(pos${r});
-  let out_row${r} = (b * params.kv_heads * params.group + head${r}) * params.tq + pos${r};`,
+  let out_row${r} = (b * params.kv_heads * params.group + head${r}) * params.tq + pos${r};${
+          s.dropout
+            ? `
+  let row_key${r} = drop_row_key(b * params.kv_heads * params.group + head${r}, pos${r});`
+            : ""
+        }`,
       "  ",
     )
   }`;
@@ -547,6 +626,16 @@ function cached(kind: string, s: TileShape, build: () => Kernel): Kernel {
 const FORWARD_PARAMS = [...GEOMETRY_PARAMS, ...["q", "k", "v"].flatMap(stridedParams)];
 const BACKWARD_PARAMS = [...FORWARD_PARAMS, ...stridedParams("grad_out")];
 
+/** The uniform parameters of a kernel: `base`, and the dropout ones when it drops out. */
+function paramsOf(s: TileShape, base: [string, "u32" | "f32"][]): [string, "u32" | "f32"][] {
+  return s.dropout ? [...base, ...DROPOUT_PARAMS] : base;
+}
+
+/** WGSL: the dropout multiplier `dm` of (owned row r's key, key `key`), or nothing. */
+function dropMul(s: TileShape, rowKey: string, key: string): string {
+  return s.dropout ? `let dm = drop_mul(${rowKey}, ${key});` : "";
+}
+
 // ---- forward -------------------------------------------------------------------------------------
 
 /*
@@ -561,6 +650,8 @@ const BACKWARD_PARAMS = [...FORWARD_PARAMS, ...stridedParams("grad_out")];
 function forwardKernel(s: TileShape): Kernel {
   const D = s.headDim;
   const nv = vecsPerRow(D);
+  // The normaliser l sums the undropped probabilities; only the weights of v are dropped.
+  const pd = s.dropout ? "(p * dm)" : "p";
   const body = unroll(s.rowsPerThread, (r) =>
     `if (j < limit${r}) {
         let x = ${rowDot(D, (c) => `qs${r}_${c}`, (c) => `kc${c}`)};
@@ -572,7 +663,8 @@ ${unroll(nv, (c) => `acc${r}_${c} *= alpha;`, "          ")}
         }
         let p = exp(x - m${r});
         l${r} += p;
-${unroll(nv, (c) => `acc${r}_${c} += p * vc${c};`, "        ")}
+        ${dropMul(s, `row_key${r}`, "u32(j)")}
+${unroll(nv, (c) => `acc${r}_${c} += ${pd} * vc${c};`, "        ")}
       }`, "      ");
   return cached("forward", s, () =>
     defineKernel({
@@ -584,7 +676,7 @@ ${unroll(nv, (c) => `acc${r}_${c} += p * vc${c};`, "        ")}
         { name: "out", type: "f32", access: "read_write" },
         { name: "lse", type: "f32", access: "read_write" },
       ],
-      params: FORWARD_PARAMS,
+      params: paramsOf(s, FORWARD_PARAMS),
       source: `${constants(s)}
 ${loaders(s, ["q"], KEY_VALUE_STREAM)}
 ${streamDecls(s, KEY_VALUE_STREAM, s.masked ? ["keep_j"] : [])}
@@ -676,7 +768,8 @@ function gradQueryKernel(s: TileShape): Kernel {
     `if (j < limit${r}) {
         let x = ${rowDot(D, (c) => `qs${r}_${c}`, (c) => `kc${c}`)};
         let dp = ${rowDot(D, (c) => `dos${r}_${c}`, (c) => `vc${c}`)};
-        let ds = exp(x - row_lse${r}) * (dp - row_delta${r});
+        ${dropMul(s, `row_key${r}`, "u32(j)")}
+        let ds = exp(x - row_lse${r}) * (${s.dropout ? "dp * dm" : "dp"} - row_delta${r});
 ${unroll(nv, (c) => `dq${r}_${c} += ds * kc${c};`, "        ")}
       }`, "      ");
   return cached("grad_q", s, () =>
@@ -690,7 +783,7 @@ ${unroll(nv, (c) => `dq${r}_${c} += ds * kc${c};`, "        ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_q", type: "f32", access: "read_write" },
       ],
-      params: BACKWARD_PARAMS,
+      params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
 ${loaders(s, ["q", "grad_out"], KEY_VALUE_STREAM)}
 ${streamDecls(s, KEY_VALUE_STREAM, s.masked ? ["keep_j"] : [])}
@@ -742,10 +835,13 @@ function gradKeyValueKernel(s: TileShape): Kernel {
           let x = ${rowDot(D, (c) => `qc${c}`, (c) => `ks${r}_${c}`)};
           let dp = ${rowDot(D, (c) => `dc${c}`, (c) => `vs${r}_${c}`)};
           let p = exp(x - row_lse);
-          let ds = p * (dp - row_delta);
-${unroll(nv, (c) => `dv${r}_${c} += p * dc${c};`, "          ")}
+          ${dropMul(s, "row_key", `key${r}`)}
+          let ds = p * (${s.dropout ? "dp * dm" : "dp"} - row_delta);
+${unroll(nv, (c) => `dv${r}_${c} += ${s.dropout ? "(p * dm)" : "p"} * dc${c};`, "          ")}
 ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
         }`, "        ");
+  // Dropout: the streamed query's row key, shared by every owned key.
+  const rowKeyLine = s.dropout ? "        let row_key = pcg_hash(u32(i) + head_key);\n" : "";
   const stream: Stream = {
     start: "q_start",
     end: "params.tq",
@@ -758,7 +854,7 @@ ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
       { name: "row_delta", value: (n) => `delta[row_base + ${n}]` },
     ],
     index: "i",
-    body,
+    body: rowKeyLine + body,
   };
   return cached("grad_kv", s, () =>
     defineKernel({
@@ -772,7 +868,7 @@ ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
         { name: "grad_k", type: "f32", access: "read_write" },
         { name: "grad_v", type: "f32", access: "read_write" },
       ],
-      params: BACKWARD_PARAMS,
+      params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
 ${loaders(s, ["k", "v"], QUERY_STREAM)}
 ${streamDecls(s, QUERY_STREAM, ["row_lse", "row_delta"])}
@@ -799,7 +895,12 @@ ${unroll(nv, (c) => `var dv${r}_${c} = vec4f(0.0);`, "  ")}`, "  ")
       }
   for (var gh = 0u; gh < params.group; gh++) {
     let h = kvh * params.group + gh;
-    let row_base = (b * params.kv_heads * params.group + h) * params.tq;${streamLoop(s, stream)}
+    let row_base = (b * params.kv_heads * params.group + h) * params.tq;${
+        s.dropout
+          ? `
+    let head_key = rng_u32(params.drop_seed, params.drop_stream, b * params.kv_heads * params.group + h);`
+          : ""
+      }${streamLoop(s, stream)}
   }
 ${
         unroll(s.rowsPerThread, (r) =>
@@ -896,12 +997,30 @@ function dispatchStreamed(
 
 // ---- the op --------------------------------------------------------------------------------------
 
+/** The dropout option checked, or undefined when it drops nothing. */
+function validDropout(d: AttentionDropout | undefined): AttentionDropout | undefined {
+  if (!d) return undefined;
+  if (!(d.p >= 0 && d.p <= 1)) {
+    throw new Error(`scaledDotProductAttention: dropout.p must be in [0, 1], got ${d.p}`);
+  }
+  if (!Number.isInteger(d.seed)) {
+    throw new Error(`scaledDotProductAttention: dropout.seed must be an integer, got ${d.seed}`);
+  }
+  if (!Number.isInteger(d.stream) || d.stream < 0 || d.stream >= 4294967296) {
+    throw new Error(
+      `scaledDotProductAttention: dropout.stream must be an integer in [0, 2^32), got ${d.stream}`,
+    );
+  }
+  return d.p === 0 ? undefined : d;
+}
+
 /**
  * Attention softmax(scale·q·kᵀ + mask)·v over q [B, Hq, T, D] and k, v [B, Hkv, S, D], computed
  * by fused kernels that never store the T×S scores. Query head h uses kv head ⌊h·Hkv/Hq⌋
  * (grouped-query attention). With `causal`, query i sees keys j ≤ i + S − T, so a query block
  * appended to a KV cache attends to the whole cache. Rows whose keys are all masked output 0 and
- * get zero gradients. Differentiable in q, k and v.
+ * get zero gradients. With `dropout`, softmax(…) is replaced by dropout(softmax(…)) with the mask
+ * of {@link attentionDropoutKeep}, regenerated in the backward. Differentiable in q, k and v.
  *
  * @example
  * ```ts
@@ -938,6 +1057,7 @@ export function scaledDotProductAttention(
       }`,
     );
   }
+  const drop = validDropout(options.dropout);
   const { batch, queryHeads, kvHeads, queryLen, keyLen, headDim } = shapes;
   if (q.size === 0 || keyLen === 0) {
     // No key (or nothing to compute): every row is fully masked.
@@ -955,9 +1075,10 @@ export function scaledDotProductAttention(
   const out = empty([batch, queryHeads, queryLen, headDim]);
   const lse = empty([batch, queryHeads, queryLen]);
   const rowCount = (queryHeads / kvHeads) * queryLen;
-  const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, tiling);
+  const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, !!drop, tiling);
   const params: Record<string, number> = {
     ...geometryValues(shapes, causal, scale),
+    ...dropoutValues(drop),
     ...stridedValues("q", q),
     ...stridedValues("k", k),
     ...stridedValues("v", v),
@@ -1015,7 +1136,7 @@ export function scaledDotProductAttention(
     if (k.requiresGrad || v.requiresGrad) {
       gradK = empty(k.shape);
       gradV = empty(v.shape);
-      const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, tiling);
+      const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, !!drop, tiling);
       dispatchStreamed(
         gradKeyValueKernel(keyShape),
         keyShape,

@@ -24,7 +24,8 @@ fn rng_uniform(seed: u32, stream: u32, index: u32) -> f32 {
 }
 `;
 
-function pcgHash(v: number): number {
+/** Plain-TS twin of the WGSL `pcg_hash`: a bijective mix of one u32. */
+export function pcgHash(v: number): number {
   const state = (Math.imul(v >>> 0, 747796405) + 2891336453) >>> 0;
   const word = Math.imul(((state >>> ((state >>> 28) + 4)) ^ state) >>> 0, 277803737) >>> 0;
   return ((word >>> 22) ^ word) >>> 0;

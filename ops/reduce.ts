@@ -1,6 +1,7 @@
 /**
- * Reductions over any set of axes: sum, mean, max, min, argmax, argmin, variance; and `sumTo`,
- * which reduces a broadcast gradient back to its operand's shape.
+ * Reductions over any set of axes: sum, mean, max, min, argmax, argmin, variance; `sumTo`,
+ * which reduces a broadcast gradient back to its operand's shape; and `countNonFinite` /
+ * `allFinite`, which check weights for NaN and ±Inf before they are used.
  *
  * Kernel layout: one workgroup of 64 threads per output element. Thread t visits reduced elements
  * t, t+64, … (the reduced coordinates decomposed against the reduced dims' strides, so any strided
@@ -11,7 +12,7 @@
  */
 import { record } from "./autograd.ts";
 import { defineKernel, grid1d, type Kernel, rt } from "./runtime.ts";
-import { empty, numel, type Tensor } from "./tensor.ts";
+import { empty, numel, type Tensor, tensor } from "./tensor.ts";
 
 const WG = 64;
 
@@ -143,6 +144,100 @@ export function reduceRaw(
   });
   rt().dispatch(k, [x, out], p, grid1d(nOut));
   return out;
+}
+
+const FINITE_WG = 256;
+/** At most this many workgroups per tensor; each thread then strides over the rest. */
+const FINITE_MAX_GROUPS = 1024;
+
+/**
+ * Count NaN/±Inf elements of one f32 or f16 buffer range into `counts[slot]`.
+ *
+ * Layout: the tensor's storage is bound as raw u32 words and classified by its bits (exponent all
+ * ones), because WGSL lets a compiler assume floats are finite, so `x != x` may fold to false.
+ * f16 element e is half (e & 1) of word e >> 1 (little-endian). Grid-stride loop, a 256-thread
+ * tree in shared memory, then one atomicAdd per workgroup: the count is exact in any order.
+ */
+function nonFiniteKernel(dtype: "f32" | "f16"): Kernel {
+  const key = `nonfinite|${dtype}`;
+  let k = cache.get(key);
+  if (k) return k;
+  const test = dtype === "f32"
+    ? "let bits = x[params.off + i]; if ((bits & 0x7f800000u) == 0x7f800000u) { c += 1u; }"
+    : `let e = params.off + i;
+    let h = (x[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu;
+    if ((h & 0x7c00u) == 0x7c00u) { c += 1u; }`;
+  k = defineKernel({
+    name: `count_nonfinite_${dtype}`,
+    bindings: [
+      { name: "x", type: "u32", access: "read" },
+      { name: "counts", type: "atomic<u32>", access: "read_write" },
+    ],
+    params: [["n", "u32"], ["off", "u32"], ["slot", "u32"]],
+    source: `
+var<workgroup> partial: array<u32, ${FINITE_WG}>;
+@compute @workgroup_size(${FINITE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let group = wid.x + wid.y * nwg.x;
+  let stride = nwg.x * nwg.y * ${FINITE_WG}u;
+  var c = 0u;
+  for (var i = group * ${FINITE_WG}u + l; i < params.n; i += stride) {
+    ${test}
+  }
+  partial[l] = c;
+  workgroupBarrier();
+  for (var s = ${FINITE_WG / 2}u; s > 0u; s = s >> 1u) {
+    if (l < s) { partial[l] = partial[l] + partial[l + s]; }
+    workgroupBarrier();
+  }
+  if (l == 0u && partial[0] > 0u) { atomicAdd(&counts[params.slot], partial[0]); }
+}`,
+  });
+  cache.set(key, k);
+  return k;
+}
+
+/**
+ * The number of NaN and ±Inf elements of each tensor (f32 or f16, contiguous), in order: one
+ * dispatch per tensor and a single read-back for all of them, so checking a whole model's weights
+ * costs one pass over its bytes and one round trip.
+ *
+ * @example
+ * ```ts ignore
+ * const [bad] = await countNonFinite([tensor([1, NaN, Infinity])]); // 2
+ * ```
+ */
+export async function countNonFinite(tensors: readonly Tensor[]): Promise<number[]> {
+  if (tensors.length === 0) return [];
+  const counts = tensor(new Uint32Array(tensors.length), [tensors.length], {
+    dtype: "u32",
+    category: "scratch",
+  });
+  try {
+    tensors.forEach((t, slot) => {
+      if (t.dtype !== "f32" && t.dtype !== "f16") {
+        throw new Error(`countNonFinite: ${t} is not a float tensor`);
+      }
+      if (!t.isContiguous) throw new Error(`countNonFinite: ${t} is not contiguous`);
+      if (t.size === 0) return;
+      const groups = Math.min(FINITE_MAX_GROUPS, Math.ceil(t.size / FINITE_WG));
+      rt().dispatch(
+        nonFiniteKernel(t.dtype),
+        [t, counts],
+        { n: t.size, off: t.offset, slot },
+        grid1d(groups),
+      );
+    });
+    return Array.from(await counts.read());
+  } finally {
+    counts.dispose();
+  }
+}
+
+/** Whether every element of every tensor is finite (no NaN, no ±Inf); see {@link countNonFinite}. */
+export async function allFinite(tensors: readonly Tensor[]): Promise<boolean> {
+  return (await countNonFinite(tensors)).every((c) => c === 0);
 }
 
 /** Broadcast-view `g` (reduced over `axes`) back to `shape`. */

@@ -33,7 +33,11 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --eval-interval N  --log-interval N  --save-interval N  --eval-batch-size N
   --train-limit N  --eval-limit N  --frozen-dtype f32|f16
   --eval-mode generate|loglik  --max-new-tokens N
-  --output DIR  --offline  --resume`;
+  --output DIR  --offline  --resume
+  --objective mlm|clm     pretrain on raw text instead of a task (masked LM for encoders,
+                          causal LM for decoders); with --train-file a.txt,b.jsonl [--eval-file F]
+                          [--text-column text] [--mlm-probability 0.15] [--from-scratch]
+                          [--tokenizer REPO|DIR] (when the model folder has only config.json)`;
 
 const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
   lr: "lr",
@@ -55,6 +59,7 @@ const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
   "eval-limit": "evalLimit",
   "eval-batch-size": "evalBatchSize",
   "max-new-tokens": "maxNewTokens",
+  "mlm-probability": "mlmProbability",
 };
 
 const STRING_FLAGS: Record<string, keyof RunConfig> = {
@@ -66,6 +71,9 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   "frozen-dtype": "frozenDtype",
   "eval-mode": "evalMode",
   output: "output",
+  objective: "objective",
+  "text-column": "textColumn",
+  tokenizer: "tokenizer",
 };
 
 /** Build a RunConfig from command-line arguments (and the YAML file they name). */
@@ -81,6 +89,9 @@ export async function configFromArgs(
     alpha: { type: "string" },
     "lora-dropout": { type: "string" },
     rslora: { type: "boolean" },
+    "train-file": { type: "string" },
+    "eval-file": { type: "string" },
+    "from-scratch": { type: "boolean" },
     offline: { type: "boolean" },
     resume: { type: "boolean" },
     help: { type: "boolean" },
@@ -119,6 +130,12 @@ export async function configFromArgs(
     raw.lrMultipliers = parseMultipliers(String(values["lr-multipliers"]));
   }
   if (values.offline) raw.offline = true;
+  if (values["from-scratch"]) raw.fromScratch = true;
+  for (const [flag, key] of [["train-file", "trainFile"], ["eval-file", "evalFile"]] as const) {
+    if (values[flag] === undefined) continue;
+    const files = parseList(String(values[flag]));
+    raw[key] = files.length === 1 ? files[0] : files;
+  }
   const methodOptions: Record<string, unknown> = {
     ...(raw.methodOptions as Record<string, unknown> ?? {}),
   };

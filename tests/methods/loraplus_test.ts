@@ -38,6 +38,9 @@ Deno.test("LoRA+ defaults to λ = 16 over LoRA's defaults and rejects unknown or
     alpha: 8,
     dropout: 0,
     rslora: false,
+    rankPattern: {},
+    alphaPattern: {},
+    loraBias: false,
     lrRatio: 16,
     vectorsAtRatio: true,
   });

@@ -79,7 +79,8 @@ export const siluRef = (x: number): number => x / (1 + Math.exp(-x));
 
 /**
  * Multi-head attention on [B, T, heads·D] projections (row-major per token), grouped-query when
- * kvHeads < heads. keep[b][j] = false masks key j; causal masks j > i.
+ * kvHeads < heads. keep[b][j] = false masks key j; causal masks j > i. `dropMul(b·heads + h, i, j)`
+ * multiplies each probability (attention dropout with an explicit mask).
  */
 export function attentionRef(
   q: Float64Array,
@@ -92,6 +93,7 @@ export function attentionRef(
   d: number,
   keep: boolean[][],
   causal: boolean,
+  dropMul?: (batchHead: number, i: number, j: number) => number,
 ): Float64Array {
   const out = new Float64Array(b * t * heads * d);
   const scale = 1 / Math.sqrt(d);
@@ -117,7 +119,10 @@ export function attentionRef(
         const z = p.reduce((a, c) => a + c, 0);
         for (let e = 0; e < d; e++) {
           let acc = 0;
-          for (let j = 0; j < t; j++) acc += (p[j] / z) * v[((bi * t + j) * kvHeads + kh) * d + e];
+          for (let j = 0; j < t; j++) {
+            const dm = dropMul ? dropMul(bi * heads + h, i, j) : 1;
+            acc += (p[j] / z) * dm * v[((bi * t + j) * kvHeads + kh) * d + e];
+          }
           out[((bi * t + i) * heads + h) * d + e] = acc;
         }
       }
@@ -177,13 +182,17 @@ export interface RefLlamaDims {
   tied: boolean;
 }
 
-/** LLaMA logits [B, T, V] for ids [B, T] with a key mask (left padding allowed). */
+/**
+ * LLaMA logits [B, T, V] for ids [B, T] with a key mask (left padding allowed); `drop`: training
+ * mode, where Hugging Face's LlamaAttention drops attention weights (attention_dropout).
+ */
 export function llamaRef(
   w: HostWeights,
   dims: RefLlamaDims,
   ids: number[][],
   keep: boolean[][],
   positions: number[][],
+  drop?: RefDropout,
 ): Float64Array {
   const b = ids.length, t = ids[0].length, h = dims.hidden, d = h / dims.heads;
   const emb = get(w, "model.embed_tokens.weight");
@@ -199,7 +208,8 @@ export function llamaRef(
     const q = ropeRef(proj("q_proj", h), b, t, dims.heads, d, pos, dims.theta);
     const k = ropeRef(proj("k_proj", dims.kvHeads * d), b, t, dims.kvHeads, d, pos, dims.theta);
     const v = proj("v_proj", dims.kvHeads * d);
-    const a = attentionRef(q, k, v, b, t, dims.heads, dims.kvHeads, d, keep, true);
+    const probs = drop && drop.attention > 0 ? drop.probs(drop.attention) : undefined;
+    const a = attentionRef(q, k, v, b, t, dims.heads, dims.kvHeads, d, keep, true, probs);
     const o = linearRef(a, rows, get(w, `${p}.self_attn.o_proj.weight`), h, h);
     const h1 = x.map((xv, i) => xv + o[i]);
     const n2 = rmsNormRef(h1, h, get(w, `${p}.post_attention_layernorm.weight`), dims.eps);
@@ -227,7 +237,29 @@ export interface RefEncoderDims {
   labels: number;
 }
 
-/** Encoder classification logits [B, labels] (evaluation mode). */
+/**
+ * Training-mode dropout of a reference forward pass, with explicit masks. Each call with p > 0
+ * takes the next mask (the engine's ForwardContext numbers its dropout calls the same way).
+ */
+export interface RefDropout {
+  /** Hugging Face's hidden_dropout_prob. */
+  hidden: number;
+  /** attention_probs_dropout_prob. */
+  attention: number;
+  /** The head's dropout (classifier_dropout, else hidden_dropout_prob). */
+  classifier: number;
+  /** The next call's multiplier of element `index` (row-major) of the dropped tensor. */
+  mask(p: number): (index: number) => number;
+  /** The next call's multiplier of attention probability (b·heads + h, i, j). */
+  probs(p: number): (batchHead: number, i: number, j: number) => number;
+}
+
+/**
+ * Encoder classification logits [B, labels]: evaluation mode, or training mode with `drop`'s
+ * masks at Hugging Face's sites (RobertaEmbeddings/BertEmbeddings output, attention
+ * probabilities, RobertaSelfOutput/RobertaOutput before the residual, RobertaClassificationHead
+ * before dense and out_proj, BertForSequenceClassification before the classifier).
+ */
 export function encoderRef(
   w: HostWeights,
   dims: RefEncoderDims,
@@ -235,7 +267,13 @@ export function encoderRef(
   keep: boolean[][],
   positions: number[][],
   types: number[][],
+  drop?: RefDropout,
 ): Float64Array {
+  const dropout = (x: Float64Array, p: number): Float64Array => {
+    if (!drop || p === 0) return x;
+    const m = drop.mask(p);
+    return x.map((v, i) => v * m(i));
+  };
   const b = ids.length, t = ids[0].length, h = dims.hidden, base = dims.kind;
   const rows = b * t;
   const table = (n: string) => get(w, `${base}.embeddings.${n}.weight`);
@@ -251,6 +289,7 @@ export function encoderRef(
     }
   }
   x = layerNormRef(x, h, table("LayerNorm"), get(w, `${base}.embeddings.LayerNorm.bias`), dims.eps);
+  x = dropout(x, drop?.hidden ?? 0);
   const lin = (input: Float64Array, n: string, out: number, inp: number, r = rows) =>
     linearRef(input, r, get(w, `${n}.weight`), out, inp, get(w, `${n}.bias`));
   const ln = (input: Float64Array, n: string) =>
@@ -260,19 +299,33 @@ export function encoderRef(
     const q = lin(x, `${p}.attention.self.query`, h, h);
     const k = lin(x, `${p}.attention.self.key`, h, h);
     const v = lin(x, `${p}.attention.self.value`, h, h);
-    const a = attentionRef(q, k, v, b, t, dims.heads, dims.heads, h / dims.heads, keep, false);
-    const ao = lin(a, `${p}.attention.output.dense`, h, h);
+    const probs = drop && drop.attention > 0 ? drop.probs(drop.attention) : undefined;
+    const a = attentionRef(
+      q,
+      k,
+      v,
+      b,
+      t,
+      dims.heads,
+      dims.heads,
+      h / dims.heads,
+      keep,
+      false,
+      probs,
+    );
+    const ao = dropout(lin(a, `${p}.attention.output.dense`, h, h), drop?.hidden ?? 0);
     const h1 = ln(ao.map((val, i) => val + x[i]), `${p}.attention.output.LayerNorm`);
     const inter = lin(h1, `${p}.intermediate.dense`, dims.inter, h).map(geluRef);
-    const o = lin(inter, `${p}.output.dense`, h, dims.inter);
+    const o = dropout(lin(inter, `${p}.output.dense`, h, dims.inter), drop?.hidden ?? 0);
     x = ln(o.map((val, i) => val + h1[i]), `${p}.output.LayerNorm`);
   }
   const first = new Float64Array(b * h);
   for (let bi = 0; bi < b; bi++) first.set(x.subarray(bi * t * h, bi * t * h + h), bi * h);
+  const pc = drop?.classifier ?? 0;
   if (dims.kind === "roberta") {
-    const z = lin(first, "classifier.dense", h, h, b).map(Math.tanh);
-    return lin(z, "classifier.out_proj", dims.labels, h, b);
+    const z = lin(dropout(first, pc), "classifier.dense", h, h, b).map(Math.tanh);
+    return lin(dropout(z, pc), "classifier.out_proj", dims.labels, h, b);
   }
   const pooled = lin(first, "bert.pooler.dense", h, h, b).map(Math.tanh);
-  return lin(pooled, "classifier", dims.labels, h, b);
+  return lin(dropout(pooled, pc), "classifier", dims.labels, h, b);
 }

@@ -2,11 +2,15 @@
  * Fused scaled dot-product attention against a plain-TS float64 reference: awkward T, S, D,
  * batches, grouped-query heads, causal masking (also with T < S and T > S), key padding masks,
  * fully masked rows, strided q/k/v views, and the backward rule for q, k and v by finite
- * differences in several of those settings.
+ * differences in several of those settings. Attention-probability dropout: the kernels' mask
+ * equals the host rule (attentionDropoutKeep), its kept fraction and 1/(1−p) scale match p, and
+ * the backward regenerates the same mask (finite differences against the explicit-mask reference).
  */
 import assert from "node:assert/strict";
 import {
   ATTENTION,
+  type AttentionDropout,
+  attentionDropoutKeep,
   type AttentionTiling,
   backward,
   gpu,
@@ -50,13 +54,18 @@ interface Case {
   scale?: number;
   /** Forces a workgroup shape instead of the adapter's default. */
   tiling?: AttentionTiling;
+  /** Dropout on the probabilities (the reference rebuilds the explicit mask). */
+  dropout?: AttentionDropout;
 }
 
 const FORWARD_TOL = { atol: 2e-5, rtol: 2e-4 };
 /** Tighter than checkGradients' default so that a 0.1% slip in one gradient term is caught. */
 const GRAD_TOL = { atol: 3e-5, rtol: 3e-4 };
 
-/** The textbook definition in float64: full scores, masked softmax, weighted sum of values. */
+/**
+ * The textbook definition in float64: full scores, masked softmax, (dropout with the explicit
+ * mask of attentionDropoutKeep,) weighted sum of values.
+ */
 function referenceAttention(
   c: Case,
   q: ArrayLike<number>,
@@ -90,7 +99,11 @@ function referenceAttention(
         for (let j = 0; j < S; j++) l += scores[j] === -Infinity ? 0 : Math.exp(scores[j] - m);
         for (let j = 0; j < S; j++) {
           if (scores[j] === -Infinity) continue;
-          const p = Math.exp(scores[j] - m) / l;
+          let p = Math.exp(scores[j] - m) / l;
+          if (c.dropout) {
+            const kept = attentionDropoutKeep(c.dropout, b * Hq + h, i, j);
+            p = kept ? p / (1 - c.dropout.p) : 0;
+          }
           const vo = ((b * Hkv + kh) * S + j) * D;
           for (let d = 0; d < D; d++) out[qo + d] += p * v[vo + d];
         }
@@ -115,6 +128,7 @@ function run(c: Case, q: Tensor, k: Tensor, v: Tensor, maskDtype: "f32" | "i32" 
     keyPaddingMask,
     scale: c.scale,
     tiling: c.tiling,
+    dropout: c.dropout,
   });
 }
 
@@ -524,4 +538,150 @@ Deno.test("attention rejects mismatched shapes, dtypes and masks with named erro
     /tiling must have integer threads/,
   );
   for (const t of [q, kv, kv1, kvWrongD]) t.dispose();
+});
+
+// ---- dropout on the probabilities ----------------------------------------------------------------
+
+variantTest("attention dropout: forward equals the explicit-mask reference", async () => {
+  const dropout = { p: 0.3, seed: 1234, stream: 7 };
+  await checkForward({ B: 2, Hq: 2, Hkv: 2, T: 7, S: 33, D: 16, dropout }, 200);
+  await checkForward(
+    {
+      B: 2,
+      Hq: 4,
+      Hkv: 1,
+      T: 33,
+      S: 40,
+      D: 8,
+      causal: true,
+      mask: prefixMask(2, 40, [40, 29]),
+      dropout,
+    },
+    201,
+  );
+  for (const tiling of TILINGS) {
+    await checkForward({ B: 1, Hq: 4, Hkv: 2, T: 9, S: 11, D: 8, dropout, tiling }, 202);
+  }
+});
+
+/**
+ * The kernel's dropout multipliers read straight off the output: with q = 0 every visible key has
+ * probability 1/S, and with v_j = e_j (D = S) output (i, j) is that probability times the mask.
+ */
+async function observedMultipliers(
+  c: { B: number; Hq: number; T: number; S: number },
+  dropout: AttentionDropout,
+): Promise<Float32Array> {
+  const { B, Hq, T, S } = c;
+  const eye = new Float32Array(B * S * S);
+  for (let b = 0; b < B; b++) for (let j = 0; j < S; j++) eye[(b * S + j) * S + j] = 1;
+  const out = await scopeAsync(() =>
+    scaledDotProductAttention(
+      tensor(new Float32Array(B * Hq * T * S), [B, Hq, T, S]),
+      tensor(new Float32Array(B * S * S), [B, 1, S, S]),
+      tensor(eye, [B, 1, S, S]),
+      { dropout },
+    ).read()
+  );
+  return out.map((x) => x * S) as Float32Array;
+}
+
+variantTest("attention dropout: kept fraction ≈ 1 − p, kept ones scaled by 1/(1−p)", async () => {
+  const shape = { B: 2, Hq: 3, T: 40, S: 64 };
+  const n = shape.B * shape.Hq * shape.T * shape.S; // 15360 probabilities
+  for (const p of [0.1, 0.5]) {
+    const dropout = { p, seed: 99, stream: 3 };
+    const m = await observedMultipliers(shape, dropout);
+    let kept = 0;
+    for (let e = 0; e < n; e++) {
+      const v = m[e];
+      const isKept = Math.abs(v - 1 / (1 - p)) < 1e-4;
+      assert.ok(isKept || Math.abs(v) < 1e-6, `multiplier ${v} is neither 0 nor 1/(1−p)`);
+      if (isKept) kept++;
+      // Element (b, h, i, j) of the output is exactly the host rule's decision.
+      const j = e % shape.S, i = Math.floor(e / shape.S) % shape.T;
+      const bh = Math.floor(e / (shape.S * shape.T));
+      assert.equal(isKept, attentionDropoutKeep(dropout, bh, i, j), `mask at ${e}`);
+    }
+    // Binomial(n, 1 − p): 5 standard deviations.
+    const sd = Math.sqrt(n * p * (1 - p));
+    assert.ok(Math.abs(kept - n * (1 - p)) < 5 * sd, `kept ${kept} of ${n} at p ${p}`);
+  }
+  // Another stream, another mask; the same stream, the same mask; p = 1 drops everything.
+  const a = await observedMultipliers(shape, { p: 0.5, seed: 99, stream: 3 });
+  const b = await observedMultipliers(shape, { p: 0.5, seed: 99, stream: 4 });
+  const again = await observedMultipliers(shape, { p: 0.5, seed: 99, stream: 3 });
+  assert.deepEqual(again, a);
+  const differ = a.filter((x, e) => x !== b[e]).length;
+  assert.ok(differ > n / 3, `streams 3 and 4 differ in ${differ} of ${n}`);
+  const all = await observedMultipliers(shape, { p: 1, seed: 99, stream: 3 });
+  assert.ok(all.every((x) => x === 0), "p = 1 drops every probability");
+});
+
+variantTest("attention dropout: p = 0 is exactly no dropout", async () => {
+  const c: Case = { B: 1, Hq: 2, Hkv: 1, T: 7, S: 9, D: 8, causal: true };
+  const plain = await checkForward(c, 210);
+  const zero = await checkForward({ ...c, dropout: { p: 0, seed: 5, stream: 1 } }, 210);
+  assert.deepEqual(zero, plain);
+});
+
+variantTest("attention dropout backward regenerates the mask (finite differences)", async () => {
+  const dropout = { p: 0.25, seed: 77, stream: 12 };
+  await checkAttentionGradients({ B: 2, Hq: 2, Hkv: 2, T: 7, S: 5, D: 8, dropout }, 220);
+  await checkAttentionGradients(
+    {
+      B: 1,
+      Hq: 4,
+      Hkv: 2,
+      T: 9,
+      S: 11,
+      D: 8,
+      causal: true,
+      mask: prefixMask(1, 11, [10]),
+      dropout,
+    },
+    221,
+  );
+  await checkAttentionGradients(
+    { B: 1, Hq: 2, Hkv: 1, T: 33, S: 33, D: 8, causal: true, dropout, tiling: TILINGS[2] },
+    222,
+  );
+});
+
+Deno.test("attention dropout: gradients differ from the undropped ones (the mask is applied)", async () => {
+  const c: Case = { B: 1, Hq: 2, Hkv: 1, T: 7, S: 9, D: 8 };
+  const [q, k, v] = inputs(c, 230);
+  const grads = (dropout?: AttentionDropout) =>
+    scopeAsync(async () => {
+      const qt = tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D], { requiresGrad: true });
+      const kt = tensor(Float32Array.from(k), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+      const vt = tensor(Float32Array.from(v), [c.B, c.Hkv, c.S, c.D], { requiresGrad: true });
+      backward(sum(mul(run({ ...c, dropout }, qt, kt, vt), run(c, qt, kt, vt))));
+      const out = [];
+      for (const t of [qt, kt, vt]) out.push(await t.grad!.read());
+      for (const t of [qt, kt, vt]) t.dispose();
+      return out;
+    });
+  const plain = await grads();
+  const dropped = await grads({ p: 0.4, seed: 3, stream: 0 });
+  for (let i = 0; i < 3; i++) {
+    assert.ok(dropped[i].some((x, e) => Math.abs(x - plain[i][e]) > 1e-4), `gradient ${i}`);
+  }
+});
+
+Deno.test("attention dropout options are validated with named errors", () => {
+  const q = tensor(new Float32Array(8), [1, 1, 1, 8]);
+  assert.throws(
+    () => scaledDotProductAttention(q, q, q, { dropout: { p: 1.5, seed: 0, stream: 0 } }),
+    /dropout\.p must be in \[0, 1\], got 1\.5/,
+  );
+  assert.throws(
+    () => scaledDotProductAttention(q, q, q, { dropout: { p: 0.1, seed: 0.5, stream: 0 } }),
+    /dropout\.seed must be an integer/,
+  );
+  assert.throws(
+    () => scaledDotProductAttention(q, q, q, { dropout: { p: 0.1, seed: 0, stream: -1 } }),
+    /dropout\.stream must be an integer in \[0, 2\^32\)/,
+  );
+  q.dispose();
 });

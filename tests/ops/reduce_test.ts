@@ -1,12 +1,17 @@
 /**
  * Reductions against plain-TS float64 references: every axis, all axes, several axes, keepDims,
  * strided inputs, argmax/argmin tie-breaking, variance with Bessel's correction, sumTo, and the
- * backward rules by finite differences (plus the tie rule of max/min, which has no derivative).
+ * backward rules by finite differences (plus the tie rule of max/min, which has no derivative), and
+ * the NaN/±Inf count against a host count (f32 and f16, offsets, many workgroups).
  */
 import assert from "node:assert/strict";
 import {
+  allFinite,
   argmax,
   argmin,
+  countNonFinite,
+  f16ToF32,
+  f32ToF16,
   max,
   mean,
   min,
@@ -263,4 +268,67 @@ Deno.test("reductions over no axes copy, and bad axes are rejected", async () =>
   const m = mean(tensor(new Float32Array(0), [0, 3]), 1);
   assert.deepEqual(m.shape, [0]);
   assertClose(await sum(tensor(new Float32Array(0), [0])).read(), [0], { atol: 0 }, "empty sum");
+});
+
+/** Host reference of countNonFinite: the values as the tensor stores them (f16 rounds first). */
+function nonFiniteRef(values: Float32Array, dtype: "f32" | "f16"): number {
+  const stored = dtype === "f16" ? f16ToF32(f32ToF16(values)) : values;
+  return stored.reduce((c, v) => c + (Number.isFinite(v) ? 0 : 1), 0);
+}
+
+/** n values in [-2, 2) with NaN, ±Inf and f16-overflowing values sprinkled at seeded positions. */
+function withSpecials(n: number, seed: number, specials: number): Float32Array {
+  const v = Float32Array.from(randomArray(n, seed, -2, 2));
+  const at = randomArray(specials, seed + 1, 0, n);
+  const kinds = [NaN, Infinity, -Infinity, 7e4, -1e30, 3.4e38];
+  at.forEach((p, i) => (v[Math.floor(p)] = kinds[i % kinds.length]));
+  return v;
+}
+
+Deno.test("countNonFinite counts NaN and ±Inf exactly, as a host count does (f32 and f16)", async () => {
+  // Sizes around the 256-thread workgroup and past the 1024-workgroup cap (grid-stride loop).
+  for (const n of [1, 255, 256, 257, 5000, 300_001]) {
+    for (const dtype of ["f32", "f16"] as const) {
+      const values = withSpecials(n, n, Math.min(n, 37));
+      const t = tensor(values, [n], { dtype });
+      const [count] = await countNonFinite([t]);
+      assert.equal(count, nonFiniteRef(values, dtype), `${dtype} n=${n}`);
+      t.dispose();
+    }
+  }
+});
+
+Deno.test("countNonFinite: one slot per tensor, views at odd offsets, subnormals and -0 are finite", async () => {
+  const clean = Float32Array.from([0, -0, 1e-45, 6e-8, -65504, 65504, 3.4e38]);
+  const bad = Float32Array.from([1, NaN, 2, Infinity, -Infinity, 4, 5]);
+  const a = tensor(clean, [7]);
+  const b = tensor(bad, [7]);
+  const h = tensor(bad, [7], { dtype: "f16" });
+  // f16 views starting at odd and even element offsets (different halves of a 32-bit word).
+  const odd = h.view([2], [1], 1); // [NaN, 2]
+  const even = h.view([3], [1], 4); // [-Inf, 4, 5]
+  const tail = h.view([1], [1], 6); // [5]
+  const f32View = b.view([3], [1], 2); // [2, Inf, -Inf]
+  assert.deepEqual(await countNonFinite([a, b, h, odd, even, tail, f32View]), [
+    0,
+    3,
+    3,
+    1,
+    1,
+    0,
+    2,
+  ]);
+  assert.equal(await allFinite([a, tail]), true);
+  assert.equal(await allFinite([a, odd]), false);
+  // 3.4e38 is finite in f32 but overflows f16.
+  const big = tensor(clean, [7], { dtype: "f16" });
+  assert.deepEqual(await countNonFinite([big]), [1]);
+  assert.deepEqual(await countNonFinite([]), []);
+  assert.deepEqual(await countNonFinite([tensor(new Float32Array(0), [0])]), [0]);
+  await assert.rejects(countNonFinite([tensor([1, 2], { dtype: "i32" })]), /not a float tensor/);
+  await assert.rejects(
+    countNonFinite([b.view([2, 2], [1, 2], 0)]),
+    /not contiguous/,
+  );
+  for (const t of [a, b, h, big]) t.dispose();
 });

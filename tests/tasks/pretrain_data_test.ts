@@ -22,6 +22,7 @@ import {
   TokenBlocks,
 } from "../../tasks/lib/pretrain/tokens.ts";
 import { maskTokens } from "../../tasks/lib/pretrain/masking.ts";
+import { corpusCli } from "../../tasks/corpus.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
 
 const SHARED = new URL("../../../shared/data/", import.meta.url).pathname;
@@ -265,6 +266,34 @@ Deno.test("maskTokens: 15 % of non-special tokens, 80/10/10, labels −100 elsew
   const other = maskTokens(ids, { ...opts, stream: 4 });
   assert.notDeepEqual(other.labels, r.labels);
   assert.throws(() => maskTokens(ids, { ...opts, probability: 1.5 }), /mlm probability 1\.5/);
+});
+
+Deno.test("deno task corpus: flags, 'none' leaves a source out, usage errors exit 2", async () => {
+  const out = join(work, "cli-corpus");
+  const lines = await corpusCli([
+    "--out",
+    out,
+    "--glue",
+    "none",
+    "--commonsense",
+    "none",
+    "--gcide",
+    join(work, "absent.dict.dz"),
+    "--wordnet",
+    "none",
+  ]);
+  assert.match(lines[0], /0 files, 0 documents \(missing: .*absent\.dict\.dz\)/);
+  const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+  assert.deepEqual(manifest.files, []);
+  await assert.rejects(() => corpusCli([]), /--out DIR is required/);
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../../tasks/corpus.ts", import.meta.url).pathname, "--bogus"],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const r = await cmd.output();
+  assert.equal(r.code, 2);
+  assert.match(new TextDecoder().decode(r.stderr), /^error: .*--bogus/);
 });
 
 Deno.test("cleanup of the temporary work folder", async () => {

@@ -14,6 +14,7 @@ import {
   type Tensor,
   tensor,
 } from "../../../ops/mod.ts";
+import { ForwardContext } from "../../../models/context.ts";
 import { generate } from "../../../models/generate.ts";
 import type { EncoderForSequenceClassification } from "../../../models/encoder.ts";
 import type { LlamaForCausalLM } from "../../../models/llama.ts";
@@ -49,7 +50,10 @@ export function batchTensors(h: HostBatch): { ids: Tensor; mask: Tensor; typeIds
   };
 }
 
-/** Classification logits [B, numLabels] of a batch (no dropout unless the context says so). */
+/**
+ * Classification logits [B, numLabels] of a batch, with the dropout of the running forward
+ * context ({@link ForwardContext.current}): the trainer's training context, evaluation elsewhere.
+ */
 export function classifierLogits(c: Classifier, h: HostBatch): Tensor {
   const { ids, mask, typeIds } = batchTensors(h);
   if (c.kind === "encoder") {
@@ -81,7 +85,10 @@ export async function evaluateClassification(
   const predictions: number[] = [];
   for (let i = 0; i < examples.length; i += batchSize) {
     const h = collate(examples.slice(i, i + batchSize), padId, "right");
-    const logits = await scopeAsync(() => noGrad(() => classifierLogits(c, h)).read());
+    // Evaluation is deterministic: no dropout even if called inside a training forward context.
+    const logits = await scopeAsync(() =>
+      noGrad(() => ForwardContext.eval().run(() => classifierLogits(c, h))).read()
+    );
     const k = spec.numLabels;
     for (let r = 0; r < h.b; r++) {
       if (spec.isRegression) predictions.push(logits[r]);
@@ -189,7 +196,7 @@ export async function evaluateCommonsenseLoglik(
         const hidden = model.hidden({
           ids: tensor(h.ids, [h.b, h.t]),
           keyMask: tensor(h.mask, [h.b, h.t]),
-        });
+        }, ForwardContext.eval());
         const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
         const targets = tensor(shiftLabels(h), [h.b * (h.t - 1)]);
         return crossEntropy(reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]), targets, {

@@ -9,6 +9,7 @@ import type { Optimizer, Tensor } from "../../../ops/mod.ts";
 import { openSafetensors, writeSafetensors } from "../../../models/safetensors.ts";
 import { toEntries, writeInto, writeTextAtomic } from "../../../methods/peft.ts";
 import type { RunConfig } from "./config.ts";
+import { assertFiniteWeights, assertShape } from "../../../models/validate.ts";
 import type { Scores } from "./prepare.ts";
 
 /** The checkpoint folder's name inside a run folder. */
@@ -97,8 +98,11 @@ export async function loadCheckpoint(
           `${dir}: checkpoint has no tensor ${name}; was it written by another method?`,
         );
       }
+      // A checkpoint of other settings (e.g. another rank) must not be written into these tensors.
+      assertShape(name, params.info(name).shape, t.shape, params.path);
       writeInto(t, await params.readF32(name));
     }
+    await assertFiniteWeights(named, params.path);
   } finally {
     params.close();
   }

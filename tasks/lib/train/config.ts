@@ -67,6 +67,20 @@ export const RunConfigSchema = z.object({
   output: z.string().min(1).default("runs/latest"),
   /** Never touch the network; resolve models and data from the cache or local folders. */
   offline: z.boolean().default(false),
+  /** Pretrain on raw text instead of a task: masked LM (encoders) or causal LM (decoders). */
+  objective: z.enum(["mlm", "clm"]).optional(),
+  /** Pretraining text: .txt (a document per paragraph) or .jsonl (a text field), one or many. */
+  trainFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /** Held-out pretraining text (default: the last 5 % of the training blocks). */
+  evalFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /** The JSONL field that holds the text. */
+  textColumn: z.string().min(1).default("text"),
+  /** MLM: share of tokens selected for prediction. */
+  mlmProbability: z.number().gt(0).lt(1).default(0.15),
+  /** Initialise the model from its config.json (pretraining from scratch). */
+  fromScratch: z.boolean().default(false),
+  /** The tokenizer's repo id or folder, when it is not the model's (HF's --tokenizer_name). */
+  tokenizer: z.string().min(1).optional(),
 }).strict() satisfies ConfigSchema<RunConfig>;
 
 /** A validated run configuration (defaults filled in). */
@@ -137,6 +151,26 @@ export interface RunConfig {
   output: string;
   /** Never touch the network: models and data from the cache or local folders; default false. */
   offline: boolean;
+  /**
+   * Pretrain on raw text (`trainFile`) instead of fine-tuning on `task`: "mlm" for RoBERTa/BERT
+   * (RobertaForMaskedLM's head, 15 % masking, 80/10/10), "clm" for LLaMA-family decoders.
+   */
+  objective?: "mlm" | "clm";
+  /** Pretraining text files (.txt, .jsonl, optionally .gz), packed into `maxLength` blocks. */
+  trainFile?: string | string[];
+  /** Held-out pretraining text; absent: the last 5 % of the training blocks. */
+  evalFile?: string | string[];
+  /** JSONL field with the text; default "text". */
+  textColumn: string;
+  /** MLM selection probability; default 0.15 (Hugging Face's mlm_probability). */
+  mlmProbability: number;
+  /** Initialise every weight from config.json instead of loading them; default false. */
+  fromScratch: boolean;
+  /**
+   * A repo id or folder holding the tokenizer, when the model folder has none (a from-scratch
+   * config, as run_mlm.py's --tokenizer_name); absent: the model's own.
+   */
+  tokenizer?: string;
 }
 
 /** Turn schema issues into one message naming each field and what was expected. */

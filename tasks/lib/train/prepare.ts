@@ -5,7 +5,7 @@
  * @module
  */
 import { crossEntropy, mseLoss, reshape, type Tensor, tensor } from "../../../ops/mod.ts";
-import { type LoadedModel, loadModel } from "../../../models/load.ts";
+import { type LoadedMaskedLM, type LoadedModel, loadModel } from "../../../models/load.ts";
 import { loadTokenizer, type Tokenizer } from "../../../models/tokenizer.ts";
 import type { RunConfig } from "./config.ts";
 import {
@@ -31,22 +31,37 @@ import {
   shiftLabels,
 } from "../eval/evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
+import {
+  type BatchSource,
+  type Objective,
+  preparePretraining,
+  type PretrainEval,
+} from "../pretrain/objective.ts";
+import { writePretrainedModel } from "../pretrain/save.ts";
 
 /** One evaluation's scores (flat, for tables). */
 export type Scores = Record<string, number>;
 
+/** What a run trains on: a task's data set, or raw text under a pretraining objective. */
+export type PreparedTask = TaskInfo | { kind: "pretrain"; name: Objective };
+
 /** A task made ready to train: data encoded, model loaded, loss and evaluation bound. */
 export interface Prepared {
-  task: TaskInfo;
+  task: PreparedTask;
   tokenizer: Tokenizer;
-  loaded: LoadedModel;
+  loaded: LoadedModel | LoadedMaskedLM;
+  /** The encoded training examples (empty when `batches` streams them). */
   train: Encoded[];
+  /** Batches produced on demand (pretraining streams its blocks from disk). */
+  batches?: BatchSource;
+  /** Write a complete Hugging Face model folder of the trained model (pretraining's output). */
+  saveModel?: (dir: string) => Promise<void>;
   evaluate: () => Promise<
     {
       scores: Scores;
       main: number;
       mainMetric: string;
-      detail: ClassificationEval | CommonsenseEval;
+      detail: ClassificationEval | CommonsenseEval | PretrainEval;
     }
   >;
   loss: (h: HostBatch) => Tensor;
@@ -59,9 +74,12 @@ export interface Prepared {
  * task's loss and evaluation: the first half of `train()`'s data flow.
  */
 export async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
+  if (config.objective) return await preparePretrainingRun(config, log);
   const task = resolveTask(config.task);
   const modelDir = await resolveModelDir(config.model, config.offline);
-  const tokenizer = await loadTokenizer(modelDir);
+  const tokenizer = await loadTokenizer(
+    config.tokenizer ? await resolveModelDir(config.tokenizer, config.offline) : modelDir,
+  );
   const source = await dataSource(task, config.data, config.offline);
   const padId = tokenizer.padId ?? 0;
   const tokKey = {
@@ -170,5 +188,33 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
         detail: r,
       };
     },
+  };
+}
+
+/** A pretraining objective's run: streamed blocks, its LM loss, held-out loss and accuracy. */
+async function preparePretrainingRun(
+  config: RunConfig,
+  log: (s: string) => void,
+): Promise<Prepared> {
+  const p = await preparePretraining(config, log);
+  return {
+    task: { kind: "pretrain", name: p.objective },
+    tokenizer: p.tokenizer,
+    loaded: p.loaded,
+    train: [],
+    batches: p.batches,
+    padSide: "right",
+    padId: p.tokenizer.padId ?? 0,
+    loss: p.loss,
+    evaluate: async () => {
+      const r = await p.evaluate();
+      return {
+        scores: { loss: r.loss, perplexity: r.perplexity, accuracy: r.accuracy },
+        main: r.accuracy,
+        mainMetric: "accuracy",
+        detail: r,
+      };
+    },
+    saveModel: (dir) => writePretrainedModel(dir, p.loaded, p.modelDir, p.tokenizerDir),
   };
 }

@@ -36,7 +36,7 @@ import {
   zeros,
 } from "../../../ops/mod.ts";
 import { ForwardContext } from "../../../models/context.ts";
-import type { LoadedModel } from "../../../models/load.ts";
+import type { Module } from "../../../models/module.ts";
 import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
 import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
@@ -142,7 +142,7 @@ function scheduleOf(config: RunConfig, total: number): Schedule {
 
 /** Parameters of a model: trainable (in groups) and total. */
 function countParams(
-  loaded: LoadedModel,
+  loaded: { model: Module },
   groups: readonly ParamGroupSpec[],
 ): { trainable: number; total: number } {
   const all = new Set(loaded.model.namedParameters().map(([, t]) => t));
@@ -186,17 +186,24 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const headModules = p.task.kind === "glue"
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
-  const batchesPerEpoch = Math.ceil(p.train.length / config.batchSize);
+  const batchesPerEpoch = p.batches?.perEpoch ?? Math.ceil(p.train.length / config.batchSize);
   if (batchesPerEpoch === 0) throw new Error(`${config.task}: no training examples`);
   const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / config.gradAccum));
   const total = config.steps ?? Math.max(1, Math.round(config.epochs * stepsPerEpoch));
+  // A model folder is written only when the method kept the model's own parameter names (full
+  // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
+  const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets: config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
       defaultTargets(modelType),
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
-    taskType: p.task.kind === "glue" ? "SEQ_CLS" : "CAUSAL_LM",
+    taskType: p.task.kind === "glue"
+      ? "SEQ_CLS"
+      : p.task.kind === "pretrain" && p.task.name === "mlm"
+      ? null
+      : "CAUSAL_LM",
     baseModel: config.model,
     seed: config.seed,
     totalSteps: total,
@@ -206,6 +213,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   let epochCache: { epoch: number; batches: number[][] } | null = null;
   const lengths = p.train.map((e) => e.ids.length);
   const batchAt = (k: number): HostBatch => {
+    if (p.batches) return p.batches.at(k);
     const epoch = Math.floor(k / batchesPerEpoch);
     if (epochCache?.epoch !== epoch) {
       epochCache = { epoch, batches: epochBatches(lengths, config.batchSize, config.seed, epoch) };
@@ -386,11 +394,21 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const final = await evaluate(total);
   await checkpoint(total);
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
+  if (p.saveModel) {
+    const sameNames = loaded.model.namedParameters().map(([n]) => n).join("\n") === baseNames;
+    if (sameNames) await writeDirAtomic(join(out, "model"), (tmp) => p.saveModel!(tmp));
+    else {log(
+        `${config.method} keeps its weights in ${
+          join(out, "adapter")
+        }; merge them with deno task merge`,
+      );}
+  }
+  p.batches?.close();
   const stats = rt().pool.stats();
   const summary: Summary = {
     toolkit: `@ruc/peft ${VERSION}`,
     model: config.model,
-    task: config.task,
+    task: config.objective ?? config.task,
     method: config.method,
     seed: config.seed,
     config,
