@@ -113,6 +113,7 @@ export function encoderDims(s: StepShape): EncoderDims {
     typeVocabSize: 1,
     layerNormEps: 1e-5,
     hiddenDropout: DROPOUT,
+    attentionDropout: DROPOUT,
     padTokenId: 1,
     numLabels: 2,
   };

@@ -152,9 +152,10 @@ export class LoraLinear extends Module implements LinearLike {
   /** base(x) + s·(dropout(x)·Aᵀ·Bᵀ + b). */
   forward(x: Tensor): Tensor {
     const base = this.base;
-    if (base instanceof Linear) {
+    if (base instanceof Linear && this.loraBias === null) {
       // One fused op: the update is added in the product's epilogue and only xd and xd·Aᵀ are
-      // kept for backward (the same dropout stream is drawn as below).
+      // kept for backward (the same dropout stream is drawn as below). PEFT's lora_bias takes
+      // the composed path.
       const xd = ForwardContext.current().dropout(x, this.dropout);
       return lowRankLinear(
         x,
