@@ -23,7 +23,9 @@ import { reduceRaw, sumTo } from "./reduce.ts";
 import {
   type Bindable,
   defineKernel,
+  grid1d,
   type Kernel,
+  linearIndex,
   memoKernel,
   rt,
   type ScratchTexture,
@@ -570,8 +572,8 @@ export const TEXTURE_TILE_NARROW: TextureTile = {
  * r ≥ rows and columns ≥ cols are written as 0 so the product needs no K guard. Grid z walks the
  * matrices: entry `z_base + gid.z` decomposed over the packed batch dims.
  */
-function packKernel(srcType: DType, packRank: number): Kernel {
-  return cached(`pack|${srcType}|${packRank}`, () => {
+function packKernel(srcType: DType, packRank: number, vec4: boolean): Kernel {
+  return cached(`pack|${srcType}|${packRank}|${vec4}`, () => {
     const params: [string, "u32"][] = [
       ["rows", "u32"],
       ["rows_padded", "u32"],
@@ -592,24 +594,32 @@ function packKernel(srcType: DType, packRank: number): Kernel {
     return defineKernel({
       name: "matmul_pack",
       bindings: [
-        { name: "src", type: srcType, access: "read" },
+        { name: "src", type: vec4 ? "vec4f" : srcType, access: "read" },
         { name: "dst", texture: "rgba32float", access: "write" },
       ],
       params,
       source: /* wgsl */ `
-// One thread per texel, 8×8 per workgroup.
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let x = gid.x;
-  let r = gid.y;
-  if (x >= params.texels || r >= params.rows_padded) { return; }
+// One thread per texel, threads walking each row's texels in order (64 per workgroup, matrix
+// entry in grid z): on software adapters neighbouring lanes then read neighbouring elements,
+// about twice as fast as 8×8 tiles. The vec4 form (a row-major f32 operand whose rows, columns
+// and offsets are multiples of 4) loads each texel in one read.
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(64)};
+  let x = i % params.texels;
+  let r = i / params.texels;
+  if (r >= params.rows_padded) { return; }
 ${walk.join("\n")}
   var v = vec4f(0.0);
   if (r < params.rows) {
-    for (var j = 0u; j < 4u; j++) {
+${
+        vec4
+          ? "    v = src[(base + r * params.sr) / 4u + x];"
+          : `    for (var j = 0u; j < 4u; j++) {
       let c = 4u * x + j;
       if (c < params.cols) { v[j] = f32(src[base + r * params.sr + c * params.sc]); }
-    }
+    }`
+      }
   }
   textureStore(dst, vec2u(x, gid.z * params.rows_padded + r), v);
 }`,
@@ -900,9 +910,13 @@ function packInto(
     p[`pd${i}`] = x.d;
     p[`ps${i}`] = x.s;
   });
-  rt().dispatch(packKernel(o.tensor.dtype, dims.length), [o.tensor, tex], p, [
-    Math.ceil(texels / 8),
-    Math.ceil(rowsPadded / 8),
+  const vec4 = o.tensor.dtype === "f32" && o.colStride === 1 && o.cols % 4 === 0 &&
+    o.offset % 4 === 0 && (o.rows === 1 || o.rowStride % 4 === 0) &&
+    dims.every((x) => x.s % 4 === 0);
+  const [gx, gy] = grid1d(Math.ceil((texels * rowsPadded) / 64));
+  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4), [o.tensor, tex], p, [
+    gx,
+    gy,
     count,
   ]);
   return tex;

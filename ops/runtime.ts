@@ -12,7 +12,14 @@ import { getGpu, type Gpu, gpu, takeGpuErrors } from "./device.ts";
 import { BufferPool } from "./memory.ts";
 
 /** Element types a storage binding may hold. */
-export type StorageType = "f32" | "f16" | "i32" | "u32" | "atomic<u32>" | "atomic<i32>";
+export type StorageType =
+  | "f32"
+  | "f16"
+  | "i32"
+  | "u32"
+  | "vec4f"
+  | "atomic<u32>"
+  | "atomic<i32>";
 
 /** One storage-buffer binding of a kernel, in binding order. */
 export interface BufferBindingDecl {
