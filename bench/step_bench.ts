@@ -9,12 +9,13 @@
  *
  * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
  * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
- * --profile (after the rounds, GPU time per kernel name of one step of each mode).
+ * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
+ * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}).
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { init, rt } from "../ops/mod.ts";
+import { init, linear, noGrad, randNormal, rt, scope, tensor } from "../ops/mod.ts";
 import {
   categoryLine,
   measureStep,
@@ -77,6 +78,7 @@ function parseFlags() {
       python: { type: "string", default: "/usr/bin/python3" },
       json: { type: "string" },
       profile: { type: "boolean", default: false },
+      matmul: { type: "boolean", default: false },
     },
   });
   const int = (name: string, v: string | undefined, min: number): number => {
@@ -98,6 +100,7 @@ function parseFlags() {
     python: values.python!,
     json: values.json,
     profile: values.profile!,
+    matmul: values.matmul!,
   };
 }
 
@@ -108,6 +111,48 @@ interface ModeResult {
   trainable: number;
   /** Peak memory of this mode alone (first round). */
   memory?: StepMeasure["peak"];
+}
+
+/**
+ * GFLOP/s of the reference encoder's narrow products, y = x·Wᵀ with a frozen W (1024×128 x and a
+ * 128×128 W; 1024×512 x and a 128×512 W), median of 7 GPU-timed calls after a warm-up: "product"
+ * is the steady state of a frozen weight and a reused layer input (both packs cached), "with
+ * pack" rewrites x from the host before each call, so its pack is timed too (the first product
+ * that reads a new activation).
+ */
+async function narrowMatmul(): Promise<string[]> {
+  const lines = [
+    "| shape | product GFLOP/s | with the input's pack GFLOP/s |",
+    "| --- | ---: | ---: |",
+  ];
+  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128]]) {
+    const host = Float32Array.from({ length: m * k }, (_, i) => Math.sin(i));
+    const x = tensor(host, [m, k]).keep();
+    const w = randNormal([n, k], 0, 0.02, { seed: 5, category: "weights" }).keep();
+    const call = () => scope(() => noGrad(() => void linear(x, w)));
+    const timeOf = async (rewrite: boolean) => {
+      const ms: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const t = await rt().timeGpu(() => {
+          if (rewrite) rt().write(x.buffer, 0, host);
+          call();
+        });
+        if (i > 0) ms.push(t ?? NaN);
+      }
+      return median(ms);
+    };
+    const flop = 2 * m * n * k;
+    const cached = await timeOf(false), fresh = await timeOf(true);
+    lines.push(
+      `| ${m}×${k}·(${n}×${k})ᵀ | ${(flop / cached / 1e6).toFixed(1)} (${
+        cached.toFixed(2)
+      } ms) | ` +
+        `${(flop / fresh / 1e6).toFixed(1)} (${fresh.toFixed(2)} ms) |`,
+    );
+    x.dispose();
+    w.dispose();
+  }
+  return lines;
 }
 
 async function main(): Promise<void> {
@@ -203,6 +248,7 @@ async function main(): Promise<void> {
       }
     }
   }
+  if (f.matmul) console.log("\n" + (await narrowMatmul()).join("\n"));
   if (f.json) await Deno.writeTextFile(f.json, JSON.stringify(json, null, 2) + "\n");
   for (const c of cases.values()) c.dispose();
 }

@@ -18,7 +18,9 @@
  */
 import { record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
-import { assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import { add as binaryAdd, assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
+import { RNG_WGSL, seedU32 } from "./random.ts";
 import { reduceRaw, sumTo } from "./reduce.ts";
 import {
   type Bindable,
@@ -87,6 +89,20 @@ export interface MatmulPlan {
   readonly alpha: number;
   /** Add into `out`'s current values instead of overwriting them (C += α·A·B). */
   readonly accumulate: boolean;
+  /** Epilogue dropout of the product (+ bias), the mask of `dropout(y, p, {seed, stream})`. */
+  readonly dropout?: EpilogueDropout | null;
+  /** Added after the dropout: contiguous f32 of the output's shape (a residual). */
+  readonly residual?: Tensor | null;
+}
+
+/** Dropout applied in a matmul's epilogue: the same (seed, stream) mask as ops/dropout.ts. */
+export interface EpilogueDropout {
+  /** Drop probability in (0, 1). */
+  p: number;
+  /** The dropout call's seed (as given to `dropout`). */
+  seed: number;
+  /** The dropout call's stream. */
+  stream: number;
 }
 
 /** What a variant needs to know to say whether it supports a call. */
@@ -260,6 +276,55 @@ interface KernelTypes {
   biasType: DType | null;
   batchRank: number;
   accumulate: boolean;
+  epilogue: Epilogue;
+}
+
+/** Optional epilogue stages after α·acc + bias: dropout, then a residual add. */
+interface Epilogue {
+  dropout: boolean;
+  residual: boolean;
+}
+
+const NO_EPILOGUE: Epilogue = { dropout: false, residual: false };
+
+/** Bindings, parameters and helpers an epilogue adds to a kernel. */
+function epilogueDecls(e: Epilogue): {
+  bindings: { name: string; type: "f32"; access: "read" }[];
+  params: [string, "u32" | "f32"][];
+  helpers: string;
+} {
+  return {
+    bindings: e.residual ? [{ name: "residual", type: "f32", access: "read" }] : [],
+    params: [
+      ...(e.dropout
+        ? [["drop_seed", "u32"], ["drop_stream", "u32"], ["drop_threshold", "u32"], [
+          "drop_scale",
+          "f32",
+        ]] as [string, "u32" | "f32"][]
+        : []),
+      ...(e.residual ? [["res_off", "u32"]] as [string, "u32"][] : []),
+      ...(e.dropout || e.residual ? [["e_off", "u32"]] as [string, "u32"][] : []),
+    ],
+    helpers: e.dropout ? RNG_WGSL : "",
+  };
+}
+
+function epilogueOf(plan: MatmulPlan): Epilogue {
+  return { dropout: !!plan.dropout, residual: !!plan.residual };
+}
+
+/** Uniform values of a plan's epilogue. */
+function epilogueParams(plan: MatmulPlan): Record<string, number> {
+  const p: Record<string, number> = {};
+  if (plan.dropout) {
+    p.drop_seed = seedU32(plan.dropout.seed);
+    p.drop_stream = plan.dropout.stream;
+    p.drop_threshold = dropoutThreshold(plan.dropout.p);
+    p.drop_scale = 1 / (1 - plan.dropout.p);
+  }
+  if (plan.residual) p.res_off = plan.residual.offset;
+  if (plan.dropout || plan.residual) p.e_off = plan.out.offset;
+  return p;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("matmul", key, build);
@@ -327,6 +392,7 @@ function storeLines(
   vec4PerRow: number,
   hasBias: boolean,
   accumulate: boolean,
+  epilogue: Epilogue = NO_EPILOGUE,
 ): string {
   const lines: string[] = [];
   for (let i = 0; i < rowsPerThread; i++) {
@@ -335,12 +401,17 @@ function storeLines(
       for (let l = 0; l < 4; l++) {
         const n = `n_out + ${4 * j + l}u`;
         const bias = hasBias ? ` + f32(bias[params.bias_off + ${n}])` : "";
+        // The element's row-major index in the whole output (row chunks keep it global).
+        const index = `(c_base - params.e_off + (m_out + ${i}u) * params.N + ${n})`;
         const at = `C[c_base + (m_out + ${i}u) * params.N + ${n}]`;
         const prior = accumulate ? `${at} + ` : "";
-        lines.push(
-          `    if (${n} < params.N) { ${at} = ${prior}params.alpha * ` +
-            `acc[${i * vec4PerRow + j}][${l}]${bias}; }`,
-        );
+        let value = `params.alpha * acc[${i * vec4PerRow + j}][${l}]${bias}`;
+        if (epilogue.dropout) {
+          value = `select(0.0, (${value}) * params.drop_scale, ` +
+            `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
+        }
+        if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
+        lines.push(`    if (${n} < params.N) { ${at} = ${prior}${value}; }`);
       }
     }
     lines.push("  }");
@@ -376,6 +447,7 @@ function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
         { name: "A", type: t.aType, access: "read" },
         { name: "B", type: t.bType, access: "read" },
         ...biasBinding(t.biasType),
+        ...epilogueDecls(t.epilogue).bindings,
         { name: "C", type: "f32", access: "read_write" },
       ],
       params: [
@@ -390,9 +462,10 @@ function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
         ["bias_off", "u32"],
         ["batch_base", "u32"],
         ["alpha", "f32"],
+        ...epilogueDecls(t.epilogue).params,
         ...batchParams(t.batchRank, ["A", "B"]),
       ],
-      source: /* wgsl */ `
+      source: /* wgsl */ `${epilogueDecls(t.epilogue).helpers}
 // Tiled matmul from storage buffers. Workgroup (${TX}, ${TY}) computes a ${TM}×${TN} tile of C;
 // thread (tx, ty) owns rows ty·${PM}…+${PM - 1} and columns tx·${PN}…+${PN - 1} as vec4
 // accumulators. Each step stages a ${TM}×${TK} slice of A and a ${TK}×${TN} slice of B in
@@ -457,7 +530,7 @@ ${inner.join("\n")}
   }
   let m_out = m0 + ty * ${PM}u;
   let n_out = n0 + tx * ${PN}u;
-${storeLines(PM, V, t.biasType !== null, t.accumulate)}
+${storeLines(PM, V, t.biasType !== null, t.accumulate, t.epilogue)}
 }`,
     });
   });
@@ -472,6 +545,7 @@ function kernelTypes(plan: MatmulPlan): KernelTypes {
     biasType: plan.bias?.dtype ?? null,
     batchRank: plan.batchDims.length,
     accumulate: plan.accumulate,
+    epilogue: epilogueOf(plan),
   };
 }
 
@@ -508,6 +582,7 @@ function commonParams(plan: MatmulPlan): Record<string, number> {
     c_off: plan.outOffset,
     bias_off: plan.bias?.offset ?? 0,
     alpha: plan.alpha,
+    ...epilogueParams(plan),
   };
   plan.batchDims.forEach((d, i) => (p[`bd${i}`] = d));
   return p;
@@ -524,7 +599,13 @@ function runBuffer(plan: MatmulPlan, tile: BufferTile = BUFFER_TILE): void {
     p[`A_bs${i}`] = plan.a.batchStrides[i];
     p[`B_bs${i}`] = plan.b.batchStrides[i];
   });
-  const bindings = [plan.a.tensor, plan.b.tensor, ...(plan.bias ? [plan.bias] : []), plan.out];
+  const bindings = [
+    plan.a.tensor,
+    plan.b.tensor,
+    ...(plan.bias ? [plan.bias] : []),
+    ...(plan.residual ? [plan.residual] : []),
+    plan.out,
+  ];
   dispatchBatches(
     kernel,
     bindings,
@@ -633,8 +714,11 @@ function textureKernel(
   biasType: DType | null,
   batchRank: number,
   accumulate: boolean,
+  epilogue: Epilogue,
 ): Kernel {
-  return cached(`texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}`, () => {
+  const key = `texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}|` +
+    JSON.stringify(epilogue);
+  return cached(key, () => {
     const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
     const body: string[] = [];
     for (let c = 0; c < CN; c++) {
@@ -660,6 +744,7 @@ function textureKernel(
         { name: "TA", texture: "rgba32float", access: "read" },
         { name: "TB", texture: "rgba32float", access: "read" },
         ...biasBinding(biasType),
+        ...epilogueDecls(epilogue).bindings,
         { name: "C", type: "f32", access: "read_write" },
       ],
       params: [
@@ -670,9 +755,10 @@ function textureKernel(
         ["bias_off", "u32"],
         ["batch_base", "u32"],
         ["alpha", "f32"],
+        ...epilogueDecls(epilogue).params,
         ...batchParams(batchRank, ["A", "B"]),
       ],
-      source: /* wgsl */ `
+      source: /* wgsl */ `${epilogueDecls(epilogue).helpers}
 // Matmul from packed textures: TA texel (k4, row) holds A[row, 4k4…4k4+3], TB texel (n4, k)
 // holds B[k, 4n4…4n4+3]; batch entries are stacked down the rows. Thread (x, y) owns ${RM} rows
 // × ${CN} vec4 columns of C and reads its operands straight from the textures (no workgroup
@@ -692,7 +778,7 @@ ${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }]
   for (var k4 = 0u; k4 < k4_end; k4++) {
 ${body.join("\n")}
   }
-${storeLines(RM, CN, biasType !== null, accumulate)}
+${storeLines(RM, CN, biasType !== null, accumulate, epilogue)}
 }`,
     });
   });
@@ -945,6 +1031,7 @@ function productFromTextures(
     plan.bias?.dtype ?? null,
     plan.batchDims.length,
     plan.accumulate,
+    epilogueOf(plan),
   );
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
@@ -953,7 +1040,13 @@ function productFromTextures(
   });
   dispatchBatches(
     kernel,
-    [ta, tb, ...(plan.bias ? [plan.bias] : []), plan.out],
+    [
+      ta,
+      tb,
+      ...(plan.bias ? [plan.bias] : []),
+      ...(plan.residual ? [plan.residual] : []),
+      plan.out,
+    ],
     p,
     Math.ceil(plan.N / (4 * tile.vec4PerThread * tile.wgX)),
     Math.ceil(plan.M / (tile.rowsPerThread * tile.wgY)),
@@ -1040,6 +1133,10 @@ export interface MatmulOptions {
    * one; the call returns it.
    */
   into?: Tensor;
+  /** Dropout on α·A·B + bias in the epilogue (the mask `dropout` draws for the same call). */
+  dropout?: EpilogueDropout;
+  /** Added last (after the dropout): contiguous f32 of the result's shape. */
+  residual?: Tensor;
 }
 
 function shapeStr(t: Tensor): string {
@@ -1132,6 +1229,20 @@ function prepare(
       `matmul: accumulation target ${into} must be contiguous f32 of shape [${finalShape}]`,
     );
   }
+  const residual = options.residual;
+  if (
+    residual &&
+    (residual.dtype !== "f32" || !residual.isContiguous ||
+      residual.shape.join() !== finalShape.join())
+  ) {
+    throw new Error(`matmul: residual ${residual} must be contiguous f32 of shape [${finalShape}]`);
+  }
+  if ((residual || options.dropout) && (numel(finalShape) === 0 || K === 0)) {
+    throw new Error("matmul: dropout and residual epilogues need a non-empty product with K > 0");
+  }
+  if (options.dropout && !(options.dropout.p > 0 && options.dropout.p < 1)) {
+    throw new Error(`matmul: epilogue dropout p must be in (0, 1), got ${options.dropout.p}`);
+  }
   const out = into
     ? into.view([...batchShape, M, N], contiguousStrides([...batchShape, M, N]))
     : empty([...batchShape, M, N]);
@@ -1175,6 +1286,8 @@ function prepare(
     reuseA: options.reuseA ?? false,
     alpha: options.alpha ?? 1,
     accumulate: into !== undefined,
+    dropout: options.dropout ?? null,
+    residual: options.residual ?? null,
   };
   return { plan, out, temps, finalShape };
 }
@@ -1455,5 +1568,79 @@ export function lowRankLinear(
   } else if (!weight.requiresGrad && xd2 !== x2) {
     x2.dispose(); // only dW reads x in backward
   }
+  return recorded;
+}
+
+/** Dropout of a fused linear: probability and the (seed, stream) of its mask. */
+export type LinearDropout = EpilogueDropout;
+
+/**
+ * y = dropout(x·Wᵀ + b) + residual — a Linear followed by dropout and a residual add (a
+ * transformer sub-layer's output before its LayerNorm) as one op. Dropout and the add run in the
+ * product's epilogue, so neither the Linear's output nor the dropped copy is materialised, and
+ * the mask is the one `dropout(y, p, {seed, stream})` would draw (recomputed in backward). Without
+ * `drop` it is x·Wᵀ + b + residual. Differentiable: with gd = mask ⊙ g / (1 − p), dx = gd·W,
+ * dW = gdᵀ·x, db = Σ gd, d residual = g.
+ *
+ * @example
+ * ```ts
+ * import { init, linearResidual, tensor } from "./mod.ts";
+ * await init();
+ * const y = linearResidual(tensor([[1, 2]]), tensor([[1, 1]]), undefined, tensor([[10]]));
+ * console.log(await y.toArray()); // [13]
+ * ```
+ */
+export function linearResidual(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  residual: Tensor,
+  drop?: LinearDropout,
+): Tensor {
+  if (weight.rank !== 2) throw new Error(`linearResidual: weight ${weight} must be [dOut, dIn]`);
+  const [dOut, dIn] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
+    throw new Error(`linearResidual: input ${x} must end in dIn = ${dIn} (weight ${weight})`);
+  }
+  const outShape = [...x.shape.slice(0, -1), dOut];
+  if (residual.shape.join() !== outShape.join()) {
+    throw new Error(`linearResidual: residual ${residual} must have shape [${outShape}]`);
+  }
+  if (drop && !(drop.p >= 0 && drop.p <= 1)) {
+    throw new Error(`linearResidual: dropout p must be in [0, 1], got ${drop.p}`);
+  }
+  const dp = drop && drop.p > 0 ? drop : undefined;
+  if (dIn === 0 || x.size === 0 || dp?.p === 1) {
+    // Degenerate shapes or p = 1: the composed ops handle them.
+    const y = linear(x, weight, bias);
+    const d = dp ? dropoutOp(y, dp.p, { seed: dp.seed, stream: dp.stream }) : y;
+    return binaryAdd(d, residual);
+  }
+  const x2 = rowsOf(x);
+  const res = residual.isContiguous && residual.dtype === "f32" ? residual : copyOf(residual);
+  const res2 = res.view([x2.shape[0], dOut], [dOut, 1]);
+  const wT = transposedView(weight);
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, residual: res2, dropout: dp });
+  wT.dispose();
+  res2.dispose();
+  if (res !== residual) res.dispose();
+  const y = reshapeTo(y2, outShape);
+  const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
+  const recorded = record("linearResidual", y, inputs, (g) => {
+    const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
+    const g2 = rowsOf(gd);
+    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
+    let dw: Tensor | null = null;
+    if (weight.requiresGrad) {
+      const gT = transposedView(g2);
+      dw = matmulRaw(gT, x2);
+      gT.dispose();
+    }
+    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    g2.dispose();
+    if (gd !== g) gd.dispose();
+    return bias ? [dx, dw, db, g] : [dx, dw, g];
+  });
+  if (!recorded.requiresGrad || !weight.requiresGrad) x2.dispose();
   return recorded;
 }

@@ -7,24 +7,30 @@
  */
 import assert from "node:assert/strict";
 import {
+  add,
   autotuneMatmul,
+  backward,
   clearPackCache,
   defineKernel,
+  dropout,
   expand,
   fillInto,
   type Gpu,
   gpu,
   linear,
+  linearResidual,
   lowRankLinear,
   MATMUL,
   matmul,
   matmulKey,
   matmulRaw,
   type MatmulShapes,
+  mul as mulOp,
   packCacheBytes,
   rt,
   scopeAsync,
   slice,
+  sum,
   type Tensor,
   tensor,
   transpose,
@@ -691,4 +697,52 @@ Deno.test("texture variant: frozen weights are packed once and repacked after a 
     assert.equal(packCacheBytes(), 0);
     for (const t of [y1, y2, y3]) t.dispose();
   });
+});
+
+Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equals the composed ops", async () => {
+  const [rows, dIn, dOut] = [37, 12, 70];
+  for (const v of VARIANTS) {
+    await withVariant("matmul", v, () =>
+      scopeAsync(async () => {
+        const mk = (n: number, seed: number, shape: number[]) =>
+          tensor(Float32Array.from(randomArray(n, seed)), shape, { requiresGrad: true });
+        const x = mk(rows * dIn, 121, [rows, dIn]), w = mk(dOut * dIn, 122, [dOut, dIn]);
+        const b = mk(dOut, 123, [dOut]), r = mk(rows * dOut, 124, [rows, dOut]);
+        const drop = { p: 0.3, seed: 77, stream: 5 };
+        const weights = tensor(Float32Array.from(randomArray(rows * dOut, 125)), [rows, dOut]);
+        const grads = async (y: Tensor) => {
+          backward(sum(mulOp(y, weights)));
+          const out = [];
+          for (const t of [x, w, b, r]) {
+            out.push(await t.grad!.read());
+            t.grad!.dispose();
+            t.grad = null;
+          }
+          return out;
+        };
+        // Each graph is built right before its backward (backward consumes the whole tape).
+        const fused = linearResidual(x, w, b, r, drop);
+        const yf = await fused.read();
+        const gf = await grads(fused);
+        const composed = add(dropout(linear(x, w, b), drop.p, drop), r);
+        assertClose(yf, await composed.read(), TOL, `${v}: forward`);
+        const gc = await grads(composed);
+        gf.forEach((g, i) => assertClose(g, gc[i], TOL, `${v}: gradient of input ${i}`));
+      }));
+  }
+  // Without dropout: finite differences of x·Wᵀ + b + r.
+  await checkGradients(
+    ([x, w, b, r]) => linearResidual(x, w, b, r),
+    ([x, w, b, r]) => refLinear(x, w, b, 3, 4, 5).map((y, i) => y + r[i]),
+    [
+      { shape: [3, 4], values: randomArray(12, 126) },
+      { shape: [5, 4], values: randomArray(20, 127) },
+      { shape: [5], values: randomArray(5, 128) },
+      { shape: [3, 5], values: randomArray(15, 129) },
+    ],
+  );
+  assert.throws(
+    () => linearResidual(tensor([[1, 2]]), tensor([[1, 1]]), undefined, tensor([[1, 2]])),
+    /residual .* must have shape \[1,1\]/,
+  );
 });
