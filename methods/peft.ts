@@ -21,8 +21,14 @@ export const PEFT_PREFIX = "base_model.model.";
 /** Write text atomically (temp file in the same folder, then rename). */
 export async function writeTextAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.writeTextFile(tmp, text);
-  await Deno.rename(tmp, path);
+  try {
+    await Deno.writeTextFile(tmp, text);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    // A full disk must not leave the half-written tmp behind; the message names the file.
+    await Deno.remove(tmp).catch(() => {});
+    throw new Error(`${path}: cannot write (${e instanceof Error ? e.message : e})`);
+  }
 }
 
 /** Host copies of tensors, keyed by their file names, ready for writeSafetensors. */
@@ -128,7 +134,13 @@ export async function readAdapter(dir: string): Promise<AdapterFiles> {
     throw new Error(`${configPath}: expected a PEFT adapter config with a "peft_type" field`);
   }
   const file = join(dir, ADAPTER_WEIGHTS);
-  const reader = await openSafetensors(file);
+  const reader = await openSafetensors(file).catch((e) => {
+    throw new Error(
+      e instanceof Deno.errors.NotFound
+        ? `${file}: missing; an adapter folder holds ${ADAPTER_CONFIG} and ${ADAPTER_WEIGHTS}`
+        : `${file}: cannot read the adapter weights (${(e as Error).message})`,
+    );
+  });
   const tensors = new AdapterTensors();
   try {
     for (const name of reader.names) {

@@ -69,6 +69,7 @@ export function llamaDimsFromConfig(c: ModelConfig, numLabels = 0): LlamaDims {
     tieWordEmbeddings: c.tie_word_embeddings,
     maxPositions: c.max_position_embeddings,
     numLabels,
+    attentionDropout: c.attention_dropout,
   };
 }
 
@@ -86,6 +87,8 @@ export function encoderDimsFromConfig(c: ModelConfig, numLabels: number): Encode
     typeVocabSize: c.type_vocab_size,
     layerNormEps: c.layer_norm_eps,
     hiddenDropout: c.hidden_dropout_prob,
+    attentionDropout: c.attention_probs_dropout_prob,
+    classifierDropout: c.classifier_dropout,
     padTokenId: c.pad_token_id ?? 1,
     numLabels,
   };

@@ -51,14 +51,10 @@ export class EncoderForMaskedLM extends EncoderModel {
     const h = dims.hiddenSize;
     const names = maskedLmHeadNames(dims.kind);
     // The head's own bias lives on its root module (`lm_head.bias`, `cls.predictions.bias`).
-    let root: Container = this;
-    const parts = names.root.split(".");
-    for (const [i, part] of parts.entries()) {
-      const child = i === parts.length - 1
-        ? new HeadRoot(orInit(w, `${names.root}.bias`, [dims.vocabSize], "zeros"))
-        : new Container();
-      root = root.add(part, child);
-    }
+    const root = new HeadRoot(orInit(w, `${names.root}.bias`, [dims.vocabSize], "zeros"));
+    const [first, second] = names.root.split(".");
+    if (second) this.add(first, new Container()).add(second, root);
+    else this.add(first, root);
     const transform = dims.kind === "roberta" ? root : root.add("transform", new Container());
     transform.add(
       "dense",
@@ -103,7 +99,7 @@ export class EncoderForMaskedLM extends EncoderModel {
   }
 
   /** Vocabulary logits [B, T, V] at every position (inference; training uses {@link mlmLoss}). */
-  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.eval()): Tensor {
+  forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;
     return reshape(this.headLogits(reshape(h, [b * t, hs])), [b, t, this.dims.vocabSize]);
@@ -116,7 +112,7 @@ export class EncoderForMaskedLM extends EncoderModel {
   mlmLoss(
     inputs: EncoderInputs,
     labels: Int32Array,
-    ctx: ForwardContext = ForwardContext.eval(),
+    ctx: ForwardContext = ForwardContext.current(),
   ): Tensor {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;

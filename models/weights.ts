@@ -24,9 +24,9 @@ export function required(w: WeightSource, name: string, shape: readonly number[]
   const t = w.get(name, shape);
   if (!t) {
     throw new Error(
-      `${w.origin ?? "checkpoint"}: no tensor ${name} (expected shape [${
+      `${w.origin ?? "checkpoint"}: checkpoint has no tensor ${name} (expected shape [${
         shape.join(", ")
-      }]), which the model's config needs`,
+      }]), which the model's config.json implies; the weights file is incomplete or belongs to another model`,
     );
   }
   return t;

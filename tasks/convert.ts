@@ -4,35 +4,26 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, requireFlags, runCli } from "./lib/cli/runner.ts";
 import { convertLlama2c, type ConvertLlama2cResult } from "../models/llama2c.ts";
 
 const USAGE =
   "usage: deno task convert --checkpoint MODEL.bin --tokenizer TOKENIZER.bin --output DIR";
 
-/** Parse the flags, convert, and return a one-line summary; throws with a usage hint on bad flags. */
+/** Parse the flags, convert, and return a one-line summary; throws UsageError on bad flags. */
 export async function convertCli(args: readonly string[]): Promise<string> {
-  let values: { checkpoint?: string; tokenizer?: string; output?: string; help?: boolean };
-  try {
-    ({ values } = parseArgs({
-      args: [...args],
-      options: {
-        checkpoint: { type: "string" },
-        tokenizer: { type: "string" },
-        output: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new Error(`${e instanceof Error ? e.message : e}\n${USAGE}`);
-  }
+  const { values } = parseFlags(
+    args,
+    {
+      checkpoint: { type: "string" },
+      tokenizer: { type: "string" },
+      output: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    } as const,
+    { command: "convert" },
+  );
   if (values.help) return USAGE;
-  const missing = (["checkpoint", "tokenizer", "output"] as const).filter((k) => !values[k]);
-  if (missing.length > 0) {
-    throw new Error(`missing ${missing.map((k) => `--${k}`).join(", ")}\n${USAGE}`);
-  }
+  requireFlags(values, ["checkpoint", "tokenizer", "output"], "convert");
   const result: ConvertLlama2cResult = await convertLlama2c({
     checkpoint: values.checkpoint!,
     tokenizer: values.tokenizer!,
@@ -46,10 +37,7 @@ export async function convertCli(args: readonly string[]): Promise<string> {
 }
 
 if (import.meta.main) {
-  try {
+  await runCli(async () => {
     console.log(await convertCli(Deno.args));
-  } catch (e) {
-    console.error(`convert: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+  });
 }

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, runCli, UsageError } from "./lib/cli/runner.ts";
 import {
   downloadCommonsense,
   downloadGlue,
@@ -44,44 +44,56 @@ interface DownloadFlags {
   help?: boolean;
 }
 
-/** Parse the flags, download, and return the report listing every local path; throws with a usage hint on bad flags. */
+/** Parse the flags, download, and return the report listing every local path; throws UsageError on bad flags. */
 export async function downloadCli(
   args: readonly string[],
   options: HubOptions = {},
 ): Promise<string> {
-  let values: DownloadFlags;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args: [...args],
-      options: {
-        model: { type: "string", multiple: true },
-        dataset: { type: "string" },
-        config: { type: "string" },
-        revision: { type: "string" },
-        include: { type: "string", multiple: true },
-        offline: { type: "boolean" },
-        "cache-dir": { type: "string" },
-        quiet: { type: "boolean", short: "q" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: true,
-    }));
-  } catch (e) {
-    throw new Error(`${e instanceof Error ? e.message : e}\n${USAGE}`);
-  }
+  const { values, positionals }: { values: DownloadFlags; positionals: string[] } = parseFlags(
+    args,
+    {
+      model: { type: "string", multiple: true },
+      dataset: { type: "string" },
+      config: { type: "string" },
+      revision: { type: "string" },
+      include: { type: "string", multiple: true },
+      offline: { type: "boolean" },
+      "cache-dir": { type: "string" },
+      quiet: { type: "boolean", short: "q" },
+      help: { type: "boolean", short: "h" },
+    } as const,
+    { command: "download", positionals: 1 },
+  );
   if (values.help) return USAGE;
   const models = values.model ?? [];
   if (models.length === 0 && values.dataset === undefined) {
-    throw new Error(`nothing to download: give --model and/or --dataset\n${USAGE}`);
+    throw new UsageError(
+      `nothing to download: give --model and/or --dataset (see deno task download --help)`,
+    );
   }
   const isCommonsense = values.dataset === "commonsense";
   if (positionals.length > (isCommonsense ? 1 : 0)) {
-    throw new Error(`unexpected argument "${positionals.at(-1)}"\n${USAGE}`);
+    throw new UsageError(
+      `unexpected argument "${positionals.at(-1)}" (see deno task download --help)`,
+    );
   }
   if (values.config !== undefined && values.dataset !== "glue") {
-    throw new Error(`--config: only used with --dataset glue\n${USAGE}`);
+    throw new UsageError(`--config: only used with --dataset glue (see deno task download --help)`);
+  }
+  // Every usage check before the first download, so a typo costs no transfer.
+  if (values.dataset === "glue" && values.config === undefined) {
+    throw new UsageError(`--dataset glue: missing --config TASK (see deno task download --help)`);
+  }
+  if (isCommonsense && positionals[0] === undefined) {
+    throw new UsageError(`--dataset commonsense: missing NAME (see deno task download --help)`);
+  }
+  if (
+    values.dataset !== undefined && values.dataset !== "glue" && !isCommonsense &&
+    !values.dataset.includes("/")
+  ) {
+    throw new UsageError(
+      `--dataset: expected glue, commonsense or a Hub id "org/name", got "${values.dataset}"`,
+    );
   }
   const hubOptions: HubOptions = {
     ...options,
@@ -96,7 +108,7 @@ export async function downloadCli(
   }
   if (values.dataset === "glue") {
     if (values.config === undefined) {
-      throw new Error(`--dataset glue: missing --config TASK\n${USAGE}`);
+      throw new UsageError(`--dataset glue: missing --config TASK (see deno task download --help)`);
     }
     results.push({
       kind: `glue/${values.config}`,
@@ -104,15 +116,17 @@ export async function downloadCli(
     });
   } else if (isCommonsense) {
     const name = positionals[0];
-    if (name === undefined) throw new Error(`--dataset commonsense: missing NAME\n${USAGE}`);
+    if (name === undefined) {
+      throw new UsageError(`--dataset commonsense: missing NAME (see deno task download --help)`);
+    }
     results.push({
       kind: `commonsense/${name}`,
       result: await downloadCommonsense(name, hubOptions),
     });
   } else if (values.dataset !== undefined) {
     if (!values.dataset.includes("/")) {
-      throw new Error(
-        `--dataset: expected glue, commonsense or a Hub id "org/name", got "${values.dataset}"\n${USAGE}`,
+      throw new UsageError(
+        `--dataset: expected glue, commonsense or a Hub id "org/name", got "${values.dataset}"`,
       );
     }
     results.push({
@@ -136,10 +150,7 @@ export async function downloadCli(
 }
 
 if (import.meta.main) {
-  try {
+  await runCli(async () => {
     console.log(await downloadCli(Deno.args));
-  } catch (e) {
-    console.error(`download: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+  });
 }

@@ -6,8 +6,14 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { writeTextAtomic } from "../methods/peft.ts";
+import {
+  parseChoiceFlag,
+  parseFlags,
+  parseNumberFlag,
+  requireFlags,
+  runCli,
+} from "./lib/cli/runner.ts";
 import { formatReport, runEvaluation } from "./lib/eval/run_eval.ts";
 
 const USAGE = `usage: deno task evaluate --model DIR|REPO --task NAME [--adapter DIR] [--data DIR]
@@ -15,66 +21,61 @@ const USAGE = `usage: deno task evaluate --model DIR|REPO --task NAME [--adapter
         [--eval-mode generate|loglik] [--max-new-tokens N] [--frozen-dtype f32|f16]
         [--output FILE.json] [--offline]`;
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      adapter: { type: "string" },
-      task: { type: "string" },
-      data: { type: "string" },
-      split: { type: "string" },
-      limit: { type: "string" },
-      "batch-size": { type: "string" },
-      "max-length": { type: "string" },
-      "eval-mode": { type: "string" },
-      "max-new-tokens": { type: "string" },
-      "frozen-dtype": { type: "string" },
-      output: { type: "string" },
-      offline: { type: "boolean" },
-      help: { type: "boolean" },
-    },
-  });
-  if (values.help || !values.model || !values.task) {
+const FLAGS = {
+  model: { type: "string" },
+  adapter: { type: "string" },
+  task: { type: "string" },
+  data: { type: "string" },
+  split: { type: "string" },
+  limit: { type: "string" },
+  "batch-size": { type: "string" },
+  "max-length": { type: "string" },
+  "eval-mode": { type: "string" },
+  "max-new-tokens": { type: "string" },
+  "frozen-dtype": { type: "string" },
+  output: { type: "string" },
+  offline: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Run `deno task evaluate` with these arguments; returns the exit code (errors throw). */
+export async function evaluateCli(args: readonly string[]): Promise<number> {
+  const { values } = parseFlags(args, FLAGS, { command: "evaluate" });
+  if (values.help) {
     console.log(USAGE);
-    Deno.exit(values.help ? 0 : 2);
+    return 0;
   }
-  const int = (flag: string, v: string | undefined) => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) {
-      console.error(`--${flag}: expected a positive integer, got "${v}"`);
-      Deno.exit(2);
-    }
-    return n;
+  requireFlags(values, ["model", "task"], "evaluate");
+  const int = (flag: keyof typeof FLAGS, min = 1) => {
+    const v = values[flag];
+    return typeof v === "string" ? parseNumberFlag(flag, v, { integer: true, min }) : undefined;
   };
-  const choice = <T extends string>(flag: string, v: string | undefined, allowed: readonly T[]) => {
-    if (v === undefined) return undefined;
-    if (!allowed.includes(v as T)) {
-      console.error(`--${flag}: expected one of ${allowed.join(", ")}, got "${v}"`);
-      Deno.exit(2);
-    }
-    return v as T;
+  const choice = <T extends string>(flag: keyof typeof FLAGS, allowed: readonly T[]) => {
+    const v = values[flag];
+    return typeof v === "string" ? parseChoiceFlag(flag, v, allowed) : undefined;
   };
-  try {
-    const report = await runEvaluation({
-      model: values.model,
-      adapter: values.adapter,
-      task: values.task,
-      data: values.data,
-      split: values.split,
-      limit: int("limit", values.limit),
-      batchSize: int("batch-size", values["batch-size"]),
-      maxLength: int("max-length", values["max-length"]),
-      evalMode: choice("eval-mode", values["eval-mode"], ["generate", "loglik"] as const),
-      maxNewTokens: int("max-new-tokens", values["max-new-tokens"]),
-      frozenDtype: choice("frozen-dtype", values["frozen-dtype"], ["f32", "f16"] as const),
-      offline: values.offline,
+  const options = {
+    model: values.model!,
+    adapter: values.adapter,
+    task: values.task!,
+    data: values.data,
+    split: values.split,
+    limit: int("limit"),
+    batchSize: int("batch-size"),
+    maxLength: int("max-length", 8),
+    evalMode: choice("eval-mode", ["generate", "loglik"] as const),
+    maxNewTokens: int("max-new-tokens"),
+    frozenDtype: choice("frozen-dtype", ["f32", "f16"] as const),
+    offline: values.offline,
+  };
+  const report = await runEvaluation(options);
+  console.log(formatReport(report));
+  if (values.output) {
+    await writeTextAtomic(values.output, JSON.stringify(report, null, 2) + "\n").catch((e) => {
+      throw new Error(`${values.output}: cannot write the report (${(e as Error).message})`);
     });
-    console.log(formatReport(report));
-    if (values.output) await writeTextAtomic(values.output, JSON.stringify(report, null, 2) + "\n");
-  } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
   }
+  return 0;
 }
+
+if (import.meta.main) await runCli(() => evaluateCli(Deno.args));

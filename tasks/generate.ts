@@ -6,56 +6,49 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, parseNumberFlag, requireFlags, runCli } from "./lib/cli/runner.ts";
 import { generateText } from "./lib/eval/generate.ts";
 
 const USAGE = `usage: deno task generate --model DIR [--prompt TEXT] [--max-new-tokens N]
                           [--temperature T] [--top-p P] [--seed S]`;
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      prompt: { type: "string", default: "" },
-      "max-new-tokens": { type: "string", default: "200" },
-      temperature: { type: "string", default: "0" },
-      "top-p": { type: "string", default: "1" },
-      seed: { type: "string", default: "0" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help || !values.model) {
+const FLAGS = {
+  model: { type: "string" },
+  prompt: { type: "string" },
+  "max-new-tokens": { type: "string" },
+  temperature: { type: "string" },
+  "top-p": { type: "string" },
+  seed: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Run `deno task generate` with these arguments; returns the exit code (errors throw). */
+export async function generateCli(args: readonly string[]): Promise<number> {
+  const { values } = parseFlags(args, FLAGS, { command: "generate" });
+  if (values.help) {
     console.log(USAGE);
-    Deno.exit(values.help ? 0 : 2);
+    return 0;
   }
-  const number = (flag: string, text: string, integer: boolean): number => {
-    const v = Number(text);
-    if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < 0) {
-      console.error(
-        `--${flag}: expected a ${integer ? "non-negative integer" : "number ≥ 0"}, got "${text}"`,
-      );
-      Deno.exit(2);
-    }
-    return v;
-  };
-  try {
-    const result = await generateText({
-      model: values.model,
-      prompt: values.prompt,
-      maxNewTokens: number("max-new-tokens", values["max-new-tokens"], true),
-      temperature: number("temperature", values.temperature, false),
-      topP: number("top-p", values["top-p"], false),
-      seed: number("seed", values.seed, true),
-    });
-    console.log(result.prompt + result.text);
-    console.error(
-      `\n[${result.tokens.length} tokens, ${
-        result.tokensPerSecond.toFixed(1)
-      } tokens/s on ${result.device}]`,
-    );
-  } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+  requireFlags(values, ["model"], "generate");
+  const result = await generateText({
+    model: values.model!,
+    prompt: values.prompt ?? "",
+    maxNewTokens: parseNumberFlag("max-new-tokens", values["max-new-tokens"] ?? "200", {
+      integer: true,
+      min: 1,
+    }),
+    temperature: parseNumberFlag("temperature", values.temperature ?? "0", { min: 0 }),
+    // A nucleus is a probability mass: (0, 1].
+    topP: parseNumberFlag("top-p", values["top-p"] ?? "1", { min: 0, minExclusive: true, max: 1 }),
+    seed: parseNumberFlag("seed", values.seed ?? "0", { integer: true, min: 0 }),
+  });
+  console.log(result.prompt + result.text);
+  console.error(
+    `\n[${result.tokens.length} tokens, ${
+      result.tokensPerSecond.toFixed(1)
+    } tokens/s on ${result.device}]`,
+  );
+  return 0;
 }
+
+if (import.meta.main) await runCli(() => generateCli(Deno.args));

@@ -4,29 +4,30 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, requireFlags, runCli } from "./lib/cli/runner.ts";
 import { mergeAdapter } from "./lib/output/merge.ts";
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      adapter: { type: "string" },
-      output: { type: "string" },
-      offline: { type: "boolean" },
-      help: { type: "boolean" },
-    },
-  });
-  if (values.help || !values.model || !values.adapter || !values.output) {
-    console.log("usage: deno task merge --model BASE --adapter DIR --output DIR [--offline]");
-    Deno.exit(values.help ? 0 : 2);
+const USAGE = "usage: deno task merge --model BASE --adapter DIR --output DIR [--offline]";
+
+const FLAGS = {
+  model: { type: "string" },
+  adapter: { type: "string" },
+  output: { type: "string" },
+  offline: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Run `deno task merge` with these arguments; returns the exit code (errors throw). */
+export async function mergeCli(args: readonly string[]): Promise<number> {
+  const { values } = parseFlags(args, FLAGS, { command: "merge" });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
   }
-  try {
-    const n = await mergeAdapter(values.model, values.adapter, values.output, values.offline);
-    console.log(`wrote ${values.output}: ${n} tensors (adapter merged)`);
-  } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+  requireFlags(values, ["model", "adapter", "output"], "merge");
+  const n = await mergeAdapter(values.model!, values.adapter!, values.output!, values.offline);
+  console.log(`wrote ${values.output}: ${n} tensors (adapter merged)`);
+  return 0;
 }
+
+if (import.meta.main) await runCli(() => mergeCli(Deno.args));

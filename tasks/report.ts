@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, parseNumberFlag, runCli, UsageError } from "./lib/cli/runner.ts";
 import { parseReportOptions, type ReportOptions, writeReport } from "./lib/report/report.ts";
 
 const USAGE = `usage: deno task report RUNS_DIR [options]
@@ -17,55 +17,47 @@ const USAGE = `usage: deno task report RUNS_DIR [options]
 
 /** Parse the command line of `deno task report` into validated options (null: --help). */
 export function reportOptionsFromArgs(args: string[]): ReportOptions | null {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        out: { type: "string" },
-        score: { type: "string" },
-        digits: { type: "string" },
-        help: { type: "boolean" },
-      },
-    });
-  } catch (e) {
-    throw new Error(`${e instanceof Error ? e.message : e}\n${USAGE}`);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseFlags(
+    args,
+    {
+      out: { type: "string" },
+      score: { type: "string" },
+      digits: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    } as const,
+    { command: "report", positionals: 1 },
+  );
   if (values.help) return null;
   if (positionals.length !== 1) {
-    throw new Error(`expected one RUNS_DIR, got ${positionals.length}\n${USAGE}`);
+    throw new UsageError(
+      `expected one RUNS_DIR, got ${positionals.length} (see deno task report --help)`,
+    );
   }
   const raw: Record<string, unknown> = { runsDir: positionals[0] };
   if (values.out !== undefined) raw.out = values.out;
   if (values.score !== undefined) raw.score = values.score;
   if (values.digits !== undefined) {
-    const n = Number(values.digits);
-    if (values.digits === "" || !Number.isInteger(n)) {
-      throw new Error(`--digits: expected an integer, got "${values.digits}"`);
-    }
-    raw.digits = n;
+    raw.digits = parseNumberFlag("digits", values.digits, { integer: true, min: 0, max: 4 });
   }
-  return parseReportOptions(raw, "flags");
+  try {
+    return parseReportOptions(raw, "flags");
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 if (import.meta.main) {
-  try {
+  await runCli(async () => {
     const options = reportOptionsFromArgs(Deno.args);
     if (options === null) {
       console.log(USAGE);
-    } else {
-      const { report, files, warnings } = await writeReport(options);
-      for (const w of warnings) console.error(`warning: ${w}`);
-      console.log(
-        `${report.runs.length} runs → ${report.pivot.rows.length} rows × ${report.pivot.tasks.length} tasks\n` +
-          Object.values(files).map((f) => `  ${f}`).join("\n"),
-      );
+      return 0;
     }
-  } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+    const { report, files, warnings } = await writeReport(options);
+    for (const w of warnings) console.error(`warning: ${w}`);
+    console.log(
+      `${report.runs.length} runs → ${report.pivot.rows.length} rows × ${report.pivot.tasks.length} tasks\n` +
+        Object.values(files).map((f) => `  ${f}`).join("\n"),
+    );
+  });
 }

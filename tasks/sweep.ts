@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, parseNumberFlag, runCli, UsageError } from "./lib/cli/runner.ts";
 import {
   dryRunListing,
   expandSweep,
@@ -57,46 +57,31 @@ export interface SweepArgs {
 }
 
 function positiveInt(flag: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new Error(`--${flag}: expected a positive whole number, got "${text}"`);
-  }
-  return n;
+  return parseNumberFlag(flag, text, { integer: true, min: 1 });
 }
 
 /** Parse `deno task sweep` arguments, with errors naming the flag. */
 export function parseSweepArgs(args: readonly string[]): SweepArgs {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      allowPositionals: true,
-      strict: true,
-      options: {
-        "dry-run": { type: "boolean" },
-        parallel: { type: "string" },
-        "in-process": { type: "boolean" },
-        shard: { type: "string" },
-        slurm: { type: "string" },
-        "slurm-partition": { type: "string" },
-        "slurm-time": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (e) {
-    throw new Error(`${e instanceof Error ? e.message : e}\n${USAGE}`);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseFlags(
+    args,
+    {
+      "dry-run": { type: "boolean" },
+      parallel: { type: "string" },
+      "in-process": { type: "boolean" },
+      shard: { type: "string" },
+      slurm: { type: "string" },
+      "slurm-partition": { type: "string" },
+      "slurm-time": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    } as const,
+    { command: "sweep", positionals: 1 },
+  );
   const help = values.help === true;
   if (!help && positionals.length !== 1) {
-    throw new Error(
-      `expected one sweep file, got ${
-        positionals.length ? positionals.join(" ") : "none"
-      }\n${USAGE}`,
-    );
+    throw new UsageError("expected one sweep file, got none (see deno task sweep --help)");
   }
   if ((values["slurm-partition"] || values["slurm-time"]) && values.slurm === undefined) {
-    throw new Error("--slurm-partition and --slurm-time go with --slurm N");
+    throw new UsageError("--slurm-partition and --slurm-time go with --slurm N");
   }
   return {
     file: positionals[0] ?? "",
@@ -155,17 +140,11 @@ export async function sweepCli(args: readonly string[]): Promise<number> {
     });
     console.error(formatSweepResult(result));
     if (result.interrupted) return 130;
-    return result.failed.length ? 1 : 0;
+    // Cells left to another live process are not done by this invocation: not a success.
+    return result.failed.length || result.busy.length ? 1 : 0;
   } finally {
     for (const s of signals) Deno.removeSignalListener(s, stop);
   }
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await sweepCli(Deno.args));
-  } catch (e) {
-    console.error(`sweep: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runCli(() => sweepCli(Deno.args));

@@ -6,7 +6,14 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import {
+  type FlagSpec,
+  type NumberRule,
+  parseFlags,
+  parseNumberFlag,
+  runCli,
+  UsageError,
+} from "./lib/cli/runner.ts";
 import {
   parseList,
   parseMultipliers,
@@ -39,27 +46,32 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
                           [--text-column text] [--mlm-probability 0.15] [--from-scratch]
                           [--tokenizer REPO|DIR] (when the model folder has only config.json)`;
 
-const NUMBER_FLAGS: Record<string, keyof RunConfig> = {
-  lr: "lr",
-  "wv-lr-ratio": "wvLrRatio",
-  epochs: "epochs",
-  steps: "steps",
-  "batch-size": "batchSize",
-  "grad-accum": "gradAccum",
-  "max-length": "maxLength",
-  "warmup-ratio": "warmupRatio",
-  "warmup-steps": "warmupSteps",
-  "weight-decay": "weightDecay",
-  "max-grad-norm": "maxGradNorm",
-  seed: "seed",
-  "eval-interval": "evalInterval",
-  "log-interval": "logInterval",
-  "save-interval": "saveInterval",
-  "train-limit": "trainLimit",
-  "eval-limit": "evalLimit",
-  "eval-batch-size": "evalBatchSize",
-  "max-new-tokens": "maxNewTokens",
-  "mlm-probability": "mlmProbability",
+const POSITIVE: NumberRule = { min: 0, minExclusive: true };
+const POSITIVE_INT: NumberRule = { integer: true, min: 1 };
+const COUNT: NumberRule = { integer: true, min: 0 };
+
+// Flag → RunConfig key and the range the flag accepts (the schema checks YAML values again).
+const NUMBER_FLAGS: Record<string, [keyof RunConfig, NumberRule]> = {
+  lr: ["lr", POSITIVE],
+  "wv-lr-ratio": ["wvLrRatio", POSITIVE],
+  epochs: ["epochs", POSITIVE],
+  steps: ["steps", POSITIVE_INT],
+  "batch-size": ["batchSize", POSITIVE_INT],
+  "grad-accum": ["gradAccum", POSITIVE_INT],
+  "max-length": ["maxLength", { integer: true, min: 8 }],
+  "warmup-ratio": ["warmupRatio", { min: 0, max: 1 }],
+  "warmup-steps": ["warmupSteps", COUNT],
+  "weight-decay": ["weightDecay", { min: 0 }],
+  "max-grad-norm": ["maxGradNorm", POSITIVE],
+  seed: ["seed", { integer: true }],
+  "eval-interval": ["evalInterval", COUNT],
+  "log-interval": ["logInterval", POSITIVE_INT],
+  "save-interval": ["saveInterval", COUNT],
+  "train-limit": ["trainLimit", POSITIVE_INT],
+  "eval-limit": ["evalLimit", POSITIVE_INT],
+  "eval-batch-size": ["evalBatchSize", POSITIVE_INT],
+  "max-new-tokens": ["maxNewTokens", POSITIVE_INT],
+  "mlm-probability": ["mlmProbability", { min: 0, minExclusive: true, max: 0.99 }],
 };
 
 const STRING_FLAGS: Record<string, keyof RunConfig> = {
@@ -76,92 +88,121 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   tokenizer: "tokenizer",
 };
 
-/** Build a RunConfig from command-line arguments (and the YAML file they name). */
-export async function configFromArgs(
-  args: string[],
-): Promise<{ config: RunConfig; resume: boolean }> {
-  const options: Record<string, { type: "string" | "boolean" }> = {
-    config: { type: "string" },
-    targets: { type: "string" },
-    "lr-multipliers": { type: "string" },
-    "method-options": { type: "string" },
-    rank: { type: "string" },
-    alpha: { type: "string" },
-    "lora-dropout": { type: "string" },
-    rslora: { type: "boolean" },
-    "train-file": { type: "string" },
-    "eval-file": { type: "string" },
-    "from-scratch": { type: "boolean" },
-    offline: { type: "boolean" },
-    resume: { type: "boolean" },
-    help: { type: "boolean" },
-  };
-  for (const f of [...Object.keys(NUMBER_FLAGS), ...Object.keys(STRING_FLAGS)]) {
-    options[f] = { type: "string" };
-  }
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({ args, options, strict: true }).values;
-  } catch (e) {
-    throw new Error(`${e instanceof Error ? e.message : e}\n${USAGE}`);
-  }
-  if (values.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  const raw: Record<string, unknown> = values.config
-    ? await readRunYaml(String(values.config))
-    : {};
+const FLAGS: FlagSpec = {
+  config: { type: "string" },
+  targets: { type: "string" },
+  "lr-multipliers": { type: "string" },
+  "method-options": { type: "string" },
+  rank: { type: "string" },
+  alpha: { type: "string" },
+  "lora-dropout": { type: "string" },
+  rslora: { type: "boolean" },
+  "train-file": { type: "string" },
+  "eval-file": { type: "string" },
+  "from-scratch": { type: "boolean" },
+  offline: { type: "boolean" },
+  resume: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+  ...Object.fromEntries(
+    [...Object.keys(NUMBER_FLAGS), ...Object.keys(STRING_FLAGS)].map((f) => [f, {
+      type: "string" as const,
+    }]),
+  ),
+};
+
+/** What `deno task train` was asked to do. */
+export interface TrainArgs {
+  /** The validated run configuration. */
+  config: RunConfig;
+  /** `--resume`: continue the run folder's checkpoint. */
+  resume: boolean;
+  /** `--help`: print the usage and do nothing else. */
+  help?: boolean;
+}
+
+/**
+ * Build a RunConfig from command-line arguments (and the YAML file they name). Bad flags throw
+ * {@link UsageError} naming the flag; bad settings throw an Error naming the field and file.
+ */
+export async function configFromArgs(args: string[]): Promise<TrainArgs> {
+  const { values } = parseFlags(args, FLAGS, { command: "train" });
+  if (values.help) return { config: parseRunConfig({}), resume: false, help: true };
+  const str = (flag: string) => values[flag] as string | undefined;
+  const raw: Record<string, unknown> = values.config ? await readRunYaml(str("config")!) : {};
   const source = values.config ? `${values.config} + flags` : "flags";
-  for (const [flag, key] of Object.entries(NUMBER_FLAGS)) {
-    const v = values[flag];
-    if (v === undefined) continue;
-    const n = Number(v);
-    if (v === "" || !Number.isFinite(n)) {
-      throw new Error(`--${flag}: expected a number, got "${v}"`);
-    }
-    raw[key] = n;
+  for (const [flag, [key, rule]] of Object.entries(NUMBER_FLAGS)) {
+    const v = str(flag);
+    if (v !== undefined) raw[key] = parseNumberFlag(flag, v, rule);
   }
   for (const [flag, key] of Object.entries(STRING_FLAGS)) {
-    if (values[flag] !== undefined) raw[key] = values[flag];
+    const v = str(flag);
+    if (v === undefined) continue;
+    if (v.trim() === "") throw new UsageError(`--${flag}: expected a value, got ""`);
+    raw[key] = v;
   }
-  if (values.targets) raw.targets = parseList(String(values.targets));
-  if (values["lr-multipliers"]) {
-    raw.lrMultipliers = parseMultipliers(String(values["lr-multipliers"]));
+  if (values.targets !== undefined) {
+    const list = parseList(str("targets")!);
+    if (!list.length) throw new UsageError(`--targets: expected module names like "query,value"`);
+    raw.targets = list;
+  }
+  if (values["lr-multipliers"] !== undefined) {
+    try {
+      raw.lrMultipliers = parseMultipliers(str("lr-multipliers")!);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
   }
   if (values.offline) raw.offline = true;
   if (values["from-scratch"]) raw.fromScratch = true;
   for (const [flag, key] of [["train-file", "trainFile"], ["eval-file", "evalFile"]] as const) {
     if (values[flag] === undefined) continue;
-    const files = parseList(String(values[flag]));
+    const files = parseList(str(flag)!);
+    if (!files.length) throw new UsageError(`--${flag}: expected one or more files, got ""`);
     raw[key] = files.length === 1 ? files[0] : files;
   }
   const methodOptions: Record<string, unknown> = {
     ...(raw.methodOptions as Record<string, unknown> ?? {}),
   };
-  if (values["method-options"]) {
+  if (values["method-options"] !== undefined) {
+    let parsed: unknown;
     try {
-      Object.assign(methodOptions, JSON.parse(String(values["method-options"])));
+      parsed = JSON.parse(str("method-options")!);
     } catch {
-      throw new Error(`--method-options: expected a JSON object, got ${values["method-options"]}`);
+      parsed = undefined;
     }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      throw new UsageError(
+        `--method-options: expected a JSON object like '{"r":8}', got ${str("method-options")}`,
+      );
+    }
+    Object.assign(methodOptions, parsed);
   }
-  const num = (flag: string) => {
-    const n = Number(values[flag]);
-    if (!Number.isFinite(n)) throw new Error(`--${flag}: expected a number, got "${values[flag]}"`);
-    return n;
+  const option = (flag: string, key: string, rule: NumberRule) => {
+    const v = str(flag);
+    if (v !== undefined) methodOptions[key] = parseNumberFlag(flag, v, rule);
   };
-  if (values.rank !== undefined) methodOptions.r = num("rank");
-  if (values.alpha !== undefined) methodOptions.alpha = num("alpha");
-  if (values["lora-dropout"] !== undefined) methodOptions.dropout = num("lora-dropout");
+  option("rank", "r", POSITIVE_INT);
+  option("alpha", "alpha", POSITIVE);
+  option("lora-dropout", "dropout", { min: 0, max: 0.99 });
   if (values.rslora) methodOptions.rslora = true;
   raw.methodOptions = methodOptions;
-  return { config: parseRunConfig(raw, source), resume: values.resume === true };
+  let config: RunConfig;
+  try {
+    config = parseRunConfig(raw, source);
+  } catch (e) {
+    // Without a YAML file every value came from a flag: bad usage, not a bad file.
+    throw values.config ? e : new UsageError((e as Error).message);
+  }
+  return { config, resume: Boolean(values.resume) };
 }
 
 if (import.meta.main) {
-  try {
-    const { config, resume } = await configFromArgs(Deno.args);
+  await runCli(async () => {
+    const { config, resume, help } = await configFromArgs(Deno.args);
+    if (help) {
+      console.log(USAGE);
+      return 0;
+    }
     const summary = await train(config, { resume });
     const fmt = (s: Record<string, number>) =>
       Object.entries(s).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
@@ -176,8 +217,5 @@ if (import.meta.main) {
         `params · ${Math.round(summary.tokensPerSecond)} tokens/s · peak memory ` +
         `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n  run files: ${config.output}`,
     );
-  } catch (e) {
-    console.error(`error: ${e instanceof Error ? e.message : e}`);
-    Deno.exit(1);
-  }
+  });
 }

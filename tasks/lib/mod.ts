@@ -28,3 +28,8 @@ export * from "./cli/progress.ts";
 export * from "./version.ts";
 export * from "./sweep/sweep.ts";
 export * from "./report/report.ts";
+export * from "./cli/runner.ts";
+export * from "./train/lock.ts";
+export * from "./train/run_folder.ts";
+export * from "./train/validate.ts";
+export * from "./train/checkpoint.ts";

@@ -85,6 +85,7 @@ Deno.test("--wv-lr-ratio sets wvLrRatio (YAML key wvLrRatio); it must be positiv
     () => {
       throw new Error("accepted 0");
     },
-    (e: Error) => equal(/wvLrRatio/.test(e.message), true, e.message),
+    (e: Error) =>
+      equal(/--wv-lr-ratio: expected a positive number/.test(e.message), true, e.message),
   );
 });

@@ -537,7 +537,7 @@ Deno.test("llama2c: a truncated or mismatched checkpoint, a wrong tokenizer and 
   );
 });
 
-Deno.test("llama2c: deno task convert writes the folder, and reports bad input on stderr with exit code 1", async () => {
+Deno.test("llama2c: deno task convert writes the folder, and reports missing flags on stderr with exit code 2", async () => {
   const dir = await tempDir();
   const run = async (...args: string[]): Promise<Deno.CommandOutput> =>
     await new Deno.Command(Deno.execPath(), {
@@ -567,6 +567,9 @@ Deno.test("llama2c: deno task convert writes the folder, and reports bad input o
     );
   }
   const missing = await run("--checkpoint", CHECKPOINT);
-  assert.equal(missing.code, 1);
-  assert.match(new TextDecoder().decode(missing.stderr), /missing --tokenizer, --output\nusage:/);
+  assert.equal(missing.code, 2, "missing flags are bad usage (exit 2)");
+  assert.match(
+    new TextDecoder().decode(missing.stderr),
+    /^error: missing --tokenizer, --output \(see deno task convert --help\)\n$/,
+  );
 });

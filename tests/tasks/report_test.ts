@@ -436,7 +436,7 @@ Deno.test({
     throws(() => reportOptionsFromArgs(["runs", "--score", "median"]), /field "score"/);
     throws(
       () => reportOptionsFromArgs(["runs", "--digits", "two"]),
-      /--digits: expected an integer/,
+      /--digits: expected a whole number in \[0, 4\], got "two"/,
     );
     deepEqual(reportOptionsFromArgs(["runs", "--out", "o", "--score", "best"]), {
       runsDir: "runs",

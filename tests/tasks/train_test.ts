@@ -261,9 +261,9 @@ Deno.test({
 Deno.test("run config errors name the field and what was expected", async () => {
   await rejects(
     configFromArgs(["--batch-size", "0"]),
-    /field "batchSize": Too small: expected number to be >0/,
+    /--batch-size: expected a positive whole number, got "0"/,
   );
-  await rejects(configFromArgs(["--lr", "fast"]), /--lr: expected a number, got "fast"/);
+  await rejects(configFromArgs(["--lr", "fast"]), /--lr: expected a positive number, got "fast"/);
   await rejects(
     configFromArgs(["--lr-multipliers", "value"]),
     /--lr-multipliers: expected module=multiplier pairs/,

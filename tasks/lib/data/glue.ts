@@ -441,7 +441,9 @@ async function readParquetShard(
   spec: GlueTaskSpec,
   split: string,
 ): Promise<GlueExample[]> {
-  const bytes = await Deno.readFile(file);
+  const bytes = await Deno.readFile(file).catch((e) => {
+    throw new GlueDataError(file, `cannot read (${(e as Error).message})`);
+  });
   const buffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
   let metadata;
   try {
@@ -462,12 +464,22 @@ async function readParquetShard(
       );
     }
   }
-  const rows = await parquetReadObjects({
-    file: buffer as ArrayBuffer,
-    metadata,
-    columns,
-    compressors,
-  });
+  let rows: Record<string, unknown>[];
+  try {
+    rows = await parquetReadObjects({
+      file: buffer as ArrayBuffer,
+      metadata,
+      columns,
+      compressors,
+    });
+  } catch (e) {
+    // A damaged page or column chunk: hyparquet's own message names neither file nor fix.
+    throw new GlueDataError(
+      file,
+      `corrupt parquet data (${(e as Error).message}); download the split again ` +
+        `(deno task download --dataset glue --config ${spec.name})`,
+    );
+  }
   return rows.map((row, r) => {
     const location = `row ${r}`;
     const texts = spec.textFields.map((field) => {

@@ -767,11 +767,39 @@ function backoffMs(cfg: HubConfig, failures: number): number {
   return Math.min(MAX_BACKOFF_MS, cfg.retryBaseMs * 2 ** (failures - 1));
 }
 
-async function withRetries<T>(what: string, cfg: HubConfig, fn: () => Promise<T>): Promise<T> {
+/**
+ * The reason when `e` is a failure to connect at all (DNS lookup, connection refused, no route):
+ * retrying that for seconds only delays the message, unlike a dropped connection or a 5xx.
+ */
+export function connectFailure(e: unknown): string | null {
+  if (!(e instanceof TypeError)) return null;
+  const text = `${e.message} ${e.cause instanceof Error ? e.cause.message : String(e.cause ?? "")}`;
+  const m =
+    /dns error[^)]*|failed to lookup address[^)]*|Connection refused|Network is unreachable|No route to host|Requests to port \d+ are blocked/i
+      .exec(text);
+  return m ? m[0].trim() : null;
+}
+
+async function withRetries<T>(
+  what: string,
+  cfg: HubConfig,
+  fn: () => Promise<T>,
+  url?: string,
+): Promise<T> {
   for (let failures = 0;;) {
     try {
       return await fn();
     } catch (e) {
+      const unreachable = connectFailure(e);
+      if (unreachable !== null) {
+        // Retryable in kind (so a cached copy may still serve), but not worth waiting for.
+        throw new HubError(
+          `${what}: cannot connect to ${url ?? cfg.endpoint} (${unreachable}); check the network ` +
+            `or HF_ENDPOINT, or pass --offline to use the Hugging Face cache only`,
+          undefined,
+          true,
+        );
+      }
       if (!isRetryable(e) || failures >= cfg.maxRetries) {
         if (failures > 0 && e instanceof Error) e.message += ` (after ${failures + 1} attempts)`;
         throw e;
@@ -814,7 +842,7 @@ async function fetchJson(
         throw new HubError(`${what}: expected JSON from ${url} (${errorText(e)})`);
       });
       return { body, next: nextLink(res.headers.get("Link"), url) };
-    }));
+    }), url);
 }
 
 /** The `rel="next"` target of a Link header (the tree API paginates with it). */
@@ -915,7 +943,7 @@ async function fetchFileMetadata(ref: NormalizedFileRef, cfg: HubConfig): Promis
         if (!(res.ok || (res.status >= 300 && res.status < 400))) throw await httpError(res, what);
         return parseFileMetadata(res, url, what);
       }
-    }));
+    }), url);
 }
 
 function parseFileMetadata(res: Response, url: string, what: string): HubFileMetadata {
@@ -1138,6 +1166,15 @@ async function downloadBlob(
         }
       } catch (e) {
         if (closed || !isRetryable(e)) throw e;
+        const unreachable = connectFailure(e);
+        if (unreachable !== null) {
+          throw new HubError(
+            `${what}: cannot connect to ${meta.location} (${unreachable}); ` +
+              `${offset} of ${meta.size} bytes kept in ${incomplete} for the next run`,
+            undefined,
+            true,
+          );
+        }
         failures = offset > before ? 1 : failures + 1;
         if (failures > cfg.maxRetries) {
           throw new HubError(

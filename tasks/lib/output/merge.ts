@@ -5,6 +5,7 @@
  * @module
  */
 import { join } from "node:path";
+import { writeDirAtomic } from "../train/checkpoint.ts";
 import { init } from "../../../ops/mod.ts";
 import { loadModel } from "../../../models/load.ts";
 import { writeSafetensors } from "../../../models/safetensors.ts";
@@ -46,29 +47,31 @@ export async function mergeAdapter(
     seed: 0,
   });
   a.merge();
-  await Deno.mkdir(output, { recursive: true });
+  // Written into a temporary folder and renamed: a failure or kill never leaves a partial model.
   const params = loaded.model.namedParameters();
-  await writeSafetensors(join(output, "model.safetensors"), await toEntries(params), {
-    format: "pt",
-  });
-  const config = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
-  if (numLabels !== undefined) {
-    config.num_labels = numLabels;
-    config.id2label = Object.fromEntries(
-      [...Array(numLabels).keys()].map((i) => [String(i), `LABEL_${i}`]),
-    );
-    config.label2id = Object.fromEntries(
-      [...Array(numLabels).keys()].map((i) => [`LABEL_${i}`, i]),
-    );
-    const kind = loaded.kind === "encoder"
-      ? (loaded.config.model_type === "bert" ? "Bert" : "Roberta")
-      : "Llama";
-    config.architectures = [`${kind}ForSequenceClassification`];
-  }
-  await writeTextAtomic(join(output, "config.json"), JSON.stringify(config, null, 2) + "\n");
-  for (const f of TOKENIZER_FILES) {
-    await Deno.copyFile(join(dir, f), join(output, f)).catch(() => {});
-  }
+  await writeDirAtomic(output, async (tmp) => {
+    await writeSafetensors(join(tmp, "model.safetensors"), await toEntries(params), {
+      format: "pt",
+    });
+    const config = JSON.parse(await Deno.readTextFile(join(dir, "config.json")));
+    if (numLabels !== undefined) {
+      config.num_labels = numLabels;
+      config.id2label = Object.fromEntries(
+        [...Array(numLabels).keys()].map((i) => [String(i), `LABEL_${i}`]),
+      );
+      config.label2id = Object.fromEntries(
+        [...Array(numLabels).keys()].map((i) => [`LABEL_${i}`, i]),
+      );
+      const kind = loaded.kind === "encoder"
+        ? (loaded.config.model_type === "bert" ? "Bert" : "Roberta")
+        : "Llama";
+      config.architectures = [`${kind}ForSequenceClassification`];
+    }
+    await writeTextAtomic(join(tmp, "config.json"), JSON.stringify(config, null, 2) + "\n");
+    for (const f of TOKENIZER_FILES) {
+      await Deno.copyFile(join(dir, f), join(tmp, f)).catch(() => {});
+    }
+  }, "merge");
   loaded.model.dispose();
   return params.length;
 }

@@ -58,6 +58,7 @@ import type { ConfigSchema } from "../../../methods/types.ts";
 import { type RunConfig, RunConfigSchema } from "../train/config.ts";
 import { resolveTask } from "../data/pipeline.ts";
 import { type Summary, train } from "../train/trainer.ts";
+import { acquireLock, type FolderLock, LockedError } from "../train/lock.ts";
 
 // ---- the sweep file -------------------------------------------------------------------------------
 
@@ -685,6 +686,12 @@ export interface CellRecord {
   finishedAt?: string;
   /** Wall seconds of the last attempt, process start and evaluation included. */
   seconds?: number;
+  /** Wall seconds of every attempt this sweep timed (a killed sweep's attempt is not timed). */
+  totalSeconds?: number;
+  /** The trainer's wall seconds of the run, summed over every process that trained it. */
+  runWallSeconds?: number;
+  /** Peak GPU memory of the run in bytes, the maximum over every process that trained it. */
+  peakBytes?: number;
   /** The final value of the task's main metric (done cells). */
   main?: number;
   /** The name of that metric (accuracy, matthews, …). */
@@ -707,6 +714,8 @@ export interface SweepState {
 
 /** The file name of a cell's own status record. */
 export const CELL_FILE = "sweep-cell.json";
+/** The lock file of a cell folder, held by the sweep running the cell. */
+export const CELL_LOCK = "sweep-cell.lock";
 /** The file name of the aggregated state under the sweep's output. */
 export const STATE_FILE = "sweep-state.json";
 
@@ -751,6 +760,8 @@ const OTHERS_REFRESH_MS = 30_000;
 
 class StateStore {
   readonly records = new Map<string, CellRecord>();
+  /** Cells this invocation has run or runs: their records here are the latest. */
+  readonly active = new Set<string>();
   #writing: Promise<void> = Promise.resolve();
   #othersReadAt = 0;
 
@@ -765,6 +776,7 @@ class StateStore {
 
   /** Record a cell's new status in its folder, then rewrite the aggregate. */
   async set(cell: SweepCell, record: CellRecord): Promise<void> {
+    this.active.add(cell.id);
     this.records.set(cell.id, record);
     const { index: _index, ...own } = record;
     await Deno.mkdir(cell.config.output, { recursive: true });
@@ -782,6 +794,13 @@ class StateStore {
         const others = this.plan.cells.filter((c) => !this.mine.has(c.id));
         for (const c of others) this.records.set(c.id, await readCellRecord(c));
         this.#othersReadAt = Date.now();
+      }
+      // Another sweep on the same folder may have run some of this shard's cells meanwhile:
+      // their own sweep-cell.json files are the truth, not this process's view at start.
+      for (const c of this.plan.cells) {
+        if (this.mine.has(c.id) && !this.active.has(c.id)) {
+          this.records.set(c.id, await readCellRecord(c));
+        }
       }
       const counts: Record<CellStatus, number> = { done: 0, failed: 0, running: 0, pending: 0 };
       const cells: Record<string, CellRecord> = {};
@@ -995,18 +1014,53 @@ export async function runSweep(
       `${queue.length} to run${parallel > 1 ? `, ${parallel} at once` : ""}`,
   );
   const runOne = async (cell: SweepCell, position: string) => {
-    const attempts = store.records.get(cell.id)!.attempts + 1;
+    await Deno.mkdir(cell.config.output, { recursive: true });
+    let lock: FolderLock;
+    try {
+      lock = await acquireLock(cell.config.output, CELL_LOCK, "sweep", log);
+    } catch (e) {
+      if (!(e instanceof LockedError)) throw e;
+      result.busy.push(cell.id);
+      log(`${position} ${cell.id}: not started — ${e.message}`);
+      return;
+    }
+    try {
+      // Another sweep may have finished it between this sweep's start and now.
+      const now = await readCellRecord(cell);
+      if (now.status === "done") {
+        store.records.set(cell.id, now);
+        result.skipped.push(cell.id);
+        log(`${position} ${cell.id}: finished meanwhile by another sweep; skipped`);
+        return;
+      }
+      store.records.set(cell.id, {
+        ...now,
+        attempts: Math.max(now.attempts, store.records.get(cell.id)!.attempts),
+      });
+      await runLocked(cell, position);
+    } finally {
+      await lock.release();
+    }
+  };
+  const runLocked = async (cell: SweepCell, position: string) => {
+    const previous = store.records.get(cell.id)!;
+    const attempts = previous.attempts + 1;
+    const secondsBefore = previous.totalSeconds ?? 0;
     const startedAt = new Date().toISOString();
     const t0 = performance.now();
-    const ended = (status: CellStatus, extra: Partial<CellRecord> = {}): CellRecord => ({
-      index: cell.index,
-      status,
-      attempts,
-      startedAt,
-      finishedAt: new Date().toISOString(),
-      seconds: (performance.now() - t0) / 1000,
-      ...extra,
-    });
+    const ended = (status: CellStatus, extra: Partial<CellRecord> = {}): CellRecord => {
+      const seconds = (performance.now() - t0) / 1000;
+      return {
+        index: cell.index,
+        status,
+        attempts,
+        startedAt,
+        finishedAt: new Date().toISOString(),
+        seconds,
+        totalSeconds: secondsBefore + seconds,
+        ...extra,
+      };
+    };
     try {
       getMethod(cell.config.method);
     } catch (e) {
@@ -1026,8 +1080,8 @@ export async function runSweep(
         pid,
         host: Deno.hostname(),
         startedAt,
+        totalSeconds: secondsBefore,
       });
-    await Deno.mkdir(cell.config.output, { recursive: true });
     const logFile = await Deno.open(join(cell.config.output, "train.log"), {
       create: true,
       append: true,
@@ -1048,12 +1102,22 @@ export async function runSweep(
       logFile.close();
     }
     if (options.signal?.aborted && !outcome.ok) {
-      await store.set(cell, { index: cell.index, status: "pending", attempts });
+      await store.set(cell, {
+        index: cell.index,
+        status: "pending",
+        attempts,
+        totalSeconds: secondsBefore + (performance.now() - t0) / 1000,
+      });
       log(`${position} ${cell.id}: stopped; it resumes from its last checkpoint next time`);
     } else if (outcome.ok) {
       const s = outcome.summary;
       const main = s.final[s.mainMetric];
-      const record = ended("done", { main, mainMetric: s.mainMetric });
+      const record = ended("done", {
+        main,
+        mainMetric: s.mainMetric,
+        runWallSeconds: s.wallSeconds,
+        peakBytes: s.memory?.peakTotal,
+      });
       await store.set(cell, record);
       result.done.push(cell.id);
       log(

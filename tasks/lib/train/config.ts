@@ -39,7 +39,8 @@ export const RunConfigSchema = z.object({
   steps: positiveInt.optional(),
   batchSize: positiveInt.default(16),
   gradAccum: positiveInt.default(1),
-  maxLength: positiveInt.default(128),
+  // Room for the special tokens (up to 4 for a sentence pair) and some text.
+  maxLength: z.number().int().min(8).default(128),
   /** Warm-up as a fraction of the training steps (0..1) … */
   warmupRatio: z.number().min(0).max(1).default(0.06),
   /** … or as a number of steps (overrides the ratio). */

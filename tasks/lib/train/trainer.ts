@@ -53,12 +53,21 @@ import {
   truncateLines,
   writeDirAtomic,
 } from "./checkpoint.ts";
+import { openRunFolder } from "./run_folder.ts";
+import { faultPoint } from "./faults.ts";
+import { checkRunPlan } from "./validate.ts";
 import { Progress } from "../cli/progress.ts";
 import { VERSION } from "../version.ts";
 
 export type { Scores } from "./prepare.ts";
 
-/** Thrown when the loss becomes NaN or infinite. */
+/**
+ * A mean loss this many times the first logged one (and above 100) is divergence: cross-entropy
+ * that high means probabilities of e^-100, and regression losses start at the targets' scale.
+ */
+const EXPLODED_FACTOR = 100;
+
+/** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 export class DivergedError extends Error {
   /** `message` says at which step and where the last good checkpoint is. */
   constructor(message: string) {
@@ -99,13 +108,14 @@ export interface Summary {
   trainableParams: number;
   /** Elements of every parameter of the adapted model, trainable or frozen. */
   totalParams: number;
-  /** Peak bytes per memory category and total, from the engine's pool. */
+  /** Peak bytes per memory category and total, from the engine's pool (maximum over resumes). */
   memory: { peak: Record<string, number>; peakTotal: number; reservedBytes: number };
   /** Non-padding training tokens per second of `trainSeconds`. */
   tokensPerSecond: number;
   /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
-  /** Seconds from the start of this process's `train` call to the summary. */
+  /** Wall seconds of the run: this process's `train` call plus those of earlier processes up to
+   * the checkpoint each resumed from. */
   wallSeconds: number;
   /** The WebGPU adapter the run used. */
   device: AdapterDescription;
@@ -163,22 +173,34 @@ function countParams(
  */
 export async function train(config: RunConfig, options: TrainOptions = {}): Promise<Summary> {
   const log = options.log ?? ((s: string) => console.error(s));
+  const folder = await openRunFolder(config, options.resume === true, log);
+  if (folder.finishedSummary) {
+    await folder.close();
+    log(`${config.output} finished already (summary.json); nothing to do`);
+    return folder.finishedSummary as Summary;
+  }
+  try {
+    return await trainInFolder(config, options, log, folder.checkpoint !== null);
+  } catch (e) {
+    await folder.abandon();
+    throw e;
+  } finally {
+    await folder.close();
+  }
+}
+
+async function trainInFolder(
+  config: RunConfig,
+  options: TrainOptions,
+  log: (line: string) => void,
+  resumable: boolean,
+): Promise<Summary> {
   const started = performance.now();
   await init();
   const out = config.output;
-  await Deno.mkdir(out, { recursive: true });
   const ckptDir = join(out, CHECKPOINT);
   const metricsFile = join(out, "metrics.jsonl");
   const hash = await configHash(config);
-  const resumable = options.resume &&
-    await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
-  if (
-    !options.resume && await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false)
-  ) {
-    throw new Error(
-      `${out} already holds a checkpoint: pass --resume to continue it, or choose another --output`,
-    );
-  }
   rt().pool.resetPeak();
   const p = await prepare(config, log);
   const { loaded } = p;
@@ -193,9 +215,11 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   // A model folder is written only when the method kept the model's own parameter names (full
   // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
   const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
+  const targets = config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
+    defaultTargets(modelType);
+  checkRunPlan(config, loaded.model, targets, total);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
-    targets: config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
-      defaultTargets(modelType),
+    targets,
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
@@ -274,11 +298,6 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   };
   if (resumable) {
     state = await loadCheckpoint(ckptDir, named, optimizer);
-    if (state.configHash !== hash) {
-      throw new Error(
-        `${ckptDir} was written by a run with other settings; resume needs the same configuration`,
-      );
-    }
     start = state.step;
     await truncateLines(metricsFile, state.metricsLines);
     log(`resumed from ${ckptDir} at step ${start}`);
@@ -289,9 +308,11 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   const metricsLog: string[] = [];
   const flushMetrics = async () => {
     if (!metricsLog.length) return;
+    faultPoint("metrics:append", metricsFile);
     await Deno.writeTextFile(metricsFile, metricsLog.join(""), { append: true });
     state.metricsLines += metricsLog.length;
     metricsLog.length = 0;
+    faultPoint("metrics:appended");
   };
   const record = (obj: Record<string, unknown>) => metricsLog.push(JSON.stringify(obj) + "\n");
 
@@ -302,12 +323,24 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     const total = (await lossSum.read())[0];
     const mean = total / Math.max(1, lossSteps);
     noGrad(() => addInto(lossSum, tensor(-total)));
-    if (lossSteps > 0 && !Number.isFinite(mean)) {
+    if (lossSteps === 0) return mean;
+    const limit = EXPLODED_FACTOR * Math.max(1, state.firstLoss ?? mean);
+    if (!Number.isFinite(mean) || mean > limit) {
+      const kept = await Deno.stat(join(ckptDir, "state.json")).then(() => true, () => false);
+      const where = kept
+        ? `The last good checkpoint is ${ckptDir} (step ${state.step})`
+        : `No checkpoint was written before it${
+          config.saveInterval > 0 ? ` (the first save was due at step ${config.saveInterval})` : ""
+        }`;
       throw new DivergedError(
-        `loss became ${mean} by step ${step}; stopped. The last good checkpoint is ${ckptDir} ` +
-          `(step ${state.step}); lower the learning rate or enable --max-grad-norm`,
+        `loss became ${mean}${
+          Number.isFinite(mean)
+            ? ` (over ${EXPLODED_FACTOR}× the first logged loss ${state.firstLoss?.toPrecision(4)})`
+            : ""
+        } by step ${step}; stopped. ${where}; lower --lr or set --max-grad-norm`,
       );
     }
+    state.firstLoss ??= mean;
     lossSteps = 0;
     return mean;
   };
@@ -329,10 +362,21 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     );
     return r;
   };
+  // Wall time and peaks of the processes before this one (a resumed run sums / maxes them).
+  const wallBefore = state.wallSeconds ?? 0;
+  const peakBefore = { peak: state.peak ?? {}, total: state.peakTotal ?? 0 };
+  const runPeaks = () => {
+    const stats = rt().pool.stats();
+    const peak: Record<string, number> = { ...peakBefore.peak };
+    for (const [k, v] of Object.entries(stats.peak)) peak[k] = Math.max(peak[k] ?? 0, v);
+    return { peak, peakTotal: Math.max(peakBefore.total, stats.peakTotal) };
+  };
   const checkpoint = async (step: number) => {
     if (lossSteps > 0) state.lastLoss = await readLoss(step);
     await flushMetrics();
     state.step = step;
+    state.wallSeconds = wallBefore + (performance.now() - started) / 1000;
+    Object.assign(state, runPeaks());
     await saveCheckpoint(ckptDir, state, named, optimizer);
   };
 
@@ -389,10 +433,20 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
       await checkpoint(done);
     }
     options.onStep?.(done);
+    faultPoint(`step:${done}`);
   }
   progress.finish();
-  const final = await evaluate(total);
-  await checkpoint(total);
+  // A run killed after its final checkpoint has its final scores there: evaluating again
+  // would append a second final row.
+  let final = state.final;
+  if (!final) {
+    const r = await evaluate(total);
+    final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
+    state.final = final;
+    await checkpoint(total);
+  } else {
+    log(`the final evaluation (step ${total}) is in the checkpoint; writing the run's files`);
+  }
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
   if (p.saveModel) {
     const sameNames = loaded.model.namedParameters().map(([n]) => n).join("\n") === baseNames;
@@ -405,6 +459,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   }
   p.batches?.close();
   const stats = rt().pool.stats();
+  const peaks = runPeaks();
   const summary: Summary = {
     toolkit: `@ruc/peft ${VERSION}`,
     model: config.model,
@@ -421,10 +476,10 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
     mainMetric: final.mainMetric,
     trainableParams: counts.trainable,
     totalParams: counts.total,
-    memory: { peak: stats.peak, peakTotal: stats.peakTotal, reservedBytes: stats.reservedBytes },
+    memory: { peak: peaks.peak, peakTotal: peaks.peakTotal, reservedBytes: stats.reservedBytes },
     tokensPerSecond: tokens / Math.max(1e-9, trainSeconds),
     trainSeconds,
-    wallSeconds: (performance.now() - started) / 1000,
+    wallSeconds: wallBefore + (performance.now() - started) / 1000,
     device: gpu().adapter,
     versions: {
       toolkit: VERSION,
@@ -437,6 +492,7 @@ export async function train(config: RunConfig, options: TrainOptions = {}): Prom
   };
   await flushMetrics();
   await writeTextAtomic(join(out, "summary.json"), JSON.stringify(summary, null, 2) + "\n");
+  faultPoint("summary:written");
   optimizer.dispose();
   lossSum.dispose();
   loaded.model.dispose();
