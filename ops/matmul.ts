@@ -715,12 +715,24 @@ function textureKernel(
   batchRank: number,
   accumulate: boolean,
   epilogue: Epilogue,
+  aTransposed = false,
 ): Kernel {
   const key = `texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}|` +
-    JSON.stringify(epilogue);
+    `${JSON.stringify(epilogue)}|${aTransposed}`;
   return cached(key, () => {
     const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
+    if (aTransposed && RM % 4 !== 0) throw new Error("matmul: Aᵀ texels need rows in fours");
     const body: string[] = [];
+    if (aTransposed) {
+      // TA holds Aᵀ packed: texel (m4, k) = A[4m4…4m4+3, k]. Four k's of four rows per load.
+      for (let q = 0; q < RM / 4; q++) {
+        for (let j = 0; j < 4; j++) {
+          body.push(
+            `    let t${q}_${j} = textureLoad(TA, vec2u(m_out / 4u + ${q}u, 4u * k4 + ${j}u));`,
+          );
+        }
+      }
+    }
     for (let c = 0; c < CN; c++) {
       for (let j = 0; j < 4; j++) {
         body.push(
@@ -729,7 +741,12 @@ function textureKernel(
       }
     }
     for (let r = 0; r < RM; r++) {
-      body.push(`    { let a = textureLoad(TA, vec2u(k4, A_base + m_out + ${r}u));`);
+      const q = Math.floor(r / 4), l = "xyzw"[r % 4];
+      body.push(
+        aTransposed
+          ? `    { let a = vec4f(t${q}_0.${l}, t${q}_1.${l}, t${q}_2.${l}, t${q}_3.${l});`
+          : `    { let a = textureLoad(TA, vec2u(k4, A_base + m_out + ${r}u));`,
+      );
       for (let c = 0; c < CN; c++) {
         body.push(
           `      acc[${r * CN + c}] += a.x * b${c}_0 + a.y * b${c}_1 + a.z * b${c}_2 + ` +
@@ -739,7 +756,7 @@ function textureKernel(
       body.push("    }");
     }
     return defineKernel({
-      name: "matmul_texture",
+      name: aTransposed ? "matmul_texture_tA" : "matmul_texture",
       bindings: [
         { name: "TA", texture: "rgba32float", access: "read" },
         { name: "TB", texture: "rgba32float", access: "read" },
@@ -950,20 +967,7 @@ function pack(
 ): Packed {
   const t = o.tensor;
   const pinned = t.category === "weights" && !t.requiresGrad;
-  const key = pinned || reuse
-    ? [
-      t.dtype,
-      o.offset,
-      o.rows,
-      o.cols,
-      o.rowStride,
-      o.colStride,
-      zBase,
-      count,
-      rowsPadded,
-      ...dims.flatMap((x) => [x.d, x.s]),
-    ].join(",")
-    : "";
+  const key = pinned || reuse ? packKey(o, dims, zBase, count, rowsPadded) : "";
   if (key) {
     const hit = packCache.get(t.buffer, key);
     if (hit) return { tex: hit, cached: true };
@@ -971,6 +975,49 @@ function pack(
   const tex = packInto(o, dims, zBase, count, rowsPadded);
   const cached = key !== "" && packCache.put(t.buffer, key, tex, pinned);
   return { tex, cached };
+}
+
+/** The cache key of a pack: the operand's layout and the texture's. */
+function packKey(
+  o: MatrixOperand,
+  dims: readonly PackDim[],
+  zBase: number,
+  count: number,
+  rowsPadded: number,
+): string {
+  return [
+    o.tensor.dtype,
+    o.offset,
+    o.rows,
+    o.cols,
+    o.rowStride,
+    o.colStride,
+    zBase,
+    count,
+    rowsPadded,
+    ...dims.flatMap((x) => [x.d, x.s]),
+  ].join(",");
+}
+
+/**
+ * For a transposed A (A = Gᵀ, G [K, M] row-major: a weight gradient's gᵀ), the cached A-layout
+ * pack of G, when a product that read G as its left operand left one (LoRA's dx = g·W and
+ * dh = g·B, Linear's dx = g·W). The product then reads Aᵀ's texels instead of packing A again.
+ */
+function cachedTransposePack(plan: MatmulPlan): ScratchTexture | null {
+  const a = plan.a;
+  if (!a.transposed || plan.batch !== 1 || plan.K % 4 !== 0 || a.rows === 1) return null;
+  const g: MatrixOperand = {
+    tensor: a.tensor,
+    rows: a.cols,
+    cols: a.rows,
+    offset: a.offset,
+    rowStride: a.colStride,
+    colStride: 1,
+    transposed: false,
+    batchStrides: [],
+  };
+  return packCache.get(a.tensor.buffer, packKey(g, [], 0, 1, plan.K));
 }
 
 function packInto(
@@ -1023,6 +1070,7 @@ function productFromTextures(
   pb: Packed,
   rowStridesA: readonly number[],
   rowStridesB: readonly number[],
+  aTransposed = false,
 ): void {
   const ta = pa.tex, tb = pb.tex;
   const tile = plan.N <= 64 ? TEXTURE_TILE_NARROW : TEXTURE_TILE;
@@ -1032,6 +1080,7 @@ function productFromTextures(
     plan.batchDims.length,
     plan.accumulate,
     epilogueOf(plan),
+    aTransposed,
   );
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
@@ -1077,6 +1126,12 @@ function runTexture(plan: MatmulPlan): void {
     batchDims.map((d, i) => ({ d, s: o.batchStrides[i] })).filter((x) => x.s !== 0);
   const countOf = (dims: PackDim[]) => dims.reduce((p, x) => p * x.d, 1);
   const ownA = own(plan.a), ownB = own(plan.b);
+  const cachedT = cachedTransposePack(plan);
+  if (cachedT && kPad <= max) {
+    const tb = pack(plan.b, [], 0, 1, kPad);
+    productFromTextures(plan, { tex: cachedT, cached: true }, tb, [], [], true);
+    return;
+  }
   if (countOf(ownA) * M <= max && countOf(ownB) * kPad <= max) {
     // Each operand's distinct matrices fit one texture: pack each once.
     const ta = pack(plan.a, ownA, 0, countOf(ownA), M, plan.reuseA);
@@ -1468,7 +1523,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g) => {
     const g2 = rowsOf(g);
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight), x.shape) : null;
+    // g's pack (reuseA) also serves dW = gᵀ·x.
+    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
     let dw: Tensor | null = null;
     if (weight.requiresGrad) {
       const gT = transposedView(g2);
@@ -1549,12 +1605,13 @@ export function lowRankLinear(
     const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
     let dA: Tensor | null = null, dxd: Tensor | null = null;
     if (dh) {
+      // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
+      if (xd.requiresGrad) dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
       if (loraA.requiresGrad) {
         const dhT = transposedView(dh);
         dA = matmulRaw(dhT, xd2);
         dhT.dispose();
       }
-      if (xd.requiresGrad) dxd = reshapeTo(matmulRaw(dh, loraA), xd.shape);
       dh.dispose();
     }
     gT.dispose();

@@ -746,3 +746,28 @@ Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equal
     /residual .* must have shape \[1,1\]/,
   );
 });
+
+Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing gᵀ", async () => {
+  await withVariant("matmul", "texture", () =>
+    scopeAsync(async () => {
+      const [rows, cols, n] = [12, 10, 7];
+      const gv = randomArray(rows * cols, 131), xv = randomArray(rows * n, 132);
+      const g = tensor(Float32Array.from(gv), [rows, cols]);
+      const x = tensor(Float32Array.from(xv), [rows, n]);
+      const w = tensor(Float32Array.from(randomArray(cols * 3, 133)), [cols, 3]);
+      matmulRaw(g, w, { reuseA: true }); // leaves g's pack in the cache
+      const d0 = rt().dispatchCount;
+      const y = matmulRaw(transpose(g), x);
+      assert.equal(rt().dispatchCount - d0, 2, "only x is packed, then the product");
+      const want = new Float64Array(cols * n);
+      for (let i = 0; i < cols; i++) {
+        for (let j = 0; j < n; j++) {
+          let acc = 0;
+          for (let k = 0; k < rows; k++) acc += gv[k * cols + i] * xv[k * n + j];
+          want[i * n + j] = acc;
+        }
+      }
+      assertClose(await y.read(), want, TOL, "gᵀ·x from g's pack");
+      clearPackCache();
+    }));
+});
