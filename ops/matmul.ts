@@ -856,6 +856,14 @@ class PackCache {
    * two activations.
    */
   transientEntries = 2;
+  /**
+   * Entries of at most this many bytes (LoRA's rank-r h = xd·Aᵀ, whose pack for h·Bᵀ in forward
+   * is B's operand of dB = gᵀ·h in backward) are kept apart, up to `smallEntries` of them, so
+   * they survive from forward to backward at a cost of kilobytes.
+   */
+  smallBytes = 64 * 1024;
+  /** How many small layer-input textures are held. */
+  smallEntries = 64;
 
   #hook(): void {
     const r = rt();
@@ -902,7 +910,11 @@ class PackCache {
     else {
       this.#transient.push(e);
       this.#transientBytes += bytes;
-      while (this.#transient.length > this.transientEntries) this.#remove(this.#transient[0]);
+      const small = (x: PackEntry) => x.bytes <= this.smallBytes;
+      const isSmall = small(e);
+      const limit = isSmall ? this.smallEntries : this.transientEntries;
+      const same = this.#transient.filter((x) => small(x) === isSmall);
+      for (let i = 0; i < same.length - limit; i++) this.#remove(same[i]);
     }
     return true;
   }
@@ -936,6 +948,9 @@ class PackCache {
 
 const packCache = new PackCache();
 
+/** Engine-made constants (the ones column of bias gradients) pinned like frozen weights. */
+const constantOperands = new WeakSet<Tensor>();
+
 /** Drop every cached packed operand (their textures go back to the pool). */
 export function clearPackCache(): void {
   packCache.clear();
@@ -966,14 +981,13 @@ function pack(
   reuse = false,
 ): Packed {
   const t = o.tensor;
-  const pinned = t.category === "weights" && !t.requiresGrad;
-  const key = pinned || reuse ? packKey(o, dims, zBase, count, rowsPadded) : "";
-  if (key) {
-    const hit = packCache.get(t.buffer, key);
-    if (hit) return { tex: hit, cached: true };
-  }
+  const pinned = (t.category === "weights" && !t.requiresGrad) || constantOperands.has(t);
+  // Any product may find a pack another left (an A-layout pack is also the B-layout one).
+  const key = packKey(o, dims, zBase, count, rowsPadded);
+  const hit = packCache.get(t.buffer, key);
+  if (hit) return { tex: hit, cached: true };
   const tex = packInto(o, dims, zBase, count, rowsPadded);
-  const cached = key !== "" && packCache.put(t.buffer, key, tex, pinned);
+  const cached = (pinned || reuse) && packCache.put(t.buffer, key, tex, pinned);
   return { tex, cached };
 }
 
@@ -1480,6 +1494,48 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   });
 }
 
+const onesColumns = new Map<number, Tensor>();
+
+/**
+ * A linear's bias gradient Σ_rows g [dOut] of g [rows, dOut]. On the texture variant it is the
+ * product gᵀ·1 — reading the pack g·W left (see {@link cachedTransposePack}) against a constant
+ * column of ones whose pack stays cached — one dispatch instead of a two-pass reduction.
+ * Elsewhere it is the reduction.
+ */
+function sumRows(g2: Tensor): Tensor {
+  const [rows, n] = g2.shape;
+  const shapes: MatmulShapes = {
+    M: n,
+    N: 1,
+    K: rows,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  if (rows === 0 || MATMUL.choose(shapes, matmulKey(shapes)).name !== "texture") {
+    return reduceRaw(g2, "sum", [0]);
+  }
+  let ones = onesColumns.get(rows);
+  if (!ones || ones.disposed) {
+    ones = noGradOnes(rows);
+    onesColumns.set(rows, ones);
+  }
+  const gT = transposedView(g2);
+  const col = matmulRaw(gT, ones);
+  gT.dispose();
+  return reshapeTo(col, [n]);
+}
+
+/** A kept [rows, 1] column of ones, a constant the pack cache pins like a frozen weight. */
+function noGradOnes(rows: number): Tensor {
+  const t = empty([rows, 1], { category: "scratch" }).keep();
+  fillInto(t, 1);
+  constantOperands.add(t);
+  return t;
+}
+
 /** `x` as [rows, dIn]: a view when the leading dims fold into rows, a copy otherwise. */
 function rowsOf(x: Tensor): Tensor {
   const x2 = x.rank === 1 ? withUnitDim(x, 0) : x;
@@ -1531,7 +1587,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
       dw = matmulRaw(gT, x2);
       gT.dispose();
     }
-    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
     g2.dispose();
     return [dx, dw, db];
   });
@@ -1587,9 +1643,9 @@ export function lowRankLinear(
   const xd2 = xd === x ? x2 : rowsOf(xd);
   const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
   const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
-  // xd is read again only when it is x itself (no dropout).
+  // xd is read again only when it is x itself (no dropout); h's small pack serves dB = gᵀ·h.
   const h = matmulRaw(xd2, aT, { reuseA: xd === x });
-  matmulRaw(h, bT, { alpha: scaling, into: y2 });
+  matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
   for (const t of [wT, aT, bT]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
@@ -1598,7 +1654,7 @@ export function lowRankLinear(
     const gT = transposedView(g2);
     const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
     const dw = weight.requiresGrad ? matmulRaw(gT, x2) : null;
-    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
     const dh = loraA.requiresGrad || xd.requiresGrad
       ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true })
       : null;
@@ -1693,7 +1749,7 @@ export function linearResidual(
       dw = matmulRaw(gT, x2);
       gT.dispose();
     }
-    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];
