@@ -101,6 +101,16 @@ export interface GradArith {
 
 let arith: GradArith | null = null;
 
+const backwardListeners: (() => void)[] = [];
+
+/**
+ * Call `listener` when a backward pass starts. Caches of forward-pass staging (the matmul's
+ * layer-input packs) drop what only the forward could reuse.
+ */
+export function onBackwardStart(listener: () => void): void {
+  backwardListeners.push(listener);
+}
+
 /** Called once by the elementwise module. */
 export function registerGradArith(a: GradArith): void {
   arith = a;
@@ -122,6 +132,7 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
   }
   const nodes = tape;
   tape = [];
+  for (const l of backwardListeners) l();
   const produced = new Set<Tensor>(nodes.map((n) => n.output));
   withCategory("grads", () => {
     // Pending gradients of non-leaf tensors. One tensor may be pending for several keys (add's

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { record } from "./autograd.ts";
+import { onBackwardStart, record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
 import { add as binaryAdd, assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
 import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
@@ -931,6 +931,11 @@ class PackCache {
     rt().textures.release(e.tex);
   }
 
+  /** Drop the full-size layer-input entries (small ones, weights and constants stay). */
+  clearTransient(): void {
+    for (const e of [...this.#transient]) if (e.bytes > this.smallBytes) this.#remove(e);
+  }
+
   drop(buffer: GPUBuffer): void {
     const list = this.#byBuffer.get(buffer);
     if (list) { for (const e of [...list]) this.#remove(e); }
@@ -947,6 +952,8 @@ class PackCache {
 }
 
 const packCache = new PackCache();
+// Forward layer inputs are not read again in backward (weight gradients read g's packs).
+onBackwardStart(() => packCache.clearTransient());
 
 /** Engine-made constants (the ones column of bias gradients) pinned like frozen weights. */
 const constantOperands = new WeakSet<Tensor>();
@@ -1579,8 +1586,11 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g) => {
     const g2 = rowsOf(g);
-    // g's pack (reuseA) also serves dW = gᵀ·x.
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
+    // g's pack (reuseA) also serves dW = gᵀ·x and db = gᵀ·1.
+    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
+    const dx = x.requiresGrad
+      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
+      : null;
     let dw: Tensor | null = null;
     if (weight.requiresGrad) {
       const gT = transposedView(g2);
@@ -1742,7 +1752,10 @@ export function linearResidual(
   const recorded = record("linearResidual", y, inputs, (g) => {
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
+    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
+    const dx = x.requiresGrad
+      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
+      : null;
     let dw: Tensor | null = null;
     if (weight.requiresGrad) {
       const gT = transposedView(g2);
