@@ -10,7 +10,8 @@
  * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
  * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
  * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
- * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}).
+ * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}), --attention-dropout P
+ * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
  *
  * @module
  */
@@ -79,6 +80,7 @@ function parseFlags() {
       json: { type: "string" },
       profile: { type: "boolean", default: false },
       matmul: { type: "boolean", default: false },
+      "attention-dropout": { type: "string", default: "0.1" },
     },
   });
   const int = (name: string, v: string | undefined, min: number): number => {
@@ -101,6 +103,15 @@ function parseFlags() {
     json: values.json,
     profile: values.profile!,
     matmul: values.matmul!,
+    attentionDropout: (() => {
+      const p = Number(values["attention-dropout"]);
+      if (!(p >= 0 && p < 1)) {
+        throw new Error(
+          `step_bench: --attention-dropout must be in [0, 1), got ${values["attention-dropout"]}`,
+        );
+      }
+      return p;
+    })(),
   };
 }
 
@@ -172,7 +183,7 @@ async function main(): Promise<void> {
       let baseline = {};
       if (r === 0) {
         baseline = rt().pool.stats().live;
-        cases.set(m, await prepareStep(m, REFERENCE_STEP));
+        cases.set(m, await prepareStep(m, REFERENCE_STEP, 0, f.attentionDropout));
         res.trainable = cases.get(m)!.trainable;
       }
       const ours = await measureStep(cases.get(m)!, f.steps, r === 0 ? f.warmup : 0, baseline);

@@ -100,8 +100,11 @@ function randomWeights(seed: number): WeightSource {
   };
 }
 
-/** Dimensions of the random RoBERTa for `s`. */
-export function encoderDims(s: StepShape): EncoderDims {
+/**
+ * Dimensions of the random RoBERTa for `s`; attention-probability dropout `attentionDropout`
+ * (default 0.1, as Hugging Face's roberta-base and the PyTorch peer).
+ */
+export function encoderDims(s: StepShape, attentionDropout = DROPOUT): EncoderDims {
   return {
     kind: "roberta",
     vocabSize: s.vocab,
@@ -113,7 +116,7 @@ export function encoderDims(s: StepShape): EncoderDims {
     typeVocabSize: 1,
     layerNormEps: 1e-5,
     hiddenDropout: DROPOUT,
-    attentionDropout: DROPOUT,
+    attentionDropout,
     padTokenId: 1,
     numLabels: 2,
   };
@@ -124,9 +127,13 @@ export async function prepareStep(
   mode: StepMode,
   shape: StepShape = REFERENCE_STEP,
   seed = 0,
+  attentionDropout = DROPOUT,
 ): Promise<StepCase> {
   await init();
-  const model = new EncoderForSequenceClassification(encoderDims(shape), randomWeights(seed));
+  const model = new EncoderForSequenceClassification(
+    encoderDims(shape, attentionDropout),
+    randomWeights(seed),
+  );
   const ctx: MethodContext = {
     targets: ["query", "value"],
     lrMultipliers: {},
