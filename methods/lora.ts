@@ -20,6 +20,7 @@ import {
   add,
   cast,
   linear,
+  lowRankLinear,
   matmul,
   mul,
   noGrad,
@@ -134,7 +135,23 @@ export class LoraLinear extends Module implements LinearLike {
 
   /** base(x) + s·(dropout(x)·Aᵀ·Bᵀ + b). */
   forward(x: Tensor): Tensor {
-    const y = this.base.forward(x);
+    const base = this.base;
+    if (base instanceof Linear && this.loraBias === null) {
+      // One fused op: the update is added in the product's epilogue and only xd and xd·Aᵀ are
+      // kept for backward (the same dropout stream is drawn as below). PEFT's lora_bias takes
+      // the composed path.
+      const xd = ForwardContext.current().dropout(x, this.dropout);
+      return lowRankLinear(
+        x,
+        base.weight,
+        base.bias ?? undefined,
+        xd,
+        this.loraA,
+        this.loraB,
+        this.scaling,
+      );
+    }
+    const y = base.forward(x);
     const xd = ForwardContext.current().dropout(x, this.dropout);
     const update = linear(linear(xd, this.loraA), this.loraB, this.loraBias ?? undefined);
     return add(y, mul(update, this.scaling));

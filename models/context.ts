@@ -110,6 +110,16 @@ export class ForwardContext {
   }
 
   /**
+   * The (p, seed, stream) of the next dropout call, for an op that applies the dropout inside a
+   * fused kernel (linearResidual): the same stream `dropout` would take here; undefined in
+   * evaluation or when `p` is 0.
+   */
+  fusedDropout(p: number): { p: number; seed: number; stream: number } | undefined {
+    if (!this.training || p === 0) return undefined;
+    return { p, ...this.#nextStream() };
+  }
+
+  /**
    * The attention-probability dropout of one attention call (its `dropout` option), taking the
    * next stream: undefined in evaluation or when `p` is 0.
    */

@@ -17,6 +17,7 @@ import {
   embedding,
   gelu,
   layerNorm,
+  linearResidual,
   reshape,
   scaledDotProductAttention,
   slice,
@@ -150,6 +151,20 @@ export class EncoderLayer extends Container {
     return (this.getModule(path) as LinearLike).forward(x);
   }
 
+  /**
+   * dropout(Linear `path`(x)) + residual. A plain Linear runs it as one fused op (dropout and the
+   * add in the product's epilogue: neither the Linear's output nor its dropped copy is kept); an
+   * adapted layer composes the same steps. Both draw the same dropout stream.
+   */
+  #residual(path: string, x: Tensor, residual: Tensor, ctx: ForwardContext): Tensor {
+    const m = this.getModule(path);
+    const p = this.dims.hiddenDropout;
+    if (m instanceof Linear) {
+      return linearResidual(x, m.weight, m.bias ?? undefined, residual, ctx.fusedDropout(p));
+    }
+    return add(ctx.dropout((m as LinearLike).forward(x), p), residual);
+  }
+
   /** x [B, T, H] → [B, T, H]; keyMask [B, T] (1 keep, 0 pad). */
   forward(x: Tensor, keyMask: Tensor, ctx: ForwardContext): Tensor {
     const [b, t, h] = x.shape;
@@ -163,12 +178,12 @@ export class EncoderLayer extends Container {
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
     });
     const merged = reshape(transpose(attn, 1, 2), [b, t, h]);
-    const p = this.dims.hiddenDropout;
-    const a = ctx.dropout(this.#lin("attention.output.dense", merged), p);
-    const h1 = this.#norm("attention.output.LayerNorm", add(a, x));
+    const h1 = this.#norm(
+      "attention.output.LayerNorm",
+      this.#residual("attention.output.dense", merged, x, ctx),
+    );
     const inter = gelu(this.#lin("intermediate.dense", h1));
-    const o = ctx.dropout(this.#lin("output.dense", inter), p);
-    return this.#norm("output.LayerNorm", add(o, h1));
+    return this.#norm("output.LayerNorm", this.#residual("output.dense", inter, h1, ctx));
   }
 }
 

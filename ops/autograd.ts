@@ -80,6 +80,11 @@ export function clearTape(): void {
   tape = [];
 }
 
+/** The node's inputs and output: tensors a rule may return as-is that others still own. */
+function inputs(node: Node): Set<Tensor> {
+  return new Set([...node.inputs, node.output]);
+}
+
 /** Hooks the elementwise module registers so autograd can add and fill without a cycle. */
 export interface GradArith {
   /** a + b as a new tensor (broadcasting). */
@@ -95,6 +100,16 @@ export interface GradArith {
 }
 
 let arith: GradArith | null = null;
+
+const backwardListeners: (() => void)[] = [];
+
+/**
+ * Call `listener` when a backward pass starts. Caches of forward-pass staging (the matmul's
+ * layer-input packs) drop what only the forward could reuse.
+ */
+export function onBackwardStart(listener: () => void): void {
+  backwardListeners.push(listener);
+}
 
 /** Called once by the elementwise module. */
 export function registerGradArith(a: GradArith): void {
@@ -117,16 +132,26 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
   }
   const nodes = tape;
   tape = [];
+  for (const l of backwardListeners) l();
   const produced = new Set<Tensor>(nodes.map((n) => n.output));
   withCategory("grads", () => {
-    // Pending gradients of non-leaf tensors. A tensor is stored under at most one key, so each
-    // can be disposed as soon as its node has run.
+    // Pending gradients of non-leaf tensors. One tensor may be pending for several keys (add's
+    // g for both of its inputs): `holders` counts them, it is summed in place only while one key
+    // holds it, and it is disposed once none does and its node has run.
     const grads = new Map<Tensor, Tensor>();
-    const stored = new Set<Tensor>();
+    const holders = new Map<Tensor, number>();
+    const stored = { has: (t: Tensor) => (holders.get(t) ?? 0) > 0 };
+    const unhold = (t: Tensor) => {
+      const n = (holders.get(t) ?? 0) - 1;
+      if (n > 0) holders.set(t, n);
+      else holders.delete(t);
+    };
+    // Leaf gradients adopted by the node being processed (they must not be stored as well).
+    let adopted = new Set<Tensor>();
     const store = (key: Tensor, value: Tensor) => {
-      const v = stored.has(value) || value === gradOutput ? a.copy(value) : value;
+      const v = adopted.has(value) || value === gradOutput ? a.copy(value) : value;
       grads.set(key, v);
-      stored.add(v);
+      holders.set(v, (holders.get(v) ?? 0) + 1);
     };
     const release = (t: Tensor) => {
       if (!stored.has(t) && t !== gradOutput && !t.disposed) t.dispose();
@@ -140,8 +165,12 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         const g = grads.get(node.output);
         if (!g) continue;
         grads.delete(node.output);
-        stored.delete(g);
+        unhold(g);
         const inputGrads = node.backward(g);
+        // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
+        // no second buffer at the peak); a tensor also stored or handed to a second input is
+        // copied instead.
+        adopted = new Set<Tensor>();
         node.inputs.forEach((input, j) => {
           const gi = inputGrads[j];
           if (!gi || !input.requiresGrad) return;
@@ -152,8 +181,13 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
           }
           if (produced.has(input)) {
             const before = grads.get(input);
-            if (before) {
-              stored.delete(before);
+            if (
+              before && holders.get(before) === 1 && before.ownsStorage &&
+              !before.sharesStorage(gi)
+            ) {
+              a.addInto(before, gi); // sole holder: sum in place, no second buffer
+            } else if (before) {
+              unhold(before);
               store(input, a.add(before, gi));
               release(before);
             } else {
@@ -161,12 +195,19 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
             }
           } else if (input.grad) {
             a.addInto(input.grad, gi); // a leaf: accumulate into its persistent .grad
+          } else if (
+            gi.ownsStorage && gi.dtype === "f32" && !stored.has(gi) && !adopted.has(gi) &&
+            gi !== gradOutput &&
+            !inputs(node).has(gi)
+          ) {
+            input.grad = gi.setCategory("grads").keep();
+            adopted.add(gi);
           } else {
             input.grad = a.copyKept(gi);
           }
         });
-        for (const gi of inputGrads) if (gi) release(gi);
-        release(g);
+        for (const gi of inputGrads) if (gi && !adopted.has(gi)) release(gi);
+        if (!adopted.has(g)) release(g);
       }
     } finally {
       gradEnabled = prev;

@@ -329,6 +329,8 @@ export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
   return record(op, y, [a, b], (g) => {
     const grad = (expr: string | undefined, target: Tensor): Tensor | null => {
       if (!expr || !target.requiresGrad) return null;
+      // add's gradient is g itself: hand it on (autograd copies it only if two inputs keep it).
+      if (expr === "g" && g.shape.join() === target.shape.join()) return g;
       const usesY = /\by\b/.test(expr);
       const e = expr.replace(/\bg\b/g, "c").replace(/\by\b/g, "d");
       const full = map(usesY ? [a, b, g, y] : [a, b, g], e);

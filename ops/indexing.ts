@@ -203,6 +203,7 @@ function segmentSumKernel(srcType: DType): Kernel {
     bindings: [
       { name: "src", type: srcType, access: "read" },
       { name: "positions", type: "i32", access: "read" },
+      { name: "rows", type: "i32", access: "read" },
       { name: "offsets", type: "i32", access: "read" },
       { name: "out", type: "f32", access: "read_write" },
     ],
@@ -211,27 +212,29 @@ function segmentSumKernel(srcType: DType): Kernel {
       ["n", "u32"],
       ["inner", "u32"],
       ["dim_size", "u32"],
+      ["groups", "u32"],
       ["src_off", "u32"],
     ],
     source: /* wgsl */ `
-// Deterministic scatter-add: out is [outer, dim_size, inner], src is [outer, n, inner]. One thread
-// per output element (o, v, k) adds the src rows whose index is v, walking the CSR group
-// positions[offsets[v] .. offsets[v + 1]) in ascending position order: no atomics, and the same
-// summation order (so the same bits) on every run. Values with an empty group get 0.
+// Deterministic scatter-add over the values that occur: out is [outer, dim_size, inner] (zeroed
+// before), src is [outer, n, inner]. One thread per (o, group u, k) sums the src rows of value
+// rows[u], walking positions[offsets[u] .. offsets[u + 1]) in ascending position order: no
+// atomics, the same summation order (so the same bits) on every run, and rows that no index
+// names are never touched (an embedding's backward costs the batch, not the vocabulary).
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${linearIndex(WG)};
   if (i >= params.total) { return; }
   let k = i % params.inner;
   let r = i / params.inner;
-  let v = r % params.dim_size;
-  let o = r / params.dim_size;
+  let u = r % params.groups;
+  let o = r / params.groups;
   let base = params.src_off + o * params.n * params.inner + k;
   var acc = 0.0;
-  for (var q = u32(offsets[v]); q < u32(offsets[v + 1u]); q++) {
+  for (var q = u32(offsets[u]); q < u32(offsets[u + 1u]); q++) {
     acc += f32(src[base + u32(positions[q]) * params.inner]);
   }
-  out[i] = acc;
+  out[(o * params.dim_size + u32(rows[u])) * params.inner + k] = acc;
 }`,
   });
   segmentCache.set(srcType, k);
@@ -240,7 +243,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 
 /**
  * out = zeros(outShape); out[o, v, k] += src[o, p, k] for every position p whose index is v, with
- * `groups` the CSR of the indices along `dim`. Not recorded.
+ * `groups` the CSR of the indices along `dim`. Not recorded. The output is cleared by the driver
+ * and only the values that occur are summed.
  */
 function segmentSumRaw(
   src: Tensor,
@@ -249,22 +253,33 @@ function segmentSumRaw(
   dim: number,
 ): Tensor {
   const out = empty(outShape, { dtype: "f32" });
-  const total = out.size;
+  if (out.size === 0) return out;
+  rt().clear(out.buffer, 0, out.bytes);
+  const [outer, dimSize, inner] = aroundAxis(outShape, dim);
+  // The occurring values and their compacted CSR offsets.
+  const rows: number[] = [], offsets: number[] = [0];
+  for (let v = 0; v < dimSize; v++) {
+    if (groups.offsets[v + 1] > groups.offsets[v]) {
+      rows.push(v);
+      offsets.push(groups.offsets[v + 1]);
+    }
+  }
+  const total = outer * rows.length * inner;
   if (total === 0) return out;
-  const [, dimSize, inner] = aroundAxis(outShape, dim);
   const ss = rowMajor(src);
   const positions = tensor(groups.positions, { category: "scratch" });
-  const offsets = tensor(groups.offsets, { category: "scratch" });
-  rt().dispatch(segmentSumKernel(ss.dtype), [ss, positions, offsets, out], {
+  const rowsT = tensor(Int32Array.from(rows), { category: "scratch" });
+  const offsetsT = tensor(Int32Array.from(offsets), { category: "scratch" });
+  rt().dispatch(segmentSumKernel(ss.dtype), [ss, positions, rowsT, offsetsT, out], {
     total,
     n: groups.positions.length,
     inner,
     dim_size: dimSize,
+    groups: rows.length,
     src_off: ss.offset,
   }, grid1d(Math.ceil(total / WG)));
   if (ss !== src) ss.dispose();
-  positions.dispose();
-  offsets.dispose();
+  for (const t of [positions, rowsT, offsetsT]) t.dispose();
   return out;
 }
 

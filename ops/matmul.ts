@@ -16,14 +16,18 @@
  *
  * @module
  */
-import { record } from "./autograd.ts";
+import { onBackwardStart, record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
-import { assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import { add as binaryAdd, assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
+import { RNG_WGSL, seedU32 } from "./random.ts";
 import { reduceRaw, sumTo } from "./reduce.ts";
 import {
   type Bindable,
   defineKernel,
+  grid1d,
   type Kernel,
+  linearIndex,
   memoKernel,
   rt,
   type ScratchTexture,
@@ -79,6 +83,26 @@ export interface MatmulPlan {
   readonly out: Tensor;
   /** Element offset of C's first entry in `out`. */
   readonly outOffset: number;
+  /** A is read by several products in a row (a layer input): variants may keep its staging. */
+  readonly reuseA?: boolean;
+  /** The product is scaled by this before the bias is added (1: plain). */
+  readonly alpha: number;
+  /** Add into `out`'s current values instead of overwriting them (C += α·A·B). */
+  readonly accumulate: boolean;
+  /** Epilogue dropout of the product (+ bias), the mask of `dropout(y, p, {seed, stream})`. */
+  readonly dropout?: EpilogueDropout | null;
+  /** Added after the dropout: contiguous f32 of the output's shape (a residual). */
+  readonly residual?: Tensor | null;
+}
+
+/** Dropout applied in a matmul's epilogue: the same (seed, stream) mask as ops/dropout.ts. */
+export interface EpilogueDropout {
+  /** Drop probability in (0, 1). */
+  p: number;
+  /** The dropout call's seed (as given to `dropout`). */
+  seed: number;
+  /** The dropout call's stream. */
+  stream: number;
 }
 
 /** What a variant needs to know to say whether it supports a call. */
@@ -251,6 +275,56 @@ interface KernelTypes {
   bType: DType;
   biasType: DType | null;
   batchRank: number;
+  accumulate: boolean;
+  epilogue: Epilogue;
+}
+
+/** Optional epilogue stages after α·acc + bias: dropout, then a residual add. */
+interface Epilogue {
+  dropout: boolean;
+  residual: boolean;
+}
+
+const NO_EPILOGUE: Epilogue = { dropout: false, residual: false };
+
+/** Bindings, parameters and helpers an epilogue adds to a kernel. */
+function epilogueDecls(e: Epilogue): {
+  bindings: { name: string; type: "f32"; access: "read" }[];
+  params: [string, "u32" | "f32"][];
+  helpers: string;
+} {
+  return {
+    bindings: e.residual ? [{ name: "residual", type: "f32", access: "read" }] : [],
+    params: [
+      ...(e.dropout
+        ? [["drop_seed", "u32"], ["drop_stream", "u32"], ["drop_threshold", "u32"], [
+          "drop_scale",
+          "f32",
+        ]] as [string, "u32" | "f32"][]
+        : []),
+      ...(e.residual ? [["res_off", "u32"]] as [string, "u32"][] : []),
+      ...(e.dropout || e.residual ? [["e_off", "u32"]] as [string, "u32"][] : []),
+    ],
+    helpers: e.dropout ? RNG_WGSL : "",
+  };
+}
+
+function epilogueOf(plan: MatmulPlan): Epilogue {
+  return { dropout: !!plan.dropout, residual: !!plan.residual };
+}
+
+/** Uniform values of a plan's epilogue. */
+function epilogueParams(plan: MatmulPlan): Record<string, number> {
+  const p: Record<string, number> = {};
+  if (plan.dropout) {
+    p.drop_seed = seedU32(plan.dropout.seed);
+    p.drop_stream = plan.dropout.stream;
+    p.drop_threshold = dropoutThreshold(plan.dropout.p);
+    p.drop_scale = 1 / (1 - plan.dropout.p);
+  }
+  if (plan.residual) p.res_off = plan.residual.offset;
+  if (plan.dropout || plan.residual) p.e_off = plan.out.offset;
+  return p;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("matmul", key, build);
@@ -307,8 +381,19 @@ function loadTile(o: {
   }`;
 }
 
-/** Store a thread's vec4 accumulators, guarding the ragged edges and adding the bias. */
-function storeLines(rowsPerThread: number, vec4PerRow: number, hasBias: boolean): string {
+/**
+ * Store a thread's vec4 accumulators, guarding the ragged edges: the epilogue scales by α, adds
+ * the bias, and (accumulating) adds C's current value, so LoRA's s·(h·Bᵀ) lands on the base
+ * output without a separate scale and add. α = 1 multiplies exactly, so plain products keep
+ * their bits.
+ */
+function storeLines(
+  rowsPerThread: number,
+  vec4PerRow: number,
+  hasBias: boolean,
+  accumulate: boolean,
+  epilogue: Epilogue = NO_EPILOGUE,
+): string {
   const lines: string[] = [];
   for (let i = 0; i < rowsPerThread; i++) {
     lines.push(`  if (m_out + ${i}u < params.M) {`);
@@ -316,10 +401,17 @@ function storeLines(rowsPerThread: number, vec4PerRow: number, hasBias: boolean)
       for (let l = 0; l < 4; l++) {
         const n = `n_out + ${4 * j + l}u`;
         const bias = hasBias ? ` + f32(bias[params.bias_off + ${n}])` : "";
-        lines.push(
-          `    if (${n} < params.N) { C[c_base + (m_out + ${i}u) * params.N + ${n}] = ` +
-            `acc[${i * vec4PerRow + j}][${l}]${bias}; }`,
-        );
+        // The element's row-major index in the whole output (row chunks keep it global).
+        const index = `(c_base - params.e_off + (m_out + ${i}u) * params.N + ${n})`;
+        const at = `C[c_base + (m_out + ${i}u) * params.N + ${n}]`;
+        const prior = accumulate ? `${at} + ` : "";
+        let value = `params.alpha * acc[${i * vec4PerRow + j}][${l}]${bias}`;
+        if (epilogue.dropout) {
+          value = `select(0.0, (${value}) * params.drop_scale, ` +
+            `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
+        }
+        if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
+        lines.push(`    if (${n} < params.N) { ${at} = ${prior}${value}; }`);
       }
     }
     lines.push("  }");
@@ -355,6 +447,7 @@ function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
         { name: "A", type: t.aType, access: "read" },
         { name: "B", type: t.bType, access: "read" },
         ...biasBinding(t.biasType),
+        ...epilogueDecls(t.epilogue).bindings,
         { name: "C", type: "f32", access: "read_write" },
       ],
       params: [
@@ -368,9 +461,11 @@ function bufferKernel(tile: BufferTile, t: KernelTypes): Kernel {
         ["c_off", "u32"],
         ["bias_off", "u32"],
         ["batch_base", "u32"],
+        ["alpha", "f32"],
+        ...epilogueDecls(t.epilogue).params,
         ...batchParams(t.batchRank, ["A", "B"]),
       ],
-      source: /* wgsl */ `
+      source: /* wgsl */ `${epilogueDecls(t.epilogue).helpers}
 // Tiled matmul from storage buffers. Workgroup (${TX}, ${TY}) computes a ${TM}×${TN} tile of C;
 // thread (tx, ty) owns rows ty·${PM}…+${PM - 1} and columns tx·${PN}…+${PN - 1} as vec4
 // accumulators. Each step stages a ${TM}×${TK} slice of A and a ${TK}×${TN} slice of B in
@@ -435,7 +530,7 @@ ${inner.join("\n")}
   }
   let m_out = m0 + ty * ${PM}u;
   let n_out = n0 + tx * ${PN}u;
-${storeLines(PM, V, t.biasType !== null)}
+${storeLines(PM, V, t.biasType !== null, t.accumulate, t.epilogue)}
 }`,
     });
   });
@@ -449,6 +544,8 @@ function kernelTypes(plan: MatmulPlan): KernelTypes {
     bType: plan.b.tensor.dtype,
     biasType: plan.bias?.dtype ?? null,
     batchRank: plan.batchDims.length,
+    accumulate: plan.accumulate,
+    epilogue: epilogueOf(plan),
   };
 }
 
@@ -484,6 +581,8 @@ function commonParams(plan: MatmulPlan): Record<string, number> {
     K: plan.K,
     c_off: plan.outOffset,
     bias_off: plan.bias?.offset ?? 0,
+    alpha: plan.alpha,
+    ...epilogueParams(plan),
   };
   plan.batchDims.forEach((d, i) => (p[`bd${i}`] = d));
   return p;
@@ -500,7 +599,13 @@ function runBuffer(plan: MatmulPlan, tile: BufferTile = BUFFER_TILE): void {
     p[`A_bs${i}`] = plan.a.batchStrides[i];
     p[`B_bs${i}`] = plan.b.batchStrides[i];
   });
-  const bindings = [plan.a.tensor, plan.b.tensor, ...(plan.bias ? [plan.bias] : []), plan.out];
+  const bindings = [
+    plan.a.tensor,
+    plan.b.tensor,
+    ...(plan.bias ? [plan.bias] : []),
+    ...(plan.residual ? [plan.residual] : []),
+    plan.out,
+  ];
   dispatchBatches(
     kernel,
     bindings,
@@ -548,8 +653,8 @@ export const TEXTURE_TILE_NARROW: TextureTile = {
  * r ≥ rows and columns ≥ cols are written as 0 so the product needs no K guard. Grid z walks the
  * matrices: entry `z_base + gid.z` decomposed over the packed batch dims.
  */
-function packKernel(srcType: DType, packRank: number): Kernel {
-  return cached(`pack|${srcType}|${packRank}`, () => {
+function packKernel(srcType: DType, packRank: number, vec4: boolean): Kernel {
+  return cached(`pack|${srcType}|${packRank}|${vec4}`, () => {
     const params: [string, "u32"][] = [
       ["rows", "u32"],
       ["rows_padded", "u32"],
@@ -570,24 +675,32 @@ function packKernel(srcType: DType, packRank: number): Kernel {
     return defineKernel({
       name: "matmul_pack",
       bindings: [
-        { name: "src", type: srcType, access: "read" },
+        { name: "src", type: vec4 ? "vec4f" : srcType, access: "read" },
         { name: "dst", texture: "rgba32float", access: "write" },
       ],
       params,
       source: /* wgsl */ `
-// One thread per texel, 8×8 per workgroup.
-@compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let x = gid.x;
-  let r = gid.y;
-  if (x >= params.texels || r >= params.rows_padded) { return; }
+// One thread per texel, threads walking each row's texels in order (64 per workgroup, matrix
+// entry in grid z): on software adapters neighbouring lanes then read neighbouring elements,
+// about twice as fast as 8×8 tiles. The vec4 form (a row-major f32 operand whose rows, columns
+// and offsets are multiples of 4) loads each texel in one read.
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(64)};
+  let x = i % params.texels;
+  let r = i / params.texels;
+  if (r >= params.rows_padded) { return; }
 ${walk.join("\n")}
   var v = vec4f(0.0);
   if (r < params.rows) {
-    for (var j = 0u; j < 4u; j++) {
+${
+        vec4
+          ? "    v = src[(base + r * params.sr) / 4u + x];"
+          : `    for (var j = 0u; j < 4u; j++) {
       let c = 4u * x + j;
       if (c < params.cols) { v[j] = f32(src[base + r * params.sr + c * params.sc]); }
-    }
+    }`
+      }
   }
   textureStore(dst, vec2u(x, gid.z * params.rows_padded + r), v);
 }`,
@@ -596,10 +709,30 @@ ${walk.join("\n")}
 }
 
 /** The product kernel reading A and B from packed textures. */
-function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: number): Kernel {
-  return cached(`texture|${JSON.stringify(tile)}|${biasType}|${batchRank}`, () => {
+function textureKernel(
+  tile: TextureTile,
+  biasType: DType | null,
+  batchRank: number,
+  accumulate: boolean,
+  epilogue: Epilogue,
+  aTransposed = false,
+): Kernel {
+  const key = `texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}|` +
+    `${JSON.stringify(epilogue)}|${aTransposed}`;
+  return cached(key, () => {
     const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
+    if (aTransposed && RM % 4 !== 0) throw new Error("matmul: Aᵀ texels need rows in fours");
     const body: string[] = [];
+    if (aTransposed) {
+      // TA holds Aᵀ packed: texel (m4, k) = A[4m4…4m4+3, k]. Four k's of four rows per load.
+      for (let q = 0; q < RM / 4; q++) {
+        for (let j = 0; j < 4; j++) {
+          body.push(
+            `    let t${q}_${j} = textureLoad(TA, vec2u(m_out / 4u + ${q}u, 4u * k4 + ${j}u));`,
+          );
+        }
+      }
+    }
     for (let c = 0; c < CN; c++) {
       for (let j = 0; j < 4; j++) {
         body.push(
@@ -608,7 +741,12 @@ function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: num
       }
     }
     for (let r = 0; r < RM; r++) {
-      body.push(`    { let a = textureLoad(TA, vec2u(k4, A_base + m_out + ${r}u));`);
+      const q = Math.floor(r / 4), l = "xyzw"[r % 4];
+      body.push(
+        aTransposed
+          ? `    { let a = vec4f(t${q}_0.${l}, t${q}_1.${l}, t${q}_2.${l}, t${q}_3.${l});`
+          : `    { let a = textureLoad(TA, vec2u(k4, A_base + m_out + ${r}u));`,
+      );
       for (let c = 0; c < CN; c++) {
         body.push(
           `      acc[${r * CN + c}] += a.x * b${c}_0 + a.y * b${c}_1 + a.z * b${c}_2 + ` +
@@ -618,11 +756,12 @@ function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: num
       body.push("    }");
     }
     return defineKernel({
-      name: "matmul_texture",
+      name: aTransposed ? "matmul_texture_tA" : "matmul_texture",
       bindings: [
         { name: "TA", texture: "rgba32float", access: "read" },
         { name: "TB", texture: "rgba32float", access: "read" },
         ...biasBinding(biasType),
+        ...epilogueDecls(epilogue).bindings,
         { name: "C", type: "f32", access: "read_write" },
       ],
       params: [
@@ -632,9 +771,11 @@ function textureKernel(tile: TextureTile, biasType: DType | null, batchRank: num
         ["c_off", "u32"],
         ["bias_off", "u32"],
         ["batch_base", "u32"],
+        ["alpha", "f32"],
+        ...epilogueDecls(epilogue).params,
         ...batchParams(batchRank, ["A", "B"]),
       ],
-      source: /* wgsl */ `
+      source: /* wgsl */ `${epilogueDecls(epilogue).helpers}
 // Matmul from packed textures: TA texel (k4, row) holds A[row, 4k4…4k4+3], TB texel (n4, k)
 // holds B[k, 4n4…4n4+3]; batch entries are stacked down the rows. Thread (x, y) owns ${RM} rows
 // × ${CN} vec4 columns of C and reads its operands straight from the textures (no workgroup
@@ -654,7 +795,7 @@ ${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }]
   for (var k4 = 0u; k4 < k4_end; k4++) {
 ${body.join("\n")}
   }
-${storeLines(RM, CN, biasType !== null)}
+${storeLines(RM, CN, biasType !== null, accumulate, epilogue)}
 }`,
     });
   });
@@ -682,11 +823,225 @@ interface PackDim {
   s: number;
 }
 
+// ---- packed-operand cache --------------------------------------------------------------------
+
+interface PackEntry {
+  buffer: GPUBuffer;
+  key: string;
+  version: number;
+  tex: ScratchTexture;
+  bytes: number;
+  pinned: boolean;
+}
+
+/**
+ * Packed textures kept for reuse, keyed by (buffer, layout) and valid while the buffer's write
+ * version is unchanged. Two kinds: frozen weights ("weights", no grad) are pinned, so each is
+ * packed once per run in each layout it is read in (a merge or any in-place write bumps the
+ * version, a dispose drops the entry); a layer input that several products read in a row (q, k,
+ * v and LoRA's A all read x) is kept in a small LRU, so it is packed once for all of them. Held
+ * textures count as "scratch" in the memory report like any other.
+ */
+class PackCache {
+  #byBuffer = new Map<GPUBuffer, PackEntry[]>();
+  #transient: PackEntry[] = [];
+  #pinnedBytes = 0;
+  #transientBytes = 0;
+  #hooked: unknown = null;
+  /** Most bytes of frozen-weight textures held; weights beyond it are packed per call. */
+  pinnedBudget = 64 * 2 ** 20;
+  /**
+   * Layer-input textures held, least recently used dropped first. Two cover the reuse patterns
+   * (q, k and v reading x; LoRA's backward reading g twice) while bounding the extra memory to
+   * two activations.
+   */
+  transientEntries = 2;
+  /**
+   * Entries of at most this many bytes (LoRA's rank-r h = xd·Aᵀ, whose pack for h·Bᵀ in forward
+   * is B's operand of dB = gᵀ·h in backward) are kept apart, up to `smallEntries` of them, so
+   * they survive from forward to backward at a cost of kilobytes.
+   */
+  smallBytes = 64 * 1024;
+  /** How many small layer-input textures are held. */
+  smallEntries = 64;
+
+  #hook(): void {
+    const r = rt();
+    if (this.#hooked === r) return;
+    this.#hooked = r;
+    r.onBufferReleased((b) => this.drop(b));
+    r.onClearTextures(() => this.clear());
+  }
+
+  get(buffer: GPUBuffer, key: string): ScratchTexture | null {
+    const list = this.#byBuffer.get(buffer);
+    if (!list) return null;
+    const version = rt().writeVersion(buffer);
+    if (list.some((e) => e.version !== version)) {
+      this.drop(buffer);
+      return null;
+    }
+    const e = list.find((x) => x.key === key);
+    if (!e) return null;
+    if (!e.pinned) {
+      this.#transient.splice(this.#transient.indexOf(e), 1);
+      this.#transient.push(e);
+    }
+    return e.tex;
+  }
+
+  /** Keep `tex` for (buffer, key); false when over budget (the caller releases it). */
+  put(buffer: GPUBuffer, key: string, tex: ScratchTexture, pinned: boolean): boolean {
+    this.#hook();
+    const bytes = tex.width * tex.height * 16;
+    if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
+    const e: PackEntry = {
+      buffer,
+      key,
+      version: rt().writeVersion(buffer),
+      tex,
+      bytes,
+      pinned,
+    };
+    const list = this.#byBuffer.get(buffer) ?? [];
+    list.push(e);
+    this.#byBuffer.set(buffer, list);
+    if (pinned) this.#pinnedBytes += bytes;
+    else {
+      this.#transient.push(e);
+      this.#transientBytes += bytes;
+      const small = (x: PackEntry) => x.bytes <= this.smallBytes;
+      const isSmall = small(e);
+      const limit = isSmall ? this.smallEntries : this.transientEntries;
+      const same = this.#transient.filter((x) => small(x) === isSmall);
+      for (let i = 0; i < same.length - limit; i++) this.#remove(same[i]);
+    }
+    return true;
+  }
+
+  #remove(e: PackEntry): void {
+    const list = this.#byBuffer.get(e.buffer)!;
+    list.splice(list.indexOf(e), 1);
+    if (list.length === 0) this.#byBuffer.delete(e.buffer);
+    if (e.pinned) this.#pinnedBytes -= e.bytes;
+    else {
+      this.#transient.splice(this.#transient.indexOf(e), 1);
+      this.#transientBytes -= e.bytes;
+    }
+    rt().textures.release(e.tex);
+  }
+
+  /** Drop the full-size layer-input entries (small ones, weights and constants stay). */
+  clearTransient(): void {
+    for (const e of [...this.#transient]) if (e.bytes > this.smallBytes) this.#remove(e);
+  }
+
+  drop(buffer: GPUBuffer): void {
+    const list = this.#byBuffer.get(buffer);
+    if (list) { for (const e of [...list]) this.#remove(e); }
+  }
+
+  clear(): void {
+    for (const list of [...this.#byBuffer.values()]) for (const e of [...list]) this.#remove(e);
+  }
+
+  /** Bytes of textures held. */
+  get bytes(): number {
+    return this.#pinnedBytes + this.#transientBytes;
+  }
+}
+
+const packCache = new PackCache();
+// Forward layer inputs are not read again in backward (weight gradients read g's packs).
+onBackwardStart(() => packCache.clearTransient());
+
+/** Engine-made constants (the ones column of bias gradients) pinned like frozen weights. */
+const constantOperands = new WeakSet<Tensor>();
+
+/** Drop every cached packed operand (their textures go back to the pool). */
+export function clearPackCache(): void {
+  packCache.clear();
+}
+
+/** Bytes of packed-operand textures the texture variant holds for reuse. */
+export function packCacheBytes(): number {
+  return packCache.bytes;
+}
+
+/** A packed operand: the texture, and whether the cache owns it (then it is not released). */
+interface Packed {
+  tex: ScratchTexture;
+  cached: boolean;
+}
+
 /**
  * Pack `count` matrices of an operand (entries `zBase…` over `dims`) into a scratch texture,
- * stacked every `rowsPadded` rows.
+ * stacked every `rowsPadded` rows; served from (and kept in) the pack cache for frozen weights
+ * and, when `reuse` is set, for a layer input.
  */
 function pack(
+  o: MatrixOperand,
+  dims: readonly PackDim[],
+  zBase: number,
+  count: number,
+  rowsPadded: number,
+  reuse = false,
+): Packed {
+  const t = o.tensor;
+  const pinned = (t.category === "weights" && !t.requiresGrad) || constantOperands.has(t);
+  // Any product may find a pack another left (an A-layout pack is also the B-layout one).
+  const key = packKey(o, dims, zBase, count, rowsPadded);
+  const hit = packCache.get(t.buffer, key);
+  if (hit) return { tex: hit, cached: true };
+  const tex = packInto(o, dims, zBase, count, rowsPadded);
+  const cached = (pinned || reuse) && packCache.put(t.buffer, key, tex, pinned);
+  return { tex, cached };
+}
+
+/** The cache key of a pack: the operand's layout and the texture's. */
+function packKey(
+  o: MatrixOperand,
+  dims: readonly PackDim[],
+  zBase: number,
+  count: number,
+  rowsPadded: number,
+): string {
+  return [
+    o.tensor.dtype,
+    o.offset,
+    o.rows,
+    o.cols,
+    o.rowStride,
+    o.colStride,
+    zBase,
+    count,
+    rowsPadded,
+    ...dims.flatMap((x) => [x.d, x.s]),
+  ].join(",");
+}
+
+/**
+ * For a transposed A (A = Gᵀ, G [K, M] row-major: a weight gradient's gᵀ), the cached A-layout
+ * pack of G, when a product that read G as its left operand left one (LoRA's dx = g·W and
+ * dh = g·B, Linear's dx = g·W). The product then reads Aᵀ's texels instead of packing A again.
+ */
+function cachedTransposePack(plan: MatmulPlan): ScratchTexture | null {
+  const a = plan.a;
+  if (!a.transposed || plan.batch !== 1 || plan.K % 4 !== 0 || a.rows === 1) return null;
+  const g: MatrixOperand = {
+    tensor: a.tensor,
+    rows: a.cols,
+    cols: a.rows,
+    offset: a.offset,
+    rowStride: a.colStride,
+    colStride: 1,
+    transposed: false,
+    batchStrides: [],
+  };
+  return packCache.get(a.tensor.buffer, packKey(g, [], 0, 1, plan.K));
+}
+
+function packInto(
   o: MatrixOperand,
   dims: readonly PackDim[],
   zBase: number,
@@ -709,9 +1064,13 @@ function pack(
     p[`pd${i}`] = x.d;
     p[`ps${i}`] = x.s;
   });
-  rt().dispatch(packKernel(o.tensor.dtype, dims.length), [o.tensor, tex], p, [
-    Math.ceil(texels / 8),
-    Math.ceil(rowsPadded / 8),
+  const vec4 = o.tensor.dtype === "f32" && o.colStride === 1 && o.cols % 4 === 0 &&
+    o.offset % 4 === 0 && (o.rows === 1 || o.rowStride % 4 === 0) &&
+    dims.every((x) => x.s % 4 === 0);
+  const [gx, gy] = grid1d(Math.ceil((texels * rowsPadded) / 64));
+  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4), [o.tensor, tex], p, [
+    gx,
+    gy,
     count,
   ]);
   return tex;
@@ -728,13 +1087,22 @@ function textureFits(g: Gpu, s: MatmulShapes): boolean {
 /** Record the product over packed textures `ta`, `tb` (row strides per batch dim given). */
 function productFromTextures(
   plan: MatmulPlan,
-  ta: ScratchTexture,
-  tb: ScratchTexture,
+  pa: Packed,
+  pb: Packed,
   rowStridesA: readonly number[],
   rowStridesB: readonly number[],
+  aTransposed = false,
 ): void {
+  const ta = pa.tex, tb = pb.tex;
   const tile = plan.N <= 64 ? TEXTURE_TILE_NARROW : TEXTURE_TILE;
-  const kernel = textureKernel(tile, plan.bias?.dtype ?? null, plan.batchDims.length);
+  const kernel = textureKernel(
+    tile,
+    plan.bias?.dtype ?? null,
+    plan.batchDims.length,
+    plan.accumulate,
+    epilogueOf(plan),
+    aTransposed,
+  );
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
     p[`A_bs${i}`] = rowStridesA[i];
@@ -742,14 +1110,20 @@ function productFromTextures(
   });
   dispatchBatches(
     kernel,
-    [ta, tb, ...(plan.bias ? [plan.bias] : []), plan.out],
+    [
+      ta,
+      tb,
+      ...(plan.bias ? [plan.bias] : []),
+      ...(plan.residual ? [plan.residual] : []),
+      plan.out,
+    ],
     p,
     Math.ceil(plan.N / (4 * tile.vec4PerThread * tile.wgX)),
     Math.ceil(plan.M / (tile.rowsPerThread * tile.wgY)),
     plan.batch,
   );
-  rt().textures.release(ta);
-  rt().textures.release(tb);
+  if (!pa.cached) rt().textures.release(ta);
+  if (!pb.cached) rt().textures.release(tb);
 }
 
 function runTexture(plan: MatmulPlan): void {
@@ -773,9 +1147,15 @@ function runTexture(plan: MatmulPlan): void {
     batchDims.map((d, i) => ({ d, s: o.batchStrides[i] })).filter((x) => x.s !== 0);
   const countOf = (dims: PackDim[]) => dims.reduce((p, x) => p * x.d, 1);
   const ownA = own(plan.a), ownB = own(plan.b);
+  const cachedT = cachedTransposePack(plan);
+  if (cachedT && kPad <= max) {
+    const tb = pack(plan.b, [], 0, 1, kPad);
+    productFromTextures(plan, { tex: cachedT, cached: true }, tb, [], [], true);
+    return;
+  }
   if (countOf(ownA) * M <= max && countOf(ownB) * kPad <= max) {
     // Each operand's distinct matrices fit one texture: pack each once.
-    const ta = pack(plan.a, ownA, 0, countOf(ownA), M);
+    const ta = pack(plan.a, ownA, 0, countOf(ownA), M, plan.reuseA);
     const tb = pack(plan.b, ownB, 0, countOf(ownB), kPad);
     productFromTextures(
       plan,
@@ -791,7 +1171,7 @@ function runTexture(plan: MatmulPlan): void {
   const chunk = Math.floor(max / Math.max(M, kPad));
   for (let z0 = 0; z0 < plan.batch; z0 += chunk) {
     const count = Math.min(chunk, plan.batch - z0);
-    const ta = pack(plan.a, all(plan.a), z0, count, M);
+    const ta = pack(plan.a, all(plan.a), z0, count, M, plan.reuseA);
     const tb = pack(plan.b, all(plan.b), z0, count, kPad);
     productFromTextures(
       { ...plan, batchDims: [count], batch: count, outOffset: plan.outOffset + z0 * M * N },
@@ -817,6 +1197,22 @@ MATMUL.register({
 export interface MatmulOptions {
   /** [N] added to every output row (fused into the kernel's store). */
   bias?: Tensor;
+  /**
+   * A is read by several products in a row (a layer input feeding q, k, v): variants that stage
+   * operands may keep A's staged copy for the next product that reads it unchanged.
+   */
+  reuseA?: boolean;
+  /** Scale the product by α before the bias is added (default 1). */
+  alpha?: number;
+  /**
+   * Add α·A·B (+ bias) into this tensor (contiguous f32 of the result's shape) instead of a new
+   * one; the call returns it.
+   */
+  into?: Tensor;
+  /** Dropout on α·A·B + bias in the epilogue (the mask `dropout` draws for the same call). */
+  dropout?: EpilogueDropout;
+  /** Added last (after the dropout): contiguous f32 of the result's shape. */
+  residual?: Tensor;
 }
 
 function shapeStr(t: Tensor): string {
@@ -845,12 +1241,12 @@ function transposedView(t: Tensor): Tensor {
  * leading dimensions, rank-1 operands as in torch.matmul, an optional fused bias.
  */
 export function matmulRaw(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
-  const call = prepare(a, b, options.bias);
+  const call = prepare(a, b, options.bias, options);
   if (call.plan) {
     const shapes = matmulShapes(call.plan);
     MATMUL.choose(shapes, matmulKey(shapes)).run(call.plan);
   }
-  return finish(call);
+  return finish(call, options.into);
 }
 
 /** A validated call: the output, its plan (null when there is nothing to multiply). */
@@ -864,7 +1260,12 @@ interface PreparedCall {
 }
 
 /** Validate, allocate the output and plan the product (empty and K = 0 cases are filled here). */
-function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
+function prepare(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | undefined,
+  options: MatmulOptions = {},
+): PreparedCall {
   checkFloat(a, "matmul operand A");
   checkFloat(b, "matmul operand B");
   if (a.rank === 0 || b.rank === 0) {
@@ -894,8 +1295,43 @@ function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
   const finalShape = [...batchShape];
   if (a.rank > 1) finalShape.push(M);
   if (b.rank > 1) finalShape.push(N);
-  const out = empty([...batchShape, M, N]);
+  const into = options.into;
+  if (
+    into &&
+    (into.dtype !== "f32" || !into.isContiguous || into.size !== numel(finalShape) ||
+      into.shape.join() !== finalShape.join())
+  ) {
+    throw new Error(
+      `matmul: accumulation target ${into} must be contiguous f32 of shape [${finalShape}]`,
+    );
+  }
+  const residual = options.residual;
+  if (
+    residual &&
+    (residual.dtype !== "f32" || !residual.isContiguous ||
+      residual.shape.join() !== finalShape.join())
+  ) {
+    throw new Error(`matmul: residual ${residual} must be contiguous f32 of shape [${finalShape}]`);
+  }
+  if ((residual || options.dropout) && (numel(finalShape) === 0 || K === 0)) {
+    throw new Error("matmul: dropout and residual epilogues need a non-empty product with K > 0");
+  }
+  if (options.dropout && !(options.dropout.p > 0 && options.dropout.p < 1)) {
+    throw new Error(`matmul: epilogue dropout p must be in (0, 1), got ${options.dropout.p}`);
+  }
+  const out = into
+    ? into.view([...batchShape, M, N], contiguousStrides([...batchShape, M, N]))
+    : empty([...batchShape, M, N]);
   const temps: Tensor[] = [];
+  if (into && (out.size === 0 || K === 0)) {
+    // Nothing to add but the bias.
+    if (out.size > 0 && bias) {
+      const sum = map([out, bias], "a + b");
+      assign(out, sum);
+      sum.dispose();
+    }
+    return { plan: null, out, temps, finalShape };
+  }
   if (out.size === 0 || K === 0) {
     if (out.size > 0 && bias) assign(out, bias);
     else if (out.size > 0) fillInto(out, 0);
@@ -922,15 +1358,24 @@ function prepare(a: Tensor, b: Tensor, bias: Tensor | undefined): PreparedCall {
     b: s.b,
     bias: biasC ?? null,
     out,
-    outOffset: 0,
+    outOffset: into ? into.offset : 0,
+    reuseA: options.reuseA ?? false,
+    alpha: options.alpha ?? 1,
+    accumulate: into !== undefined,
+    dropout: options.dropout ?? null,
+    residual: options.residual ?? null,
   };
   return { plan, out, temps, finalShape };
 }
 
 /** Dispose the call's temporaries and return the output in its final shape. */
-function finish(call: PreparedCall): Tensor {
+function finish(call: PreparedCall, into?: Tensor): Tensor {
   for (const t of call.temps) t.dispose();
   const { out, finalShape } = call;
+  if (into) {
+    out.dispose();
+    return into;
+  }
   if (finalShape.length === out.rank) return out;
   const y = out.view(finalShape, contiguousStrides(finalShape));
   out.dispose();
@@ -1056,6 +1501,48 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   });
 }
 
+const onesColumns = new Map<number, Tensor>();
+
+/**
+ * A linear's bias gradient Σ_rows g [dOut] of g [rows, dOut]. On the texture variant it is the
+ * product gᵀ·1 — reading the pack g·W left (see {@link cachedTransposePack}) against a constant
+ * column of ones whose pack stays cached — one dispatch instead of a two-pass reduction.
+ * Elsewhere it is the reduction.
+ */
+function sumRows(g2: Tensor): Tensor {
+  const [rows, n] = g2.shape;
+  const shapes: MatmulShapes = {
+    M: n,
+    N: 1,
+    K: rows,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  if (rows === 0 || MATMUL.choose(shapes, matmulKey(shapes)).name !== "texture") {
+    return reduceRaw(g2, "sum", [0]);
+  }
+  let ones = onesColumns.get(rows);
+  if (!ones || ones.disposed) {
+    ones = noGradOnes(rows);
+    onesColumns.set(rows, ones);
+  }
+  const gT = transposedView(g2);
+  const col = matmulRaw(gT, ones);
+  gT.dispose();
+  return reshapeTo(col, [n]);
+}
+
+/** A kept [rows, 1] column of ones, a constant the pack cache pins like a frozen weight. */
+function noGradOnes(rows: number): Tensor {
+  const t = empty([rows, 1], { category: "scratch" }).keep();
+  fillInto(t, 1);
+  constantOperands.add(t);
+  return t;
+}
+
 /** `x` as [rows, dIn]: a view when the leading dims fold into rows, a copy otherwise. */
 function rowsOf(x: Tensor): Tensor {
   const x2 = x.rank === 1 ? withUnitDim(x, 0) : x;
@@ -1092,24 +1579,194 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   }
   const x2 = rowsOf(x);
   const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias });
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
   wT.dispose();
   const outShape = [...x.shape.slice(0, -1), dOut];
   const y = reshapeTo(y2, outShape);
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g) => {
     const g2 = rowsOf(g);
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight), x.shape) : null;
+    // g's pack (reuseA) also serves dW = gᵀ·x and db = gᵀ·1.
+    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
+    const dx = x.requiresGrad
+      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
+      : null;
     let dw: Tensor | null = null;
     if (weight.requiresGrad) {
       const gT = transposedView(g2);
       dw = matmulRaw(gT, x2);
       gT.dispose();
     }
-    const db = bias?.requiresGrad ? reduceRaw(g2, "sum", [0]) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
     g2.dispose();
     return [dx, dw, db];
   });
   if (!recorded.requiresGrad) x2.dispose();
+  return recorded;
+}
+
+/**
+ * A Linear with a low-rank update, LoRA's forward, as one op:
+ * y = x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ with W [dOut, dIn], A [r, dIn], B [dOut, r]; `xd` is the adapter's
+ * input (x after LoRA dropout, or x itself). The update's product lands on the base output in the
+ * matmul's epilogue (C += s·h·Bᵀ), so no base output, update or scaled copy is materialised, and
+ * backward keeps only xd and h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every
+ * input: dx = g·W, dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
+ *
+ * @example
+ * ```ts
+ * import { init, lowRankLinear, tensor } from "./mod.ts";
+ * await init();
+ * const x = tensor([[1, 2]]);
+ * const y = lowRankLinear(x, tensor([[1, 0], [0, 1]]), undefined, x, tensor([[1, 1]]),
+ *   tensor([[1], [0]]), 0.5); // [[1 + 0.5·3, 2]] = [[2.5, 2]]
+ * ```
+ */
+export function lowRankLinear(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  xd: Tensor,
+  loraA: Tensor,
+  loraB: Tensor,
+  scaling: number,
+): Tensor {
+  if (weight.rank !== 2) throw new Error(`lowRankLinear: weight ${weight} must be [dOut, dIn]`);
+  const [dOut, dIn] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
+    throw new Error(`lowRankLinear: input ${x} must end in dIn = ${dIn} (weight ${weight})`);
+  }
+  if (xd.shape.join() !== x.shape.join()) {
+    throw new Error(`lowRankLinear: adapter input ${xd} must have the shape of ${x}`);
+  }
+  if (loraA.rank !== 2 || loraA.shape[1] !== dIn) {
+    throw new Error(`lowRankLinear: A ${loraA} must be [r, ${dIn}]`);
+  }
+  const r = loraA.shape[0];
+  if (loraB.rank !== 2 || loraB.shape[0] !== dOut || loraB.shape[1] !== r) {
+    throw new Error(`lowRankLinear: B ${loraB} must be [${dOut}, ${r}]`);
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== dOut)) {
+    throw new Error(`lowRankLinear: bias ${bias} must have shape [${dOut}]`);
+  }
+  const x2 = rowsOf(x);
+  const xd2 = xd === x ? x2 : rowsOf(xd);
+  const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
+  // xd is read again only when it is x itself (no dropout); h's small pack serves dB = gᵀ·h.
+  const h = matmulRaw(xd2, aT, { reuseA: xd === x });
+  matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
+  for (const t of [wT, aT, bT]) t.dispose();
+  const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
+  const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
+  const recorded = record("lowRankLinear", y, inputs, (g) => {
+    const g2 = rowsOf(g);
+    const gT = transposedView(g2);
+    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
+    const dw = weight.requiresGrad ? matmulRaw(gT, x2) : null;
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    const dh = loraA.requiresGrad || xd.requiresGrad
+      ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true })
+      : null;
+    const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
+    let dA: Tensor | null = null, dxd: Tensor | null = null;
+    if (dh) {
+      // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
+      if (xd.requiresGrad) dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
+      if (loraA.requiresGrad) {
+        const dhT = transposedView(dh);
+        dA = matmulRaw(dhT, xd2);
+        dhT.dispose();
+      }
+      dh.dispose();
+    }
+    gT.dispose();
+    g2.dispose();
+    return bias ? [dx, dw, db, dxd, dA, dB] : [dx, dw, dxd, dA, dB];
+  });
+  if (!recorded.requiresGrad) {
+    x2.dispose();
+    if (xd2 !== x2) xd2.dispose();
+    h.dispose();
+  } else if (!weight.requiresGrad && xd2 !== x2) {
+    x2.dispose(); // only dW reads x in backward
+  }
+  return recorded;
+}
+
+/** Dropout of a fused linear: probability and the (seed, stream) of its mask. */
+export type LinearDropout = EpilogueDropout;
+
+/**
+ * y = dropout(x·Wᵀ + b) + residual — a Linear followed by dropout and a residual add (a
+ * transformer sub-layer's output before its LayerNorm) as one op. Dropout and the add run in the
+ * product's epilogue, so neither the Linear's output nor the dropped copy is materialised, and
+ * the mask is the one `dropout(y, p, {seed, stream})` would draw (recomputed in backward). Without
+ * `drop` it is x·Wᵀ + b + residual. Differentiable: with gd = mask ⊙ g / (1 − p), dx = gd·W,
+ * dW = gdᵀ·x, db = Σ gd, d residual = g.
+ *
+ * @example
+ * ```ts
+ * import { init, linearResidual, tensor } from "./mod.ts";
+ * await init();
+ * const y = linearResidual(tensor([[1, 2]]), tensor([[1, 1]]), undefined, tensor([[10]]));
+ * console.log(await y.toArray()); // [13]
+ * ```
+ */
+export function linearResidual(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  residual: Tensor,
+  drop?: LinearDropout,
+): Tensor {
+  if (weight.rank !== 2) throw new Error(`linearResidual: weight ${weight} must be [dOut, dIn]`);
+  const [dOut, dIn] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
+    throw new Error(`linearResidual: input ${x} must end in dIn = ${dIn} (weight ${weight})`);
+  }
+  const outShape = [...x.shape.slice(0, -1), dOut];
+  if (residual.shape.join() !== outShape.join()) {
+    throw new Error(`linearResidual: residual ${residual} must have shape [${outShape}]`);
+  }
+  if (drop && !(drop.p >= 0 && drop.p <= 1)) {
+    throw new Error(`linearResidual: dropout p must be in [0, 1], got ${drop.p}`);
+  }
+  const dp = drop && drop.p > 0 ? drop : undefined;
+  if (dIn === 0 || x.size === 0 || dp?.p === 1) {
+    // Degenerate shapes or p = 1: the composed ops handle them.
+    const y = linear(x, weight, bias);
+    const d = dp ? dropoutOp(y, dp.p, { seed: dp.seed, stream: dp.stream }) : y;
+    return binaryAdd(d, residual);
+  }
+  const x2 = rowsOf(x);
+  const res = residual.isContiguous && residual.dtype === "f32" ? residual : copyOf(residual);
+  const res2 = res.view([x2.shape[0], dOut], [dOut, 1]);
+  const wT = transposedView(weight);
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, residual: res2, dropout: dp });
+  wT.dispose();
+  res2.dispose();
+  if (res !== residual) res.dispose();
+  const y = reshapeTo(y2, outShape);
+  const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
+  const recorded = record("linearResidual", y, inputs, (g) => {
+    const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
+    const g2 = rowsOf(gd);
+    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
+    const dx = x.requiresGrad
+      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
+      : null;
+    let dw: Tensor | null = null;
+    if (weight.requiresGrad) {
+      const gT = transposedView(g2);
+      dw = matmulRaw(gT, x2);
+      gT.dispose();
+    }
+    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    g2.dispose();
+    if (gd !== g) gd.dispose();
+    return bias ? [dx, dw, db, g] : [dx, dw, g];
+  });
+  if (!recorded.requiresGrad || !weight.requiresGrad) x2.dispose();
   return recorded;
 }

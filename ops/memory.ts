@@ -105,6 +105,8 @@ export class BufferPool {
    * classes; without a bound the pool would keep every one of them.
    */
   idleFloorBytes = 64 * 2 ** 20;
+  /** Called with the buffer of every released allocation (caches keyed by buffer drop it). */
+  onRelease: ((buffer: GPUBuffer) => void) | null = null;
 
   /** A pool that creates its buffers on `device`. */
   constructor(
@@ -144,6 +146,7 @@ export class BufferPool {
   release(a: Allocation): void {
     if (a.released) throw new Error("GPU allocation released twice");
     a.released = true;
+    this.onRelease?.(a.buffer);
     this.#live[a.category] -= a.bytes;
     this.#liveTotal -= a.bytes;
     this.#count--;

@@ -159,6 +159,133 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 
 const ADAMW = { scaled: adamwKernel({ scaled: true }), plain: adamwKernel({ scaled: false }) };
 
+/** The scalars of one tensor's update (the single-tensor kernel's parameters). */
+const UPDATE_SCALARS: [string, "u32" | "f32"][] = [
+  ["n", "u32"],
+  ["p_off", "u32"],
+  ["g_off", "u32"],
+  ["m_off", "u32"],
+  ["v_off", "u32"],
+  ["decay", "f32"],
+  ["one_minus_beta1", "f32"],
+  ["beta2", "f32"],
+  ["one_minus_beta2", "f32"],
+  ["step_size", "f32"],
+  ["bc2_sqrt", "f32"],
+  ["eps", "f32"],
+];
+
+/**
+ * The same update for `count` tensors in one dispatch (multi-tensor AdamW): tensor j has its own
+ * four bindings and scalars `<name>_j`; thread i updates element i − start_j of the tensor whose
+ * range [start_j, start_j + n_j) holds it. Each element's arithmetic is the single-tensor
+ * kernel's, in the same order, so results are bit-identical.
+ */
+const multiKernels = new Map<string, Kernel>();
+function adamwMultiKernel(count: number, scaled: boolean): Kernel {
+  const id = `${count}|${scaled}`;
+  let k = multiKernels.get(id);
+  if (k) return k;
+  const bindings: { name: string; type: "f32"; access: "read" | "read_write" }[] = [];
+  const params: [string, "u32" | "f32"][] = [["total", "u32"], ["scale_off", "u32"]];
+  const branches: string[] = [];
+  for (let j = 0; j < count; j++) {
+    bindings.push(
+      { name: `param${j}`, type: "f32", access: "read_write" },
+      { name: `grad${j}`, type: "f32", access: "read" },
+      { name: `exp_avg${j}`, type: "f32", access: "read_write" },
+      { name: `exp_avg_sq${j}`, type: "f32", access: "read_write" },
+    );
+    params.push(
+      ["start" + j, "u32"],
+      ...UPDATE_SCALARS.map(([n, t]) => [`${n}${j}`, t]) as [
+        string,
+        "u32" | "f32",
+      ][],
+    );
+    const P = (n: string) => `params.${n}${j}`;
+    branches.push(`  ${j ? "else " : ""}if (i < params.start${j} + ${P("n")}) {
+    let e = i - params.start${j};
+    let g = grad${j}[${P("g_off")} + e]${scaled ? " * scale[params.scale_off]" : ""};
+    let p = param${j}[${P("p_off")} + e] * ${P("decay")};
+    let m0 = exp_avg${j}[${P("m_off")} + e];
+    let m = m0 + ${P("one_minus_beta1")} * (g - m0);
+    let v = exp_avg_sq${j}[${P("v_off")} + e] * ${P("beta2")} + ${P("one_minus_beta2")} * (g * g);
+    let denom = sqrt(v) / ${P("bc2_sqrt")} + ${P("eps")};
+    exp_avg${j}[${P("m_off")} + e] = m;
+    exp_avg_sq${j}[${P("v_off")} + e] = v;
+    param${j}[${P("p_off")} + e] = p + -${P("step_size")} * (m / denom);
+  }`);
+  }
+  if (scaled) bindings.push({ name: "scale", type: "f32", access: "read" });
+  k = defineKernel({
+    name: `adamw_multi${scaled ? "_scaled" : ""}`,
+    bindings,
+    params,
+    source: `
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(WG)};
+  if (i >= params.total) { return; }
+${branches.join("\n")}
+}`,
+  });
+  multiKernels.set(id, k);
+  return k;
+}
+
+/** One tensor's pending update: its four buffers and scalars. */
+interface PendingUpdate {
+  buffers: [Tensor, Tensor, Tensor, Tensor];
+  scalars: Record<string, number>;
+}
+
+/**
+ * Dispatch `updates` as multi-tensor AdamW: as many tensors per dispatch as the adapter's
+ * storage-buffer limit allows (and never one buffer twice in a dispatch, which WebGPU forbids
+ * for written bindings). A chunk of one uses the single-tensor kernel.
+ */
+function dispatchUpdates(updates: readonly PendingUpdate[], scale: Tensor | null): void {
+  const limit = rt().device.limits.maxStorageBuffersPerShaderStage;
+  const perDispatch = Math.max(1, Math.min(8, Math.floor((limit - (scale ? 1 : 0)) / 4)));
+  let chunk: PendingUpdate[] = [];
+  let used = new Set<GPUBuffer>();
+  const flush = () => {
+    if (chunk.length === 0) return;
+    if (chunk.length === 1) {
+      const u = chunk[0];
+      rt().dispatch(scale ? ADAMW.scaled : ADAMW.plain, [...u.buffers, ...(scale ? [scale] : [])], {
+        ...u.scalars,
+        scale_off: scale ? scale.offset : 0,
+      }, grid1d(Math.ceil(u.scalars.n / WG)));
+    } else {
+      const p: Record<string, number> = { scale_off: scale ? scale.offset : 0 };
+      let start = 0;
+      chunk.forEach((u, j) => {
+        p[`start${j}`] = start;
+        for (const [name] of UPDATE_SCALARS) p[`${name}${j}`] = u.scalars[name];
+        start += u.scalars.n;
+      });
+      p.total = start;
+      rt().dispatch(
+        adamwMultiKernel(chunk.length, scale !== null),
+        [...chunk.flatMap((u) => u.buffers), ...(scale ? [scale] : [])],
+        p,
+        grid1d(Math.ceil(start / WG)),
+      );
+    }
+    chunk = [];
+    used = new Set();
+  };
+  for (const u of updates) {
+    const bufs = u.buffers.map((t) => t.buffer);
+    if (chunk.length >= perDispatch || bufs.some((b) => used.has(b))) flush();
+    chunk.push(u);
+    for (const b of bufs) used.add(b);
+  }
+  flush();
+}
+
 /** Threads of the norm kernels and the most workgroups one tensor's sum of squares uses. */
 const NORM_WG = 256;
 const MAX_NORM_GROUPS = 256;
@@ -490,8 +617,9 @@ function resolveGroup(g: ParamGroup, i: number): AdamWGroup {
 
 /**
  * AdamW exactly as torch.optim.AdamW (amsgrad off): decoupled weight decay, bias-corrected
- * moments, eps added outside the square root. One fused dispatch per parameter tensor; moments are
- * created on a parameter's first update (category "optimizer", kept) and each parameter counts its
+ * moments, eps added outside the square root. Multi-tensor: one fused dispatch updates up to
+ * eight parameter tensors (as the adapter's storage-buffer limit allows); moments are created on a
+ * parameter's first update (category "optimizer", kept) and each parameter counts its
  * own steps, so parameters that skip steps (no gradient) are corrected as PyTorch corrects them.
  *
  * @example
@@ -589,6 +717,7 @@ export class AdamW implements Optimizer {
     noGrad(() => {
       const clipper = this.#clipper;
       if (clipper) clipper.measure(this.params);
+      const updates: PendingUpdate[] = [];
       this.groups.forEach((group, gi) => {
         const lr = group.lr * multiplier;
         const [beta1, beta2] = group.betas;
@@ -608,25 +737,26 @@ export class AdamW implements Optimizer {
           // Host-side scalars in float64, as PyTorch computes them in Python floats.
           const bc1 = 1 - beta1 ** s.step;
           const bc2 = 1 - beta2 ** s.step;
-          const buffers = [p, grad, s.expAvg, s.expAvgSq];
-          if (clipper) buffers.push(clipper.coefficient);
-          rt().dispatch(clipper ? ADAMW.scaled : ADAMW.plain, buffers, {
-            n: p.size,
-            p_off: p.offset,
-            g_off: grad.offset,
-            m_off: s.expAvg.offset,
-            v_off: s.expAvgSq.offset,
-            scale_off: clipper ? clipper.coefficient.offset : 0,
-            decay: 1 - lr * group.weightDecay,
-            one_minus_beta1: 1 - beta1,
-            beta2,
-            one_minus_beta2: 1 - beta2,
-            step_size: lr / bc1,
-            bc2_sqrt: Math.sqrt(bc2),
-            eps: group.eps,
-          }, grid1d(Math.ceil(p.size / WG)));
+          updates.push({
+            buffers: [p, grad, s.expAvg, s.expAvgSq],
+            scalars: {
+              n: p.size,
+              p_off: p.offset,
+              g_off: grad.offset,
+              m_off: s.expAvg.offset,
+              v_off: s.expAvgSq.offset,
+              decay: 1 - lr * group.weightDecay,
+              one_minus_beta1: 1 - beta1,
+              beta2,
+              one_minus_beta2: 1 - beta2,
+              step_size: lr / bc1,
+              bc2_sqrt: Math.sqrt(bc2),
+              eps: group.eps,
+            },
+          });
         });
       });
+      dispatchUpdates(updates, clipper ? clipper.coefficient : null);
     });
     this.#step++;
   }

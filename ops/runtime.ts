@@ -12,7 +12,14 @@ import { getGpu, type Gpu, gpu, takeGpuErrors } from "./device.ts";
 import { BufferPool } from "./memory.ts";
 
 /** Element types a storage binding may hold. */
-export type StorageType = "f32" | "f16" | "i32" | "u32" | "atomic<u32>" | "atomic<i32>";
+export type StorageType =
+  | "f32"
+  | "f16"
+  | "i32"
+  | "u32"
+  | "vec4f"
+  | "atomic<u32>"
+  | "atomic<i32>";
 
 /** One storage-buffer binding of a kernel, in binding order. */
 export interface BufferBindingDecl {
@@ -189,9 +196,13 @@ export interface ScratchTexture extends TextureBindable {
   readonly height: number;
 }
 
-/** Round a texture dimension up to one of four classes per power of two (as buffer classes). */
+/**
+ * Round a texture dimension up to one of four classes per power of two (as buffer classes); below
+ * 16 to the next power of two, since attention packs rows into a few very wide texture lines and
+ * a floor of 16 lines held 8× the bytes they needed.
+ */
 function textureClass(d: number): number {
-  if (d <= 16) return 16;
+  if (d <= 16) return 2 ** Math.ceil(Math.log2(d));
   const p = 2 ** Math.floor(Math.log2(d));
   if (p === d) return p;
   const step = p / 4;
@@ -305,6 +316,9 @@ class Runtime {
   #timing: { querySet: GPUQuerySet; next: number; capacity: number } | null = null;
   #profileNames: string[] | null = null;
   #lastTimestamps: number[] = [];
+  #versions = new WeakMap<GPUBuffer, number>();
+  #textureHolders: (() => void)[] = [];
+  #releaseListeners: ((buffer: GPUBuffer) => void)[] = [];
   /** Dispatches after which the runtime submits on its own, bounding parked memory. */
   autoFlushDispatches = 1024;
   /** Count of dispatches since start (for profiles and tests). */
@@ -318,11 +332,36 @@ class Runtime {
     this.device = g.device;
     this.pool = new BufferPool(g.device, () => this.#encoder !== null);
     this.textures = new TexturePool(g.device, (bytes) => this.pool.account("scratch", bytes));
+    this.pool.onRelease = (buffer) => {
+      for (const l of this.#releaseListeners) l(buffer);
+    };
     this.#align = Math.max(16, g.device.limits.minUniformBufferOffsetAlignment);
     this.#arena = g.device.createBuffer({
       size: ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
+  }
+
+  /**
+   * How many times `buffer` has been written (a dispatch binding it read-write, a copy, a host
+   * write or a clear). Caches of values derived from a buffer compare it to stay exact.
+   */
+  writeVersion(buffer: GPUBuffer): number {
+    return this.#versions.get(buffer) ?? 0;
+  }
+
+  #bump(buffer: GPUBuffer): void {
+    this.#versions.set(buffer, (this.#versions.get(buffer) ?? 0) + 1);
+  }
+
+  /** Call `listener` with the buffer of every allocation given back to the pool. */
+  onBufferReleased(listener: (buffer: GPUBuffer) => void): void {
+    this.#releaseListeners.push(listener);
+  }
+
+  /** Register a holder of scratch textures that {@link clearTextures} asks to let go first. */
+  onClearTextures(release: () => void): void {
+    this.#textureHolders.push(release);
   }
 
   #pipelineFor(k: Kernel): Pipeline {
@@ -472,7 +511,11 @@ class Runtime {
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
     if (this.#profileNames) this.#endPass();
-    for (const b of buffers) if ("buffer" in b) this.#pendingBuffers.add(b.buffer);
+    buffers.forEach((b, i) => {
+      if (!("buffer" in b)) return;
+      this.#pendingBuffers.add(b.buffer);
+      if ((k.bindings[i] as BufferBindingDecl).access !== "read") this.#bump(b.buffer);
+    });
     this.#pendingDispatches++;
     this.dispatchCount++;
     if (this.#pendingDispatches >= this.autoFlushDispatches) this.flush();
@@ -482,13 +525,31 @@ class Runtime {
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     this.#endPass();
     this.#ensureEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+    this.#bump(dst);
     this.#pendingBuffers.add(src);
+    this.#pendingBuffers.add(dst);
+    this.#pendingDispatches++;
+  }
+
+  /**
+   * Record zeroing `bytes` of `dst` from `offset` (both multiples of 4; ends the current compute
+   * pass). The driver's fill is far cheaper than a kernel writing zeros on software adapters.
+   */
+  clear(dst: GPUBuffer, offset: number, bytes: number): void {
+    if (offset % 4 !== 0 || bytes % 4 !== 0) {
+      throw new Error(`clear: offset ${offset} and size ${bytes} must be multiples of 4 bytes`);
+    }
+    if (bytes === 0) return;
+    this.#endPass();
+    this.#ensureEncoder().clearBuffer(dst, offset, bytes);
+    this.#bump(dst);
     this.#pendingBuffers.add(dst);
     this.#pendingDispatches++;
   }
 
   /** Submit pending work, then destroy the scratch textures nobody holds. */
   clearTextures(): void {
+    for (const release of this.#textureHolders) release();
     this.flush();
     this.textures.destroyIdle();
   }
@@ -512,6 +573,7 @@ class Runtime {
   /** Write host data into a buffer, submitting first if a pending command still uses it. */
   write(dst: GPUBuffer, dstOffset: number, data: ArrayBufferView): void {
     if (this.#pendingBuffers.has(dst)) this.flush();
+    this.#bump(dst);
     // writeBuffer needs a multiple of 4 bytes.
     const bytes = data.byteLength;
     if (bytes % 4 === 0) {

@@ -265,6 +265,16 @@ export class Tensor {
     return this;
   }
 
+  /**
+   * True when this tensor is the only one referencing its storage and covers all of it, row-major
+   * from offset 0: handing the storage to a new owner (autograd adopting a gradient) then needs
+   * no copy.
+   */
+  get ownsStorage(): boolean {
+    return !this.#disposed && this.#storage.refs === 1 && this.offset === 0 &&
+      this.isContiguous && this.#storage.alloc.bytes === this.bytes;
+  }
+
   /** True when this tensor shares storage with `other`. */
   sharesStorage(other: Tensor): boolean {
     return this.#storage === other.#storage;

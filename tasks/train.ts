@@ -218,7 +218,24 @@ if (import.meta.main) {
       console.log(USAGE);
       return 0;
     }
-    const summary = await train(config, { resume });
+    // The first Ctrl-C / SIGTERM stops after the current step with a checkpoint; a second one
+    // exits at once (the last checkpoint on disk stays usable).
+    const stop = new AbortController();
+    const onSignal = () => {
+      if (stop.signal.aborted) Deno.exit(130);
+      console.error(
+        "stopping after this step (a checkpoint is saved); press Ctrl-C again to quit now",
+      );
+      stop.abort();
+    };
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    for (const s of signals) Deno.addSignalListener(s, onSignal);
+    let summary;
+    try {
+      summary = await train(config, { resume, signal: stop.signal });
+    } finally {
+      for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    }
     const fmt = (s: Record<string, number>) =>
       Object.entries(s).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
     console.log(

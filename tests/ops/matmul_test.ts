@@ -7,20 +7,30 @@
  */
 import assert from "node:assert/strict";
 import {
+  add,
   autotuneMatmul,
+  backward,
+  clearPackCache,
   defineKernel,
+  dropout,
   expand,
+  fillInto,
   type Gpu,
   gpu,
   linear,
+  linearResidual,
+  lowRankLinear,
   MATMUL,
   matmul,
   matmulKey,
   matmulRaw,
   type MatmulShapes,
+  mul as mulOp,
+  packCacheBytes,
   rt,
   scopeAsync,
   slice,
+  sum,
   type Tensor,
   tensor,
   transpose,
@@ -570,4 +580,194 @@ Deno.test("the texture variant's scratch textures count in the memory report (sc
   assert.ok(after.peak.scratch - before.live.scratch >= (33 * 40 + 40 * 17) * 4);
   assert.equal(after.live.scratch, before.live.scratch, "textures are returned after the product");
   for (const t of [a, b, c]) t.dispose();
+});
+
+// ---- epilogues, the fused low-rank linear and the packed-operand cache ------------------------
+
+Deno.test("matmulRaw: α scales the product and `into` accumulates onto the target", async () => {
+  await eachVariant(async (v) => {
+    const [M, K, N] = [7, 33, 9];
+    const av = randomArray(M * K, 91), bv = randomArray(K * N, 92), cv = randomArray(M * N, 93);
+    const biasV = randomArray(N, 94);
+    const a = tensor(Float32Array.from(av), [M, K]), b = tensor(Float32Array.from(bv), [K, N]);
+    const c = tensor(Float32Array.from(cv), [M, N]);
+    const bias = tensor(Float32Array.from(biasV));
+    const out = matmulRaw(a, b, { alpha: 0.25, into: c, bias });
+    assert.equal(out, c, `${v}: the target is returned`);
+    const want = new Float64Array(M * N);
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        let acc = 0;
+        for (let k = 0; k < K; k++) acc += av[i * K + k] * bv[k * N + j];
+        want[i * N + j] = cv[i * N + j] + 0.25 * acc + biasV[j];
+      }
+    }
+    assertClose(await c.read(), want, TOL, `${v}: C + α·A·B + bias`);
+    assert.throws(
+      () => matmulRaw(a, b, { into: tensor(new Float32Array(M * N + 1)) }),
+      /accumulation target .* must be contiguous f32 of shape \[7,9\]/,
+    );
+  });
+});
+
+function refLowRank(
+  [x, w, b, xd, la, lb]: Float64Array[],
+  rows: number,
+  dIn: number,
+  dOut: number,
+  r: number,
+  s: number,
+): Float64Array {
+  const y = refLinear(x, w, b, rows, dIn, dOut);
+  const h = refLinear(xd, la, null, rows, dIn, r);
+  const u = refLinear(h, lb, null, rows, r, dOut);
+  for (let i = 0; i < y.length; i++) y[i] += s * u[i];
+  return y;
+}
+
+Deno.test("lowRankLinear: x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ and its gradients for every input", async () => {
+  const [dIn, dOut, r, rows, s] = [10, 7, 3, 6, 0.75];
+  for (const v of VARIANTS) {
+    await withVariant("matmul", v, async () => {
+      const inputs = [
+        { shape: [2, 3, dIn], values: randomArray(rows * dIn, 101) },
+        { shape: [dOut, dIn], values: randomArray(dOut * dIn, 102) },
+        { shape: [dOut], values: randomArray(dOut, 103) },
+        { shape: [2, 3, dIn], values: randomArray(rows * dIn, 104) },
+        { shape: [r, dIn], values: randomArray(r * dIn, 105) },
+        { shape: [dOut, r], values: randomArray(dOut * r, 106) },
+      ];
+      await checkGradients(
+        ([x, w, b, xd, la, lb]) => lowRankLinear(x, w, b, xd, la, lb, s),
+        (xs) => refLowRank(xs, rows, dIn, dOut, r, s),
+        inputs,
+      );
+      // LoRA's case: W and b frozen, xd is x itself (no dropout): x's two paths are summed.
+      const frozen = inputs.map((i, k) => ({ ...i, grad: k === 0 || k >= 4 }));
+      await checkGradients(
+        ([x, w, b, , la, lb]) => lowRankLinear(x, w, b, x, la, lb, s),
+        ([x, w, b, , la, lb]) => refLowRank([x, w, b, x, la, lb], rows, dIn, dOut, r, s),
+        frozen,
+      );
+    });
+  }
+  assert.throws(
+    () =>
+      lowRankLinear(
+        tensor([[1, 2]]),
+        tensor([[1, 0]]),
+        undefined,
+        tensor([[1, 2]]),
+        tensor([[1, 1, 1]]),
+        tensor([[1]]),
+        1,
+      ),
+    /A .* must be \[r, 2\]/,
+  );
+});
+
+Deno.test("texture variant: frozen weights are packed once and repacked after a write", async () => {
+  await withVariant("matmul", "texture", async () => {
+    clearPackCache();
+    const x = tensor(Float32Array.from(randomArray(12 * 8, 111)), [12, 8]);
+    const wv = randomArray(5 * 8, 112);
+    const w = tensor(Float32Array.from(wv), [5, 8], { category: "weights" });
+    const xs = await x.read();
+    const y1 = linear(x, w);
+    const d0 = rt().dispatchCount;
+    const y2 = linear(x, w);
+    // x (a layer input, reuseA) and W both come from the cache: only the product is dispatched.
+    assert.equal(rt().dispatchCount - d0, 1, "a repeated linear dispatches only its product");
+    assertClose(await y2.read(), await y1.read(), { atol: 0, rtol: 0 }, "cached operands");
+    assert.ok(packCacheBytes() > 0);
+    // An in-place write to W bumps its version: the next product repacks and sees new values.
+    fillInto(w, 0.5);
+    const y3 = linear(x, w);
+    assertClose(
+      await y3.read(),
+      refLinear(xs, new Float64Array(40).fill(0.5), null, 12, 8, 5),
+      TOL,
+      "after writing W",
+    );
+    // Disposing the operands drops their textures.
+    const before = packCacheBytes();
+    w.dispose();
+    x.dispose();
+    assert.ok(packCacheBytes() < before);
+    assert.equal(packCacheBytes(), 0);
+    for (const t of [y1, y2, y3]) t.dispose();
+  });
+});
+
+Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equals the composed ops", async () => {
+  const [rows, dIn, dOut] = [37, 12, 70];
+  for (const v of VARIANTS) {
+    await withVariant("matmul", v, () =>
+      scopeAsync(async () => {
+        const mk = (n: number, seed: number, shape: number[]) =>
+          tensor(Float32Array.from(randomArray(n, seed)), shape, { requiresGrad: true });
+        const x = mk(rows * dIn, 121, [rows, dIn]), w = mk(dOut * dIn, 122, [dOut, dIn]);
+        const b = mk(dOut, 123, [dOut]), r = mk(rows * dOut, 124, [rows, dOut]);
+        const drop = { p: 0.3, seed: 77, stream: 5 };
+        const weights = tensor(Float32Array.from(randomArray(rows * dOut, 125)), [rows, dOut]);
+        const grads = async (y: Tensor) => {
+          backward(sum(mulOp(y, weights)));
+          const out = [];
+          for (const t of [x, w, b, r]) {
+            out.push(await t.grad!.read());
+            t.grad!.dispose();
+            t.grad = null;
+          }
+          return out;
+        };
+        // Each graph is built right before its backward (backward consumes the whole tape).
+        const fused = linearResidual(x, w, b, r, drop);
+        const yf = await fused.read();
+        const gf = await grads(fused);
+        const composed = add(dropout(linear(x, w, b), drop.p, drop), r);
+        assertClose(yf, await composed.read(), TOL, `${v}: forward`);
+        const gc = await grads(composed);
+        gf.forEach((g, i) => assertClose(g, gc[i], TOL, `${v}: gradient of input ${i}`));
+      }));
+  }
+  // Without dropout: finite differences of x·Wᵀ + b + r.
+  await checkGradients(
+    ([x, w, b, r]) => linearResidual(x, w, b, r),
+    ([x, w, b, r]) => refLinear(x, w, b, 3, 4, 5).map((y, i) => y + r[i]),
+    [
+      { shape: [3, 4], values: randomArray(12, 126) },
+      { shape: [5, 4], values: randomArray(20, 127) },
+      { shape: [5], values: randomArray(5, 128) },
+      { shape: [3, 5], values: randomArray(15, 129) },
+    ],
+  );
+  assert.throws(
+    () => linearResidual(tensor([[1, 2]]), tensor([[1, 1]]), undefined, tensor([[1, 2]])),
+    /residual .* must have shape \[1,1\]/,
+  );
+});
+
+Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing gᵀ", async () => {
+  await withVariant("matmul", "texture", () =>
+    scopeAsync(async () => {
+      const [rows, cols, n] = [12, 10, 7];
+      const gv = randomArray(rows * cols, 131), xv = randomArray(rows * n, 132);
+      const g = tensor(Float32Array.from(gv), [rows, cols]);
+      const x = tensor(Float32Array.from(xv), [rows, n]);
+      const w = tensor(Float32Array.from(randomArray(cols * 3, 133)), [cols, 3]);
+      matmulRaw(g, w, { reuseA: true }); // leaves g's pack in the cache
+      const d0 = rt().dispatchCount;
+      const y = matmulRaw(transpose(g), x);
+      assert.equal(rt().dispatchCount - d0, 2, "only x is packed, then the product");
+      const want = new Float64Array(cols * n);
+      for (let i = 0; i < cols; i++) {
+        for (let j = 0; j < n; j++) {
+          let acc = 0;
+          for (let k = 0; k < rows; k++) acc += gv[k * cols + i] * xv[k * n + j];
+          want[i * n + j] = acc;
+        }
+      }
+      assertClose(await y.read(), want, TOL, "gᵀ·x from g's pack");
+      clearPackCache();
+    }));
 });

@@ -414,3 +414,35 @@ Deno.test("AdamW: invalid configurations are rejected with the field named", () 
   p.dispose();
   q.dispose();
 });
+
+Deno.test("AdamW: the multi-tensor dispatch matches one dispatch per tensor bit for bit", async () => {
+  const sizes = [1, 7, 300, 1025, 3, 64, 5, 9, 17, 2]; // more than one chunk of eight
+  const make = () =>
+    sizes.map((n, i) => {
+      const p = tensor(Float32Array.from(randomArray(n, 200 + i)), {
+        requiresGrad: true,
+        category: "trainable",
+      }).keep();
+      p.grad = tensor(Float32Array.from(randomArray(n, 300 + i))).keep();
+      return p;
+    });
+  const groupOf = (params: Tensor[], first: boolean) =>
+    first
+      ? { params, lr: 0.01, weightDecay: 0.1 }
+      : { params, lr: 0.003, weightDecay: 0, betas: [0.8, 0.99] as [number, number] };
+  const together = make(), apart = make();
+  const multi = new AdamW([groupOf(together.slice(0, 6), true), groupOf(together.slice(6), false)]);
+  multi.step(); // the first step also creates the moments (one fill each)
+  const d0 = rt().dispatchCount;
+  multi.step();
+  const multiDispatches = rt().dispatchCount - d0;
+  // The reference: each tensor in an optimizer of its own, so each update is a lone dispatch.
+  const singles = apart.map((p, i) => new AdamW([groupOf([p], i < 6)]));
+  for (let step = 0; step < 2; step++) for (const o of singles) o.step();
+  for (let i = 0; i < sizes.length; i++) {
+    assert.deepEqual(await together[i].read(), await apart[i].read(), `tensor ${i}`);
+  }
+  assert.ok(multiDispatches <= 3, `10 tensors took ${multiDispatches} dispatches`);
+  for (const o of [multi, ...singles]) o.dispose();
+  for (const t of [...together, ...apart]) t.dispose();
+});

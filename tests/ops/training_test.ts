@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import {
   AdamW,
+  add,
   backward,
   cosineSchedule,
   linear,
@@ -13,7 +14,9 @@ import {
   noGrad,
   rt,
   scope,
+  scopeAsync,
   sub,
+  sum,
   tanh,
   tapeLength,
   type Tensor,
@@ -150,4 +153,26 @@ Deno.test("training: 200 steps each in a scope keep memory flat (live bytes and 
   model.dispose();
   x.dispose();
   y.dispose();
+});
+
+Deno.test("autograd: shared gradients are summed, adopted leaf grads stay apart, grads are exact", async () => {
+  await scopeAsync(async () => {
+    const x = tensor([1, -2, 3], { requiresGrad: true });
+    const w = tensor([0.5, 2, -1], { requiresGrad: true });
+    // add(x, x): the pass-through g goes to x twice (adopted once, accumulated once).
+    // y = x·w is used by two adds, so its pending gradient is summed in place.
+    const y = mul(x, w);
+    const z = add(add(y, y), add(x, x));
+    backward(sum(mul(z, tensor([1, 10, 100]))));
+    // dz/dx = 2w + 2, dz/dw = 2x, weighted by [1, 10, 100].
+    assert.deepEqual(await x.grad!.toArray(), [3, 60, 0]);
+    assert.deepEqual(await w.grad!.toArray(), [2, -40, 600]);
+    assert.equal(x.grad!.sharesStorage(w.grad!), false);
+    // A second backward accumulates into the adopted .grad buffers.
+    backward(sum(add(x, w)));
+    assert.deepEqual(await x.grad!.toArray(), [4, 61, 1]);
+    assert.deepEqual(await w.grad!.toArray(), [3, -39, 601]);
+    x.dispose();
+    w.dispose();
+  });
 });

@@ -1009,9 +1009,8 @@ async function runInProcess(
       resume: true,
       progress: false,
       log: (line) => writeAllSync(logFile, encoder.encode(line + "\n")),
-      onStep: () => {
-        if (signal?.aborted) throw new Error("sweep interrupted");
-      },
+      // Stops after the current step with a checkpoint there, so no step is trained twice.
+      signal,
     });
     return { ok: true, summary };
   } catch (e) {

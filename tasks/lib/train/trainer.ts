@@ -83,6 +83,17 @@ function modelHead(task: Prepared["task"]): ModelHead | undefined {
   return undefined;
 }
 
+/** Thrown when {@link TrainOptions.signal} stops a run (after a checkpoint at that step). */
+export class InterruptedError extends Error {
+  /** A shell's code for a run stopped by a signal (128 + SIGINT). */
+  readonly exitCode = 130;
+  /** `message` says at which step the run stopped and that a checkpoint was saved there. */
+  constructor(message: string) {
+    super(message);
+    this.name = "InterruptedError";
+  }
+}
+
 /** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 export class DivergedError extends Error {
   /** `message` says at which step and where the last good checkpoint is. */
@@ -130,8 +141,10 @@ export interface Summary {
   tokensPerSecond: number;
   /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
-  /** Wall seconds of the run: this process's `train` call plus those of earlier processes up to
-   * the checkpoint each resumed from. */
+  /**
+   * Wall seconds of the run: this process's `train` call plus those of the earlier processes up
+   * to the checkpoint each left (time after a kill's last checkpoint is not known).
+   */
   wallSeconds: number;
   /** Own classification data: the head's label maps, as Hugging Face config.json writes them. */
   labels?: LabelMaps;
@@ -160,6 +173,8 @@ export interface TrainOptions {
   progress?: boolean;
   /** Called after every optimizer step (tests use it to stop a run midway). */
   onStep?: (step: number) => void;
+  /** Stops the run after the current step, with a checkpoint there (Ctrl-C, SIGTERM). */
+  signal?: AbortSignal;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -247,7 +262,7 @@ async function trainInFolder(
     headModules,
     p.task.kind === "glue" ? "SEQ_CLS" : null,
   );
-  checkRunPlan(config, loaded.model, targets, total);
+  checkRunPlan(config, loaded.model, targets, total, loaded.config);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets,
     lrMultipliers: config.lrMultipliers,
@@ -496,6 +511,13 @@ async function trainInFolder(
       await checkpoint(done);
     }
     options.onStep?.(done);
+    if (options.signal?.aborted && done < total) {
+      await checkpoint(done);
+      throw new InterruptedError(
+        `interrupted after step ${done} of ${total}; saved a checkpoint there. ` +
+          `Continue with the same command and --resume`,
+      );
+    }
     faultPoint(`step:${done}`);
   }
   progress.finish();

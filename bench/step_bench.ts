@@ -1,0 +1,275 @@
+/**
+ * The reference encoder training step (see ./step_lib.ts), timed on this engine and, side by side,
+ * in PyTorch (bench/peers/enc_step.py under /usr/bin/python3, 2 threads).
+ *
+ * `deno task bench:step` runs `--rounds` rounds; each round times our LoRA step, PyTorch's LoRA
+ * step, our full step and PyTorch's full step (A/B/A/B, so a change in machine load hits both
+ * sides alike), then prints per mode: median ms/step over all rounds, dispatches/step, peak memory
+ * by category, and the ratio ours / PyTorch. Without torch the peer is skipped with a message.
+ *
+ * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
+ * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
+ * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
+ * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}), --attention-dropout P
+ * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { init, linear, noGrad, randNormal, rt, scope, tensor } from "../ops/mod.ts";
+import {
+  categoryLine,
+  measureStep,
+  median,
+  mib,
+  prepareStep,
+  REFERENCE_STEP,
+  type StepCase,
+  type StepMeasure,
+  type StepMode,
+} from "./step_lib.ts";
+
+/** What the PyTorch peer printed. */
+interface PeerResult {
+  medianMs: number;
+  stepsMs: number[];
+  peak: Record<string, number>;
+  torch: string;
+  threads: number;
+}
+
+const PEER = new URL("./peers/enc_step.py", import.meta.url).pathname;
+
+/** Run the peer once; null (with the reason) when it cannot run. */
+async function runPeer(
+  python: string,
+  mode: StepMode,
+  steps: number,
+  warmup: number,
+): Promise<PeerResult | string> {
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command(python, {
+      args: [PEER, "--mode", mode, "--steps", String(steps), "--warmup", String(warmup)],
+      env: { OMP_NUM_THREADS: "2" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (e) {
+    return `cannot start ${python}: ${(e as Error).message}`;
+  }
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) {
+    return `${python} ${PEER} failed: ${new TextDecoder().decode(out.stderr).slice(-400)}`;
+  }
+  const parsed = JSON.parse(text.split("\n").at(-1) ?? "{}");
+  if (parsed.skipped) return parsed.skipped;
+  return parsed as PeerResult;
+}
+
+function parseFlags() {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      mode: { type: "string", default: "both" },
+      rounds: { type: "string", default: "3" },
+      steps: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
+      "no-peer": { type: "boolean", default: false },
+      python: { type: "string", default: "/usr/bin/python3" },
+      json: { type: "string" },
+      profile: { type: "boolean", default: false },
+      matmul: { type: "boolean", default: false },
+      "attention-dropout": { type: "string", default: "0.1" },
+    },
+  });
+  const int = (name: string, v: string | undefined, min: number): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) {
+      throw new Error(`step_bench: --${name} must be an integer ≥ ${min}, got ${v}`);
+    }
+    return n;
+  };
+  if (!["lora", "full", "both"].includes(values.mode!)) {
+    throw new Error(`step_bench: --mode must be lora, full or both, got ${values.mode}`);
+  }
+  return {
+    modes: (values.mode === "both" ? ["lora", "full"] : [values.mode]) as StepMode[],
+    rounds: int("rounds", values.rounds, 1),
+    steps: int("steps", values.steps, 1),
+    warmup: int("warmup", values.warmup, 0),
+    peer: !values["no-peer"],
+    python: values.python!,
+    json: values.json,
+    profile: values.profile!,
+    matmul: values.matmul!,
+    attentionDropout: (() => {
+      const p = Number(values["attention-dropout"]);
+      if (!(p >= 0 && p < 1)) {
+        throw new Error(
+          `step_bench: --attention-dropout must be in [0, 1), got ${values["attention-dropout"]}`,
+        );
+      }
+      return p;
+    })(),
+  };
+}
+
+/** Per-mode results gathered over the rounds. */
+interface ModeResult {
+  ours: StepMeasure[];
+  peer: PeerResult[];
+  trainable: number;
+  /** Peak memory of this mode alone (first round). */
+  memory?: StepMeasure["peak"];
+}
+
+/**
+ * GFLOP/s of the reference encoder's narrow products, y = x·Wᵀ with a frozen W (1024×128 x and a
+ * 128×128 W; 1024×512 x and a 128×512 W), median of 7 GPU-timed calls after a warm-up: "product"
+ * is the steady state of a frozen weight and a reused layer input (both packs cached), "with
+ * pack" rewrites x from the host before each call, so its pack is timed too (the first product
+ * that reads a new activation).
+ */
+async function narrowMatmul(): Promise<string[]> {
+  const lines = [
+    "| shape | product GFLOP/s | with the input's pack GFLOP/s |",
+    "| --- | ---: | ---: |",
+  ];
+  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128]]) {
+    const host = Float32Array.from({ length: m * k }, (_, i) => Math.sin(i));
+    const x = tensor(host, [m, k]).keep();
+    const w = randNormal([n, k], 0, 0.02, { seed: 5, category: "weights" }).keep();
+    const call = () => scope(() => noGrad(() => void linear(x, w)));
+    const timeOf = async (rewrite: boolean) => {
+      const ms: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const t = await rt().timeGpu(() => {
+          if (rewrite) rt().write(x.buffer, 0, host);
+          call();
+        });
+        if (i > 0) ms.push(t ?? NaN);
+      }
+      return median(ms);
+    };
+    const flop = 2 * m * n * k;
+    const cached = await timeOf(false), fresh = await timeOf(true);
+    lines.push(
+      `| ${m}×${k}·(${n}×${k})ᵀ | ${(flop / cached / 1e6).toFixed(1)} (${
+        cached.toFixed(2)
+      } ms) | ` +
+        `${(flop / fresh / 1e6).toFixed(1)} (${fresh.toFixed(2)} ms) |`,
+    );
+    x.dispose();
+    w.dispose();
+  }
+  return lines;
+}
+
+async function main(): Promise<void> {
+  const f = parseFlags();
+  await init();
+  const cases = new Map<StepMode, StepCase>();
+  const results = new Map<StepMode, ModeResult>(
+    f.modes.map((m) => [m, { ours: [], peer: [], trainable: 0 }]),
+  );
+  let peerSkip: string | null = f.peer ? null : "--no-peer";
+  for (let r = 0; r < f.rounds; r++) {
+    for (const m of f.modes) {
+      const res = results.get(m)!;
+      // Each mode is built in the first round, after the previous one has run its steps, so its
+      // memory is measured above everything the earlier mode keeps (its model and moments);
+      // warm-up only then, since pipelines compile once.
+      let baseline = {};
+      if (r === 0) {
+        baseline = rt().pool.stats().live;
+        cases.set(m, await prepareStep(m, REFERENCE_STEP, 0, f.attentionDropout));
+        res.trainable = cases.get(m)!.trainable;
+      }
+      const ours = await measureStep(cases.get(m)!, f.steps, r === 0 ? f.warmup : 0, baseline);
+      if (r === 0) res.memory = ours.peak;
+      res.ours.push(ours);
+      let line = `round ${r + 1} ${m}: ours ${ours.medianMs.toFixed(1)} ms`;
+      if (!peerSkip) {
+        const p = await runPeer(f.python, m, f.steps, f.warmup);
+        if (typeof p === "string") peerSkip = p;
+        else {
+          res.peer.push(p);
+          line += `, PyTorch ${p.medianMs.toFixed(1)} ms`;
+        }
+      }
+      console.error(line);
+    }
+  }
+  if (peerSkip) console.log(`PyTorch peer skipped: ${peerSkip}`);
+  const s = REFERENCE_STEP;
+  console.log(
+    `\nreference encoder step: hidden ${s.hidden}, ${s.layers} layers, ${s.heads} heads, FFN ` +
+      `${s.ffn}, vocab ${s.vocab}, batch ${s.batch} × seq ${s.seq}, dropout 0.1, AdamW; ` +
+      `${f.rounds} rounds × ${f.steps} steps, adapter ${rt().gpu.adapter.name}\n`,
+  );
+  // The machine is shared: besides the median over every timed step, the quietest round of each
+  // side (the lowest per-round median) approximates the figures of an idle machine.
+  console.log(
+    "| mode | ours ms/step | PyTorch ms/step | ratio | quietest rounds, ours / PyTorch | " +
+      "dispatches/step | ours peak MiB | PyTorch peak MiB | memory ratio |",
+  );
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |");
+  const json: Record<string, unknown> = {};
+  for (const [m, res] of results) {
+    const ours = median(res.ours.flatMap((o) => o.stepsMs));
+    const peerMs = res.peer.length ? median(res.peer.flatMap((p) => p.stepsMs)) : null;
+    const last = { dispatches: res.ours.at(-1)!.dispatches, peak: res.memory! };
+    const pk = res.peer.at(-1)?.peak ?? null;
+    const ratio = peerMs ? (ours / peerMs).toFixed(2) + "×" : "—";
+    const oursBest = Math.min(...res.ours.map((o) => o.medianMs));
+    const peerBest = res.peer.length ? Math.min(...res.peer.map((p) => p.medianMs)) : null;
+    const quiet = peerBest
+      ? `${oursBest.toFixed(1)} / ${peerBest.toFixed(1)} = ${(oursBest / peerBest).toFixed(2)}×`
+      : `${oursBest.toFixed(1)} / —`;
+    const memRatio = pk ? (last.peak.total / pk.total).toFixed(2) + "×" : "—";
+    console.log(
+      `| ${m} | ${ours.toFixed(1)} | ${peerMs?.toFixed(1) ?? "—"} | ${ratio} | ${quiet} | ` +
+        `${last.dispatches} | ${mib(last.peak.total)} (${categoryLine(last.peak)}) | ` +
+        `${pk ? `${mib(pk.total)} (${categoryLine(pk)})` : "—"} | ${memRatio} |`,
+    );
+    json[m] = {
+      oursMedianMs: ours,
+      peerMedianMs: peerMs,
+      ratio: peerMs ? ours / peerMs : null,
+      quietestRoundRatio: peerBest ? oursBest / peerBest : null,
+      dispatchesPerStep: last.dispatches,
+      oursPeak: last.peak,
+      peerPeak: pk,
+      trainable: res.trainable,
+      oursRounds: res.ours.map((o) => o.medianMs),
+      peerRounds: res.peer.map((p) => p.medianMs),
+    };
+  }
+  if (f.profile) {
+    for (const [m, c] of cases) {
+      const prof = await rt().profile(() => c.run());
+      if (!prof) {
+        console.log("\n--profile: this adapter has no timestamp queries");
+        break;
+      }
+      const total = prof.reduce((n, [, e]) => n + e.ms, 0);
+      console.log(
+        `\n${m}: ${total.toFixed(1)} ms GPU time over ${
+          prof.reduce((n, [, e]) => n + e.count, 0)
+        } dispatches`,
+      );
+      for (const [name, e] of prof.slice(0, 25)) {
+        console.log(
+          `  ${e.ms.toFixed(2).padStart(8)} ms ${(100 * e.ms / total).toFixed(1).padStart(5)} % ` +
+            `${String(e.count).padStart(4)}× ${name}`,
+        );
+      }
+    }
+  }
+  if (f.matmul) console.log("\n" + (await narrowMatmul()).join("\n"));
+  if (f.json) await Deno.writeTextFile(f.json, JSON.stringify(json, null, 2) + "\n");
+  for (const c of cases.values()) c.dispose();
+}
+
+if (import.meta.main) await main();
