@@ -352,6 +352,38 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "own data: full FT's model/ carries the file's label set (id2label as the run found it)",
+  ignore: !present,
+  fn: async () => {
+    const csv = join(work, "own.csv");
+    await Deno.writeTextFile(
+      csv,
+      "text,mood\nwhat a delight,happy\nso dull,bored\nutterly tedious,bored\npure joy,happy\n",
+    );
+    const run = join(work, "own-full");
+    const summary = await train(
+      parseRunConfig({
+        model: base,
+        trainFile: csv,
+        textColumn: "text",
+        labelColumn: "mood",
+        method: "full",
+        steps: 2,
+        batchSize: 4,
+        maxLength: 16,
+        output: run,
+        offline: true,
+      }),
+      quiet,
+    );
+    const config = JSON.parse(await Deno.readTextFile(join(run, "model", "config.json")));
+    deepStrictEqual(config.id2label, summary.labels?.id2label, "the run's own label map");
+    deepStrictEqual(Object.values(config.id2label).sort(), ["bored", "happy"]);
+    deepStrictEqual(config.architectures, ["RobertaForSequenceClassification"]);
+  },
+});
+
 Deno.test("labelFields: transformers' id2label/label2id, regression as one generic label", () => {
   deepStrictEqual(labelFields({ labels: ["unacceptable", "acceptable"] }), {
     id2label: { "0": "unacceptable", "1": "acceptable" },
