@@ -172,10 +172,9 @@ export function loadInto(files: AdapterFiles, name: string, target: Tensor): voi
   const src = files.tensors.get(name);
   if (!src) {
     throw new Error(
-      `${files.file}: no tensor ${PEFT_PREFIX}${name} (shape [${
+      `${files.file}: adapter has no tensor ${PEFT_PREFIX}${name} (shape [${
         target.shape.join(", ")
-      }]), which the ` +
-        "adapter config implies; the file is incomplete or for another config",
+      }]), which its adapter_config.json implies; the file is incomplete or for another config`,
     );
   }
   if (src.shape.join() !== target.shape.join()) {

@@ -492,3 +492,30 @@ export function resolveFeedforward(
   }
   return targets.filter((t) => feedforward.some((f: string) => t.endsWith(f)));
 }
+
+/**
+ * A run's `--targets` with PEFT's "all-linear" shorthand expanded: `["all-linear"]` (any case)
+ * becomes the full names of every Linear but `lm_head` and the head modules, as PEFT selects
+ * them; any other list is returned as given. Saved adapters then list those names, which PEFT
+ * reads back as the same modules.
+ */
+export function expandAllLinear(
+  model: Module,
+  targets: readonly string[],
+  headModules: readonly string[],
+  taskType: string | null,
+): string[] {
+  if (targets.length !== 1 || targets[0].toLowerCase() !== "all-linear") return [...targets];
+  return resolveTargetModules(
+    model,
+    {
+      targetModules: "all-linear",
+      excludeModules: null,
+      layersToTransform: null,
+      layersPattern: null,
+      modulesToSave: [...headModules],
+      taskType,
+    },
+    "--targets",
+  );
+}

@@ -21,11 +21,10 @@ import { dora } from "./dora.ts";
 import { vera } from "./vera.ts";
 import { ia3 } from "./ia3.ts";
 import { bitFit } from "./bitfit.ts";
-import { applyLora, lora, LoraConfigSchema } from "./lora.ts";
+import { applyLora, architectureOf, lora, LoraConfigSchema } from "./lora.ts";
 import type { Adapter, Method, MethodContext } from "./types.ts";
 import type { Module } from "../models/module.ts";
-import { architectureOf } from "./lora.ts";
-import { auditAdapterReads, loadTrainedBiases, PEFT_PREFIX } from "./peft.ts";
+import { ADAPTER_WEIGHTS, auditAdapterReads, loadTrainedBiases, PEFT_PREFIX } from "./peft.ts";
 import {
   checkPeftConfigFields,
   patternFromConfig,
@@ -220,7 +219,9 @@ export async function loadAdapter(
   const read = await auditAdapterReads(() => adapter.load(dir));
   const bias = config.bias ?? "none";
   if (bias !== "none" && read.length > 0 && PEFT_TARGETED.includes(String(config.peft_type))) {
-    loadTrainedBiases(model, read[0], bias as "all" | "lora_only" | "vera_only");
+    // The folder's own weights (residual methods also read their initial/ adapter).
+    const own = read.find((f) => f.file === join(dir, ADAPTER_WEIGHTS)) ?? read[0];
+    loadTrainedBiases(model, own, bias as "all" | "lora_only" | "vera_only");
     // The restored biases live in the base model now; save() writes bias "none" and would drop
     // them, so saving this adapter again is refused rather than silently lossy.
     adapter.save = () =>

@@ -155,8 +155,10 @@ const FINITE_MAX_GROUPS = 1024;
  *
  * Layout: the tensor's storage is bound as raw u32 words and classified by its bits (exponent all
  * ones), because WGSL lets a compiler assume floats are finite, so `x != x` may fold to false.
- * f16 element e is half (e & 1) of word e >> 1 (little-endian). Grid-stride loop, a 256-thread
- * tree in shared memory, then one atomicAdd per workgroup: the count is exact in any order.
+ * f16 element e is half (e & 1) of word e >> 1 (little-endian). Grid-stride loop; a thread that
+ * found any adds its count with one atomicAdd. Non-finite values are rare, so this skips the
+ * workgroup tree (and its barriers, which software adapters pay dearly for); the count is exact
+ * in any order.
  */
 function nonFiniteKernel(dtype: "f32" | "f16"): Kernel {
   const key = `nonfinite|${dtype}`;
@@ -175,7 +177,6 @@ function nonFiniteKernel(dtype: "f32" | "f16"): Kernel {
     ],
     params: [["n", "u32"], ["off", "u32"], ["slot", "u32"]],
     source: `
-var<workgroup> partial: array<u32, ${FINITE_WG}>;
 @compute @workgroup_size(${FINITE_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
         @builtin(num_workgroups) nwg: vec3u) {
@@ -185,13 +186,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
   for (var i = group * ${FINITE_WG}u + l; i < params.n; i += stride) {
     ${test}
   }
-  partial[l] = c;
-  workgroupBarrier();
-  for (var s = ${FINITE_WG / 2}u; s > 0u; s = s >> 1u) {
-    if (l < s) { partial[l] = partial[l] + partial[l + s]; }
-    workgroupBarrier();
-  }
-  if (l == 0u && partial[0] > 0u) { atomicAdd(&counts[params.slot], partial[0]); }
+  if (c > 0u) { atomicAdd(&counts[params.slot], c); }
 }`,
   });
   cache.set(key, k);
@@ -199,17 +194,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
 }
 
 /**
- * The number of NaN and ±Inf elements of each tensor (f32 or f16, contiguous), in order: one
- * dispatch per tensor and a single read-back for all of them, so checking a whole model's weights
- * costs one pass over its bytes and one round trip.
- *
- * @example
- * ```ts ignore
- * const [bad] = await countNonFinite([tensor([1, NaN, Infinity])]); // 2
- * ```
+ * Record the NaN/±Inf count of each tensor (f32 or f16, contiguous) into a new u32 tensor
+ * [tensors.length], one dispatch per tensor, without reading it back.
  */
-export async function countNonFinite(tensors: readonly Tensor[]): Promise<number[]> {
-  if (tensors.length === 0) return [];
+export function recordNonFiniteCounts(tensors: readonly Tensor[]): Tensor {
   const counts = tensor(new Uint32Array(tensors.length), [tensors.length], {
     dtype: "u32",
     category: "scratch",
@@ -229,6 +217,27 @@ export async function countNonFinite(tensors: readonly Tensor[]): Promise<number
         grid1d(groups),
       );
     });
+  } catch (e) {
+    counts.dispose();
+    throw e;
+  }
+  return counts;
+}
+
+/**
+ * The number of NaN and ±Inf elements of each tensor (f32 or f16, contiguous), in order: one
+ * dispatch per tensor and a single read-back for all of them, so checking a whole model's weights
+ * costs one pass over its bytes and one round trip.
+ *
+ * @example
+ * ```ts ignore
+ * const [bad] = await countNonFinite([tensor([1, NaN, Infinity])]); // 2
+ * ```
+ */
+export async function countNonFinite(tensors: readonly Tensor[]): Promise<number[]> {
+  if (tensors.length === 0) return [];
+  const counts = recordNonFiniteCounts(tensors);
+  try {
     return Array.from(await counts.read());
   } finally {
     counts.dispose();

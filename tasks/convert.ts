@@ -5,6 +5,7 @@
  * @module
  */
 import { parseFlags, requireFlags, runCli } from "./lib/cli/runner.ts";
+import { writeDirAtomic } from "./lib/train/checkpoint.ts";
 import { convertLlama2c, type ConvertLlama2cResult } from "../models/llama2c.ts";
 
 const USAGE =
@@ -24,11 +25,16 @@ export async function convertCli(args: readonly string[]): Promise<string> {
   );
   if (values.help) return USAGE;
   requireFlags(values, ["checkpoint", "tokenizer", "output"], "convert");
-  const result: ConvertLlama2cResult = await convertLlama2c({
-    checkpoint: values.checkpoint!,
-    tokenizer: values.tokenizer!,
-    output: values.output!,
-  });
+  let result: ConvertLlama2cResult | undefined;
+  // Into a temporary folder, renamed when complete: a failure or kill leaves no partial model.
+  await writeDirAtomic(values.output!, async (tmp) => {
+    result = await convertLlama2c({
+      checkpoint: values.checkpoint!,
+      tokenizer: values.tokenizer!,
+      output: tmp,
+    });
+  }, "convert");
+  if (!result) throw new Error("convert: the conversion returned nothing");
   const c = result.config;
   return `wrote ${values.output}: ${result.files.join(", ")} — LLaMA dim ${c.dim}, ` +
     `${c.nLayers} layers, ${c.nHeads}/${c.nKvHeads} heads, vocab ${c.vocabSize}, ` +

@@ -15,16 +15,25 @@ import {
   runCli,
 } from "./lib/cli/runner.ts";
 import { formatReport, runEvaluation } from "./lib/eval/run_eval.ts";
+import { INSTRUCTION_FORMATS } from "./lib/data/own/instruction.ts";
 
 const USAGE = `usage: deno task evaluate --model DIR|REPO --task NAME [--adapter DIR] [--data DIR]
         [--split NAME] [--limit N] [--batch-size N] [--max-length N]
         [--eval-mode generate|loglik] [--max-new-tokens N] [--frozen-dtype f32|f16]
-        [--output FILE.json] [--offline]`;
+        [--output FILE.json] [--offline]
+   or: deno task evaluate --model DIR|REPO [--adapter RUN/adapter] --eval-file FILE
+        [--text-column C] [--text-pair-column C] [--label-column C]
+        [--format alpaca|sharegpt|messages|text]   (defaults: the run's config.json)`;
 
 const FLAGS = {
   model: { type: "string" },
   adapter: { type: "string" },
   task: { type: "string" },
+  "eval-file": { type: "string" },
+  "text-column": { type: "string" },
+  "text-pair-column": { type: "string" },
+  "label-column": { type: "string" },
+  format: { type: "string" },
   data: { type: "string" },
   split: { type: "string" },
   limit: { type: "string" },
@@ -45,7 +54,7 @@ export async function evaluateCli(args: readonly string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  requireFlags(values, ["model", "task"], "evaluate");
+  requireFlags(values, values["eval-file"] ? ["model"] : ["model", "task"], "evaluate");
   const int = (flag: keyof typeof FLAGS, min = 1) => {
     const v = values[flag];
     return typeof v === "string" ? parseNumberFlag(flag, v, { integer: true, min }) : undefined;
@@ -57,7 +66,13 @@ export async function evaluateCli(args: readonly string[]): Promise<number> {
   const options = {
     model: values.model!,
     adapter: values.adapter,
-    task: values.task!,
+    task: values.task,
+    evalFile: values["eval-file"],
+    textColumn: values["text-column"],
+    textPairColumn: values["text-pair-column"],
+    labelColumn: values["label-column"],
+    format: choice("format", INSTRUCTION_FORMATS),
+    progress: true,
     data: values.data,
     split: values.split,
     limit: int("limit"),

@@ -22,12 +22,18 @@ import {
   type RunConfig,
 } from "./lib/train/config.ts";
 import { train } from "./lib/train/trainer.ts";
+import { canonicalKeys } from "./lib/train/aliases.ts";
+import { formatSeconds } from "./lib/cli/progress.ts";
 
 const USAGE = `usage: deno task train [--config FILE.yaml] [options]
 
   --model REPO|DIR        Hugging Face repo id or local folder (default FacebookAI/roberta-base)
   --task NAME             sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte, wnli, boolq, piqa, …
-  --data DIR              local data folder (GLUE parquet/TSV root, or commonsense root)
+  --data DIR              local data folder (GLUE parquet/TSV root, commonsense root, or a
+                          Hugging Face datasets folder of your own data)
+  --train-file F [--eval-file F]   your own data: .jsonl .json .csv .tsv .parquet
+  --text-column C  --text-pair-column C  --label-column C   classification columns
+  --format alpaca|sharegpt|messages|text   instruction data for decoders (default: detected)
   --method NAME           full, lora, rslora, …  (default lora)
   --targets a,b           modules to adapt (default query,value or q_proj,v_proj)
   --rank R --alpha A --lora-dropout P --rslora       LoRA options
@@ -38,6 +44,7 @@ const USAGE = `usage: deno task train [--config FILE.yaml] [options]
   --warmup-ratio X | --warmup-steps N  --schedule linear|cosine|constant
   --weight-decay X  --max-grad-norm X  --seed N
   --eval-interval N  --log-interval N  --save-interval N  --eval-batch-size N
+  --early-stopping-patience N [--early-stopping-threshold X]   stop when the eval metric stalls
   --train-limit N  --eval-limit N  --frozen-dtype f32|f16
   --eval-mode generate|loglik  --max-new-tokens N
   --output DIR  --offline  --resume
@@ -72,6 +79,8 @@ const NUMBER_FLAGS: Record<string, [keyof RunConfig, NumberRule]> = {
   "eval-batch-size": ["evalBatchSize", POSITIVE_INT],
   "max-new-tokens": ["maxNewTokens", POSITIVE_INT],
   "mlm-probability": ["mlmProbability", { min: 0, minExclusive: true, max: 0.99 }],
+  "early-stopping-patience": ["earlyStoppingPatience", POSITIVE_INT],
+  "early-stopping-threshold": ["earlyStoppingThreshold", { min: 0 }],
 };
 
 const STRING_FLAGS: Record<string, keyof RunConfig> = {
@@ -86,6 +95,9 @@ const STRING_FLAGS: Record<string, keyof RunConfig> = {
   objective: "objective",
   "text-column": "textColumn",
   tokenizer: "tokenizer",
+  "text-pair-column": "textPairColumn",
+  "label-column": "labelColumn",
+  format: "format",
 };
 
 const FLAGS: FlagSpec = {
@@ -128,7 +140,10 @@ export async function configFromArgs(args: string[]): Promise<TrainArgs> {
   const { values } = parseFlags(args, FLAGS, { command: "train" });
   if (values.help) return { config: parseRunConfig({}), resume: false, help: true };
   const str = (flag: string) => values[flag] as string | undefined;
-  const raw: Record<string, unknown> = values.config ? await readRunYaml(str("config")!) : {};
+  // YAML keys in our spelling first (HF / LLaMA-Factory names mapped), so flags override them.
+  const raw: Record<string, unknown> = values.config
+    ? canonicalKeys(await readRunYaml(str("config")!), str("config")!)
+    : {};
   const source = values.config ? `${values.config} + flags` : "flags";
   for (const [flag, [key, rule]] of Object.entries(NUMBER_FLAGS)) {
     const v = str(flag);
@@ -203,7 +218,24 @@ if (import.meta.main) {
       console.log(USAGE);
       return 0;
     }
-    const summary = await train(config, { resume });
+    // The first Ctrl-C / SIGTERM stops after the current step with a checkpoint; a second one
+    // exits at once (the last checkpoint on disk stays usable).
+    const stop = new AbortController();
+    const onSignal = () => {
+      if (stop.signal.aborted) Deno.exit(130);
+      console.error(
+        "stopping after this step (a checkpoint is saved); press Ctrl-C again to quit now",
+      );
+      stop.abort();
+    };
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    for (const s of signals) Deno.addSignalListener(s, onSignal);
+    let summary;
+    try {
+      summary = await train(config, { resume, signal: stop.signal });
+    } finally {
+      for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    }
     const fmt = (s: Record<string, number>) =>
       Object.entries(s).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
     console.log(
@@ -215,7 +247,10 @@ if (import.meta.main) {
           summary.finalLoss.toFixed(4)
         } · ${summary.trainableParams.toLocaleString()} trainable ` +
         `params · ${Math.round(summary.tokensPerSecond)} tokens/s · peak memory ` +
-        `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n  run files: ${config.output}`,
+        `${(summary.memory.peakTotal / 2 ** 20).toFixed(1)} MiB\n` +
+        `  train time ${formatSeconds(summary.trainSeconds)} (${summary.steps} steps` +
+        `${summary.earlyStopping?.stoppedAt ? ", stopped early" : ""}) · wall time ` +
+        `${formatSeconds(summary.wallSeconds)}\n  run files: ${config.output}`,
     );
   });
 }

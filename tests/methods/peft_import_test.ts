@@ -12,15 +12,23 @@
 import { equal, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { assertClose, randomArray, setup } from "../helpers.ts";
-import { noGrad, scopeAsync, tensor } from "../../ops/mod.ts";
-import { applyMethod, loadAdapter, LORA_CONFIG_FIELDS, writeInto } from "../../methods/mod.ts";
+import { backward, noGrad, scope, scopeAsync, tensor } from "../../ops/mod.ts";
+import {
+  applyMethod,
+  expandAllLinear,
+  loadAdapter,
+  LORA_CONFIG_FIELDS,
+  namedTrainable,
+  writeInto,
+} from "../../methods/mod.ts";
 import { LlamaForCausalLM } from "../../models/llama.ts";
-import { writeSafetensors } from "../../models/safetensors.ts";
+import { openSafetensors, writeSafetensors } from "../../models/safetensors.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { encoderDims, hostSource, llamaDims, llamaWeights } from "../models/fixtures.ts";
 import type { HostWeights } from "../models/reference.ts";
 import {
   evalLogits,
+  fixedBatchLoss,
   MAX_POSITIONS,
   TINY_ROBERTA,
   tinyLlama,
@@ -634,5 +642,121 @@ Deno.test('bias "lora_only" and "all": trained base biases are restored; PEFT\'s
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  }
+});
+
+Deno.test("DoRA (use_dora) takes the per-module r and α of rank_pattern / alpha_pattern", async () => {
+  const expected: Expected[] = [
+    { module: layerModule(0, "attention.self.query"), r: 2, scaling: 16 / 2 },
+    { module: layerModule(0, "attention.self.value"), r: 4, scaling: 8 / 4 },
+    { module: layerModule(1, "attention.self.query"), r: 2, scaling: 16 / 2 },
+    { module: layerModule(1, "attention.self.value"), r: 4, scaling: 8 / 4 },
+  ];
+  const tensors = adapterTensors(expected, 80);
+  // The reference: W' = diag(m / ‖W + s·B·A‖_row)·(W + s·B·A), formed on the host.
+  const reference = mergedWeights(expected, tensors);
+  for (const [i, e] of expected.entries()) {
+    const w = reference.get(`${e.module}.weight`)!;
+    const m = Float32Array.from(randomArray(H, 90 + i, 0.5, 1.5));
+    tensors.set(`${e.module}.lora_magnitude_vector`, { shape: [H], data: m });
+    for (let o = 0; o < H; o++) {
+      let norm = 0;
+      for (let k = 0; k < H; k++) norm += w[o * H + k] ** 2;
+      const f = m[o] / Math.sqrt(norm);
+      for (let k = 0; k < H; k++) w[o * H + k] *= f;
+    }
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePeft(
+      dir,
+      peftConfig({ use_dora: true, rank_pattern: { query: 2 }, alpha_pattern: { query: 16 } }),
+      tensors,
+    );
+    const loaded = model();
+    await loadAdapter(loaded, dir, LOAD_CTX);
+    const want = await evalLogits(
+      new EncoderForSequenceClassification(
+        encoderDims(TINY_ROBERTA, MAX_POSITIONS),
+        hostSource(reference),
+      ),
+    );
+    assertClose(await evalLogits(loaded), want, { atol: 2e-5, rtol: 1e-4 }, "DoRA with patterns");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("training with --targets all-linear adapts what PEFT would, and saves names PEFT reads back", async () => {
+  const m = model();
+  const targets = expandAllLinear(m, ["All-Linear"], ["classifier"], "SEQ_CLS");
+  equal(targets.length, 2 * Object.keys(SHAPES).length);
+  equal(
+    targets.some((t) => t.startsWith("classifier")),
+    false,
+    "the head is trained whole, not adapted",
+  );
+  equal(expandAllLinear(m, ["query", "value"], ["classifier"], "SEQ_CLS").join(), "query,value");
+  const llama = new LlamaForCausalLM(
+    llamaDims({ ...tinyLlamaDims(1), tied: false }),
+    hostSource(llamaWeights({ ...tinyLlamaDims(1), tied: false }, 3)),
+  );
+  const names = expandAllLinear(llama, ["all-linear"], [], null);
+  equal(names.length, 7);
+  equal(names.includes("lm_head"), false, "the output layer is left alone");
+  // Saved with the resolved names, the adapter loads back into the same modules.
+  const adapter = applyMethod("lora", m, { r: 2 }, {
+    ...LOAD_CTX,
+    targets,
+    headModules: ["classifier"],
+  });
+  for (const g of adapter.groups()) {
+    for (const t of g.params) {
+      writeInto(t, Float32Array.from(randomArray(t.size, t.size, -0.2, 0.2)));
+    }
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await adapter.save(dir);
+    const fresh = model();
+    await loadAdapter(fresh, dir, LOAD_CTX);
+    assertClose(
+      await evalLogits(fresh),
+      await evalLogits(m),
+      { atol: 1e-6, rtol: 1e-6 },
+      "round trip",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loraBias trains: lora_B.bias is a trainable parameter with a gradient and is saved as PEFT names it", async () => {
+  const m = model();
+  const adapter = applyMethod("lora", m, { r: 2, loraBias: true }, {
+    ...LOAD_CTX,
+    targets: ["value"],
+    headModules: ["classifier"],
+  });
+  const named = namedTrainable(adapter.groups());
+  const biases = named.filter(([n]) => n.endsWith("lora_B.bias"));
+  equal(biases.length, 2);
+  scope(() => backward(fixedBatchLoss(m)));
+  for (const [n, t] of biases) {
+    const g = await t.grad!.read();
+    equal(g.some((v) => v !== 0), true, `${n} has a gradient`);
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await adapter.save(dir);
+    const config = JSON.parse(await Deno.readTextFile(join(dir, "adapter_config.json")));
+    equal(config.lora_bias, true);
+    using reader = await openSafetensors(join(dir, "adapter_model.safetensors"));
+    equal(
+      reader.has(`base_model.model.${layerModule(1, "attention.self.value")}.lora_B.bias`),
+      true,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

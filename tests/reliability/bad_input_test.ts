@@ -289,7 +289,7 @@ const CASES: Case[] = [
     setup: (d) => Deno.writeTextFile(join(d, "run.yaml"), "lr: 1e-3\nepoch: 3\n"),
     args: (d) => ["--config", join(d, "run.yaml")],
     code: 1,
-    message: /run\.yaml \+ flags: field "\(top level\)": Unrecognized key: "epoch"/,
+    message: /run\.yaml: unknown key "epoch"; did you mean "epochs"\?/,
   },
   {
     name: "--config file with a negative batch size",
@@ -330,6 +330,15 @@ const CASES: Case[] = [
     args: (d) => trainArgs(join(d, "out"), { "warmup-steps": "100" }),
     code: 1,
     message: /warmupSteps \(--warmup-steps\) is 100, longer than the run's 8 steps/,
+    absent: ["out"],
+  },
+  {
+    name: "--max-length beyond the encoder's position table",
+    cli: "train",
+    args: (d) => trainArgs(join(d, "out"), { "max-length": "600" }),
+    code: 1,
+    message:
+      /maxLength \(--max-length\) is 600, more than .*roberta-tiny can hold: 512 positions \(max_position_embeddings 514/,
     absent: ["out"],
   },
   {
@@ -388,6 +397,22 @@ const CASES: Case[] = [
     code: 1,
     message: /already holds a checkpoint: pass --resume/,
     absent: ["out/summary.json"],
+  },
+  {
+    name: "a new run into a finished run's folder whose checkpoint was deleted",
+    cli: "train",
+    setup: async (d) => {
+      await withRun(d);
+      await Deno.remove(join(d, "out", "checkpoint"), { recursive: true });
+      await Deno.writeTextFile(join(d, "out", "summary.json"), "{}\n");
+    },
+    args: (d) => trainArgs(join(d, "out")),
+    code: 1,
+    message: /out holds a finished run \(summary\.json\): choose another --output/,
+    after: async (d) =>
+      (await Deno.readTextFile(join(d, "out", "summary.json"))) === "{}\n"
+        ? null
+        : "summary.json was replaced",
   },
   {
     name: "corrupt state.json",
@@ -562,7 +587,8 @@ const CASES: Case[] = [
     },
     args: (d) => [...evalArgs(), "--adapter", join(d, "ad")],
     code: 1,
-    message: /adapter has no tensor base_model\.model\./,
+    message:
+      /ad\/adapter_model\.safetensors: (adapter has )?no tensor base_model\.model\.\S+ \(shape \[\d+(, \d+)*\]\)/,
   },
   {
     name: "evaluate: model file without a tensor the config needs",

@@ -66,6 +66,7 @@ Deno.test({
       const ref = await runCli(ws, "train", quickTrain(ws, whole));
       equal(ref.code, 0, ref.stderr);
       const refAdapter = await Deno.readFile(join(whole, "adapter", "adapter_model.safetensors"));
+      const refBest = await Deno.readFile(join(whole, "best", "adapter_model.safetensors"));
       const refRows = await metricsRows(whole);
       const refSummary = JSON.parse(await Deno.readTextFile(join(whole, "summary.json")));
       ok(refRows.some((r) => "eval" in r) && refRows.some((r) => "loss" in r));
@@ -98,11 +99,11 @@ Deno.test({
             failures.push(`${point}: resumed from ${resumedFrom}, expected ${from}`);
           }
           const adapter = await Deno.readFile(join(out, "adapter", "adapter_model.safetensors"));
-          if (
-            adapter.length !== refAdapter.length || !adapter.every((b, k) => b === refAdapter[k])
-          ) {
-            failures.push(`${point}: adapter bytes differ`);
-          }
+          const same = (x: Uint8Array, y: Uint8Array) =>
+            x.length === y.length && x.every((b, k) => b === y[k]);
+          if (!same(adapter, refAdapter)) failures.push(`${point}: adapter bytes differ`);
+          const best = await Deno.readFile(join(out, "best", "adapter_model.safetensors"));
+          if (!same(best, refBest)) failures.push(`${point}: best/ adapter bytes differ`);
           try {
             deepEqual(await metricsRows(out), refRows);
           } catch {
@@ -129,6 +130,59 @@ Deno.test({
       );
       deepEqual(failures, []);
       ok(await exists(join(whole, "summary.json")));
+    } finally {
+      await Deno.remove(ws.dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "SIGTERM stops train after the current step with a checkpoint (exit 130); --resume ends identical",
+  ignore: !present,
+  fn: async () => {
+    const ws = await workspace("reliability-term-");
+    try {
+      const args = (out: string) =>
+        quickTrain(ws, out).map((a, i, all) => (all[i - 1] === "--steps" ? "24" : a));
+      const whole = join(ws.dir, "whole");
+      equal((await runCli(ws, "train", args(whole))).code, 0);
+      const out = join(ws.dir, "term");
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../../tasks/train.ts", import.meta.url).pathname,
+          ...args(out),
+        ],
+        env: ws.env,
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const end = Date.now() + 120_000;
+      while (Date.now() < end) {
+        const s = await Deno.readTextFile(join(out, "checkpoint", "state.json")).catch(() => "");
+        if (s && JSON.parse(s).step >= 2) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      child.kill("SIGTERM");
+      const done = await child.output();
+      const stderr = new TextDecoder().decode(done.stderr);
+      equal(done.code, 130, stderr);
+      const m =
+        /^error: interrupted after step (\d+) of 24; saved a checkpoint there\. Continue with the same command and --resume$/m
+          .exec(stderr);
+      ok(m, stderr);
+      const state = JSON.parse(await Deno.readTextFile(join(out, "checkpoint", "state.json")));
+      equal(state.step, Number(m![1]), "the checkpoint is at the step the message names");
+      ok(!(await exists(join(out, "train.lock"))), "lock released");
+      const resumed = await runCli(ws, "train", [...args(out), "--resume"]);
+      equal(resumed.code, 0, resumed.stderr);
+      deepEqual(await metricsRows(out), await metricsRows(whole));
+      deepEqual(
+        await Deno.readFile(join(out, "adapter", "adapter_model.safetensors")),
+        await Deno.readFile(join(whole, "adapter", "adapter_model.safetensors")),
+      );
     } finally {
       await Deno.remove(ws.dir, { recursive: true });
     }

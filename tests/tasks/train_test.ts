@@ -273,7 +273,7 @@ Deno.test("run config errors name the field and what was expected", async () => 
   await Deno.writeTextFile(yaml, "lr: 1e-3\nepoch: 3\n");
   await rejects(
     configFromArgs(["--config", yaml]),
-    new RegExp(`${yaml} \\+ flags: field "\\(top level\\)": Unrecognized key: "epoch"`),
+    new RegExp(`${yaml}: unknown key "epoch"; did you mean "epochs"\\?`),
   );
   const good = await configFromArgs([
     "--task",

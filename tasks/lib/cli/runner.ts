@@ -266,9 +266,12 @@ export async function drainGpu(timeoutMs = 10_000): Promise<void> {
   }
 }
 
-/** The exit code of an error: 2 for bad usage, 1 for everything else. */
+/** The exit code of an error: 2 for bad usage, its own `exitCode` if it has one, else 1. */
 export function exitCodeOf(error: unknown): number {
-  return error instanceof UsageError ? 2 : 1;
+  if (error instanceof UsageError) return 2;
+  // An error may carry its own code (an interrupted run: 130, as a shell reports Ctrl-C).
+  const own = (error as { exitCode?: unknown } | null)?.exitCode;
+  return typeof own === "number" && Number.isInteger(own) && own > 0 ? own : 1;
 }
 
 /**

@@ -43,7 +43,8 @@ export function resolveTask(name: string): TaskInfo {
   throw new Error(
     `unknown task "${name}"; GLUE: ${GLUE_TASKS.join(", ")}; commonsense: ${
       COMMONSENSE_DATASETS.join(", ")
-    }`,
+    }; for your own data pass --train-file FILE or --data DIR with --text-column, ` +
+      "--label-column or --format",
   );
 }
 
@@ -85,6 +86,11 @@ export interface Encoded {
   label: number;
   /** Number of leading tokens excluded from the LM loss (0: train on the full sequence). */
   promptTokens: number;
+  /**
+   * Per token, 1 where the LM loss counts (multi-turn chats: every reply, not the turns between);
+   * absent: every token from `promptTokens` on. Not kept by the token cache.
+   */
+  lossMask?: Uint8Array;
 }
 
 const CACHE_VERSION = 1;
@@ -317,7 +323,9 @@ export function collate(
     ids.set(e.ids, i * t + start);
     mask.fill(1, i * t + start, i * t + start + n);
     if (typeIds && e.typeIds) typeIds.set(e.typeIds, i * t + start);
-    for (let j = e.promptTokens; j < n; j++) lmLabels[i * t + start + j] = e.ids[j];
+    for (let j = e.promptTokens; j < n; j++) {
+      if (!e.lossMask || e.lossMask[j]) lmLabels[i * t + start + j] = e.ids[j];
+    }
     labels[i] = e.label;
     lastIndex.push(start + n - 1);
     tokens += n;

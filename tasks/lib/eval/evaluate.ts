@@ -33,7 +33,7 @@ import {
   type Encoded,
   type HostBatch,
 } from "../data/pipeline.ts";
-import type { GlueTaskSpec } from "../data/glue.ts";
+import type { GlueTask } from "../data/glue.ts";
 import { glueMetrics } from "./metrics.ts";
 
 /** A model that scores sequence-classification batches. */
@@ -74,13 +74,38 @@ export interface ClassificationEval {
   examples: number;
 }
 
-/** Evaluate a classifier on encoded examples with the task's official metrics. */
+/** What a classification evaluation needs to know about its task. */
+export interface ClassificationSpec {
+  /** The task's name (GLUE tasks pick their official metrics by it). */
+  name: string;
+  /** Outputs of the head: classes, or 1 for regression. */
+  numLabels: number;
+  /** Whether the head predicts a real value. */
+  isRegression: boolean;
+  /** Key of the main score among the metrics. */
+  mainMetric: string;
+}
+
+/** Metrics of predictions against labels: the named scores and the main one. */
+export type ScoreFunction = (
+  predictions: number[],
+  labels: number[],
+) => { metrics: Record<string, number>; main: number };
+
+/** Called after each evaluation batch with the examples done and the total. */
+export type EvalProgress = (done: number, total: number) => void;
+
+/**
+ * Evaluate a classifier on encoded examples: with `score` (own data), or else the GLUE task's
+ * official metrics.
+ */
 export async function evaluateClassification(
   c: Classifier,
   examples: readonly Encoded[],
-  spec: GlueTaskSpec,
+  spec: ClassificationSpec,
   batchSize: number,
   padId: number,
+  options: { score?: ScoreFunction; onProgress?: EvalProgress } = {},
 ): Promise<ClassificationEval> {
   const predictions: number[] = [];
   for (let i = 0; i < examples.length; i += batchSize) {
@@ -98,20 +123,77 @@ export async function evaluateClassification(
         predictions.push(best);
       }
     }
+    options.onProgress?.(Math.min(examples.length, i + batchSize), examples.length);
   }
   const labels = examples.map((e) => e.label);
-  if (labels.some((l) => l < 0)) {
+  if (labels.some((l) => l < 0) && !options.score) {
     throw new Error(
       `GLUE ${spec.name}: this split has no labels (a test split); evaluate on validation`,
     );
   }
-  const result = glueMetrics(spec.name, predictions, labels);
+  const result = options.score
+    ? options.score(predictions, labels)
+    : glueMetrics(spec.name as GlueTask, predictions, labels);
   return {
     metrics: result.metrics as Record<string, number>,
     main: result.main,
     mainMetric: spec.mainMetric,
     examples: examples.length,
   };
+}
+
+/** The result of a language-modelling evaluation (own instruction or text data). */
+export interface LmEval {
+  /** Mean next-token cross-entropy over the scored (reply) tokens, in nats. */
+  loss: number;
+  /** exp(loss). */
+  perplexity: number;
+  /** Tokens scored. */
+  tokens: number;
+  /** Examples evaluated. */
+  examples: number;
+}
+
+/**
+ * Mean next-token loss over the tokens the examples score (their replies, as in training), summed
+ * over every token before dividing, as Hugging Face's `eval_loss` of one batch of everything.
+ */
+export async function evaluateLmLoss(
+  model: LlamaForCausalLM,
+  examples: readonly Encoded[],
+  batchSize: number,
+  padId: number,
+  onProgress?: EvalProgress,
+): Promise<LmEval> {
+  let total = 0, tokens = 0;
+  for (let i = 0; i < examples.length; i += batchSize) {
+    const h = collate(examples.slice(i, i + batchSize), padId, "right");
+    const targets = shiftLabels(h);
+    const nll = await scopeAsync(() =>
+      noGrad(() => {
+        const hidden = model.hidden({
+          ids: tensor(h.ids, [h.b, h.t]),
+          keyMask: tensor(h.mask, [h.b, h.t]),
+        });
+        const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
+        return crossEntropy(
+          reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]),
+          tensor(targets, [targets.length]),
+          { ignoreIndex: -100, reduction: "none" },
+        );
+      }).read()
+    );
+    for (let j = 0; j < targets.length; j++) {
+      if (targets[j] !== -100) {
+        total += nll[j];
+        tokens++;
+      }
+    }
+    onProgress?.(Math.min(examples.length, i + batchSize), examples.length);
+  }
+  if (tokens === 0) throw new Error("evaluation: no scored tokens (every reply was truncated)");
+  const loss = total / tokens;
+  return { loss, perplexity: Math.exp(loss), tokens, examples: examples.length };
 }
 
 /** The result of a commonsense evaluation. */
@@ -134,7 +216,12 @@ export async function evaluateCommonsenseGenerate(
   tokenizer: Tokenizer,
   dataset: CommonsenseDataset,
   records: readonly CommonsenseRecord[],
-  options: { maxNewTokens: number; batchSize: number; maxPromptTokens: number },
+  options: {
+    maxNewTokens: number;
+    batchSize: number;
+    maxPromptTokens: number;
+    onProgress?: EvalProgress;
+  },
 ): Promise<CommonsenseEval> {
   const prompts = encodeCommonsensePrompts(tokenizer, records, options.maxPromptTokens);
   const outputs: string[] = [];
@@ -147,6 +234,7 @@ export async function evaluateCommonsenseGenerate(
       padTokenId: tokenizer.padId ?? 0,
     });
     for (const g of gens) outputs.push(tokenizer.decode(g, true));
+    options.onProgress?.(outputs.length, prompts.length);
   }
   const score = scoreCommonsense(dataset, records, outputs);
   return {
@@ -172,7 +260,7 @@ export async function evaluateCommonsenseLoglik(
   tokenizer: Tokenizer,
   dataset: CommonsenseDataset,
   records: readonly CommonsenseRecord[],
-  options: { batchSize: number; maxPromptTokens: number },
+  options: { batchSize: number; maxPromptTokens: number; onProgress?: EvalProgress },
 ): Promise<CommonsenseEval> {
   const prompts = encodeCommonsensePrompts(tokenizer, records, options.maxPromptTokens);
   // One sequence per (record, candidate); the continuation's tokens are the scored ones.
@@ -210,6 +298,7 @@ export async function evaluateCommonsenseLoglik(
       for (let j = 0; j < h.t - 1; j++) s -= nll[r * (h.t - 1) + j];
       scores[i + r] = s;
     });
+    options.onProgress?.(Math.min(seqs.length, i + options.batchSize), seqs.length);
   }
   const best = new Map<number, { score: number; candidate: string }>();
   owner.forEach((o, k) => {

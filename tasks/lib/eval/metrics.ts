@@ -250,3 +250,37 @@ export function glueMetrics(task: GlueTask, predictions: Values, labels: Values)
   for (const name of spec.metrics) metrics[name] = METRIC_FUNCTIONS[name](predictions, labels);
   return { metrics, mainMetric: spec.mainMetric, main: metrics[spec.mainMetric] as number };
 }
+
+/**
+ * Metrics of an own classification or regression data set: accuracy (and binary F1 of class 1
+ * for two classes) with accuracy as the main score; for regression the mean squared error and the
+ * Pearson and Spearman correlations, Pearson the main score (higher is better, like the others).
+ *
+ * @example
+ * ```ts
+ * import { ownMetrics } from "./metrics.ts";
+ * console.log(ownMetrics("regression")([1, 2, 3], [1, 2, 4]).metrics.mse.toFixed(4)); // "0.3333"
+ * ```
+ */
+export function ownMetrics(
+  problem: "classification" | "regression",
+  numLabels = 2,
+): (predictions: Values, labels: Values) => { metrics: Record<string, number>; main: number } {
+  return (predictions, labels) => {
+    if (problem === "regression") {
+      checkPair("mse", predictions, labels);
+      let se = 0;
+      for (let i = 0; i < labels.length; i++) se += (predictions[i] - labels[i]) ** 2;
+      const metrics = {
+        mse: se / labels.length,
+        pearson: pearson(predictions, labels),
+        spearmanr: spearman(predictions, labels),
+      };
+      return { metrics, main: metrics.pearson };
+    }
+    const acc = accuracy(predictions, labels);
+    const metrics: Record<string, number> = { accuracy: acc };
+    if (numLabels === 2) metrics.f1 = f1Binary(predictions, labels);
+    return { metrics, main: acc };
+  };
+}

@@ -23,6 +23,9 @@ import {
   evaluateCommonsenseLoglik,
 } from "./evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
+import { evaluateOwnFile, runDataSettings } from "../data/own/evaluate_own.ts";
+import type { InstructionFormat } from "../data/own/instruction.ts";
+import { Progress } from "../cli/progress.ts";
 
 /** Options of {@link runEvaluation}. */
 export interface EvaluationOptions {
@@ -30,8 +33,23 @@ export interface EvaluationOptions {
   model: string;
   /** An adapter folder (PEFT format or this toolkit's) applied to the model; absent: base model. */
   adapter?: string;
-  /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …). */
-  task: string;
+  /**
+   * A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …); with `evalFile` only
+   * a name for the report (default: the run's task, else the file).
+   */
+  task?: string;
+  /** Own data: evaluate on this file (.jsonl, .json, .csv, .tsv, .parquet) instead of a task. */
+  evalFile?: string;
+  /** Own data: columns and format (default: the adapter's run config.json, else detected). */
+  textColumn?: string;
+  /** See {@link EvaluationOptions.textColumn}. */
+  textPairColumn?: string;
+  /** See {@link EvaluationOptions.textColumn}. */
+  labelColumn?: string;
+  /** See {@link EvaluationOptions.textColumn}. */
+  format?: InstructionFormat;
+  /** Show a progress bar on stderr; default false. */
+  progress?: boolean;
   /** Local data folder (GLUE or commonsense root); absent: download. */
   data?: string;
   /** Split name; default validation (GLUE; validation_matched for MNLI) or test (commonsense). */
@@ -82,9 +100,54 @@ export interface EvaluationReport {
 export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationReport> {
   await init();
   const started = performance.now();
-  const task = resolveTask(o.task);
   const modelDir = await resolveModelDir(o.model, o.offline ?? false);
   const tokenizer = await loadTokenizer(modelDir);
+  let bar: Progress | null = null;
+  const onProgress = (done: number, total: number) => {
+    bar ??= new Progress(total, Deno.stderr.isTerminal(), o.progress === true, {
+      label: "eval",
+      every: 0.25,
+      start: started,
+    });
+    bar.count(done);
+  };
+  if (o.evalFile) {
+    const run = await runDataSettings(o.adapter);
+    const r = await evaluateOwnFile(
+      modelDir,
+      tokenizer,
+      {
+        evalFile: o.evalFile,
+        textColumn: o.textColumn,
+        textPairColumn: o.textPairColumn,
+        labelColumn: o.labelColumn,
+        format: o.format,
+        maxLength: o.maxLength,
+        limit: o.limit,
+        batchSize: o.batchSize ?? 32,
+        frozenDtype: o.frozenDtype,
+        adapter: o.adapter,
+      },
+      run,
+      (m, taskType) => attachAdapter(o, m, taskType),
+      onProgress,
+    );
+    (bar as Progress | null)?.finish();
+    return {
+      model: o.model,
+      adapter: o.adapter ?? null,
+      task: o.task ?? run.task ?? o.evalFile,
+      split: o.evalFile,
+      examples: r.examples,
+      metrics: r.metrics,
+      mainMetric: r.mainMetric,
+      main: r.main,
+      seconds: (performance.now() - started) / 1000,
+      device: gpu().adapter.name,
+    };
+  }
+  if (!o.task) throw new Error("evaluate: pass --task NAME or --eval-file FILE");
+  const task = resolveTask(o.task);
   const source = await dataSource(task, o.data, o.offline ?? false);
   const split = o.split ?? task.evalSplit;
   const batchSize = o.batchSize ?? 32;
@@ -95,19 +158,8 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
     split,
     device: gpu().adapter.name,
   };
-  const attach = async (
-    m: Parameters<typeof loadAdapter>[0],
-    taskType: "SEQ_CLS" | "CAUSAL_LM",
-  ) => {
-    if (!o.adapter) return;
-    await loadAdapter(m, o.adapter, {
-      lrMultipliers: {},
-      weightDecay: 0,
-      taskType,
-      baseModel: o.model,
-      seed: 0,
-    });
-  };
+  const attach = (m: Parameters<typeof loadAdapter>[0], taskType: "SEQ_CLS" | "CAUSAL_LM") =>
+    attachAdapter(o, m, taskType);
   if (task.kind === "glue") {
     const examples = await glueExamples(task.name, split, source, o.limit);
     const maxLength = o.maxLength ?? 128;
@@ -132,7 +184,10 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
         } newly initialised (no trained head): scores are untrained`,
       );
     }
-    const r = await evaluateClassification(c, encoded, task.spec, batchSize, tokenizer.padId ?? 0);
+    const r = await evaluateClassification(c, encoded, task.spec, batchSize, tokenizer.padId ?? 0, {
+      onProgress,
+    });
+    (bar as Progress | null)?.finish();
     loaded.model.dispose();
     return {
       ...base,
@@ -153,13 +208,18 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
   }
   await attach(loaded.model, "CAUSAL_LM");
   const maxNewTokens = o.maxNewTokens ?? 32;
-  const opts = { batchSize, maxPromptTokens: loaded.model.dims.maxPositions - maxNewTokens };
+  const opts = {
+    batchSize,
+    maxPromptTokens: loaded.model.dims.maxPositions - maxNewTokens,
+    onProgress,
+  };
   const r = o.evalMode === "loglik"
     ? await evaluateCommonsenseLoglik(loaded.model, tokenizer, task.name, records, opts)
     : await evaluateCommonsenseGenerate(loaded.model, tokenizer, task.name, records, {
       ...opts,
       maxNewTokens,
     });
+  (bar as Progress | null)?.finish();
   loaded.model.dispose();
   return {
     ...base,
@@ -170,6 +230,22 @@ export async function runEvaluation(o: EvaluationOptions): Promise<EvaluationRep
     seconds: (performance.now() - started) / 1000,
     samples: r.samples,
   };
+}
+
+/** Put the evaluation's adapter (if any) on `m`. */
+async function attachAdapter(
+  o: EvaluationOptions,
+  m: Parameters<typeof loadAdapter>[0],
+  taskType: "SEQ_CLS" | "CAUSAL_LM",
+): Promise<void> {
+  if (!o.adapter) return;
+  await loadAdapter(m, o.adapter, {
+    lrMultipliers: {},
+    weightDecay: 0,
+    taskType,
+    baseModel: o.model,
+    seed: 0,
+  });
 }
 
 /** A readable table of a report. */

@@ -57,6 +57,8 @@ import { writeTextAtomic } from "../../../methods/peft.ts";
 import type { ConfigSchema } from "../../../methods/types.ts";
 import { type RunConfig, RunConfigSchema } from "../train/config.ts";
 import { resolveTask } from "../data/pipeline.ts";
+import { aliasValue, canonicalKey, suggestKey } from "../train/aliases.ts";
+import { ownTaskDefault, usesOwnData } from "../data/own/own_task.ts";
 import { type Summary, train } from "../train/trainer.ts";
 import { acquireLock, type FolderLock, LockedError } from "../train/lock.ts";
 
@@ -81,7 +83,10 @@ function settingKeyProblem(
   const dot = key.indexOf(".");
   const field = dot < 0 ? key : key.slice(0, dot);
   if (!RUN_FIELDS.includes(field)) {
-    return `unknown run setting "${field}"; expected one of ${RUN_FIELDS.join(", ")}`;
+    const hint = suggestKey(field);
+    return hint
+      ? `unknown run setting "${field}"; did you mean "${hint}"?`
+      : `unknown run setting "${field}"; expected one of ${RUN_FIELDS.join(", ")}`;
   }
   if (dot >= 0 && (!MAPPING_FIELDS.has(field) || dot === key.length - 1)) {
     return `a dotted key must be "field.entry" with field one of ${[...MAPPING_FIELDS].join(", ")}`;
@@ -238,7 +243,7 @@ export function parseSweep(text: string, file: string): Sweep {
       `${file}:1: expected a mapping with name, output, base, grid, methods, exclude`,
     );
   }
-  const parsed = SweepSchema.safeParse(raw);
+  const parsed = SweepSchema.safeParse(withOurKeys(raw as Record<string, unknown>, file));
   if (!parsed.success) {
     throw new Error(
       parsed.error.issues.map((issue) => {
@@ -251,6 +256,43 @@ export function parseSweep(text: string, file: string): Sweep {
     );
   }
   return { file, spec: parsed.data, lineOf };
+}
+
+/**
+ * The sweep's setting keys in our spelling (Hugging Face Trainer / LLaMA-Factory names mapped, as
+ * in run YAML files); unknown keys are left for the schema to report.
+ */
+function withOurKeys(raw: Record<string, unknown>, file: string): Record<string, unknown> {
+  const rename = (o: unknown, isGrid = false): unknown => {
+    if (!o || typeof o !== "object" || Array.isArray(o)) return o;
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(o)) {
+      const key = k === UNSET ? null : canonicalKey(k);
+      if (key === null) {
+        out[k] = v;
+        continue;
+      }
+      const value = isGrid && Array.isArray(v)
+        ? v.map((x) => aliasValue(k, x, file))
+        : aliasValue(k, v, file);
+      if (value !== null) out[key] = value;
+    }
+    return out;
+  };
+  const byName = (o: unknown) =>
+    o && typeof o === "object" && !Array.isArray(o)
+      ? Object.fromEntries(Object.entries(o).map(([n, v]) => [n, rename(v)]))
+      : o;
+  return {
+    ...raw,
+    ...("base" in raw ? { base: rename(raw.base) } : {}),
+    ...("grid" in raw ? { grid: rename(raw.grid, true) } : {}),
+    ...("tasks" in raw ? { tasks: byName(raw.tasks) } : {}),
+    ...("methods" in raw ? { methods: byName(raw.methods) } : {}),
+    ...("exclude" in raw && Array.isArray(raw.exclude)
+      ? { exclude: raw.exclude.map((e) => rename(e)) }
+      : {}),
+  };
 }
 
 /** Read and validate a sweep file. */
@@ -526,12 +568,13 @@ export function expandSweep(sweep: Sweep): SweepPlan {
       continue;
     }
     const canonical = canonicalJson(settings);
-    const parsed = RunConfigSchema.safeParse({ ...settings, output: "-" });
+    const parsed = RunConfigSchema.safeParse(ownTaskDefault({ ...settings, output: "-" }));
     const issues: { path: PropertyKey[]; message: string }[] = parsed.success
       ? []
       : parsed.error.issues;
     const taskName = parsed.success ? parsed.data.task : settings.task;
-    if (typeof taskName === "string") {
+    const own = parsed.success && usesOwnData(parsed.data);
+    if (typeof taskName === "string" && !own) {
       try {
         resolveTask(taskName);
       } catch (e) {
@@ -910,9 +953,8 @@ async function runInProcess(
       resume: true,
       progress: false,
       log: (line) => writeAllSync(logFile, encoder.encode(line + "\n")),
-      onStep: () => {
-        if (signal?.aborted) throw new Error("sweep interrupted");
-      },
+      // Stops after the current step with a checkpoint there, so no step is trained twice.
+      signal,
     });
     return { ok: true, summary };
   } catch (e) {

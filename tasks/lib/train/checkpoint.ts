@@ -42,6 +42,11 @@ export interface CheckpointState {
   tokens: number;
   /** {@link configHash} of the run's settings. */
   configHash: string;
+  /**
+   * Early stopping's counter: evaluations in a row without enough improvement, and the step the
+   * run stopped at (null while it goes on). Absent without early stopping.
+   */
+  earlyStopping?: { bad: number; stoppedAt: number | null };
   /** Mean loss of the first logged window (the divergence test compares against it). */
   firstLoss?: number;
   /** Wall seconds of every process of this run up to this checkpoint. */
@@ -64,8 +69,12 @@ export function trajectorySettings(config: RunConfig): Record<string, unknown> {
     offline: _off,
     evalInterval: _e,
     saveInterval: _s,
+    // config.json also holds own data's label maps: read from the data, not settings.
+    id2label: _id2label,
+    label2id: _label2id,
+    problem_type: _problemType,
     ...rest
-  } = config;
+  } = config as RunConfig & { id2label?: unknown; label2id?: unknown; problem_type?: unknown };
   return rest;
 }
 

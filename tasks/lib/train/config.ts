@@ -7,6 +7,9 @@
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import type { ConfigSchema, SchemaError } from "../../../methods/types.ts";
+import { INSTRUCTION_FORMATS, type InstructionFormat } from "../data/own/instruction.ts";
+import { canonicalKeys } from "./aliases.ts";
+import { ownTaskDefault } from "../data/own/own_task.ts";
 
 /** Defaults of the quick start: roberta-base + LoRA on SST-2. */
 export const DEFAULT_MODEL = "FacebookAI/roberta-base";
@@ -20,8 +23,14 @@ export const RunConfigSchema = z.object({
   model: z.string().min(1).default(DEFAULT_MODEL),
   /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …). */
   task: z.string().min(1).default("sst2"),
-  /** Local data folder (GLUE parquet/TSV root or commonsense root); default: download. */
+  /** Local data folder (GLUE parquet/TSV root, commonsense root, or a HF datasets folder). */
   data: z.string().min(1).optional(),
+  /** Own classification data: the second text of a pair (default sentence2 after sentence1). */
+  textPairColumn: z.string().min(1).optional(),
+  /** Own classification data: the label column (default label). */
+  labelColumn: z.string().min(1).optional(),
+  /** Own instruction data for decoders: alpaca, sharegpt, messages or text (default: detected). */
+  format: z.enum(INSTRUCTION_FORMATS).optional(),
   /** Fine-tuning method (see methods/registry.ts). */
   method: z.string().min(1).default("lora"),
   /** Method-specific options (e.g. { r: 8, alpha: 16 }), validated by the method's schema. */
@@ -51,6 +60,10 @@ export const RunConfigSchema = z.object({
   seed: z.number().int().default(0),
   /** Evaluate every N optimizer steps (0: only at the end). */
   evalInterval: z.number().int().min(0).default(0),
+  /** Stop after this many evaluations without improvement of the main metric (needs evalInterval). */
+  earlyStoppingPatience: positiveInt.optional(),
+  /** The improvement of the main metric that counts as one (default 0: any). */
+  earlyStoppingThreshold: z.number().min(0).optional(),
   /** Read back and log the loss every N steps. */
   logInterval: positiveInt.default(10),
   /** Save a resumable checkpoint every N steps (0: at evaluations and the end only). */
@@ -70,12 +83,18 @@ export const RunConfigSchema = z.object({
   offline: z.boolean().default(false),
   /** Pretrain on raw text instead of a task: masked LM (encoders) or causal LM (decoders). */
   objective: z.enum(["mlm", "clm"]).optional(),
-  /** Pretraining text: .txt (a document per paragraph) or .jsonl (a text field), one or many. */
+  /**
+   * Training data files, one or several (shards): own data (.jsonl, .json, .csv, .tsv, .parquet)
+   * or, with `objective`, pretraining text (.txt: a document per paragraph, or .jsonl).
+   */
   trainFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
-  /** Held-out pretraining text (default: the last 5 % of the training blocks). */
+  /** Evaluation files (own data; pretraining default: the last 5 % of the training blocks). */
   evalFile: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
-  /** The JSONL field that holds the text. */
-  textColumn: z.string().min(1).default("text"),
+  /**
+   * The column / JSONL field of the text: own classification data (default text, else sentence,
+   * else sentence1), `format: text`, and pretraining (default text).
+   */
+  textColumn: z.string().min(1).optional(),
   /** MLM: share of tokens selected for prediction. */
   mlmProbability: z.number().gt(0).lt(1).default(0.15),
   /** Initialise the model from its config.json (pretraining from scratch). */
@@ -90,8 +109,17 @@ export interface RunConfig {
   model: string;
   /** A GLUE task (sst2, cola, …) or a commonsense data set (boolq, piqa, …); default "sst2". */
   task: string;
-  /** Local data folder (GLUE parquet/TSV root or commonsense root); absent: download. */
+  /**
+   * Local data folder: a GLUE parquet/TSV root, a commonsense root, or (own data) a Hugging Face
+   * datasets folder with a file or folder per split; absent: download.
+   */
   data?: string;
+  /** Own classification data: the second text column; default sentence2 after sentence1. */
+  textPairColumn?: string;
+  /** Own classification data: the label column; default label, else labels. */
+  labelColumn?: string;
+  /** Own instruction data (decoders): the record format; absent: detected from the columns. */
+  format?: InstructionFormat;
   /** Fine-tuning method (see methods/registry.ts); default "lora". */
   method: string;
   /** Method-specific options (e.g. { r: 8, alpha: 16 }), validated by the method's schema. */
@@ -132,6 +160,13 @@ export interface RunConfig {
   seed: number;
   /** Evaluate every N optimizer steps (0: only at the end); default 0. */
   evalInterval: number;
+  /**
+   * Early stopping as Hugging Face's EarlyStoppingCallback: stop once this many evaluations in a
+   * row did not improve the best main metric by more than the threshold. Needs evalInterval.
+   */
+  earlyStoppingPatience?: number;
+  /** The least improvement of the main metric that resets the patience; default 0. */
+  earlyStoppingThreshold?: number;
   /** Read back and log the loss every N steps; default 10. */
   logInterval: number;
   /** Save a resumable checkpoint every N steps (0: at evaluations and the end only); default 0. */
@@ -157,12 +192,19 @@ export interface RunConfig {
    * (RobertaForMaskedLM's head, 15 % masking, 80/10/10), "clm" for LLaMA-family decoders.
    */
   objective?: "mlm" | "clm";
-  /** Pretraining text files (.txt, .jsonl, optionally .gz), packed into `maxLength` blocks. */
+  /**
+   * Training files: own data (.jsonl, .json, .csv, .tsv, .parquet, by extension; several are
+   * shards of one table) or, with `objective`, pretraining text (.txt, .jsonl, optionally .gz).
+   */
   trainFile?: string | string[];
-  /** Held-out pretraining text; absent: the last 5 % of the training blocks. */
+  /** Evaluation files (own data: absent → the folder's validation split; pretraining: the last
+   * 5 % of the training blocks). */
   evalFile?: string | string[];
-  /** JSONL field with the text; default "text". */
-  textColumn: string;
+  /**
+   * The text column / JSONL field: own classification data (absent: text, else sentence, else
+   * sentence1), `format: text`, pretraining (absent: "text").
+   */
+  textColumn?: string;
   /** MLM selection probability; default 0.15 (Hugging Face's mlm_probability). */
   mlmProbability: number;
   /** Initialise every weight from config.json instead of loading them; default false. */
@@ -184,9 +226,21 @@ export function formatIssues(error: SchemaError, source: string): string {
 
 /** Validate a plain object as a RunConfig (source names where it came from, for errors). */
 export function parseRunConfig(raw: unknown, source = "config"): RunConfig {
-  const r = RunConfigSchema.safeParse(raw);
+  // Hugging Face Trainer / LLaMA-Factory names become ours; an unknown key gets "did you mean".
+  const keyed = isPlainObject(raw) ? ownTaskDefault(canonicalKeys(raw, source)) : raw;
+  const r = RunConfigSchema.safeParse(keyed);
   if (!r.success) throw new Error(formatIssues(r.error, source));
+  if (r.data.earlyStoppingPatience !== undefined && r.data.evalInterval === 0) {
+    throw new Error(
+      `${source}: field "earlyStoppingPatience": needs evaluations during training; ` +
+        "set evalInterval (--eval-interval N) as well",
+    );
+  }
   return r.data;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 /** Read a YAML run file (keys as in {@link RunConfigSchema}). */

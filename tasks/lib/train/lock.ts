@@ -40,12 +40,14 @@ export interface FolderLock {
   release(): Promise<void>;
 }
 
-/** Start time of a process in clock ticks since boot, or null when it does not exist. */
+/** Start time of a process in clock ticks since boot, or null when it is not running. */
 async function processStart(pid: number): Promise<number | null> {
   try {
     const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ")".
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // A zombie (killed, not yet reaped: common in containers whose init does not reap) is gone.
+    if (fields[0] === "Z" || fields[0] === "X") return null;
     return Number(fields[19]);
   } catch {
     return null;
@@ -83,6 +85,22 @@ function describe(h: LockHolder): string {
   return `${h.what} process ${h.pid} on ${h.host} (since ${h.startedAt})`;
 }
 
+/** Remove `name.PID-*` and `name.stale-*` files a killed process left while taking the lock. */
+async function removeLeftovers(dir: string, name: string): Promise<void> {
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      const m = new RegExp(`^${name.replace(/\./g, "\\.")}\\.(?:(\\d+)-|stale-)[0-9a-f]{8}$`).exec(
+        e.name,
+      );
+      if (!m) continue;
+      const pid = m[1] === undefined ? null : Number(m[1]);
+      if (pid === Deno.pid) continue;
+      if (pid !== null && (await processStart(pid)) !== null) continue;
+      await Deno.remove(join(dir, e.name)).catch(() => {});
+    }
+  } catch { /* the folder is gone: nothing to tidy */ }
+}
+
 /**
  * Take the lock file `name` in `dir` for this process, or throw {@link LockedError} naming the
  * holder. A stale lock is taken over and `log` says so.
@@ -108,6 +126,7 @@ export async function acquireLock(
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
         await Deno.link(tmp, path);
+        await removeLeftovers(dir, name);
         return {
           path,
           release: async () => {

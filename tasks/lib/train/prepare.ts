@@ -31,6 +31,10 @@ import {
   shiftLabels,
 } from "../eval/evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
+import { usesOwnData } from "../data/own/own_task.ts";
+import { type OwnTaskInfo, prepareOwnData } from "../data/own/prepare_own.ts";
+import type { LabelMaps } from "../data/own/classification.ts";
+import type { EvalProgress, LmEval } from "../eval/evaluate.ts";
 import {
   type BatchSource,
   type Objective,
@@ -47,8 +51,11 @@ export type PreparedTask = TaskInfo | { kind: "pretrain"; name: Objective };
 
 /** A task made ready to train: data encoded, model loaded, loss and evaluation bound. */
 export interface Prepared {
-  task: PreparedTask;
+  /** A built-in task, raw text under a pretraining objective, or the user's own data. */
+  task: PreparedTask | OwnTaskInfo;
+  /** The model's tokenizer. */
   tokenizer: Tokenizer;
+  /** The model, frozen, with the task's head when it has one. */
   loaded: LoadedModel | LoadedMaskedLM;
   /** The encoded training examples (empty when `batches` streams them). */
   train: Encoded[];
@@ -56,17 +63,25 @@ export interface Prepared {
   batches?: BatchSource;
   /** Write a complete Hugging Face model folder of the trained model (pretraining's output). */
   saveModel?: (dir: string) => Promise<void>;
-  evaluate: () => Promise<
+  /** Evaluate now; `main` is higher-is-better (a loss comes negated). */
+  evaluate: (onProgress?: EvalProgress) => Promise<
     {
       scores: Scores;
       main: number;
       mainMetric: string;
-      detail: ClassificationEval | CommonsenseEval | PretrainEval;
+      detail: ClassificationEval | CommonsenseEval | PretrainEval | LmEval;
     }
   >;
+  /** The task's loss of one batch (records onto the tape). */
   loss: (h: HostBatch) => Tensor;
+  /** Where batches are padded. */
   padSide: "left" | "right";
+  /** The padding token id. */
   padId: number;
+  /** Whether the model has a sequence-classification head (else it trains as a causal LM). */
+  sequenceClassification: boolean;
+  /** Own classification data: Hugging Face's label maps of the new head. */
+  labelMaps?: LabelMaps;
 }
 
 /**
@@ -75,11 +90,12 @@ export interface Prepared {
  */
 export async function prepare(config: RunConfig, log: (s: string) => void): Promise<Prepared> {
   if (config.objective) return await preparePretrainingRun(config, log);
-  const task = resolveTask(config.task);
   const modelDir = await resolveModelDir(config.model, config.offline);
   const tokenizer = await loadTokenizer(
     config.tokenizer ? await resolveModelDir(config.tokenizer, config.offline) : modelDir,
   );
+  if (usesOwnData(config)) return await prepareOwnData(config, log, modelDir, tokenizer);
+  const task = resolveTask(config.task);
   const source = await dataSource(task, config.data, config.offline);
   const padId = tokenizer.padId ?? 0;
   const tokKey = {
@@ -122,18 +138,20 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       train,
       padSide: "right",
       padId,
+      sequenceClassification: true,
       loss: (h) => {
         const logits = classifierLogits(classifier, h);
         if (task.spec.isRegression) return mseLoss(reshape(logits, [h.b]), tensor(h.labels, [h.b]));
         return crossEntropy(logits, tensor(Int32Array.from(h.labels), [h.b]));
       },
-      evaluate: async () => {
+      evaluate: async (onProgress) => {
         const r = await evaluateClassification(
           classifier,
           evalSet,
           task.spec,
           config.evalBatchSize,
           padId,
+          { onProgress },
         );
         return { scores: r.metrics, main: r.main, mainMetric: r.mainMetric, detail: r };
       },
@@ -163,6 +181,7 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
     train,
     padSide: "right",
     padId,
+    sequenceClassification: false,
     loss: (h) => {
       const hidden = model.hidden({
         ids: tensor(h.ids, [h.b, h.t]),
@@ -170,10 +189,11 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       });
       return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
     },
-    evaluate: async () => {
+    evaluate: async (onProgress) => {
       const opts = {
         batchSize: config.evalBatchSize,
         maxPromptTokens: model.dims.maxPositions - config.maxNewTokens,
+        onProgress,
       };
       const r = config.evalMode === "loglik"
         ? await evaluateCommonsenseLoglik(model, tokenizer, task.name, evalRec, opts)
@@ -205,6 +225,7 @@ async function preparePretrainingRun(
     batches: p.batches,
     padSide: "right",
     padId: p.tokenizer.padId ?? 0,
+    sequenceClassification: false,
     loss: p.loss,
     evaluate: async () => {
       const r = await p.evaluate();

@@ -87,6 +87,13 @@ export async function openRunFolder(
           `${dir} already holds a checkpoint: pass --resume to continue it, or choose another --output`,
         );
       }
+      if (await exists(join(dir, "summary.json"))) {
+        // A finished run whose checkpoint was deleted: starting over would replace its results.
+        throw new Error(
+          `${dir} holds a finished run (summary.json): choose another --output, or delete the ` +
+            `folder to train it again`,
+        );
+      }
       return { dir, checkpoint: null, finishedSummary: null, close: lock.release, abandon };
     }
     // Resume: compare settings before anything is loaded.
@@ -122,12 +129,8 @@ export async function openRunFolder(
     if (state.configHash !== hash) {
       throw new Error(
         `--resume: ${join(ckptDir, "state.json")} was written by a run with other settings ` +
-          `(${
-            before
-              ? "config.json matches, so it was copied in from another run"
-              : "no config.json to compare"
-          }); ` +
-          `choose another --output`,
+          `than this command's${before ? ` and ${configFile}'s` : ""} (the checkpoint does not ` +
+          `belong to this run); choose another --output`,
       );
     }
     return {

@@ -41,9 +41,11 @@ import { applyMethod, getMethod } from "../../../methods/registry.ts";
 import type { Adapter, ParamGroupSpec } from "../../../methods/types.ts";
 import { applyValueLrRatio, namedTrainable } from "../../../methods/groups.ts";
 import { writeTextAtomic } from "../../../methods/peft.ts";
+import { expandAllLinear } from "../../../methods/peft_config.ts";
 import { defaultTargets, type RunConfig } from "./config.ts";
 import { collate, epochBatches, type HostBatch } from "../data/pipeline.ts";
 import { prepare, type Scores } from "./prepare.ts";
+import type { LabelMaps } from "../data/own/classification.ts";
 import {
   CHECKPOINT,
   type CheckpointState,
@@ -66,6 +68,17 @@ export type { Scores } from "./prepare.ts";
  * that high means probabilities of e^-100, and regression losses start at the targets' scale.
  */
 const EXPLODED_FACTOR = 100;
+
+/** Thrown when {@link TrainOptions.signal} stops a run (after a checkpoint at that step). */
+export class InterruptedError extends Error {
+  /** A shell's code for a run stopped by a signal (128 + SIGINT). */
+  readonly exitCode = 130;
+  /** `message` says at which step the run stopped and that a checkpoint was saved there. */
+  constructor(message: string) {
+    super(message);
+    this.name = "InterruptedError";
+  }
+}
 
 /** Thrown when the loss becomes NaN, infinite, or explodes (see EXPLODED_FACTOR). */
 export class DivergedError extends Error {
@@ -114,9 +127,20 @@ export interface Summary {
   tokensPerSecond: number;
   /** Seconds in training steps (no loading, evaluation or checkpoints), summed over resumes. */
   trainSeconds: number;
-  /** Wall seconds of the run: this process's `train` call plus those of earlier processes up to
-   * the checkpoint each resumed from. */
+  /**
+   * Wall seconds of the run: this process's `train` call plus those of the earlier processes up
+   * to the checkpoint each left (time after a kill's last checkpoint is not known).
+   */
   wallSeconds: number;
+  /** Own classification data: the head's label maps, as Hugging Face config.json writes them. */
+  labels?: LabelMaps;
+  /** Early stopping's settings and outcome (absent when it was off). */
+  earlyStopping?: {
+    patience: number;
+    threshold: number;
+    /** The step training stopped at, or null when it ran to the end. */
+    stoppedAt: number | null;
+  };
   /** The WebGPU adapter the run used. */
   device: AdapterDescription;
   /** Versions of the toolkit and the runtime. */
@@ -135,6 +159,8 @@ export interface TrainOptions {
   progress?: boolean;
   /** Called after every optimizer step (tests use it to stop a run midway). */
   onStep?: (step: number) => void;
+  /** Stops the run after the current step, with a checkpoint there (Ctrl-C, SIGTERM). */
+  signal?: AbortSignal;
   /** Log lines (default: stderr). */
   log?: (line: string) => void;
 }
@@ -205,7 +231,7 @@ async function trainInFolder(
   const p = await prepare(config, log);
   const { loaded } = p;
   const modelType = loaded.config.model_type;
-  const headModules = p.task.kind === "glue"
+  const headModules = p.sequenceClassification
     ? (loaded.kind === "encoder" ? ["classifier"] : ["score"])
     : [];
   const batchesPerEpoch = p.batches?.perEpoch ?? Math.ceil(p.train.length / config.batchSize);
@@ -215,15 +241,20 @@ async function trainInFolder(
   // A model folder is written only when the method kept the model's own parameter names (full
   // fine-tuning, GaLore, LISA, BitFit): adapter methods' output is adapter/, merged on demand.
   const baseNames = loaded.model.namedParameters().map(([n]) => n).join("\n");
-  const targets = config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
-    defaultTargets(modelType);
-  checkRunPlan(config, loaded.model, targets, total);
+  const targets = expandAllLinear(
+    loaded.model,
+    config.targets ?? getMethod(config.method).defaultTargets?.(loaded.model) ??
+      defaultTargets(modelType),
+    headModules,
+    p.task.kind === "glue" ? "SEQ_CLS" : null,
+  );
+  checkRunPlan(config, loaded.model, targets, total, loaded.config);
   const adapter: Adapter = applyMethod(config.method, loaded.model, config.methodOptions, {
     targets,
     lrMultipliers: config.lrMultipliers,
     weightDecay: config.weightDecay,
     headModules,
-    taskType: p.task.kind === "glue"
+    taskType: p.sequenceClassification
       ? "SEQ_CLS"
       : p.task.kind === "pretrain" && p.task.name === "mlm"
       ? null
@@ -253,7 +284,7 @@ async function trainInFolder(
       tokenMasks: (n) =>
         Array.from({ length: Math.min(n, batchesPerEpoch) }, (_, k) => {
           const h = batchAt(k);
-          const labelMask = p.task.kind === "glue"
+          const labelMask = p.sequenceClassification
             ? undefined
             : Float32Array.from(h.lmLabels, (l) => (l === -100 ? 0 : 1));
           return { b: h.b, t: h.t, mask: h.mask, labelMask };
@@ -295,6 +326,7 @@ async function trainInFolder(
     trainSeconds: 0,
     tokens: 0,
     configHash: hash,
+    ...(config.earlyStoppingPatience ? { earlyStopping: { bad: 0, stoppedAt: null } } : {}),
   };
   if (resumable) {
     state = await loadCheckpoint(ckptDir, named, optimizer);
@@ -303,7 +335,9 @@ async function trainInFolder(
     log(`resumed from ${ckptDir} at step ${start}`);
   } else {
     await writeTextAtomic(metricsFile, "");
-    await writeTextAtomic(join(out, "config.json"), JSON.stringify(config, null, 2) + "\n");
+    // Own classification data: the label maps beside the settings, named as in HF config.json.
+    const saved = { ...config, ...(p.labelMaps ?? {}) };
+    await writeTextAtomic(join(out, "config.json"), JSON.stringify(saved, null, 2) + "\n");
   }
   const metricsLog: string[] = [];
   const flushMetrics = async () => {
@@ -347,19 +381,48 @@ async function trainInFolder(
 
   const progress = new Progress(total, Deno.stderr.isTerminal(), options.progress !== false);
 
+  const interactive = Deno.stderr.isTerminal();
+  // Whether early stopping ended training in this process (its evaluation is then the final).
+  let stoppedHere = false;
   const evaluate = async (step: number) => {
     const t0 = performance.now();
-    const r = await p.evaluate();
+    let bar: Progress | null = null;
+    const r = await p.evaluate((done, n) => {
+      bar ??= new Progress(n, interactive, options.progress !== false, {
+        label: "eval",
+        every: 0.25,
+        start: t0,
+      });
+      bar.count(done);
+    });
+    (bar as Progress | null)?.clear();
     record({ step, eval: r.scores, main: r.main, seconds: (performance.now() - t0) / 1000 });
+    const previous = state.best;
     if (!state.best || r.main > state.best.main) {
       state.best = { main: r.main, step, scores: r.scores };
       await writeDirAtomic(join(out, "best"), (tmp) => adapter.save(tmp));
     }
-    log(
+    const es = state.earlyStopping;
+    let stopNote = "";
+    if (es && config.earlyStoppingPatience) {
+      // HF's EarlyStoppingCallback: an improvement beats the best before it by > threshold.
+      const threshold = config.earlyStoppingThreshold ?? 0;
+      const improved = !previous || r.main - previous.main > threshold;
+      es.bad = improved ? 0 : es.bad + 1;
+      if (es.bad >= config.earlyStoppingPatience && step < total) {
+        es.stoppedAt = step;
+        // This evaluation is the final one; the checkpoint after it keeps it for a resume.
+        state.final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
+        stopNote = `; no improvement in ${es.bad} evaluations: early stopping`;
+      }
+    }
+    progress.print(
       `step ${step}: ${
         Object.entries(r.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")
-      }`,
+      }${stopNote}`,
+      log,
     );
+    stoppedHere ||= stopNote !== "";
     return r;
   };
   // Wall time and peaks of the processes before this one (a resumed run sums / maxes them).
@@ -382,7 +445,7 @@ async function trainInFolder(
 
   let trainSeconds = state.trainSeconds, tokens = state.tokens;
   let windowStart = performance.now(), windowTokens = 0;
-  for (let step = start; step < total; step++) {
+  for (let step = start; step < total && state.earlyStopping?.stoppedAt == null; step++) {
     const t0 = performance.now();
     let stepTokens = 0;
     for (let m = 0; m < config.gradAccum; m++) {
@@ -433,19 +496,28 @@ async function trainInFolder(
       await checkpoint(done);
     }
     options.onStep?.(done);
+    if (options.signal?.aborted && done < total) {
+      await checkpoint(done);
+      throw new InterruptedError(
+        `interrupted after step ${done} of ${total}; saved a checkpoint there. ` +
+          `Continue with the same command and --resume`,
+      );
+    }
     faultPoint(`step:${done}`);
   }
   progress.finish();
+  // Early stopping ends at its evaluation's step; that evaluation is the final one.
+  const end = state.earlyStopping?.stoppedAt ?? total;
   // A run killed after its final checkpoint has its final scores there: evaluating again
   // would append a second final row.
   let final = state.final;
   if (!final) {
-    const r = await evaluate(total);
+    const r = await evaluate(end);
     final = { scores: r.scores, main: r.main, mainMetric: r.mainMetric };
     state.final = final;
-    await checkpoint(total);
-  } else {
-    log(`the final evaluation (step ${total}) is in the checkpoint; writing the run's files`);
+    await checkpoint(end);
+  } else if (!stoppedHere) {
+    log(`the final evaluation (step ${end}) is in the checkpoint; writing the run's files`);
   }
   await writeDirAtomic(join(out, "adapter"), (tmp) => adapter.save(tmp));
   if (p.saveModel) {
@@ -467,8 +539,8 @@ async function trainInFolder(
     method: config.method,
     seed: config.seed,
     config,
-    steps: total,
-    epochs: (total * config.gradAccum) / batchesPerEpoch,
+    steps: end,
+    epochs: (end * config.gradAccum) / batchesPerEpoch,
     finalLoss: state.lastLoss,
     final: final.scores,
     best: state.best!.scores,
@@ -480,6 +552,16 @@ async function trainInFolder(
     tokensPerSecond: tokens / Math.max(1e-9, trainSeconds),
     trainSeconds,
     wallSeconds: wallBefore + (performance.now() - started) / 1000,
+    ...(p.labelMaps ? { labels: p.labelMaps } : {}),
+    ...(config.earlyStoppingPatience
+      ? {
+        earlyStopping: {
+          patience: config.earlyStoppingPatience,
+          threshold: config.earlyStoppingThreshold ?? 0,
+          stoppedAt: state.earlyStopping?.stoppedAt ?? null,
+        },
+      }
+      : {}),
     device: gpu().adapter,
     versions: {
       toolkit: VERSION,

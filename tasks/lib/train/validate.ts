@@ -34,7 +34,22 @@ export function checkRunPlan(
   model: Module,
   targets: readonly string[],
   totalSteps: number,
+  modelConfig?: { model_type: string; max_position_embeddings?: number },
 ): void {
+  // Learned position tables are a hard limit (RoBERTa's ids start after padding_idx = 1);
+  // RoPE decoders extrapolate, so their max_position_embeddings is not enforced here.
+  const mpe = modelConfig?.max_position_embeddings;
+  const offset = modelConfig?.model_type === "roberta"
+    ? 2
+    : modelConfig?.model_type === "bert"
+    ? 0
+    : null;
+  if (mpe !== undefined && offset !== null && config.maxLength > mpe - offset) {
+    throw new Error(
+      `maxLength (--max-length) is ${config.maxLength}, more than ${config.model} can hold: ` +
+        `${mpe - offset} positions (max_position_embeddings ${mpe} in its config.json)`,
+    );
+  }
   if (config.warmupSteps !== undefined && config.warmupSteps > totalSteps) {
     throw new Error(
       `warmupSteps (--warmup-steps) is ${config.warmupSteps}, longer than the run's ${totalSteps} ` +
