@@ -234,6 +234,9 @@ ${branches.join("\n")}
   return k;
 }
 
+/** Tensors above this many elements are updated by a dispatch of their own. */
+const MULTI_MAX_ELEMENTS = 1 << 16;
+
 /** One tensor's pending update: its four buffers and scalars. */
 interface PendingUpdate {
   buffers: [Tensor, Tensor, Tensor, Tensor];
@@ -250,14 +253,16 @@ function dispatchUpdates(updates: readonly PendingUpdate[], scale: Tensor | null
   const perDispatch = Math.max(1, Math.min(8, Math.floor((limit - (scale ? 1 : 0)) / 4)));
   let chunk: PendingUpdate[] = [];
   let used = new Set<GPUBuffer>();
+  const dispatchOne = (u: PendingUpdate) => {
+    rt().dispatch(scale ? ADAMW.scaled : ADAMW.plain, [...u.buffers, ...(scale ? [scale] : [])], {
+      ...u.scalars,
+      scale_off: scale ? scale.offset : 0,
+    }, grid1d(Math.ceil(u.scalars.n / WG)));
+  };
   const flush = () => {
     if (chunk.length === 0) return;
     if (chunk.length === 1) {
-      const u = chunk[0];
-      rt().dispatch(scale ? ADAMW.scaled : ADAMW.plain, [...u.buffers, ...(scale ? [scale] : [])], {
-        ...u.scalars,
-        scale_off: scale ? scale.offset : 0,
-      }, grid1d(Math.ceil(u.scalars.n / WG)));
+      dispatchOne(chunk[0]);
     } else {
       const p: Record<string, number> = { scale_off: scale ? scale.offset : 0 };
       let start = 0;
@@ -278,6 +283,12 @@ function dispatchUpdates(updates: readonly PendingUpdate[], scale: Tensor | null
     used = new Set();
   };
   for (const u of updates) {
+    if (u.scalars.n > MULTI_MAX_ELEMENTS) {
+      // Large tensors get the single-tensor kernel: on llvmpipe the branchy multi-tensor kernel
+      // ran a 6.4M-element embedding 5× slower, and one dispatch is no overhead at that size.
+      dispatchOne(u);
+      continue;
+    }
     const bufs = u.buffers.map((t) => t.buffer);
     if (chunk.length >= perDispatch || bufs.some((b) => used.has(b))) flush();
     chunk.push(u);
