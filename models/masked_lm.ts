@@ -106,14 +106,14 @@ export class EncoderForMaskedLM extends EncoderModel {
   }
 
   /**
-   * Mean cross-entropy over the positions whose label is not −100 (labels [B·T] on the host, as
-   * {@link maskTokens} returns them). Throws when no position is selected.
+   * Vocabulary logits [M, V] at the M positions whose label is not −100 (labels [B·T] on the
+   * host, as {@link maskTokens} returns them) and those labels; throws when none is selected.
    */
-  mlmLoss(
+  maskedLogits(
     inputs: EncoderInputs,
     labels: Int32Array,
     ctx: ForwardContext = ForwardContext.current(),
-  ): Tensor {
+  ): { logits: Tensor; targets: Int32Array } {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;
     if (labels.length !== b * t) {
@@ -133,10 +133,17 @@ export class EncoderForMaskedLM extends EncoderModel {
       0,
       tensor(Int32Array.from(rows), [rows.length]),
     );
-    return crossEntropy(
-      this.headLogits(picked),
-      tensor(Int32Array.from(targets), [targets.length]),
-    );
+    return { logits: this.headLogits(picked), targets: Int32Array.from(targets) };
+  }
+
+  /** Mean cross-entropy over the positions whose label is not −100 ({@link maskedLogits}). */
+  mlmLoss(
+    inputs: EncoderInputs,
+    labels: Int32Array,
+    ctx: ForwardContext = ForwardContext.current(),
+  ): Tensor {
+    const { logits, targets } = this.maskedLogits(inputs, labels, ctx);
+    return crossEntropy(logits, tensor(targets, [targets.length]));
   }
 }
 

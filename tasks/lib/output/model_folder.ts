@@ -30,6 +30,16 @@ export const TOKENIZER_FILES: readonly string[] = [
   "generation_config.json",
 ];
 
+/** Copy the {@link TOKENIZER_FILES} that `from` has into `to`. */
+export async function copyTokenizerFiles(from: string, to: string): Promise<void> {
+  for (const f of TOKENIZER_FILES) {
+    await Deno.copyFile(join(from, f), join(to, f)).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return;
+      throw new Error(`${join(from, f)}: cannot copy (${e instanceof Error ? e.message : e})`);
+    });
+  }
+}
+
 /** What the task says about the head of the model being written. */
 export interface ModelHead {
   /** Class names by label id (classification); empty with `regression`. */
@@ -127,11 +137,7 @@ export async function writeModelFolder(
   await writeDirAtomic(dir, async (tmp) => {
     await writeSafetensors(join(tmp, "model.safetensors"), entries, { format: "pt" });
     await writeTextAtomic(join(tmp, "config.json"), JSON.stringify(config, null, 2) + "\n");
-    for (const f of TOKENIZER_FILES) {
-      await Deno.copyFile(join(options.sourceDir, f), join(tmp, f)).catch((e) => {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      });
-    }
+    await copyTokenizerFiles(options.sourceDir, tmp);
   }, options.label);
   return params.length;
 }

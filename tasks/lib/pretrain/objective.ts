@@ -19,7 +19,6 @@ import { join, resolve } from "node:path";
 import {
   argmax,
   crossEntropy,
-  indexSelect,
   noGrad,
   reshape,
   scopeAsync,
@@ -248,8 +247,39 @@ function scoreLogits(
 /** Seed of the evaluation masks: fixed, so every evaluation of a run scores the same masks. */
 const EVAL_MASK_SEED = 0x5eed;
 
+/**
+ * Score the split's held-out blocks `batchSize` at a time: `logitsOf` gives a batch's logits
+ * [N, V] and targets [N] (−100 ignored); loss and hits are summed over every scored token.
+ */
+async function evaluateBlocks(
+  split: BlockSplit,
+  batchSize: number,
+  batchOf: (rows: Int32Array[], start: number) => HostBatch,
+  logitsOf: (h: HostBatch) => { logits: Tensor; targets: Int32Array } | null,
+): Promise<PretrainEval> {
+  let lossSum = 0, correct = 0, n = 0;
+  for (let s = 0; s < split.evalCount; s += batchSize) {
+    const rows: Int32Array[] = [];
+    for (let i = s; i < Math.min(split.evalCount, s + batchSize); i++) {
+      rows.push(split.eval.read(split.evalStart + i));
+    }
+    const h = batchOf(rows, s);
+    const r = await scopeAsync(() =>
+      noGrad(() => {
+        const scored = logitsOf(h);
+        return scored ? scoreLogits(scored.logits, scored.targets) : () => Promise.resolve(null);
+      })()
+    );
+    if (!r) continue;
+    lossSum += r.lossSum;
+    correct += r.correct;
+    n += r.n;
+  }
+  return summarise(lossSum, correct, n);
+}
+
 /** Evaluate MLM on the held-out blocks. */
-export async function evaluateMaskedLM(
+export function evaluateMaskedLM(
   model: EncoderForMaskedLM,
   split: BlockSplit,
   mask: (ids: Int32Array, seed: number, stream: number) => {
@@ -258,74 +288,37 @@ export async function evaluateMaskedLM(
   },
   batchSize: number,
 ): Promise<PretrainEval> {
-  let lossSum = 0, correct = 0, n = 0;
-  for (let s = 0; s < split.evalCount; s += batchSize) {
-    const rows: Int32Array[] = [];
-    for (let i = s; i < Math.min(split.evalCount, s + batchSize); i++) {
-      rows.push(split.eval.read(split.evalStart + i));
-    }
-    const h = blockBatch(rows, (ids) => mask(ids, EVAL_MASK_SEED, s));
-    const picked: number[] = [];
-    const targets: number[] = [];
-    h.lmLabels.forEach((y, i) => {
-      if (y !== -100) {
-        picked.push(i);
-        targets.push(y);
-      }
-    });
-    if (!picked.length) continue;
-    const r = await scopeAsync(() =>
-      noGrad(() => {
-        const hidden = model.hidden({
-          ids: tensor(h.ids, [h.b, h.t]),
-          attentionMask: tensor(h.mask, [h.b, h.t]),
-        });
-        const flat = reshape(hidden, [h.b * h.t, model.dims.hiddenSize]);
-        const rowsT = tensor(Int32Array.from(picked), [picked.length]);
-        return scoreLogits(
-          model.headLogits(indexSelect(flat, 0, rowsT)),
-          Int32Array.from(targets),
-        );
-      })()
-    );
-    lossSum += r.lossSum;
-    correct += r.correct;
-    n += r.n;
-  }
-  return summarise(lossSum, correct, n);
+  return evaluateBlocks(
+    split,
+    batchSize,
+    (rows, start) => blockBatch(rows, (ids) => mask(ids, EVAL_MASK_SEED, start)),
+    (h) =>
+      h.lmLabels.some((y) => y !== -100)
+        ? model.maskedLogits(
+          { ids: tensor(h.ids, [h.b, h.t]), attentionMask: tensor(h.mask, [h.b, h.t]) },
+          h.lmLabels,
+        )
+        : null,
+  );
 }
 
 /** Evaluate CLM on the held-out blocks. */
-export async function evaluateCausalLM(
+export function evaluateCausalLM(
   model: LlamaForCausalLM,
   split: BlockSplit,
   batchSize: number,
 ): Promise<PretrainEval> {
-  let lossSum = 0, correct = 0, n = 0;
-  for (let s = 0; s < split.evalCount; s += batchSize) {
-    const rows: Int32Array[] = [];
-    for (let i = s; i < Math.min(split.evalCount, s + batchSize); i++) {
-      rows.push(split.eval.read(split.evalStart + i));
-    }
-    const h = blockBatch(rows);
-    const r = await scopeAsync(() =>
-      noGrad(() => {
-        const hidden = model.hidden({
-          ids: tensor(h.ids, [h.b, h.t]),
-          keyMask: tensor(h.mask, [h.b, h.t]),
-        });
-        const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
-        return scoreLogits(
-          reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]),
-          shiftedTargets(h),
-        );
-      })()
-    );
-    lossSum += r.lossSum;
-    correct += r.correct;
-    n += r.n;
-  }
-  return summarise(lossSum, correct, n);
+  return evaluateBlocks(split, batchSize, (rows) => blockBatch(rows), (h) => {
+    const hidden = model.hidden({
+      ids: tensor(h.ids, [h.b, h.t]),
+      keyMask: tensor(h.mask, [h.b, h.t]),
+    });
+    const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
+    return {
+      logits: reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]),
+      targets: shiftedTargets(h),
+    };
+  });
 }
 
 function summarise(lossSum: number, correct: number, n: number): PretrainEval {

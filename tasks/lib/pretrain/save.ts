@@ -10,23 +10,12 @@
  *
  * @module
  */
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { writeSafetensors } from "../../../models/safetensors.ts";
 import type { Module } from "../../../models/module.ts";
 import type { ModelConfig } from "../../../models/config.ts";
 import { toEntries } from "../../../methods/peft.ts";
-
-/** Files of a tokenizer that travel with a model folder (when present). */
-export const TOKENIZER_FILES = [
-  "tokenizer.json",
-  "tokenizer_config.json",
-  "special_tokens_map.json",
-  "vocab.json",
-  "merges.txt",
-  "vocab.txt",
-  "tokenizer.model",
-  "added_tokens.json",
-] as const;
+import { copyTokenizerFiles } from "../output/model_folder.ts";
 
 /** The transformers class that opens a pretrained model of this type. */
 export function lmArchitecture(modelType: string): string {
@@ -66,15 +55,5 @@ export async function writePretrainedModel(
   await writeSafetensors(join(dir, "model.safetensors"), await toEntries(unique), {
     format: "pt",
   });
-  for (const f of TOKENIZER_FILES) {
-    try {
-      await Deno.copyFile(join(tokenizerDir, f), join(dir, basename(f)));
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) {
-        throw new Error(
-          `${join(tokenizerDir, f)}: cannot copy (${e instanceof Error ? e.message : e})`,
-        );
-      }
-    }
-  }
+  await copyTokenizerFiles(tokenizerDir, dir);
 }
