@@ -11,10 +11,12 @@ Run by hand: /usr/bin/python3 tests/reference/mlm_reference.py (needs python3-to
 import json
 import math
 import os
-import struct
+import sys
 
-import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import write_safetensors  # noqa: E402  (the fixtures' one writer)
 
 torch.set_default_dtype(torch.float64)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,24 +24,6 @@ OUT = os.path.join(HERE, "fixtures", "mlm")
 
 V, H, FF, LAYERS, HEADS, T, B = 40, 16, 32, 2, 2, 10, 3
 EPS = 1e-5
-
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        data = np.ascontiguousarray(tensors[name], dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = {"format": "pt"}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def make(kind, seed):
