@@ -330,3 +330,12 @@ export function shiftLabels(h: HostBatch): Int32Array {
   }
   return out;
 }
+
+/** Next-token loss of a causal-LM batch (targets: {@link shiftLabels}; −100 ignored). */
+export function causalLmLoss(model: LlamaForCausalLM, h: HostBatch): Tensor {
+  const hidden = model.hidden({
+    ids: tensor(h.ids, [h.b, h.t]),
+    keyMask: tensor(h.mask, [h.b, h.t]),
+  });
+  return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
+}

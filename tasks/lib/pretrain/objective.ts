@@ -34,6 +34,7 @@ import type { EncoderForMaskedLM } from "../../../models/masked_lm.ts";
 import type { LlamaForCausalLM } from "../../../models/llama.ts";
 import { loadTokenizer, type Tokenizer } from "../../../models/tokenizer.ts";
 import type { HostBatch } from "../data/pipeline.ts";
+import { causalLmLoss, shiftLabels } from "../eval/evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
 import type { RunConfig } from "../train/config.ts";
 import { maskTokens } from "./masking.ts";
@@ -316,7 +317,7 @@ export function evaluateCausalLM(
     const logits = model.logits(slice(hidden, 1, 0, h.t - 1));
     return {
       logits: reshape(logits, [h.b * (h.t - 1), model.dims.vocabSize]),
-      targets: shiftedTargets(h),
+      targets: shiftLabels(h),
     };
   });
 }
@@ -325,15 +326,6 @@ function summarise(lossSum: number, correct: number, n: number): PretrainEval {
   if (n === 0) throw new Error("pretraining evaluation: no token to score");
   const loss = lossSum / n;
   return { loss, perplexity: Math.exp(loss), accuracy: correct / n, tokens: n };
-}
-
-/** Next-token targets of a block batch: row i's ids 1..t−1, flattened [b·(t−1)]. */
-export function shiftedTargets(h: HostBatch): Int32Array {
-  const out = new Int32Array(h.b * (h.t - 1));
-  for (let i = 0; i < h.b; i++) {
-    out.set(h.lmLabels.subarray(i * h.t + 1, (i + 1) * h.t), i * (h.t - 1));
-  }
-  return out;
 }
 
 /** A pretraining task ready for the training loop. */
@@ -435,13 +427,7 @@ export async function preparePretraining(
     loaded,
     batches: trainBatches(split, config),
     counts,
-    loss: (h) => {
-      const hidden = model.hidden(
-        { ids: tensor(h.ids, [h.b, h.t]), keyMask: tensor(h.mask, [h.b, h.t]) },
-        ForwardContext.current(),
-      );
-      return model.lmLoss(hidden, tensor(shiftedTargets(h), [h.b * (h.t - 1)]));
-    },
+    loss: (h) => causalLmLoss(model, h),
     evaluate: () => evaluateCausalLM(model, split, config.evalBatchSize),
   };
 }

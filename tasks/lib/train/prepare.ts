@@ -21,6 +21,7 @@ import {
   type TaskInfo,
 } from "../data/pipeline.ts";
 import {
+  causalLmLoss,
   type ClassificationEval,
   type Classifier,
   classifierLogits,
@@ -28,7 +29,6 @@ import {
   evaluateClassification,
   evaluateCommonsenseGenerate,
   evaluateCommonsenseLoglik,
-  shiftLabels,
 } from "../eval/evaluate.ts";
 import { resolveModelDir } from "../hub/model_source.ts";
 import { usesOwnData } from "../data/own/own_task.ts";
@@ -182,13 +182,7 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
     padSide: "right",
     padId,
     sequenceClassification: false,
-    loss: (h) => {
-      const hidden = model.hidden({
-        ids: tensor(h.ids, [h.b, h.t]),
-        keyMask: tensor(h.mask, [h.b, h.t]),
-      });
-      return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
-    },
+    loss: (h) => causalLmLoss(model, h),
     evaluate: async (onProgress) => {
       const opts = {
         batchSize: config.evalBatchSize,

@@ -12,11 +12,11 @@ import type { RunConfig } from "../../train/config.ts";
 import type { Prepared } from "../../train/prepare.ts";
 import { cachedEncode, encodeGlue } from "../pipeline.ts";
 import {
+  causalLmLoss,
   type Classifier,
   classifierLogits,
   evaluateClassification,
   evaluateLmLoss,
-  shiftLabels,
 } from "../../eval/evaluate.ts";
 import { ownMetrics } from "../../eval/metrics.ts";
 import { DataFileError, type DataTable } from "./readers.ts";
@@ -129,13 +129,7 @@ export async function prepareOwnData(
       padSide: "right",
       padId,
       sequenceClassification: false,
-      loss: (h) => {
-        const hidden = model.hidden({
-          ids: tensor(h.ids, [h.b, h.t]),
-          keyMask: tensor(h.mask, [h.b, h.t]),
-        });
-        return model.lmLoss(hidden, tensor(shiftLabels(h), [h.b * (h.t - 1)]));
-      },
+      loss: (h) => causalLmLoss(model, h),
       evaluate: async (onProgress) => {
         const r = await evaluateLmLoss(model, evalSet, config.evalBatchSize, padId, onProgress);
         // main is "higher is better" for best/ and early stopping: the negated loss.
