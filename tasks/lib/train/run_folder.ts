@@ -67,7 +67,9 @@ export async function openRunFolder(
   try {
     lock = await acquireLock(dir, RUN_LOCK, "train", log);
   } catch (e) {
-    if (!existed) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    // Refused because another run holds the folder (its lock file is in it): never delete its
+    // files. Only a folder this call made and that is still empty goes (non-recursive remove).
+    if (!existed) await Deno.remove(dir).catch(() => {});
     throw e;
   }
   const abandon = async () => {
