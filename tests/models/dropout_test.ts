@@ -311,3 +311,32 @@ Deno.test("LLaMA: attention_dropout applies in training only; 0 (the default) is
   }, "config.json");
   equal(llamaDimsFromConfig(config).attentionDropout, 0.1);
 });
+
+Deno.test("dropout streams: distinct for every (step, call), apart from init's, bounded calls", async () => {
+  const seen = new Set<string>();
+  for (let step = 0; step < 500; step++) {
+    for (let call = 0; call < 12; call++) {
+      const s = dropoutCallStream(3, step, call);
+      seen.add(`${s.seed}:${s.stream}`);
+    }
+  }
+  equal(seen.size, 500 * 12);
+  // Past 2³² stream indices (2²⁰ micro-steps) the seed changes, so step 2²⁰ does not replay step 0.
+  const first = dropoutCallStream(3, 0, 0), wrapped = dropoutCallStream(3, 2 ** 20, 0);
+  equal(wrapped.stream, first.stream);
+  ok(wrapped.seed !== first.seed, "the high bits of the stream index pick another seed");
+  // Initial weights draw streams 0, 1, … of the plain seed; dropout masks never do.
+  ok(first.seed !== seedU32(3), "dropout's seed is salted apart from initialisation's");
+  let threw = false;
+  try {
+    dropoutCallStream(3, 0, 4096);
+  } catch (e) {
+    threw = /more than 4096 dropout calls/.test(String(e));
+  }
+  ok(threw, "a forward pass with too many dropout calls is refused with a clear error");
+  // Evaluation contexts take no stream at all.
+  const ctx = ForwardContext.eval();
+  await scopeAsync(() => ctx.dropout(tensor([1, 2, 3]), 0.5).read());
+  equal(ctx.calls, 0);
+  equal(ctx.attentionDropout(0.5), undefined);
+});
