@@ -123,6 +123,8 @@ export interface MatmulShapes {
   aDtype: DType;
   /** Storage type of B. */
   bDtype: DType;
+  /** The product has a dropout or residual epilogue (it cannot be split along K). */
+  epilogue?: boolean;
 }
 
 /** A matmul implementation: records the dispatches that fill `plan.out`. */
@@ -241,12 +243,13 @@ export function matmulShapes(plan: MatmulPlan): MatmulShapes {
     bMatrices: ownMatrices(plan.batchDims, plan.b.batchStrides),
     aDtype: plan.a.tensor.dtype,
     bDtype: plan.b.tensor.dtype,
+    epilogue: !!(plan.dropout || plan.residual),
   };
 }
 
 /** The autotuning key of a plan. */
 export function matmulKey(s: MatmulShapes): string {
-  return `${s.batch}x${s.M}x${s.K}x${s.N}:${s.aDtype}${s.bDtype}`;
+  return `${s.batch}x${s.M}x${s.K}x${s.N}:${s.aDtype}${s.bDtype}${s.epilogue ? ":epilogue" : ""}`;
 }
 
 // ---- the storage-buffer variant ---------------------------------------------------------------
@@ -1078,10 +1081,32 @@ function packInto(
 
 function textureFits(g: Gpu, s: MatmulShapes): boolean {
   const max = g.device.limits.maxTextureDimension2D;
-  const k4 = Math.ceil(s.K / 4);
-  // A tall single product is split into row chunks, a tall batch into batch chunks.
-  return k4 <= max && Math.ceil(s.N / 4) <= max && 4 * k4 <= max &&
-    (s.batch === 1 || s.M <= max);
+  // A tall single product is split into row chunks, a tall batch into batch chunks, and a single
+  // product whose K exceeds a texture (an LM head's dx = g·W over a 50k vocabulary) into K chunks
+  // accumulated in place — unless an epilogue (dropout, residual) must see the whole sum.
+  const kFits = 4 * Math.ceil(s.K / 4) <= max || (s.batch === 1 && !s.epilogue);
+  return kFits && Math.ceil(s.N / 4) <= max && (s.batch === 1 || s.M <= max);
+}
+
+/**
+ * Run a single product whose K exceeds a texture as a sum of K chunks that each fit: the first
+ * chunk writes (or, accumulating, adds) α·A₀B₀ + bias, the rest add α·AᵢBᵢ. Every chunk but
+ * the last is a multiple of 4 long, so each chunk's packs stay aligned.
+ */
+function runTextureKChunks(plan: MatmulPlan, max: number): void {
+  const chunk = 4 * Math.floor(max / 4);
+  for (let k0 = 0; k0 < plan.K; k0 += chunk) {
+    const k = Math.min(chunk, plan.K - k0);
+    runTexture({
+      ...plan,
+      K: k,
+      a: { ...plan.a, cols: k, offset: plan.a.offset + k0 * plan.a.colStride },
+      b: { ...plan.b, rows: k, offset: plan.b.offset + k0 * plan.b.rowStride },
+      bias: k0 === 0 ? plan.bias : null,
+      accumulate: k0 === 0 ? plan.accumulate : true,
+      reuseA: false,
+    });
+  }
 }
 
 /** Record the product over packed textures `ta`, `tb` (row strides per batch dim given). */
@@ -1130,6 +1155,13 @@ function runTexture(plan: MatmulPlan): void {
   const max = rt().textures.maxDimension;
   const { M, N, K, batchDims } = plan;
   const kPad = 4 * Math.ceil(K / 4);
+  if (kPad > max) {
+    if (plan.batch !== 1 || plan.dropout || plan.residual) {
+      throw new Error(`matmul texture variant: K ${K} exceeds a texture (${max}) for this plan`);
+    }
+    runTextureKChunks(plan, max);
+    return;
+  }
   if (plan.batch === 1 && M > max) {
     // Rows of A are independent: run the product in chunks of rows that fit a texture.
     for (let r0 = 0; r0 < M; r0 += max) {

@@ -284,6 +284,31 @@ Deno.test("matmul: the texture variant splits products past the texture size lim
     }));
 });
 
+Deno.test("matmul: the texture variant sums K chunks when K exceeds a texture", async () => {
+  const max = gpu().device.limits.maxTextureDimension2D;
+  // Three K chunks, the last one ragged (an LM head's dx = g·W over a vocabulary past the limit).
+  const M = 3, K = 2 * max + 6, N = 5;
+  const a = randomArray(M * K, 61), b = randomArray(K * N, 62), bias = randomArray(N, 63);
+  const prior = randomArray(M * N, 64);
+  const ref = refMatmul(a, [M, K], b, [K, N]);
+  await withVariant("matmul", "texture", () =>
+    scopeAsync(async () => {
+      const y = matmulRaw(tensor(a, [M, K]), tensor(b, [K, N]), { bias: tensor(bias) });
+      const withBias = ref.values.map((v, i) => v + bias[i % N]);
+      await expectMatmul(y, { values: withBias, shape: [M, N] }, "K chunks + bias");
+      // Accumulating with α: C += α·A·B, each chunk adding its share once.
+      const into = tensor(prior, [M, N]);
+      matmulRaw(tensor(a, [M, K]), tensor(b, [K, N]), { into, alpha: 0.5 });
+      const acc = ref.values.map((v, i) => prior[i] + 0.5 * v);
+      await expectMatmul(into, { values: acc, shape: [M, N] }, "K chunks accumulated");
+      // A transposed left operand (Gᵀ with G [K, M]): chunk offsets step along G's rows.
+      const g = new Float32Array(K * M);
+      for (let r = 0; r < M; r++) for (let k = 0; k < K; k++) g[k * M + r] = a[r * K + k];
+      const yt = matmul(transpose(tensor(g, [K, M]), 0, 1), tensor(b, [K, N]));
+      await expectMatmul(yt, ref, "K chunks, transposed A");
+    }));
+});
+
 Deno.test("matmul: validation names the operands", () => {
   assert.throws(
     () => matmul(tensor([1, 2, 3], [1, 3]), tensor([1, 2], [2, 1])),
@@ -375,9 +400,14 @@ Deno.test("matmul variants: preference by adapter, limits, tuning and overrides"
   };
   assert.equal(MATMUL.choose(shapes, undefined, fake(true)).name, "texture");
   assert.equal(MATMUL.choose(shapes, undefined, fake(false)).name, "buffer");
-  // K beyond what a texture row can hold: only the buffer variant supports it.
+  // K beyond what a texture can hold: the texture variant splits a single product along K, but
+  // not a batched one, nor one whose epilogue (dropout, residual) must see the whole sum.
   const deep = { ...shapes, K: 4 * real.device.limits.maxTextureDimension2D + 4 };
-  assert.equal(MATMUL.choose(deep, undefined, fake(true)).name, "buffer");
+  assert.equal(MATMUL.choose(deep, undefined, fake(true)).name, "texture");
+  const deepBatch = { ...deep, batch: 2, aMatrices: 2, bMatrices: 2 };
+  assert.equal(MATMUL.choose(deepBatch, undefined, fake(true)).name, "buffer");
+  const deepEpilogue = { ...deep, epilogue: true };
+  assert.equal(MATMUL.choose(deepEpilogue, undefined, fake(true)).name, "buffer");
   // A recorded tuning result wins over preference for its key only.
   MATMUL.setTuned("tuned-key", "buffer");
   try {
@@ -391,7 +421,10 @@ Deno.test("matmul variants: preference by adapter, limits, tuning and overrides"
     assert.equal(MATMUL.choose(shapes, undefined, fake(true)).name, "buffer");
   });
   withVariant("matmul", "texture", () => {
-    assert.throws(() => MATMUL.choose(deep, undefined, fake(true)), /forced variant texture/);
+    assert.throws(
+      () => MATMUL.choose(deepBatch, undefined, fake(true)),
+      /forced variant texture/,
+    );
   });
   assert.throws(() => withVariant("matmul", "nope", () => 0), /has no variant "nope"/);
 });
