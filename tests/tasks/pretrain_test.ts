@@ -12,6 +12,7 @@ import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
 import { configFromArgs } from "../../tasks/train.ts";
 import { openSafetensors } from "../../models/safetensors.ts";
+import { stridedHoldout } from "../../tasks/lib/pretrain/objective.ts";
 
 await setup();
 
@@ -227,4 +228,16 @@ Deno.test({
       /mlmProbability/,
     );
   },
+});
+
+Deno.test("pretraining: the held-out split takes every 20th block, disjoint from training", () => {
+  for (const count of [1, 7, 19, 20, 21, 45, 400]) {
+    const { held, trainBlock, heldBlock } = stridedHoldout(count);
+    const train = Array.from({ length: count - held }, (_, i) => trainBlock(i));
+    const eval_ = Array.from({ length: held }, (_, j) => heldBlock(j));
+    const all = [...train, ...eval_].sort((a, b) => a - b);
+    deepEqual(all, Array.from({ length: count }, (_, i) => i), `count ${count}`);
+    equal(held, count < 20 ? 1 : Math.floor(count / 20), `count ${count}: held`);
+    if (count >= 20) ok(eval_.every((b) => b % 20 === 19), `count ${count}: stride`);
+  }
 });

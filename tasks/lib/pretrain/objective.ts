@@ -59,16 +59,39 @@ export interface BlockSplit {
   train: TokenBlocks;
   /** How many of them train. */
   trainCount: number;
+  /** Block of `train` that training block i (0 ≤ i < trainCount) reads. */
+  trainBlock(i: number): number;
   /** The packed token blocks held out for evaluation. */
   eval: TokenBlocks;
-  /** Index of the first evaluation block. */
-  evalStart: number;
   /** How many blocks evaluate. */
   evalCount: number;
+  /** Block of `eval` that evaluation block j (0 ≤ j < evalCount) reads. */
+  evalBlock(j: number): number;
 }
 
 /** Share of the training blocks held out when no --eval-file is given (run_mlm.py's default). */
 export const VALIDATION_SPLIT_PERCENTAGE = 5;
+
+/**
+ * The held-out blocks of `count` packed blocks when no --eval-file is given: every
+ * (100 / VALIDATION_SPLIT_PERCENTAGE)-th block (blocks 19, 39, … at 5 %), so a corpus made of
+ * several sources is held out in proportion to each — run_mlm.py's contiguous 5 % would hold out
+ * only the last file's text (here: WordNet glosses). Fewer than 20 blocks hold out the last one.
+ */
+export function stridedHoldout(count: number): {
+  held: number;
+  trainBlock(i: number): number;
+  heldBlock(j: number): number;
+} {
+  const stride = Math.round(100 / VALIDATION_SPLIT_PERCENTAGE);
+  const held = Math.floor(count / stride);
+  if (held === 0) return { held: 1, trainBlock: (i) => i, heldBlock: () => count - 1 };
+  return {
+    held,
+    trainBlock: (i) => i + Math.floor(i / (stride - 1)),
+    heldBlock: (j) => j * stride + stride - 1,
+  };
+}
 
 /** Every trainFile entry as a list, resolved, with a clear error when absent. */
 export function trainFiles(config: RunConfig): string[] {
@@ -111,9 +134,16 @@ export async function splitBlocks(
     const ev = await packTokenBlocks(evalFiles, tokenizer, tokenizerId, options, cacheDir(), log);
     const evalCount = Math.min(ev.count, config.evalLimit ?? ev.count);
     const trainCount = Math.min(train.count, config.trainLimit ?? train.count);
-    return { train, trainCount, eval: ev, evalStart: 0, evalCount };
+    return {
+      train,
+      trainCount,
+      trainBlock: (i) => i,
+      eval: ev,
+      evalCount,
+      evalBlock: spread(ev.count, evalCount, (j) => j),
+    };
   }
-  const held = Math.max(1, Math.floor((train.count * VALIDATION_SPLIT_PERCENTAGE) / 100));
+  const { held, trainBlock, heldBlock } = stridedHoldout(train.count);
   if (train.count - held < 1) {
     throw new Error(
       `${trainFiles(config).join(", ")}: ${train.count} block(s) of ${config.maxLength} tokens ` +
@@ -123,7 +153,22 @@ export async function splitBlocks(
   }
   const evalCount = Math.min(held, config.evalLimit ?? held);
   const trainCount = Math.min(train.count - held, config.trainLimit ?? train.count - held);
-  return { train, trainCount, eval: train, evalStart: train.count - held, evalCount };
+  return {
+    train,
+    trainCount,
+    trainBlock,
+    eval: train,
+    evalCount,
+    evalBlock: spread(held, evalCount, heldBlock),
+  };
+}
+
+/**
+ * `take` of `n` candidate blocks spread evenly over all of them (an --eval-limit scores a sample
+ * of the whole held-out set, not its first blocks); block j is `at(⌊j·n / take⌋)`.
+ */
+function spread(n: number, take: number, at: (j: number) => number): (j: number) => number {
+  return (j) => at(Math.floor((j * n) / take));
 }
 
 /** A seeded permutation of 0..n−1 (Fisher–Yates), one per epoch as a RandomSampler. */
@@ -198,7 +243,7 @@ export function trainBatches(
       const first = (k % perEpoch) * config.batchSize;
       const rows: Int32Array[] = [];
       for (let i = first; i < Math.min(n, first + config.batchSize); i++) {
-        rows.push(split.train.read(cached.order[i]));
+        rows.push(split.train.read(split.trainBlock(cached.order[i])));
       }
       // Streams 0..2^31: the micro-batch index; evaluation masks use a seed of their own.
       return blockBatch(rows, mask && ((ids) => mask(ids, config.seed, k)));
@@ -262,7 +307,7 @@ async function evaluateBlocks(
   for (let s = 0; s < split.evalCount; s += batchSize) {
     const rows: Int32Array[] = [];
     for (let i = s; i < Math.min(split.evalCount, s + batchSize); i++) {
-      rows.push(split.eval.read(split.evalStart + i));
+      rows.push(split.eval.read(split.evalBlock(i)));
     }
     const h = batchOf(rows, s);
     const r = await scopeAsync(() =>
