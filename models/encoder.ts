@@ -10,12 +10,17 @@
  * RobertaClassificationHead's dense and out_proj, or before BERT's classifier. Evaluation applies
  * none.
  *
+ * Memory: while the tape records, every intermediate is released as soon as the forward pass has
+ * used it (see `Tensor.release`), so what stays is what backward reads, held by the rules that
+ * read it and freed right after they run.
+ *
  * @module
  */
 import {
   add,
   embedding,
   gelu,
+  isGradEnabled,
   layerNorm,
   linearResidual,
   reshape,
@@ -95,6 +100,16 @@ export function robertaPositionIds(
   return out;
 }
 
+/**
+ * Release `t` (unless it is one of `still`, e.g. what a dropout in evaluation handed back as
+ * is) when the tape records: backward holds what it reads. Without grad nothing is released,
+ * because hooks that capture layer inputs (EVA's data pass, under noGrad) read them after the
+ * forward.
+ */
+function done(t: Tensor, ...still: Tensor[]): void {
+  if (isGradEnabled() && !still.includes(t)) t.release();
+}
+
 function layerNormModule(w: WeightSource, name: string, h: number): ParamModule {
   return new ParamModule({
     weight: required(w, `${name}.weight`, [h]),
@@ -162,14 +177,26 @@ export class EncoderLayer extends Container {
     if (m instanceof Linear) {
       return linearResidual(x, m.weight, m.bias ?? undefined, residual, ctx.fusedDropout(p));
     }
-    return add(ctx.dropout((m as LinearLike).forward(x), p), residual);
+    const y = (m as LinearLike).forward(x);
+    const dropped = ctx.dropout(y, p);
+    done(y, dropped);
+    const out = add(dropped, residual);
+    done(dropped);
+    return out;
   }
 
   /** x [B, T, H] → [B, T, H]; keyMask [B, T] (1 keep, 0 pad). */
   forward(x: Tensor, keyMask: Tensor, ctx: ForwardContext): Tensor {
     const [b, t, h] = x.shape;
     const nh = this.dims.numHeads;
-    const split = (y: Tensor) => transpose(reshape(y, [b, t, nh, h / nh]), 1, 2);
+    // Every view made on the way is released too: a view keeps its storage alive.
+    const split = (y: Tensor) => {
+      const heads = reshape(y, [b, t, nh, h / nh]);
+      const out = transpose(heads, 1, 2);
+      done(y);
+      done(heads);
+      return out;
+    };
     const q = split(this.#lin("attention.self.query", x));
     const k = split(this.#lin("attention.self.key", x));
     const v = split(this.#lin("attention.self.value", x));
@@ -177,13 +204,24 @@ export class EncoderLayer extends Container {
       keyPaddingMask: keyMask,
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
     });
-    const merged = reshape(transpose(attn, 1, 2), [b, t, h]);
-    const h1 = this.#norm(
-      "attention.output.LayerNorm",
-      this.#residual("attention.output.dense", merged, x, ctx),
-    );
-    const inter = gelu(this.#lin("intermediate.dense", h1));
-    return this.#norm("output.LayerNorm", this.#residual("output.dense", inter, h1, ctx));
+    for (const p of [q, k, v]) done(p);
+    const byToken = transpose(attn, 1, 2);
+    const merged = reshape(byToken, [b, t, h]);
+    done(attn);
+    done(byToken, merged);
+    const a1 = this.#residual("attention.output.dense", merged, x, ctx);
+    done(merged);
+    const h1 = this.#norm("attention.output.LayerNorm", a1);
+    done(a1);
+    const i1 = this.#lin("intermediate.dense", h1);
+    const inter = gelu(i1);
+    done(i1);
+    const o = this.#residual("output.dense", inter, h1, ctx);
+    done(inter);
+    done(h1);
+    const out = this.#norm("output.LayerNorm", o);
+    done(o);
+    return out;
   }
 }
 
@@ -257,21 +295,32 @@ export class EncoderModel extends Container {
     const emb = this.getModule(`${d.kind}.embeddings`);
     const table = (n: string) => (emb.getModule(n) as ParamModule).get("weight");
     const types = inputs.tokenTypeIds ?? tensor(new Int32Array(b * t), [b, t]);
-    let x = add(
-      add(
-        embedding(table("word_embeddings"), inputs.ids),
-        embedding(table("position_embeddings"), tensor(positions, [b, t])),
-      ),
-      embedding(table("token_type_embeddings"), types),
-    );
+    const positionIds = tensor(positions, [b, t]);
+    const word = embedding(table("word_embeddings"), inputs.ids);
+    const position = embedding(table("position_embeddings"), positionIds);
+    const wordPosition = add(word, position);
+    done(word);
+    done(position);
+    const type = embedding(table("token_type_embeddings"), types);
+    const summed = add(wordPosition, type);
+    done(wordPosition);
+    done(type);
+    done(positionIds);
+    if (types !== inputs.tokenTypeIds) done(types);
     const ln = emb.getModule("LayerNorm") as ParamModule;
-    x = ctx.dropout(
-      layerNorm(x, ln.get("weight"), ln.get("bias"), d.layerNormEps),
-      d.hiddenDropout,
-    );
+    const normed = layerNorm(summed, ln.get("weight"), ln.get("bias"), d.layerNormEps);
+    done(summed);
+    let x = ctx.dropout(normed, d.hiddenDropout);
+    done(normed, x);
     const layers = this.getModule(`${d.kind}.encoder.layer`);
     for (let i = 0; i < d.numLayers; i++) {
-      x = (layers.getModule(String(i)) as EncoderLayer).forward(x, inputs.attentionMask, ctx);
+      const next = (layers.getModule(String(i)) as EncoderLayer).forward(
+        x,
+        inputs.attentionMask,
+        ctx,
+      );
+      done(x);
+      x = next;
     }
     return x;
   }
@@ -312,14 +361,27 @@ export class EncoderForSequenceClassification extends EncoderModel {
   forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
     if (ForwardContext.current() !== ctx) return ctx.run(() => this.forward(inputs, ctx));
     const h = this.hidden(inputs, ctx);
-    const first = squeeze(slice(h, 1, 0, 1), 1); // the <s> / [CLS] token, [B, H]
+    const firstRow = slice(h, 1, 0, 1);
+    const first = squeeze(firstRow, 1); // the <s> / [CLS] token, [B, H]
+    done(h);
+    done(firstRow);
     const p = this.dims.classifierDropout ?? this.dims.hiddenDropout;
     const lin = (path: string, x: Tensor) => (this.getModule(path) as LinearLike).forward(x);
+    // Once dropped (or read by the first dense), the [CLS] view and the hidden states it keeps
+    // alive are released.
     if (this.dims.kind === "roberta") {
-      const z = tanh(lin("classifier.dense", ctx.dropout(first, p)));
+      const xd = ctx.dropout(first, p);
+      done(first, xd);
+      const pre = lin("classifier.dense", xd);
+      done(xd);
+      const z = tanh(pre);
+      done(pre);
       return lin("classifier.out_proj", ctx.dropout(z, p));
     }
-    const pooled = tanh(lin("bert.pooler.dense", first));
+    const pre = lin("bert.pooler.dense", first);
+    done(first);
+    const pooled = tanh(pre);
+    done(pre);
     return lin("classifier", ctx.dropout(pooled, p));
   }
 }

@@ -7,6 +7,12 @@
  * category "grads"); intermediate gradients are ordinary tensors of the enclosing scope.
  * A frozen weight (requiresGrad false) never gets a gradient buffer.
  *
+ * Saved tensors: a node holds the tensors its rule reads (`saves`, or, when an op does not say,
+ * all its inputs and its output) until the rule has run, so a model may {@link Tensor.release}
+ * an intermediate as soon as its forward consumers are done: it is freed then, or right after
+ * the last rule reading it. Intermediate gradients count as "activations" (they are the
+ * gradients of activations, gone when the pass ends); only leaves' `.grad` count as "grads".
+ *
  * @module
  */
 import { type Tensor, withCategory } from "./tensor.ts";
@@ -19,6 +25,13 @@ interface Node {
   inputs: readonly Tensor[];
   backward: BackwardFn;
   name: string;
+  /** Tensors the rule reads, held until it has run. */
+  held: readonly Tensor[];
+}
+
+/** Let go of what a node held (its rule ran, or the tape was dropped). */
+function unholdAll(nodes: readonly Node[]): void {
+  for (const n of nodes) for (const t of n.held) t.unhold();
 }
 
 let tape: Node[] = [];
@@ -57,16 +70,25 @@ export function needsGrad(...inputs: readonly Tensor[]): boolean {
  * Record `output = op(inputs)` with its backward rule. Returns `output` (marked requiresGrad when
  * recorded). The rule returns one gradient per input, in order; entries for inputs that do not
  * require grad are ignored (return null to skip computing them).
+ *
+ * `saves` lists the tensors (inputs, the output, or the op's own intermediates) whose values the
+ * rule reads; they are held until it has run, so a released tensor outlives its forward use
+ * exactly as long as backward needs it. Without `saves`, every input and the output are held
+ * (always safe). A rule that keeps what it reads in views of its own (which share the storage)
+ * passes `[]`.
  */
 export function record(
   name: string,
   output: Tensor,
   inputs: readonly Tensor[],
   backward: BackwardFn,
+  saves?: readonly Tensor[],
 ): Tensor {
   if (!needsGrad(...inputs)) return output;
   output.requiresGrad = true;
-  tape.push({ output, inputs, backward, name });
+  const held = [...new Set(saves ?? [...inputs, output])];
+  for (const t of held) t.hold();
+  tape.push({ output, inputs, backward, name, held });
   return output;
 }
 
@@ -77,7 +99,9 @@ export function tapeLength(): number {
 
 /** Drop the tape without computing gradients (e.g. after an evaluation forward pass). */
 export function clearTape(): void {
+  const nodes = tape;
   tape = [];
+  unholdAll(nodes);
 }
 
 /** The node's inputs and output: tensors a rule may return as-is that others still own. */
@@ -95,7 +119,7 @@ export interface GradArith {
   ones(shape: readonly number[]): Tensor;
   /** A contiguous copy, owned by the current scope. */
   copy(value: Tensor): Tensor;
-  /** A contiguous copy marked `.keep()`, so it outlives the current scope. */
+  /** A contiguous copy marked `.keep()`, so it outlives the current scope (category "grads"). */
   copyKept(value: Tensor): Tensor;
 }
 
@@ -124,7 +148,7 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
   if (!arith) throw new Error("autograd arithmetic not registered (import ops/mod.ts)");
   const a = arith;
   if (!loss.requiresGrad) {
-    tape = [];
+    clearTape();
     throw new Error("backward(): the loss does not depend on any tensor that requires grad");
   }
   if (!gradOutput && loss.size !== 1) {
@@ -134,7 +158,9 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
   tape = [];
   for (const l of backwardListeners) l();
   const produced = new Set<Tensor>(nodes.map((n) => n.output));
-  withCategory("grads", () => {
+  // Gradients of intermediates are activations' gradients (PyTorch's "grads" are the leaves'
+  // alone); a leaf's gradient is "grads" (see `leafRule`).
+  withCategory("activations", () => {
     // Pending gradients of non-leaf tensors. One tensor may be pending for several keys (add's
     // g for both of its inputs): `holders` counts them, it is summed in place only while one key
     // holds it, and it is disposed once none does and its node has run.
@@ -150,6 +176,7 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
     let adopted = new Set<Tensor>();
     const store = (key: Tensor, value: Tensor) => {
       const v = adopted.has(value) || value === gradOutput ? a.copy(value) : value;
+      if (v.category === "grads") v.setCategory("activations"); // made by a leaf's rule
       grads.set(key, v);
       holders.set(v, (holders.get(v) ?? 0) + 1);
     };
@@ -159,14 +186,26 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
     store(loss, gradOutput ?? a.ones(loss.shape));
     const prev = gradEnabled;
     gradEnabled = false;
+    // Nodes below `done` still hold their tensors: the finally clause lets go of them.
+    let done = nodes.length;
     try {
       for (let i = nodes.length - 1; i >= 0; i--) {
         const node = nodes[i];
         const g = grads.get(node.output);
-        if (!g) continue;
+        if (!g) {
+          unholdAll([node]);
+          done = i;
+          continue;
+        }
         grads.delete(node.output);
         unhold(g);
-        const inputGrads = node.backward(g);
+        // A rule that computes a leaf's gradient allocates in "grads", so that gradient (which
+        // becomes `.grad`) is counted there from the start; its other results move back above.
+        const leafRule = node.inputs.some((t) => t.requiresGrad && !produced.has(t) && !t.grad);
+        const inputGrads = withCategory(
+          leafRule ? "grads" : "activations",
+          () => node.backward(g),
+        );
         // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
         // no second buffer at the peak); a tensor also stored or handed to a second input is
         // copied instead.
@@ -208,8 +247,11 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         });
         for (const gi of inputGrads) if (gi && !adopted.has(gi)) release(gi);
         if (!adopted.has(g)) release(g);
+        unholdAll([node]);
+        done = i;
       }
     } finally {
+      unholdAll(nodes.slice(0, done));
       gradEnabled = prev;
       for (const g of grads.values()) if (g !== gradOutput && !g.disposed) g.dispose();
     }

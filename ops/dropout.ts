@@ -91,12 +91,13 @@ export function dropout(x: Tensor, p: number, options: DropoutOptions): Tensor {
     throw new Error(`dropout: x ${x} must be f32 or f16`);
   }
   if (!training || p === 0) return x;
-  if (p === 1) return record("dropout", zeros(x.shape), [x], () => [zeros(x.shape)]);
+  if (p === 1) return record("dropout", zeros(x.shape), [x], () => [zeros(x.shape)], []);
   const apply = (t: Tensor): Tensor =>
     map([t], MASKED_SCALE, {
       scalars: { scale: 1 / (1 - p) },
       uints: { seed: seedU32(seed), stream, threshold: dropoutThreshold(p) },
       helpers: RNG_WGSL,
     });
-  return record("dropout", apply(x), [x], (g) => [apply(g)]);
+  // The mask is recomputed from its hash: backward reads nothing of the forward.
+  return record("dropout", apply(x), [x], (g) => [apply(g)], []);
 }

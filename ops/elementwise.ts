@@ -302,16 +302,51 @@ export const BINARY = {
 /** Names of the binary ops. */
 export type BinaryOp = keyof typeof BINARY;
 
+/** The operand names of gradient expressions: inputs `a`, `b`, forward output `y`, gradient `g`. */
+type GradOperand = "a" | "b" | "y" | "g";
+
+const GRAD_OPERANDS: readonly GradOperand[] = ["a", "b", "y", "g"];
+
+/** The operands `expr` reads (whole-word matches). */
+function operandsOf(expr: string): Set<GradOperand> {
+  return new Set(GRAD_OPERANDS.filter((n) => new RegExp(`\\b${n}\\b`).test(expr)));
+}
+
+/**
+ * Evaluate a gradient expression over the operands it reads, binding only those: a rule never
+ * touches a tensor it did not save, so the model may release the others (see autograd).
+ */
+function gradMap(
+  expr: string,
+  operands: Partial<Record<GradOperand, Tensor>>,
+  options: MapOptions = {},
+): Tensor {
+  const used = GRAD_OPERANDS.filter((n) => operandsOf(expr).has(n));
+  const letters = "abcd";
+  const rename = new Map(used.map((n, i) => [n, letters[i]]));
+  const e = expr.replace(/\b[abyg]\b/g, (n) => rename.get(n as GradOperand) ?? n);
+  const inputs = used.map((n) => {
+    const t = operands[n];
+    if (!t) throw new Error(`gradient expression ${expr} reads ${n}, which is not given`);
+    return t;
+  });
+  return map(inputs, e, options);
+}
+
+/** The forward tensors a gradient expression reads, from `operands`. */
+function savedBy(expr: string, operands: Partial<Record<GradOperand, Tensor>>): Tensor[] {
+  return [...operandsOf(expr)].flatMap((n) => n === "g" || !operands[n] ? [] : [operands[n]!]);
+}
+
 /** Apply a unary op from {@link UNARY} (differentiable). */
 export function unary(op: UnaryOp, x: Tensor): Tensor {
   const def: UnaryDef = UNARY[op];
   const y = map([x], def.fwd);
+  const saves = def.grad ? savedBy(def.grad, { a: x, y }) : [];
   return record(op, y, [x], (g) => {
     if (!def.grad) return [null];
-    const usesY = /\by\b/.test(def.grad);
-    const expr = def.grad.replace(/\bg\b/g, "b").replace(/\by\b/g, "c");
-    return [map(usesY ? [x, g, y] : [x, g], expr)];
-  });
+    return [gradMap(def.grad, { a: x, y, g })];
+  }, saves);
 }
 
 /** A tensor or a number (numbers become scalar parameters, not tensors). */
@@ -326,38 +361,40 @@ export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
   if (typeof b === "number" || typeof a === "number") return binaryScalar(op, def, a, b);
   const y = map([a, b], def.fwd);
   if (!def.gradA) return y;
+  const forward = { a, b, y };
+  const saves = [
+    ...(a.requiresGrad && def.gradA ? savedBy(def.gradA, forward) : []),
+    ...(b.requiresGrad && def.gradB ? savedBy(def.gradB, forward) : []),
+  ];
   return record(op, y, [a, b], (g) => {
     const grad = (expr: string | undefined, target: Tensor): Tensor | null => {
       if (!expr || !target.requiresGrad) return null;
       // add's gradient is g itself: hand it on (autograd copies it only if two inputs keep it).
       if (expr === "g" && g.shape.join() === target.shape.join()) return g;
-      const usesY = /\by\b/.test(expr);
-      const e = expr.replace(/\bg\b/g, "c").replace(/\by\b/g, "d");
-      const full = map(usesY ? [a, b, g, y] : [a, b, g], e);
+      const full = gradMap(expr, { ...forward, g });
       if (full.shape.join() === target.shape.join()) return full;
       const reduced = sumTo(full, target.shape);
       full.dispose();
       return reduced;
     };
     return [grad(def.gradA, a), grad(def.gradB, b)];
-  });
+  }, saves);
 }
 
 function binaryScalar(op: BinaryOp, def: BinaryDef, a: TensorLike, b: TensorLike): Tensor {
   const tensorIsA = typeof a !== "number";
   const t = (tensorIsA ? a : b) as Tensor;
   const value = (tensorIsA ? b : a) as number;
-  // The scalar stands in the expression as s_v.
+  // The scalar stands in the expression as s_v, the tensor as a.
   const sub = (e: string) =>
     tensorIsA ? e.replace(/\bb\b/g, "s_v") : e.replace(/\ba\b/g, "s_v").replace(/\bb\b/g, "a");
   const y = map([t], sub(def.fwd), { scalars: { v: value } });
   const gexpr = tensorIsA ? def.gradA : def.gradB;
   if (!gexpr) return y;
+  const expr = sub(gexpr);
   return record(`${op}Scalar`, y, [t], (g) => {
-    const usesY = /\by\b/.test(gexpr);
-    const e = sub(gexpr).replace(/\bg\b/g, "b").replace(/\by\b/g, "c");
-    return [map(usesY ? [t, g, y] : [t, g], e, { scalars: { v: value } })];
-  });
+    return [gradMap(expr, { a: t, y, g }, { scalars: { v: value } })];
+  }, savedBy(expr, { a: t, y }));
 }
 
 /** a + b (broadcasting). */
@@ -423,7 +460,7 @@ export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
       return r;
     };
     return [null, part("select(0.0, b, a != 0.0)", a), part("select(b, 0.0, a != 0.0)", b)];
-  });
+  }, [cond]);
 }
 
 /** x^p for a constant exponent (differentiable). */
@@ -438,7 +475,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   const y = map([x], "a", { dtype, compute });
   const floats = (d: DType) => d === "f32" || d === "f16";
   if (!floats(x.dtype) || !floats(dtype)) return y;
-  return record("cast", y, [x], (g) => [map([g], "a", { dtype: x.dtype })]);
+  return record("cast", y, [x], (g) => [map([g], "a", { dtype: x.dtype })], []);
 }
 
 function computeOf(d: DType): ComputeType {
@@ -450,7 +487,7 @@ function computeOf(d: DType): ComputeType {
 /** A contiguous copy of `x` (a new tensor even when `x` is contiguous); differentiable. */
 export function contiguous(x: Tensor): Tensor {
   const y = map([x], "a", { dtype: x.dtype, compute: computeOf(x.dtype) });
-  return record("contiguous", y, [x], (g) => [map([g], "a")]);
+  return record("contiguous", y, [x], (g) => [map([g], "a")], []);
 }
 registerContiguous((t) => map([t], "a", { dtype: t.dtype, compute: computeOf(t.dtype) }));
 
@@ -560,7 +597,7 @@ registerGradArith({
   addInto,
   ones: (shape) => full(shape, 1),
   copy: (t) => map([t], "a"),
-  copyKept: (t) => map([t], "a").keep(),
+  copyKept: (t) => map([t], "a", { category: "grads" }).keep(),
 });
 
 registerReduceHooks({

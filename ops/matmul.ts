@@ -1632,8 +1632,9 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     const db = bias?.requiresGrad ? sumRows(g2) : null;
     g2.dispose();
     return [dx, dw, db];
-  });
-  if (!recorded.requiresGrad) x2.dispose();
+  }, [weight, x2]);
+  // Only dW reads x in backward: a frozen weight's layer input is not kept for it.
+  if (!recorded.requiresGrad || !weight.requiresGrad) x2.dispose();
   return recorded;
 }
 
@@ -1715,7 +1716,7 @@ export function lowRankLinear(
     gT.dispose();
     g2.dispose();
     return bias ? [dx, dw, db, dxd, dA, dB] : [dx, dw, dxd, dA, dB];
-  });
+  }, [weight, loraA, loraB, x2, xd2, h]);
   if (!recorded.requiresGrad) {
     x2.dispose();
     if (xd2 !== x2) xd2.dispose();
@@ -1798,7 +1799,7 @@ export function linearResidual(
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];
-  });
+  }, [weight, x2]);
   if (!recorded.requiresGrad || !weight.requiresGrad) x2.dispose();
   return recorded;
 }

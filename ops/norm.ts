@@ -335,7 +335,7 @@ function normOp(
     rt().dispatch(k, bufs, params, grid1d(rows));
   }
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(name, y, inputs, (gOut) => {
+  const out = record(name, y, inputs, (gOut) => {
     const g = dense(gOut);
     const stats = mean ? [mean, rstd] : [rstd];
     let dx: Tensor | null = null;
@@ -375,7 +375,11 @@ function normOp(
     }
     if (g !== gOut) g.dispose();
     return bias ? [dx, dw, db] : [dx, dw];
-  });
+  }, [xc, weight, ...(mean ? [mean] : []), rstd]);
+  // The statistics (and a contiguous copy of x) serve the backward alone: they go as soon as it
+  // has run, or now when nothing was recorded.
+  for (const t of [mean, rstd, xc === x ? null : xc]) if (t) t.release();
+  return out;
 }
 
 /**

@@ -269,7 +269,7 @@ function expandBack(g: Tensor, shape: readonly number[], axes: number[]): Tensor
 export function sum(x: Tensor, axes?: number | readonly number[], keepDims = false): Tensor {
   const ax = normalizeAxes(x.rank, axes);
   const y = reduceRaw(x, "sum", ax, keepDims);
-  return record("sum", y, [x], (g) => [materialize(expandBack(g, x.shape, ax))]);
+  return record("sum", y, [x], (g) => [materialize(expandBack(g, x.shape, ax))], []);
 }
 
 /** Mean over `axes`; differentiable. */
@@ -284,7 +284,7 @@ export function mean(x: Tensor, axes?: number | readonly number[], keepDims = fa
     const r = scaleRaw(v, 1 / count);
     v.dispose();
     return [r];
-  });
+  }, []);
 }
 
 /** Max over `axes`; the gradient goes to every maximal element (as torch.amax). */
@@ -315,7 +315,7 @@ function extremum(
     const r = hooks.map([mask, gb, cb], "a * b / c");
     for (const t of [yb, gb, mask, count, cb]) t.dispose();
     return [r];
-  });
+  }, [x, y]);
 }
 
 /** Index of the maximum along `axis` (i32; the first on ties). */

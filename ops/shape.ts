@@ -36,7 +36,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
     y = c.view(target, contiguousOf(target));
     c.dispose();
   }
-  return record("reshape", y, [x], (g) => [reshape(g, x.shape)]);
+  return record("reshape", y, [x], (g) => [reshape(g, x.shape)], []);
 }
 
 function contiguousOf(shape: readonly number[]): number[] {
@@ -64,7 +64,7 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
   const y = x.view(d.map((i) => x.shape[i]), d.map((i) => x.strides[i]));
   const inverse = new Array<number>(d.length);
   d.forEach((src, dst) => (inverse[src] = dst));
-  return record("permute", y, [x], (g) => [permute(g, inverse)]);
+  return record("permute", y, [x], (g) => [permute(g, inverse)], []);
 }
 
 /** Swap two dimensions (a view). */
@@ -87,7 +87,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
     throw new Error(`expand: dimension ${i} of [${x.shape}] cannot become ${d}`);
   });
   const y = x.view(shape, strides);
-  return record("expand", y, [x], (g) => [sumTo(g, x.shape)]);
+  return record("expand", y, [x], (g) => [sumTo(g, x.shape)], []);
 }
 
 /** Elements start ≤ i < end (step ≥ 1) along `dim` (a view). Negative indices count from the end. */
@@ -113,7 +113,7 @@ export function slice(x: Tensor, dim: number, start: number, end?: number, step 
     assign(target, g);
     target.dispose();
     return [gx];
-  });
+  }, []);
 }
 
 /** Insert a dimension of size 1 at `dim`. */
@@ -145,7 +145,7 @@ function reshapeView(x: Tensor, shape: number[]): Tensor {
     }
   }
   const y = x.view(shape, strides);
-  return record("reshape", y, [x], (g) => [reshape(g, x.shape)]);
+  return record("reshape", y, [x], (g) => [reshape(g, x.shape)], []);
 }
 
 /** Join tensors along `dim` (all other dimensions must match). */
@@ -179,5 +179,5 @@ export function concat(tensors: readonly Tensor[], dim = 0): Tensor {
       const c = contiguous(v);
       v.dispose();
       return c;
-    }));
+    }), []);
 }

@@ -189,6 +189,9 @@ export class Tensor {
   #storage: Storage;
   #disposed = false;
   #kept = false;
+  /** Backward rules on the tape that read this tensor (see {@link Tensor.release}). */
+  #holds = 0;
+  #releaseRequested = false;
 
   /** Low-level constructor; use the creation functions (`tensor`, `zeros`, …) instead. */
   constructor(
@@ -291,6 +294,42 @@ export class Tensor {
     const t = new Tensor(this.#storage, shape, this.dtype, strides, offset);
     t.name = this.name;
     return t;
+  }
+
+  /**
+   * The forward pass no longer reads this tensor: dispose it now, or, while backward rules on
+   * the tape still read it, as soon as the last of them has run (or the tape is cleared). Kept
+   * tensors (parameters, optimizer state) are never released this way. A model calls this on
+   * its intermediates so that activations live only as long as backward needs them, instead of
+   * until the step's scope ends.
+   *
+   * @example
+   * ```ts
+   * import { backward, gelu, init, sum, tensor } from "./mod.ts";
+   * await init();
+   * const x = tensor([1, -2, 3], { requiresGrad: true });
+   * const h = gelu(x);
+   * const y = gelu(h);
+   * h.release(); // gelu's backward reads h: it is freed once that rule has run
+   * backward(sum(y));
+   * console.log(h.disposed); // true
+   * ```
+   */
+  release(): void {
+    if (this.#disposed || this.#kept) return;
+    if (this.#holds > 0) this.#releaseRequested = true;
+    else this.dispose();
+  }
+
+  /** Autograd: a recorded backward rule reads this tensor (a release waits for it). */
+  hold(): void {
+    this.#holds++;
+  }
+
+  /** Autograd: a rule that held this tensor has run or was dropped. */
+  unhold(): void {
+    if (this.#holds === 0) throw new Error(`unhold of a tensor nobody holds${this.#label()}`);
+    if (--this.#holds === 0 && this.#releaseRequested) this.dispose();
   }
 
   /** Release this tensor's reference to its storage (the storage goes back when unreferenced). */

@@ -17,6 +17,7 @@ import {
   exp,
   type MemoryStats,
   mul,
+  neg,
   noGrad,
   rt,
   scope,
@@ -306,4 +307,99 @@ Deno.test("autograd: noGrad records nothing; backward needs a scalar or a gradOu
   await expectTensor(x.grad!, [2, 2, -6], { atol: 0 });
   assert.equal(tapeLength(), 0);
   for (const t of [x, y, z]) t.dispose();
+});
+
+// ---- releasing intermediates ------------------------------------------------------------------
+
+Deno.test("release: a tensor a rule reads lives until that rule has run; others go at once", async () => {
+  const s0 = fresh();
+  const values = [0.5, -1, 2];
+  const x = tensor(values, { requiresGrad: true });
+  scope(() => {
+    // exp's rule reads its output h; mul by a number and neg read nothing of the forward.
+    const h = exp(x);
+    const n = mul(neg(h), 3);
+    const y = sum(mul(n, h));
+    h.release();
+    n.release();
+    assert.ok(!h.disposed, "exp's and the product's rules still read h");
+    assert.ok(n.disposed === false, "the product's rule for h reads n");
+    const live = rt().pool.stats().live.activations;
+    backward(y);
+    assert.ok(h.disposed && n.disposed, "released tensors go once their last rule has run");
+    assert.ok(rt().pool.stats().live.activations < live);
+  });
+  // y = Σ −3·e^{2x} → dy/dx = −6·e^{2x}.
+  await expectTensor(x.grad!, values.map((v) => -6 * Math.exp(2 * v)), { rtol: 1e-5 });
+  x.dispose();
+  const s1 = fresh();
+  scope(() => {
+    const leaf = tensor(values, { requiresGrad: true });
+    const m = neg(leaf);
+    const z = sum(mul(m, 2));
+    m.release(); // neither rule reads m
+    assert.ok(m.disposed);
+    backward(z);
+    assert.equal(leaf.grad!.category, "grads");
+    leaf.dispose();
+  });
+  assert.deepEqual(delta(s1), only({}));
+  assert.deepEqual(delta(s0), only({}));
+});
+
+Deno.test("release: a product's rule keeps only the operand the other's gradient needs", () => {
+  const s0 = fresh();
+  const w = tensor([1, 2, 3], { category: "weights" }); // frozen: no gradient, so a is not read
+  const x = tensor([4, 5, 6], { requiresGrad: true });
+  scope(() => {
+    const a = exp(x);
+    const b = exp(x);
+    const y = sum(add(mul(a, w), mul(w, b)));
+    for (const t of [a, b]) t.release();
+    // exp's rule reads its output: both stay until backward has run it.
+    assert.ok(!a.disposed && !b.disposed);
+    backward(y);
+    assert.ok(a.disposed && b.disposed);
+    const c = add(x, 1);
+    const z = sum(mul(c, w));
+    c.release(); // add reads nothing, mul(c, w)'s rule for c reads w only
+    assert.ok(c.disposed);
+    backward(z);
+  });
+  w.dispose();
+  x.dispose();
+  assert.deepEqual(delta(s0), only({}));
+});
+
+Deno.test("release: clearTape frees what only the dropped rules held; kept tensors stay", () => {
+  const s0 = fresh();
+  const x = tensor([1, 2], { requiresGrad: true }).keep();
+  const h = exp(x);
+  h.release();
+  x.release(); // a kept tensor (a parameter) is never released this way
+  assert.ok(!h.disposed && !x.disposed);
+  clearTape();
+  assert.ok(h.disposed, "the tape no longer needs h");
+  assert.ok(!x.disposed);
+  // Under noGrad nothing is recorded, so a release frees at once.
+  const e = noGrad(() => exp(x));
+  e.release();
+  assert.ok(e.disposed);
+  x.dispose();
+  assert.deepEqual(delta(s0), only({}));
+});
+
+Deno.test("backward: intermediate gradients count as activations, a leaf's gradient as grads", () => {
+  const s0 = fresh();
+  const w = tensor(new Float32Array(256).fill(0.5), { requiresGrad: true, category: "trainable" });
+  const x = tensor(new Float32Array(256).fill(2), { category: "weights" });
+  scope(() => {
+    // Three intermediates of 1 KiB each; only w's gradient (1 KiB) is a "grads" allocation.
+    backward(sum(exp(mul(exp(mul(w, x)), x))));
+  });
+  const peak = rt().pool.stats().peak.grads - s0.live.grads;
+  assert.equal(peak, 1024, `grads peaked at ${peak} bytes, w's gradient is 1024`);
+  assert.deepEqual(delta(s0), only({ weights: 1024, trainable: 1024, grads: 1024 }));
+  w.dispose();
+  x.dispose();
 });
