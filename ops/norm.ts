@@ -8,25 +8,48 @@
  * x − x₀ is exact for nearby values and the saved mean is the small mean of x − x₀, so rows with
  * |mean| ≫ σ keep their precision in the forward and the backward alike.
  *
+ * Two layouts: one workgroup per row with a shared-memory tree (GPUs), and — where the row-wise
+ * kernels get at most {@link ROW_PER_THREAD_MAX_WG} threads per row, i.e. on software adapters —
+ * one row per thread: no workgroup memory and no barrier at all (on llvmpipe every barrier
+ * switches coroutines per thread), each thread walking its row in two passes (shifted mean, then
+ * the centred sum of squares: no Welford merge needed).
+ *
  * The weight and bias gradients are column sums over rows; they are computed in two deterministic
- * stages (per-chunk partial sums, then a fixed-order reduction), never with atomics, so two runs
- * give bit-identical gradients.
+ * stages (per-chunk partial sums of both in one kernel, then one kernel summing the partials over
+ * chunks in fixed order into dweight and dbias), never with atomics, so two runs give
+ * bit-identical gradients.
  *
  * @module
  */
 import { record } from "./autograd.ts";
 import { map } from "./elementwise.ts";
-import { reduceRaw } from "./reduce.ts";
-import { defineKernel, grid1d, type Kernel, memoKernel, type ParamType, rt } from "./runtime.ts";
+import {
+  defineKernel,
+  grid1d,
+  type Kernel,
+  linearIndex,
+  memoKernel,
+  type ParamType,
+  rt,
+} from "./runtime.ts";
 import { rowThreads } from "./softmax.ts";
 import { empty, type Tensor } from "./tensor.ts";
 
 /** Rows summed by one thread of the first stage of the weight/bias gradient (at least). */
 const ROWS_PER_CHUNK = 64;
+/**
+ * The same on software adapters, where a few long-running threads per core are as fast as
+ * many: up to this many rows need no second stage at all.
+ */
+const SOFTWARE_ROWS_PER_CHUNK = 4096;
 /** The most chunks one dispatch may have (the grid's y limit). */
 const MAX_CHUNKS = 65535;
 /** Columns (threads) per workgroup of that stage. */
 const COLS_PER_GROUP = 64;
+/** At most this many threads per row (software adapters): one row per thread instead. */
+export const ROW_PER_THREAD_MAX_WG = 8;
+/** Rows (threads) per workgroup of the row-per-thread kernels. */
+const ROWS_PER_GROUP = 64;
 
 /** What differs between LayerNorm and RMSNorm, and which optional operands a kernel binds. */
 interface NormVariant {
@@ -53,8 +76,71 @@ function firstOf(centered: boolean): string {
   return centered ? "let first = f32(x[base]);" : "";
 }
 
+/** The bindings and parameters the forward kernels share. */
+function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
+  const params: [string, ParamType][] = [["rows", "u32"], ["d", "u32"], ["x_off", "u32"]];
+  params.push(["w_off", "u32"]);
+  if (v.bias) params.push(["b_off", "u32"]);
+  params.push(["eps", "f32"]);
+  return {
+    name: v.centered ? "layer_norm" : "rms_norm",
+    bindings: [
+      { name: "x", type: xt, access: "read" as const },
+      { name: "w", type: wt, access: "read" as const },
+      ...(v.bias ? [{ name: "b", type: wt, access: "read" as const }] : []),
+      { name: "y", type: "f32" as const, access: "read_write" as const },
+      ...(v.centered
+        ? [{ name: "mean_out", type: "f32" as const, access: "read_write" as const }]
+        : []),
+      { name: "rstd_out", type: "f32" as const, access: "read_write" as const },
+    ],
+    params,
+  };
+}
+
+/** Forward, one row per thread: y = (x − mean)·rstd·w + b, saving (shifted mean,) rstd. */
+function forwardRowKernel(v: NormVariant, xt: FloatType, wt: FloatType): Kernel {
+  return cached(`fwd-row|${v.centered}|${v.bias}|${xt}|${wt}`, () => {
+    // Thread `row` reads its row three times (mean, centred squares, output); the row stays in
+    // cache between passes. Neighbouring threads read addresses d apart.
+    const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
+    const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
+    return defineKernel({
+      ...forwardSpec(v, xt, wt),
+      source: `
+@compute @workgroup_size(${ROWS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${linearIndex(ROWS_PER_GROUP)};
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base = params.x_off + row * d;
+  ${firstOf(v.centered)}
+  ${
+        v.centered
+          ? `var s: f32 = 0.0;
+  for (var j = 0u; j < d; j++) { s += f32(x[base + j]) - first; }
+  let mean = s / f32(d);
+  mean_out[row] = mean;`
+          : ""
+      }
+  var sq: f32 = 0.0;
+  for (var j = 0u; j < d; j++) {
+    let c = ${shift};
+    sq += c * c;
+  }
+  let rstd = inverseSqrt(sq / f32(d) + params.eps);
+  rstd_out[row] = rstd;
+  for (var j = 0u; j < d; j++) {
+    y[row * d + j] = ${shift} * rstd * f32(w[params.w_off + j])${addBias};
+  }
+}`,
+    });
+  });
+}
+
 /** Forward: y = (x − mean)·rstd·w + b, saving the shifted mean (centred only) and rstd per row. */
 function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType): Kernel {
+  if (wg <= ROW_PER_THREAD_MAX_WG) return forwardRowKernel(v, xt, wt);
   return cached(`fwd|${v.centered}|${v.bias}|${wg}|${xt}|${wt}`, () => {
     // One workgroup per contiguous row. Centred: each thread runs Welford over its strided slice
     // of x − x₀ and the tree merges (count, mean, M2) triples by Chan's rule. Uncentred: a plain
@@ -109,23 +195,8 @@ function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType)
       .map((nm) => `var<workgroup> ${nm}: array<f32, ${wg}>;`).join("\n");
     const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
     const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
-    const params: [string, ParamType][] = [["rows", "u32"], ["d", "u32"], ["x_off", "u32"]];
-    params.push(["w_off", "u32"]);
-    if (v.bias) params.push(["b_off", "u32"]);
-    params.push(["eps", "f32"]);
     return defineKernel({
-      name: v.centered ? "layer_norm" : "rms_norm",
-      bindings: [
-        { name: "x", type: xt, access: "read" },
-        { name: "w", type: wt, access: "read" },
-        ...(v.bias ? [{ name: "b", type: wt, access: "read" as const }] : []),
-        { name: "y", type: "f32", access: "read_write" },
-        ...(v.centered
-          ? [{ name: "mean_out", type: "f32" as const, access: "read_write" as const }]
-          : []),
-        { name: "rstd_out", type: "f32", access: "read_write" },
-      ],
-      params,
+      ...forwardSpec(v, xt, wt),
       source: `
 ${shared}
 @compute @workgroup_size(${wg})
@@ -150,10 +221,37 @@ ${stats}
  * dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)); the mean(ĝ) term drops for RMSNorm.
  */
 function inputGradKernel(centered: boolean, wg: number, xt: FloatType, wt: FloatType): Kernel {
-  return cached(`dx|${centered}|${wg}|${xt}|${wt}`, () => {
+  const perThread = wg <= ROW_PER_THREAD_MAX_WG;
+  return cached(`dx|${centered}|${perThread ? "row" : wg}|${xt}|${wt}`, () => {
     // One workgroup per row: one strided pass accumulates Σĝ and Σĝ·x̂ (two shared trees), a
-    // second pass writes dx.
+    // second pass writes dx. One row per thread: the same two passes over the whole row.
     const xhat = `${centred(centered, "f32(x[base + j])", "first", "mean")} * rstd`;
+    const rowSource = `
+@compute @workgroup_size(${ROWS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${linearIndex(ROWS_PER_GROUP)};
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base = params.x_off + row * d;
+  let gbase = params.g_off + row * d;
+  ${firstOf(centered)}
+  let mean = ${centered ? "mean_in[row]" : "0.0"};
+  let rstd = rstd_in[row];
+  var sg: f32 = 0.0;
+  var sgx: f32 = 0.0;
+  for (var j = 0u; j < d; j++) {
+    let gh = g[gbase + j] * f32(w[params.w_off + j]);
+    sg += gh;
+    sgx += gh * ${xhat};
+  }
+  let inv_d = 1.0 / f32(d);
+  let mean_g = ${centered ? "sg * inv_d" : "0.0"};
+  let mean_gx = sgx * inv_d;
+  for (var j = 0u; j < d; j++) {
+    let gh = g[gbase + j] * f32(w[params.w_off + j]);
+    dx[row * d + j] = rstd * (gh - mean_g - ${xhat} * mean_gx);
+  }
+}`;
     return defineKernel({
       name: centered ? "layer_norm_backward" : "rms_norm_backward",
       bindings: [
@@ -168,7 +266,7 @@ function inputGradKernel(centered: boolean, wg: number, xt: FloatType, wt: Float
         "g_off",
         "u32",
       ]],
-      source: `
+      source: perThread ? rowSource : `
 var<workgroup> s_g: array<f32, ${wg}>;
 var<workgroup> s_gx: array<f32, ${wg}>;
 @compute @workgroup_size(${wg})
@@ -283,10 +381,50 @@ function dense(t: Tensor): Tensor {
 }
 
 /** Sum the [chunks, d] partials over chunks into a [d] gradient. */
-function finishColumnSum(partial: Tensor): Tensor {
-  const out = reduceRaw(partial, "sum", 0);
-  partial.dispose();
-  return out;
+function finishColumnSum(partials: readonly Tensor[]): Tensor[] {
+  const [chunks, d] = partials[0].shape;
+  const outs = partials.map(() => empty([d]));
+  // One thread per column of every partial, summing its chunks in order: dweight and dbias in
+  // one dispatch.
+  rt().dispatch(
+    finishKernel(partials.length),
+    [...partials, ...outs],
+    { chunks, d },
+    grid1d(Math.ceil((d * partials.length) / COLS_PER_GROUP)),
+  );
+  for (const p of partials) p.dispose();
+  return outs;
+}
+
+/** Sum `count` [chunks, d] partials over chunks (fixed order) into `count` [d] outputs. */
+function finishKernel(count: number): Kernel {
+  return cached(`finish|${count}`, () => {
+    const ins = Array.from({ length: count }, (_, i) => `p${i}`);
+    const outs = Array.from({ length: count }, (_, i) => `o${i}`);
+    const body = ins.map((p, i) => `
+  if (which == ${i}u) {
+    var s: f32 = 0.0;
+    for (var c = 0u; c < params.chunks; c++) { s += ${p}[c * d + col]; }
+    ${outs[i]}[col] = s;
+  }`).join("");
+    return defineKernel({
+      name: "norm_param_grad_finish",
+      bindings: [
+        ...ins.map((name) => ({ name, type: "f32" as const, access: "read" as const })),
+        ...outs.map((name) => ({ name, type: "f32" as const, access: "read_write" as const })),
+      ],
+      params: [["chunks", "u32"], ["d", "u32"]],
+      source: `
+@compute @workgroup_size(${COLS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(COLS_PER_GROUP)};
+  let d = params.d;
+  if (i >= d * ${count}u) { return; }
+  let which = i / d;
+  let col = i % d;${body}
+}`,
+    });
+  });
 }
 
 function normOp(
@@ -321,6 +459,7 @@ function normOp(
   const mean = centered ? empty([rows]) : null;
   const rstd = empty([rows]);
   const wg = rowThreads(d);
+  const rowGrid = grid1d(wg <= ROW_PER_THREAD_MAX_WG ? Math.ceil(rows / ROWS_PER_GROUP) : rows);
   if (rows > 0) {
     const k = forwardKernel({ centered, bias: bias !== null }, wg, xt, wt);
     const params: Record<string, number> = {
@@ -332,7 +471,7 @@ function normOp(
     };
     if (bias) params.b_off = bias.offset;
     const bufs = [xc, weight, ...(bias ? [bias] : []), y, ...(mean ? [mean] : []), rstd];
-    rt().dispatch(k, bufs, params, grid1d(rows));
+    rt().dispatch(k, bufs, params, rowGrid);
   }
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const out = record(name, y, inputs, (gOut) => {
@@ -348,16 +487,21 @@ function normOp(
         x_off: xc.offset,
         w_off: weight.offset,
         g_off: g.offset,
-      }, grid1d(rows));
+      }, rowGrid);
     }
     const want = { weight: weight.requiresGrad, bias: bias?.requiresGrad ?? false };
     let dw: Tensor | null = null;
     let db: Tensor | null = null;
     if (want.weight || want.bias) {
-      const perChunk = Math.max(ROWS_PER_CHUNK, Math.ceil(rows / MAX_CHUNKS));
+      const perChunk = Math.max(
+        wg <= ROW_PER_THREAD_MAX_WG ? SOFTWARE_ROWS_PER_CHUNK : ROWS_PER_CHUNK,
+        Math.ceil(rows / MAX_CHUNKS),
+      );
       const chunks = Math.max(1, Math.ceil(rows / perChunk));
-      const pw = want.weight ? empty([chunks, d], { category: "scratch" }) : null;
-      const pb = want.bias ? empty([chunks, d], { category: "scratch" }) : null;
+      // One chunk: the kernel writes the gradients themselves (allocated as such).
+      const partial = () => chunks === 1 ? empty([d]) : empty([chunks, d], { category: "scratch" });
+      const pw = want.weight ? partial() : null;
+      const pb = want.bias ? partial() : null;
       if (rows === 0) {
         for (const p of [pw, pb]) if (p) map([], "0.0", { out: p });
       } else {
@@ -370,8 +514,13 @@ function normOp(
           [Math.ceil(d / COLS_PER_GROUP), chunks, 1],
         );
       }
-      dw = pw ? finishColumnSum(pw) : null;
-      db = pb ? finishColumnSum(pb) : null;
+      const partials = [pw, pb].filter((t): t is Tensor => t !== null);
+      [dw, db] = chunks === 1
+        ? [pw, pb] // one chunk: the partials are the sums
+        : (() => {
+          const sums = finishColumnSum(partials);
+          return [pw ? sums[0] : null, pb ? sums.at(-1)! : null];
+        })();
     }
     if (g !== gOut) g.dispose();
     return bias ? [dx, dw, db] : [dx, dw];

@@ -238,3 +238,35 @@ Deno.test("weight and bias gradients are deterministic across runs", async () =>
   const second = await run();
   first.forEach((a, i) => assert.deepEqual(a, second[i], `gradient ${i} differs between runs`));
 });
+
+Deno.test("weight and bias gradients summed over many chunks match the host, both layouts", async () => {
+  // rows > 4096 (software: one row per thread, 4096-row chunks) and rows > 64 with 32 threads per
+  // row (tree layout, 64-row chunks): both take the two-stage column sums.
+  for (const [rows, d, threads] of [[4100, 5, null], [300, 37, 32]] as const) {
+    await withRowThreads(threads, async () => {
+      const xs = f32Array(rows * d, rows, -3, 3);
+      const gs = f32Array(rows * d, rows + 1, -1, 1);
+      const ws = f32Array(d, 5, 0.5, 1.5);
+      await scopeAsync(async () => {
+        const x = tensor(xs, [rows, d]);
+        const w = tensor(ws, [d], { requiresGrad: true });
+        const b = tensor(f32Array(d, 6), [d], { requiresGrad: true });
+        backward(sum(mul(layerNorm(x, w, b), tensor(gs, [rows, d]))));
+        const dw = new Float64Array(d), db = new Float64Array(d);
+        for (let r = 0; r < rows; r++) {
+          let mean = 0, v = 0;
+          for (let j = 0; j < d; j++) mean += xs[r * d + j] / d;
+          for (let j = 0; j < d; j++) v += (xs[r * d + j] - mean) ** 2 / d;
+          const rstd = 1 / Math.sqrt(v + 1e-5);
+          for (let j = 0; j < d; j++) {
+            dw[j] += gs[r * d + j] * (xs[r * d + j] - mean) * rstd;
+            db[j] += gs[r * d + j];
+          }
+        }
+        assertClose(await w.grad!.read(), dw, { atol: 2e-3, rtol: 1e-4 });
+        assertClose(await b.grad!.read(), db, { atol: 2e-3, rtol: 1e-4 });
+        for (const t of [w, b]) t.dispose();
+      });
+    });
+  }
+});
