@@ -18,6 +18,7 @@
  */
 import {
   add,
+  addN,
   embedding,
   gelu,
   isGradEnabled,
@@ -298,13 +299,9 @@ export class EncoderModel extends Container {
     const positionIds = tensor(positions, [b, t]);
     const word = embedding(table("word_embeddings"), inputs.ids);
     const position = embedding(table("position_embeddings"), positionIds);
-    const wordPosition = add(word, position);
-    done(word);
-    done(position);
     const type = embedding(table("token_type_embeddings"), types);
-    const summed = add(wordPosition, type);
-    done(wordPosition);
-    done(type);
+    const summed = addN([word, position, type]);
+    for (const e of [word, position, type]) done(e);
     done(positionIds);
     if (types !== inputs.tokenTypeIds) done(types);
     const ln = emb.getModule("LayerNorm") as ParamModule;

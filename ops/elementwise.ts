@@ -14,6 +14,7 @@ import { record, registerGradArith } from "./autograd.ts";
 import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
 import {
+  BYTES_PER_ELEMENT,
   contiguousStrides,
   type DType,
   empty,
@@ -399,6 +400,29 @@ function binaryScalar(op: BinaryOp, def: BinaryDef, a: TensorLike, b: TensorLike
 
 /** a + b (broadcasting). */
 export const add = (a: TensorLike, b: TensorLike): Tensor => binary("add", a, b);
+/**
+ * a + b + c + … in one kernel (broadcasting; summed left to right, so the bits equal the chained
+ * `add`s). Each input's gradient is g itself (summed back over broadcast dimensions).
+ *
+ * @example
+ * ```ts
+ * import { addN, init, tensor } from "./mod.ts";
+ * await init();
+ * const y = addN([tensor([1, 2]), tensor([10, 20]), tensor([100, 200])]); // [111, 222]
+ * ```
+ */
+export function addN(terms: readonly Tensor[]): Tensor {
+  if (terms.length === 0) throw new Error("addN: at least one tensor is needed");
+  if (terms.length > 16) throw new Error(`addN: at most 16 tensors, got ${terms.length}`);
+  const names = "abcdefghijklmnop";
+  const y = map(terms, terms.map((_, i) => names[i]).join(" + "));
+  return record("addN", y, terms, (g) =>
+    terms.map((t) => {
+      if (!t.requiresGrad) return null;
+      return t.shape.join() === g.shape.join() ? g : sumTo(g, t.shape);
+    }), []);
+}
+
 /** a − b (broadcasting). */
 export const sub = (a: TensorLike, b: TensorLike): Tensor => binary("sub", a, b);
 /** a · b (broadcasting). */
@@ -503,6 +527,15 @@ export function addInto(target: Tensor, value: Tensor): void {
 
 /** Set every element of `target` to `value`. Not recorded. */
 export function fillInto(target: Tensor, value: number): void {
+  const bpe = BYTES_PER_ELEMENT[target.dtype];
+  if (
+    Object.is(value, 0) && target.isContiguous && (target.offset * bpe) % 4 === 0 &&
+    target.bytes % 4 === 0
+  ) {
+    // All-zero bits: the driver's fill, not a kernel (far cheaper on software adapters).
+    rt().clear(target.buffer, target.offset * bpe, target.bytes);
+    return;
+  }
   const compute = computeOf(target.dtype);
   map([], compute === "f32" ? "s_v" : `${compute}(s_v)`, {
     out: target,

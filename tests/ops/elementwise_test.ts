@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import {
   add,
   addInto,
+  addN,
   arange,
   assign,
   BINARY,
@@ -25,6 +26,7 @@ import {
   ones,
   pow,
   powScalar,
+  rt,
   scope,
   slice,
   sub,
@@ -593,4 +595,45 @@ Deno.test("map evaluates custom expressions with scalars in i32 and u32", async 
   assert.deepEqual(Array.from(await y.read()), [-19, -1, 2, 17, 392]);
   const z = map([a, a], "a * s_k - b", { scalars: { k: 0.5 } });
   await expectTensor(z, [3.5, 0.5, 0, -2.5, -65], { atol: 0 });
+});
+
+Deno.test("addN: the bits of chained adds, one dispatch, g (summed back) for every input", async () => {
+  const n = 130;
+  const a = tensor(Float32Array.from(randomArray(2 * n, 1, -1e3, 1e3)), [2, n]);
+  const b = tensor(Float32Array.from(randomArray(2 * n, 2, -1, 1)), [2, n]);
+  const c = tensor(Float32Array.from(randomArray(2 * n, 3, -1e-3, 1e-3)), [2, n]);
+  const d0 = rt().dispatchCount;
+  const y = addN([a, b, c]);
+  assert.equal(rt().dispatchCount - d0, 1);
+  assert.deepEqual(await y.read(), await add(add(a, b), c).read());
+  await checkGradients(
+    ([x, v, w]) => addN([x, v, w]),
+    ([x, v, w]) => Float64Array.from(x, (xi, i) => xi + v[i % 3] + w[0]),
+    [
+      { shape: [4, 3], values: randomArray(12, 4) },
+      { shape: [3], values: randomArray(3, 5) },
+      { shape: [1], values: randomArray(1, 6) },
+    ],
+  );
+  assert.throws(() => addN([]), /at least one tensor/);
+  for (const t of [a, b, c, y]) t.dispose();
+});
+
+Deno.test("zeros and fills of 0 use the driver's clear where aligned, a kernel elsewhere", async () => {
+  const d0 = rt().dispatchCount;
+  const z = zeros([3, 5]);
+  assert.equal(rt().dispatchCount - d0, 0, "a zero fill of an aligned tensor is a clear");
+  await expectTensor(z, new Array(15).fill(0), { atol: 0 });
+  // A strided view, an f16 tensor of odd size and −0 go through the kernel.
+  const base = full([4, 4], 7);
+  fillInto(transpose(slice(base, 0, 1, 3), 0, 1), 0);
+  await expectTensor(base, [7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 7], { atol: 0 });
+  const half = zeros([3], { dtype: "f16" });
+  await expectTensor(half, [0, 0, 0], { atol: 0 });
+  const row = full([2, 3], 1);
+  fillInto(slice(row, 0, 1, 2), 0); // contiguous rows at an offset: cleared in place
+  await expectTensor(row, [1, 1, 1, 0, 0, 0], { atol: 0 });
+  const neg = full([2], -0);
+  assert.ok(Object.is((await neg.read())[0], -0));
+  for (const t of [z, base, half, row, neg]) t.dispose();
 });
