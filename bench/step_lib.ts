@@ -145,7 +145,7 @@ export async function prepareStep(
   };
   const adapter: Adapter = mode === "lora"
     ? lora.apply(model, { r: 8, alpha: 16, dropout: 0.1, rslora: false }, ctx)
-    : fullFineTuning.apply(model, {}, ctx);
+    : fullFineTuning.apply(model, { targetsOnly: false }, ctx);
   const groups = adapter.groups();
   const opt = new AdamW(
     groups.map((g) => ({

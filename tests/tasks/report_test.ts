@@ -312,6 +312,9 @@ Deno.test({
         md.includes("| Method | weights | trainable | grads | optimizer | activations |"),
     );
     ok(md.includes("- 9 runs: 3 method/variant rows × 2 tasks (SST-2, STS-B), seeds 1, 2"));
+    // The two LoRA rows differ in targets and in the value lr together: no run pairs with
+    // another on one setting alone, so no paired effect is claimed.
+    ok(!md.includes("## Paired effects"), "confounded settings make no pairs");
 
     // CSV: the flat table and the pivot survive a round trip through arquero.
     const flat = readReportCsv(await Deno.readTextFile(files.csv));

@@ -30,6 +30,7 @@ import { COMMONSENSE_DATASETS } from "../data/commonsense.ts";
 import { formatIssues } from "../train/config.ts";
 import { GLUE_TASKS } from "../data/glue.ts";
 import { resolveTask } from "../data/pipeline.ts";
+import { pairedEffects, renderPairedMarkdown } from "./paired.ts";
 
 /**
  * A run's task under its canonical key (commonsense names are matched case-insensitively by the
@@ -915,6 +916,25 @@ function runsSummaryLines(report: ReportData): string[] {
   ];
 }
 
+/**
+ * The paired-effects section (tasks/lib/report/paired.ts), when some setting varies within a
+ * method: each value against its base, over runs equal in task, seed and every other setting.
+ */
+function pairedSection(report: ReportData): string[] {
+  const effects = pairedEffects(report.runs);
+  if (!effects.length) return [];
+  return [
+    "## Paired effects of each varying setting",
+    "",
+    "Score(value) − score(base) in points, over pairs of runs that agree on task, seed and every " +
+    'other setting; "all" pools the methods. W / T / L: pairs where the value scored higher, ' +
+    "the same, lower. The per-task columns are the mean differences on that task.",
+    "",
+    renderPairedMarkdown(effects, taskName, report.digits),
+    "",
+  ];
+}
+
 /** The report as Markdown: the paper-style table, the memory table and a short runs summary. */
 export function renderReportMarkdown(report: ReportData): string {
   const { pivot } = report;
@@ -926,6 +946,7 @@ export function renderReportMarkdown(report: ReportData): string {
     "",
     markdownTable(main, main.header.map((_, i) => i === 0 ? "l" : "r")),
     "",
+    ...pairedSection(report),
     "## Peak memory by category (MiB)",
     "",
     "Largest peak per category over a row's runs. Categories peak at different moments, so their " +
