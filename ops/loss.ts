@@ -542,7 +542,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
     }
   }
 ${
-        !hasBias ? "" : per === 1 ? "  if (v < params.v) { dbias[v] = total; }" : `  partial[l] = total;
+        !hasBias
+          ? ""
+          : per === 1
+          ? "  if (v < params.v) { dbias[v] = total; }"
+          : `  partial[l] = total;
   workgroupBarrier();
   for (var h = ${per / 2}u; h > 0u; h = h >> 1u) {
     if (sub < h) { partial[l] = partial[l] + partial[l + h]; }
