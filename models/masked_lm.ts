@@ -14,11 +14,11 @@
  * @module
  */
 import {
-  crossEntropy,
   gelu,
   indexSelect,
   layerNorm,
   linear,
+  linearCrossEntropy,
   reshape,
   type Tensor,
   tensor,
@@ -83,19 +83,27 @@ export class EncoderForMaskedLM extends EncoderModel {
     return emb.get("weight");
   }
 
-  /** Vocabulary logits [N, V] of hidden states [N, H]. */
-  headLogits(hidden: Tensor): Tensor {
+  /** The head's transform of hidden states [N, H]: dense → GELU → LayerNorm, [N, H]. */
+  headTransform(hidden: Tensor): Tensor {
     const names = maskedLmHeadNames(this.dims.kind);
     const dense = this.getModule(names.dense) as LinearLike;
     const norm = this.getModule(names.norm) as ParamModule;
-    const z = layerNorm(
+    return layerNorm(
       gelu(dense.forward(hidden)),
       norm.get("weight"),
       norm.get("bias"),
       this.dims.layerNormEps,
     );
-    const bias = (this.getModule(names.root) as HeadRoot).get("bias");
-    return linear(z, this.decoderWeight, bias);
+  }
+
+  /** The decoder's bias [V] (`lm_head.bias` / `cls.predictions.bias`). */
+  get decoderBias(): Tensor {
+    return (this.getModule(maskedLmHeadNames(this.dims.kind).root) as HeadRoot).get("bias");
+  }
+
+  /** Vocabulary logits [N, V] of hidden states [N, H]. */
+  headLogits(hidden: Tensor): Tensor {
+    return linear(this.headTransform(hidden), this.decoderWeight, this.decoderBias);
   }
 
   /** Vocabulary logits [B, T, V] at every position (inference; training uses {@link mlmLoss}). */
@@ -114,6 +122,16 @@ export class EncoderForMaskedLM extends EncoderModel {
     labels: Int32Array,
     ctx: ForwardContext = ForwardContext.current(),
   ): { logits: Tensor; targets: Int32Array } {
+    const { picked, targets } = this.#maskedHidden(inputs, labels, ctx);
+    return { logits: this.headLogits(picked), targets };
+  }
+
+  /** Hidden states [M, H] at the positions whose label is not −100, and those labels. */
+  #maskedHidden(
+    inputs: EncoderInputs,
+    labels: Int32Array,
+    ctx: ForwardContext,
+  ): { picked: Tensor; targets: Int32Array } {
     const h = this.hidden(inputs, ctx);
     const [b, t, hs] = h.shape;
     if (labels.length !== b * t) {
@@ -133,17 +151,26 @@ export class EncoderForMaskedLM extends EncoderModel {
       0,
       tensor(Int32Array.from(rows), [rows.length]),
     );
-    return { logits: this.headLogits(picked), targets: Int32Array.from(targets) };
+    return { picked, targets: Int32Array.from(targets) };
   }
 
-  /** Mean cross-entropy over the positions whose label is not −100 ({@link maskedLogits}). */
+  /**
+   * Mean cross-entropy over the positions whose label is not −100: the values of
+   * crossEntropy({@link maskedLogits}), computed by {@link linearCrossEntropy}, which never
+   * holds a separate [M, V] gradient next to the logits.
+   */
   mlmLoss(
     inputs: EncoderInputs,
     labels: Int32Array,
     ctx: ForwardContext = ForwardContext.current(),
   ): Tensor {
-    const { logits, targets } = this.maskedLogits(inputs, labels, ctx);
-    return crossEntropy(logits, tensor(targets, [targets.length]));
+    const { picked, targets } = this.#maskedHidden(inputs, labels, ctx);
+    return linearCrossEntropy(
+      this.headTransform(picked),
+      this.decoderWeight,
+      this.decoderBias,
+      tensor(targets, [targets.length]),
+    );
   }
 }
 

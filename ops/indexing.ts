@@ -195,8 +195,9 @@ function gatherRaw(x: Tensor, dim: number, index: Tensor, outShape: readonly num
 
 const segmentCache = new Map<string, Kernel>();
 
-function segmentSumKernel(srcType: DType): Kernel {
-  let k = segmentCache.get(srcType);
+function segmentSumKernel(srcType: DType, accumulate: boolean): Kernel {
+  const id = `${srcType}|${accumulate}`;
+  let k = segmentCache.get(id);
   if (k) return k;
   k = defineKernel({
     name: `segmentSum(${srcType})`,
@@ -214,10 +215,11 @@ function segmentSumKernel(srcType: DType): Kernel {
       ["dim_size", "u32"],
       ["groups", "u32"],
       ["src_off", "u32"],
+      ["out_off", "u32"],
     ],
     source: /* wgsl */ `
 // Deterministic scatter-add over the values that occur: out is [outer, dim_size, inner] (zeroed
-// before), src is [outer, n, inner]. One thread per (o, group u, k) sums the src rows of value
+// before, or an existing sum the rows are added to), src is [outer, n, inner]. One thread per (o, group u, k) sums the src rows of value
 // rows[u], walking positions[offsets[u] .. offsets[u + 1]) in ascending position order: no
 // atomics, the same summation order (so the same bits) on every run, and rows that no index
 // names are never touched (an embedding's backward costs the batch, not the vocabulary).
@@ -234,27 +236,30 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   for (var q = u32(offsets[u]); q < u32(offsets[u + 1u]); q++) {
     acc += f32(src[base + u32(positions[q]) * params.inner]);
   }
-  out[(o * params.dim_size + u32(rows[u])) * params.inner + k] = acc;
+  let at = params.out_off + (o * params.dim_size + u32(rows[u])) * params.inner + k;
+  out[at] = ${accumulate ? "out[at] + acc" : "acc"};
 }`,
   });
-  segmentCache.set(srcType, k);
+  segmentCache.set(id, k);
   return k;
 }
 
 /**
  * out = zeros(outShape); out[o, v, k] += src[o, p, k] for every position p whose index is v, with
  * `groups` the CSR of the indices along `dim`. Not recorded. The output is cleared by the driver
- * and only the values that occur are summed.
+ * and only the values that occur are summed. With `into` (contiguous f32 of `outShape`) the sums
+ * are added to its rows instead, and `into` is returned.
  */
 function segmentSumRaw(
   src: Tensor,
   groups: IndexGroups,
   outShape: readonly number[],
   dim: number,
+  into?: Tensor,
 ): Tensor {
-  const out = empty(outShape, { dtype: "f32" });
+  const out = into ?? empty(outShape, { dtype: "f32" });
   if (out.size === 0) return out;
-  rt().clear(out.buffer, 0, out.bytes);
+  if (!into) rt().clear(out.buffer, 0, out.bytes);
   const [outer, dimSize, inner] = aroundAxis(outShape, dim);
   // The occurring values and their compacted CSR offsets.
   const rows: number[] = [], offsets: number[] = [0];
@@ -270,13 +275,20 @@ function segmentSumRaw(
   const positions = tensor(groups.positions, { category: "scratch" });
   const rowsT = tensor(Int32Array.from(rows), { category: "scratch" });
   const offsetsT = tensor(Int32Array.from(offsets), { category: "scratch" });
-  rt().dispatch(segmentSumKernel(ss.dtype), [ss, positions, rowsT, offsetsT, out], {
+  rt().dispatch(segmentSumKernel(ss.dtype, into !== undefined), [
+    ss,
+    positions,
+    rowsT,
+    offsetsT,
+    out,
+  ], {
     total,
     n: groups.positions.length,
     inner,
     dim_size: dimSize,
     groups: rows.length,
     src_off: ss.offset,
+    out_off: out.offset,
   }, grid1d(Math.ceil(total / WG)));
   if (ss !== src) ss.dispose();
   for (const t of [positions, rowsT, offsetsT]) t.dispose();
@@ -317,7 +329,19 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
   const y = gatherRaw(weight, 0, ids, [...ids.shape, width]);
   return record("embedding", y, [weight, ids], (g) => {
     if (!weight.requiresGrad) return [null, null];
-    return [segmentSumRaw(g, groupPositions(values, vocab), weight.shape, 0), null];
+    const groups = groupPositions(values, vocab);
+    const acc = weight.grad;
+    if (
+      acc && !acc.disposed && acc.dtype === "f32" && acc.isContiguous &&
+      acc.shape.join() === weight.shape.join()
+    ) {
+      // A leaf that already holds a gradient (a tied decoder's, or an earlier micro-batch's):
+      // add the occurring rows into it rather than building a [V, D] sum for autograd to add,
+      // which would write and read the whole table twice. Same sums, same order of addition.
+      segmentSumRaw(g, groups, weight.shape, 0, acc);
+      return [null, null];
+    }
+    return [segmentSumRaw(g, groups, weight.shape, 0), null];
   });
 }
 

@@ -5,7 +5,8 @@
  * @module
  */
 import { record } from "./autograd.ts";
-import { map } from "./elementwise.ts";
+import { fillInto, map } from "./elementwise.ts";
+import { matmulRaw } from "./matmul.ts";
 import { reduceRaw } from "./reduce.ts";
 import { defineKernel, grid1d, type Kernel, linearIndex, memoKernel, rt } from "./runtime.ts";
 import { NEG_F32_MAX, rowThreads } from "./softmax.ts";
@@ -368,4 +369,378 @@ export function mseLoss(pred: Tensor, target: Tensor, reduction: Reduction = "me
     const dt = target.requiresGrad ? map([dp], "-a") : null;
     return [dp, dt];
   });
+}
+
+// ---- the fused linear + cross-entropy of a vocabulary head ----------------------------------------
+
+/** Vocabulary rows each thread of the column-statistics pass folds (a slice of V). */
+const LCE_SLICE_ROWS = 128;
+const LCE_WG = 64;
+
+/**
+ * Pass 1 over logitsᵀ [V, Mp] (Mp = scored rows padded to a multiple of 4): thread (q, s) folds
+ * rows v ∈ slice s of column quad q — x = logitsᵀ[v, 4q…4q+3] + bias[v] — into an online
+ * (max, Σ exp(x − max)) vec4 and writes it to partials[s, q]. Lanes of a workgroup walk
+ * neighbouring quads of the same rows, so each step reads one contiguous run of a row and the
+ * bias load is the same for every lane. The running sum is rescaled only when a lane's max
+ * grows (rare after the first rows), so each element costs about one exp.
+ */
+function lceStatsKernel(hasBias: boolean): Kernel {
+  return cached(`lce_stats|${hasBias}`, () =>
+    defineKernel({
+      name: "linear_cross_entropy_stats",
+      bindings: [
+        { name: "x", type: "vec4f", access: "read" },
+        ...(hasBias ? [{ name: "bias", type: "f32" as const, access: "read" as const }] : []),
+        { name: "pmax", type: "vec4f", access: "read_write" },
+        { name: "psum", type: "vec4f", access: "read_write" },
+      ],
+      params: [
+        ["v", "u32"],
+        ["quads", "u32"],
+        ["slice", "u32"],
+        ["slices", "u32"],
+        ["b_off", "u32"],
+      ],
+      source: `
+@compute @workgroup_size(${LCE_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let q = gid.x;
+  let s = gid.y;
+  if (q >= params.quads || s >= params.slices) { return; }
+  let v0 = s * params.slice;
+  let v1 = min(params.v, v0 + params.slice);
+  var m = x[v0 * params.quads + q]${hasBias ? " + bias[params.b_off + v0]" : ""};
+  var acc = vec4f(1.0);
+  for (var v = v0 + 1u; v < v1; v++) {
+    let xv = x[v * params.quads + q]${hasBias ? " + bias[params.b_off + v]" : ""};
+    if (any(xv > m)) {
+      let up = max(m, xv);
+      acc = acc * exp(m - up);
+      m = up;
+    }
+    acc += exp(xv - m);
+  }
+  pmax[s * params.quads + q] = m;
+  psum[s * params.quads + q] = acc;
+}`,
+    }));
+}
+
+/**
+ * Pass 2: column m merges the slices' partials into lse[m] (in slice order: deterministic) and
+ * forms its loss lse − logit[target]; ignored and padding columns (m ≥ rows) give loss 0, and a
+ * target outside [0, V) gives NaN. `tcol[m]` keeps the target as f32 for the backward (−1 where
+ * the column takes no part).
+ */
+function lceLossKernel(hasBias: boolean): Kernel {
+  return cached(`lce_loss|${hasBias}`, () =>
+    defineKernel({
+      name: "linear_cross_entropy_rows",
+      bindings: [
+        { name: "x", type: "f32", access: "read" },
+        ...(hasBias ? [{ name: "bias", type: "f32" as const, access: "read" as const }] : []),
+        { name: "pmax", type: "f32", access: "read" },
+        { name: "psum", type: "f32", access: "read" },
+        { name: "targets", type: "i32", access: "read" },
+        { name: "row_loss", type: "f32", access: "read_write" },
+        { name: "lse_out", type: "f32", access: "read_write" },
+        { name: "tcol", type: "f32", access: "read_write" },
+      ],
+      params: [
+        ["v", "u32"],
+        ["rows", "u32"],
+        ["cols", "u32"],
+        ["slices", "u32"],
+        ["t_off", "u32"],
+        ["b_off", "u32"],
+        ["ignore", "i32"],
+      ],
+      source: `
+@compute @workgroup_size(${LCE_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let m = gid.x;
+  if (m >= params.cols) { return; }
+  var mx: f32 = ${NEG_F32_MAX};
+  for (var s = 0u; s < params.slices; s++) { mx = max(mx, pmax[s * params.cols + m]); }
+  var total: f32 = 0.0;
+  for (var s = 0u; s < params.slices; s++) {
+    total += psum[s * params.cols + m] * exp(pmax[s * params.cols + m] - mx);
+  }
+  let lse = mx + log(total);
+  var loss: f32 = 0.0;
+  var tc: f32 = -1.0;
+  if (m < params.rows) {
+    let t = targets[params.t_off + m];
+    if (t != params.ignore) {
+      if (t < 0 || u32(t) >= params.v) {
+        loss = ${NAN};
+      } else {
+        loss = lse - (x[u32(t) * params.cols + m]${
+        hasBias ? " + bias[params.b_off + u32(t)]" : ""
+      });
+        tc = f32(t);
+      }
+    }
+  }
+  row_loss[m] = loss;
+  lse_out[m] = lse;
+  tcol[m] = tc;
+}`,
+    }));
+}
+
+/** Rows of logitsᵀ one workgroup of the backward pass rewrites (LCE_WG / this threads each). */
+const LCE_GRAD_ROWS = 64;
+
+/**
+ * The backward's one pass over logitsᵀ, in place: each row v is rewritten as
+ * dlogitsᵀ[v, m] = g/count · (softmax[v, m] − [v = target_m]) on the columns that take part (0
+ * elsewhere) by LCE_WG / LCE_GRAD_ROWS threads striding over the row's vec4s (neighbouring lanes
+ * read neighbouring vec4s), which then tree-sum it into dbias[v] in a fixed order
+ * (deterministic). Rows are short (N'/4 vec4s), so a workgroup takes several.
+ */
+function lceGradKernel(hasBias: boolean): Kernel {
+  const per = LCE_WG / LCE_GRAD_ROWS;
+  return cached(`lce_grad|${hasBias}|${LCE_GRAD_ROWS}`, () =>
+    defineKernel({
+      name: "linear_cross_entropy_backward",
+      bindings: [
+        { name: "x", type: "vec4f", access: "read_write" },
+        ...(hasBias
+          ? [
+            { name: "bias", type: "f32" as const, access: "read" as const },
+            { name: "dbias", type: "f32" as const, access: "read_write" as const },
+          ]
+          : []),
+        { name: "lse", type: "vec4f", access: "read" },
+        { name: "tcol", type: "vec4f", access: "read" },
+        { name: "g", type: "f32", access: "read" },
+        { name: "count", type: "f32", access: "read" },
+      ],
+      params: [["v", "u32"], ["quads", "u32"], ["b_off", "u32"], ["g_off", "u32"]],
+      source: `
+var<workgroup> partial: array<f32, ${LCE_WG}>;
+@compute @workgroup_size(${LCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let v = (wid.x + wid.y * nwg.x) * ${LCE_GRAD_ROWS}u + l / ${per}u;
+  let sub = l % ${per}u;
+  var total: f32 = 0.0;
+  if (v < params.v) {
+    let scale = g[params.g_off] / max(count[0], 1.0);
+    let xb = ${hasBias ? "bias[params.b_off + v]" : "0.0"};
+    let fv = vec4f(f32(v));
+    for (var q = sub; q < params.quads; q += ${per}u) {
+      let t = tcol[q];
+      let hot = select(vec4f(0.0), vec4f(1.0), t == fv);
+      let w = select(vec4f(0.0), vec4f(scale), t >= vec4f(0.0));
+      let i = v * params.quads + q;
+      let d = w * (exp(x[i] + xb - lse[q]) - hot);
+      x[i] = d;
+      total += (d.x + d.y) + (d.z + d.w);
+    }
+  }
+${
+        !hasBias
+          ? ""
+          : per === 1
+          ? "  if (v < params.v) { dbias[v] = total; }"
+          : `  partial[l] = total;
+  workgroupBarrier();
+  for (var h = ${per / 2}u; h > 0u; h = h >> 1u) {
+    if (sub < h) { partial[l] = partial[l] + partial[l + h]; }
+    workgroupBarrier();
+  }
+  if (sub == 0u && v < params.v) { dbias[v] = partial[l]; }`
+      }
+}`,
+    }));
+}
+
+/**
+ * Mean cross-entropy of the logits x·Wᵀ + b of a vocabulary head, without the three passes over
+ * the logits that {@link crossEntropy}(linear(…)) makes: `x` [N, H] (the rows to score, e.g. an
+ * MLM's masked positions), `weight` [V, H] (a tied decoder: the word embeddings), `bias` [V],
+ * `targets` [N] i32 with `ignoreIndex` rows left out of the mean (PyTorch semantics; all ignored
+ * gives 0). Differentiable in x, weight and bias.
+ *
+ * The logits are computed transposed, [V, N'] with N' = N rounded up to 4 (zero rows pad x), so
+ * every pass reads them as contiguous vec4s: one pass of per-column softmax statistics, and in
+ * backward one pass that overwrites the logits with their gradient in place (no second
+ * [N, V] buffer) and sums the bias gradient on the way. dW = dlogitsᵀ·x and dx = dlogits·W then
+ * run vocabulary chunk by chunk, so on the texture variant each chunk of dlogitsᵀ is packed once
+ * for both products. Targets outside [0, V) throw when `targets.hostData` is present, else
+ * make the loss NaN.
+ *
+ * @example
+ * ```ts
+ * import { init, linearCrossEntropy, tensor } from "./mod.ts";
+ * await init();
+ * const x = tensor([[1, 0], [0, 1]]);
+ * const w = tensor([[2, 0], [0, 0], [0, 2]]);
+ * const loss = linearCrossEntropy(x, w, undefined, tensor([0, -100], { dtype: "i32" }));
+ * console.log(await loss.item()); // ≈ 0.2395: the row [2, 0, 0] with target 0
+ * ```
+ */
+export function linearCrossEntropy(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  targets: Tensor,
+  options: Pick<CrossEntropyOptions, "ignoreIndex"> = {},
+): Tensor {
+  const { ignoreIndex = -100 } = options;
+  if (x.rank !== 2 || weight.rank !== 2 || x.shape[1] !== weight.shape[1]) {
+    throw new Error(
+      `linearCrossEntropy: expected x [N, H] and weight [V, H], got x ${x} and weight ${weight}`,
+    );
+  }
+  for (const [t, what] of [[x, "x"], [weight, "weight"], ...(bias ? [[bias, "bias"]] : [])]) {
+    if ((t as Tensor).dtype !== "f32") {
+      throw new Error(`linearCrossEntropy: ${what} ${t} must be f32`);
+    }
+  }
+  const [rows, h] = x.shape;
+  const v = weight.shape[0];
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== v)) {
+    throw new Error(`linearCrossEntropy: bias ${bias} must have shape [${v}]`);
+  }
+  if (targets.dtype !== "i32" || targets.rank !== 1 || targets.shape[0] !== rows) {
+    throw new Error(`linearCrossEntropy: targets ${targets} must be i32 of shape [${rows}]`);
+  }
+  if (!Number.isInteger(ignoreIndex)) {
+    throw new Error(`linearCrossEntropy: ignoreIndex must be an integer, got ${ignoreIndex}`);
+  }
+  const host = targets.hostData;
+  if (host && host.length === rows) {
+    for (let i = 0; i < rows; i++) {
+      if (host[i] !== ignoreIndex && (host[i] < 0 || host[i] >= v)) {
+        throw new Error(
+          `linearCrossEntropy: target ${host[i]} at row ${i} is outside [0, ${v}) and is not ` +
+            `ignoreIndex (${ignoreIndex})`,
+        );
+      }
+    }
+  }
+  if (rows === 0 || v === 0) throw new Error("linearCrossEntropy: x and weight must be non-empty");
+  // The backward compares class indices as f32, exact below 2²⁴.
+  if (v >= 2 ** 24) {
+    throw new Error(`linearCrossEntropy: at most ${2 ** 24 - 1} classes, got weight ${weight}`);
+  }
+  const cols = 4 * Math.ceil(rows / 4);
+  const quads = cols / 4;
+  // x padded with zero rows to N' (a copy only when N is not a multiple of 4 or x is strided).
+  const xp = dense(x);
+  let xs = xp;
+  if (cols !== rows) {
+    xs = empty([cols, h]);
+    fillInto(xs, 0);
+    rt().copy(xp.buffer, xp.offset * 4, xs.buffer, 0, rows * h * 4);
+  }
+  const w = dense(weight);
+  const b = bias ? dense(bias) : null;
+  const t = dense(targets);
+  // logitsᵀ [V, N'] = W·xsᵀ (the bias is added by the passes that read it).
+  const xsT = xs.view([h, cols], [1, h]);
+  const logitsT = matmulRaw(w, xsT);
+  xsT.dispose();
+  const slices = Math.ceil(v / LCE_SLICE_ROWS);
+  const pmax = empty([slices, cols]);
+  const psum = empty([slices, cols]);
+  rt().dispatch(lceStatsKernel(b !== null), [logitsT, ...(b ? [b] : []), pmax, psum], {
+    v,
+    quads,
+    slice: LCE_SLICE_ROWS,
+    slices,
+    b_off: b?.offset ?? 0,
+  }, [Math.ceil(quads / LCE_WG), slices]);
+  const rowLoss = empty([cols]);
+  const lse = empty([cols]);
+  const tcol = empty([cols]);
+  rt().dispatch(lceLossKernel(b !== null), [
+    logitsT,
+    ...(b ? [b] : []),
+    pmax,
+    psum,
+    t,
+    rowLoss,
+    lse,
+    tcol,
+  ], {
+    v,
+    rows,
+    cols,
+    slices,
+    t_off: t.offset,
+    b_off: b?.offset ?? 0,
+    ignore: ignoreIndex,
+  }, [Math.ceil(cols / LCE_WG)]);
+  pmax.dispose();
+  psum.dispose();
+  // The mean over the N real rows (padding rows have loss 0 and are not counted).
+  const out = empty([]);
+  const count = empty([1]);
+  rt().dispatch(finalKernel(true), [rowLoss, t, out, count], {
+    rows,
+    t_off: t.offset,
+    ignore: ignoreIndex,
+  }, [1, 1, 1]);
+  rowLoss.dispose();
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  const recorded = record("linearCrossEntropy", out, inputs, (gOut) => {
+    const g = dense(gOut);
+    const db = b && bias!.requiresGrad ? empty([v]) : null;
+    // With no bias to differentiate, the kernel still needs a buffer bound: a one-element scratch.
+    const dbBuf = b ? (db ?? empty([v])) : null;
+    rt().dispatch(
+      lceGradKernel(b !== null),
+      [logitsT, ...(b ? [b, dbBuf!] : []), lse, tcol, g, count],
+      { v, quads, b_off: b?.offset ?? 0, g_off: g.offset },
+      grid1d(Math.ceil(v / LCE_GRAD_ROWS)),
+    );
+    if (dbBuf && dbBuf !== db) dbBuf.dispose();
+    if (g !== gOut) g.dispose();
+    const chunk = 4 * Math.floor(rt().textures.maxDimension / 4);
+    let dw = weight.requiresGrad && v > chunk ? empty([v, h]) : null;
+    let dxs: Tensor | null = null;
+    // Chunks of the vocabulary that fit one texture: dW_c = dlogitsᵀ_c·xs first (its pack of
+    // dlogitsᵀ_c is kept, reuseA), then dx += (dlogitsᵀ_c)ᵀ·W_c reads that same pack transposed.
+    // A chunk's dW lands in its rows of dW by a buffer copy: cheaper than zero-filling dW for an
+    // accumulating product.
+    for (let r0 = 0; r0 < v; r0 += chunk) {
+      const n = Math.min(chunk, v - r0);
+      const dlc = logitsT.view([n, cols], [cols, 1], r0 * cols);
+      if (weight.requiresGrad) {
+        if (n === v) dw = matmulRaw(dlc, xs, { reuseA: x.requiresGrad });
+        else {
+          const part = matmulRaw(dlc, xs, { reuseA: x.requiresGrad });
+          rt().copy(part.buffer, part.offset * 4, dw!.buffer, r0 * h * 4, n * h * 4);
+          part.dispose();
+        }
+      }
+      if (x.requiresGrad) {
+        const dlcT = dlc.view([cols, n], [1, cols], r0 * cols);
+        const wc = w.view([n, h], [h, 1], w.offset + r0 * h);
+        if (dxs) matmulRaw(dlcT, wc, { into: dxs });
+        else dxs = matmulRaw(dlcT, wc);
+        dlcT.dispose();
+        wc.dispose();
+      }
+      dlc.dispose();
+    }
+    let dx: Tensor | null = dxs;
+    if (dxs && cols !== rows) {
+      dx = dxs.view([rows, h], [h, 1], 0);
+      dxs.dispose();
+    }
+    return [dx, dw, db];
+  });
+  if (!recorded.requiresGrad) {
+    for (const tt of [logitsT, lse, tcol, count]) tt.dispose();
+  }
+  // What the forward made for itself (copies, padding) goes now; the backward keeps what it reads.
+  if (xs !== xp && !recorded.requiresGrad) xs.dispose();
+  if (xp !== x && xs !== xp) xp.dispose();
+  return recorded;
 }
