@@ -1717,6 +1717,45 @@ function rowsOf(x: Tensor): Tensor {
   return v;
 }
 
+/** y2 = x2·Wᵀ + b (+ epilogue) for x2 [rows, dIn] and W [dOut, dIn], W read transposed in place. */
+function linearProduct(
+  x2: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  extra: Pick<MatmulOptions, "residual" | "dropout"> = {},
+): Tensor {
+  const wT = transposedView(weight);
+  // x2 is a layer input: q, k and v (and LoRA's A) read it in a row.
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, ...extra });
+  wT.dispose();
+  return y2;
+}
+
+/**
+ * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x),
+ * dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is kept when a second
+ * product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
+ */
+function linearGrads(
+  g2: Tensor,
+  x: Tensor,
+  x2: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  gReadAgain = false,
+): [Tensor | null, Tensor | null, Tensor | null] {
+  const reuseG = gReadAgain || weight.requiresGrad || (bias?.requiresGrad ?? false);
+  const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape) : null;
+  let dw: Tensor | null = null;
+  if (weight.requiresGrad) {
+    const gT = transposedView(g2);
+    dw = matmulRaw(gT, x2);
+    gT.dispose();
+  }
+  const db = bias?.requiresGrad ? sumRows(g2) : null;
+  return [dx, dw, db];
+}
+
 /**
  * y = x·Wᵀ + b with `weight` stored [dOut, dIn] as in Hugging Face nn.Linear; x is [..., dIn].
  * W is read transposed in place and may be f16 (a frozen weight). Differentiable: dx = g·W,
@@ -1740,28 +1779,13 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     throw new Error(`linear: bias ${bias} must have shape [${dOut}] (weight ${weight})`);
   }
   const x2 = rowsOf(x);
-  const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
-  wT.dispose();
-  const outShape = [...x.shape.slice(0, -1), dOut];
-  const y = reshapeTo(y2, outShape);
+  const y = reshapeTo(linearProduct(x2, weight, bias), [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g) => {
     const g2 = rowsOf(g);
-    // g's pack (reuseA) also serves dW = gᵀ·x and db = gᵀ·1.
-    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
-    const dx = x.requiresGrad
-      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
-      : null;
-    let dw: Tensor | null = null;
-    if (weight.requiresGrad) {
-      const gT = transposedView(g2);
-      dw = matmulRaw(gT, x2);
-      gT.dispose();
-    }
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    const grads = linearGrads(g2, x, x2, weight, bias);
     g2.dispose();
-    return [dx, dw, db];
+    return grads;
   });
   if (!recorded.requiresGrad) x2.dispose();
   return recorded;
@@ -1813,21 +1837,20 @@ export function lowRankLinear(
   }
   const x2 = rowsOf(x);
   const xd2 = xd === x ? x2 : rowsOf(xd);
-  const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
+  const aT = transposedView(loraA), bT = transposedView(loraB);
+  const y2 = linearProduct(x2, weight, bias);
   // xd is read again only when it is x itself (no dropout). h is read only by products (h·Bᵀ
   // now, dB = gᵀ·h in backward): its pack is written with it and stays cached (it is small).
   const h = matmulRaw(xd2, aT, { reuseA: xd === x, packOut: true });
   matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
-  for (const t of [wT, aT, bT]) t.dispose();
+  for (const t of [aT, bT]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
   const recorded = record("lowRankLinear", y, inputs, (g) => {
     const g2 = rowsOf(g);
     const gT = transposedView(g2);
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
-    const dw = weight.requiresGrad ? matmulRaw(gT, x2) : null;
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true);
     const dh = loraA.requiresGrad || xd.requiresGrad
       ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
       : null;
@@ -1905,9 +1928,7 @@ export function linearResidual(
   const x2 = rowsOf(x);
   const res = residual.isContiguous && residual.dtype === "f32" ? residual : copyOf(residual);
   const res2 = res.view([x2.shape[0], dOut], [dOut, 1]);
-  const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, residual: res2, dropout: dp });
-  wT.dispose();
+  const y2 = linearProduct(x2, weight, bias, { residual: res2, dropout: dp });
   res2.dispose();
   if (res !== residual) res.dispose();
   const y = reshapeTo(y2, outShape);
@@ -1915,17 +1936,7 @@ export function linearResidual(
   const recorded = record("linearResidual", y, inputs, (g) => {
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
-    const dx = x.requiresGrad
-      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
-      : null;
-    let dw: Tensor | null = null;
-    if (weight.requiresGrad) {
-      const gT = transposedView(g2);
-      dw = matmulRaw(gT, x2);
-      gT.dispose();
-    }
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias);
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];
