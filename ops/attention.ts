@@ -584,7 +584,8 @@ ${
   let head${r} = kvh * params.group + min(row${r}, row_count - 1u) / params.tq;
   let pos${r} = min(row${r}, row_count - 1u) % params.tq;
   let limit${r} = key_limit(pos${r});
-  let out_row${r} = (b * params.kv_heads * params.group + head${r}) * params.tq + pos${r};${
+  let out_row${r} = (b * params.kv_heads * params.group + head${r}) * params.tq + pos${r};
+  let heads_base${r} = ((b * params.tq + pos${r}) * params.kv_heads * params.group + head${r}) * D;${
           s.dropout
             ? `
   let row_key${r} = drop_row_key(b * params.kv_heads * params.group + head${r}, pos${r});`
@@ -645,7 +646,8 @@ function dropMul(s: TileShape, rowKey: string, key: string): string {
  * accumulators in registers (vec4s) and folds keys in one by one with an online softmax (running
  * max m, rescaled only when it grows; running sum l). Keys arrive in TILE-row blocks staged in
  * workgroup memory ("workgroup") or straight from packed textures ("texture"). Writes out
- * [B, Hq, T, D] and the row logsumexp m + log l ([B, Hq, T]).
+ * [B, Hq, T, D] stored as [B, T, Hq, D] (see {@link headsInterleaved}) and the row logsumexp
+ * m + log l ([B, Hq, T], contiguous).
  */
 function forwardKernel(s: TileShape): Kernel {
   const D = s.headDim;
@@ -700,7 +702,7 @@ ${
             storeRow(
               D,
               "out",
-              `out_row${r} * D`,
+              `heads_base${r}`,
               (c) => `acc${r}_${c}`,
               " * inv",
               "    ",
@@ -716,8 +718,8 @@ ${
 // ---- backward ------------------------------------------------------------------------------------
 
 /*
- * Delta layout: one invocation per query row computes D_i = Σ_d dO[i, d]·O[i, d] (dO strided,
- * O contiguous), the correction term of the softmax backward shared by dQ and dK.
+ * Delta layout: one invocation per query row computes D_i = Σ_d dO[i, d]·O[i, d] (both strided),
+ * the correction term of the softmax backward shared by dQ and dK.
  */
 const deltaKernel = defineKernel({
   name: "attention_delta",
@@ -732,6 +734,7 @@ const deltaKernel = defineKernel({
     ["tq", "u32"],
     ["dim", "u32"],
     ...stridedParams("grad_out"),
+    ...stridedParams("out"),
   ],
   source: `
 @compute @workgroup_size(64)
@@ -743,9 +746,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let b = i / (params.tq * params.heads);
   let base = params.grad_out_off + b * params.grad_out_sb + h * params.grad_out_sh +
     t * params.grad_out_sl;
+  let o_base = params.out_off + b * params.out_sb + h * params.out_sh + t * params.out_sl;
   var acc = 0.0;
   for (var d = 0u; d < params.dim; d++) {
-    acc += grad_out[base + d * params.grad_out_sd] * out[i * params.dim + d];
+    acc += grad_out[base + d * params.grad_out_sd] * out[o_base + d * params.out_sd];
   }
   delta[i] = acc;
 }`,
@@ -807,7 +811,7 @@ ${
             storeRow(
               D,
               "grad_q",
-              `out_row${r} * D`,
+              `heads_base${r}`,
               (c) => `dq${r}_${c}`,
               " * params.scale",
               "    ",
@@ -825,7 +829,7 @@ ${
  * streams the queries of every head in the group (scaled q, dO, lse, D_i; staged or from
  * textures as in the forward), starting at the first query the block's earliest key is visible
  * to when causal: p = exp(s − lse), dv += p·dO, dS = p·(dO·v − D_i), dk += dS·q·scale. Masked
- * or out-of-range keys end with zeros.
+ * or out-of-range keys end with zeros. dQ, dK and dV are stored heads-interleaved like the output.
  */
 function gradKeyValueKernel(s: TileShape): Kernel {
   const D = s.headDim;
@@ -905,7 +909,7 @@ ${unroll(nv, (c) => `var dv${r}_${c} = vec4f(0.0);`, "  ")}`, "  ")
 ${
         unroll(s.rowsPerThread, (r) =>
           `if (key${r} < params.sk) {
-    let o = ((b * params.kv_heads + kvh) * params.sk + key${r}) * D;
+    let o = ((b * params.sk + key${r}) * params.kv_heads + kvh) * D;
 ${
             storeRow(
               D,
@@ -997,6 +1001,19 @@ function dispatchStreamed(
 
 // ---- the op --------------------------------------------------------------------------------------
 
+/**
+ * A new [B, H, L, D] tensor stored as [B, L, H, D] (a permuted view). Attention writes its output
+ * and gradients in this layout because their consumers want the heads side by side: the output
+ * is transposed back and merged into [B, L, H·D] (a view instead of a copy), and q/k/v's
+ * gradients flow back through the same transpose and reshape onto the projections' outputs.
+ */
+function headsInterleaved(b: number, h: number, l: number, d: number): Tensor {
+  const t = empty([b, l, h, d]);
+  const v = t.view([b, h, l, d], [l * h * d, d, h * d, 1]);
+  t.dispose();
+  return v;
+}
+
 /** The dropout option checked, or undefined when it drops nothing. */
 function validDropout(d: AttentionDropout | undefined): AttentionDropout | undefined {
   if (!d) return undefined;
@@ -1072,7 +1089,7 @@ export function scaledDotProductAttention(
   // The kernels read the mask as contiguous f32 keep flags, whatever its dtype or layout.
   const keep = mask ? map([mask], "select(0.0, 1.0, a != 0.0)") : undefined;
   const masked = keep ? [keep] : [];
-  const out = empty([batch, queryHeads, queryLen, headDim]);
+  const out = headsInterleaved(batch, queryHeads, queryLen, headDim);
   const lse = empty([batch, queryHeads, queryLen]);
   const rowCount = (queryHeads / kvHeads) * queryLen;
   const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, !!drop, tiling);
@@ -1114,13 +1131,14 @@ export function scaledDotProductAttention(
         tq: queryLen,
         dim: headDim,
         ...stridedValues("grad_out", gradOut),
+        ...stridedValues("out", out),
       },
       grid1d(Math.ceil(rows / 64)),
     );
     const gradParams = { ...params, ...stridedValues("grad_out", gradOut) };
     let gradQ: Tensor | null = null;
     if (q.requiresGrad) {
-      gradQ = empty(q.shape);
+      gradQ = headsInterleaved(batch, queryHeads, queryLen, headDim);
       dispatchStreamed(
         gradQueryKernel(rowShape),
         rowShape,
@@ -1134,8 +1152,8 @@ export function scaledDotProductAttention(
     let gradK: Tensor | null = null;
     let gradV: Tensor | null = null;
     if (k.requiresGrad || v.requiresGrad) {
-      gradK = empty(k.shape);
-      gradV = empty(v.shape);
+      gradK = headsInterleaved(batch, kvHeads, keyLen, headDim);
+      gradV = headsInterleaved(batch, kvHeads, keyLen, headDim);
       const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, !!drop, tiling);
       dispatchStreamed(
         gradKeyValueKernel(keyShape),

@@ -85,6 +85,8 @@ export interface MatmulPlan {
   readonly outOffset: number;
   /** A is read by several products in a row (a layer input): variants may keep its staging. */
   readonly reuseA?: boolean;
+  /** C is read next by other products: variants may stage it as they write it. */
+  readonly packOut?: boolean;
   /** The product is scaled by this before the bias is added (1: plain). */
   readonly alpha: number;
   /** Add into `out`'s current values instead of overwriting them (C += α·A·B). */
@@ -711,19 +713,26 @@ ${
   });
 }
 
+/** Compile-time choices of the texture product kernel besides its tile. */
+interface TextureKernelOptions {
+  biasType: DType | null;
+  batchRank: number;
+  accumulate: boolean;
+  epilogue: Epilogue;
+  /** TA holds Aᵀ packed (texel (m4, k) = A[4m4…4m4+3, k]): a weight gradient's gᵀ. */
+  aTransposed: boolean;
+  /** TB holds Bᵀ packed (texel (k4, n) = B[4k4…4k4+3, n]): a weight W read as Wᵀ. */
+  bTransposed: boolean;
+  /** Also store C into the write-only texture P in the packed layout (texel (n4, m)). */
+  packOut: boolean;
+}
+
 /** The product kernel reading A and B from packed textures. */
-function textureKernel(
-  tile: TextureTile,
-  biasType: DType | null,
-  batchRank: number,
-  accumulate: boolean,
-  epilogue: Epilogue,
-  aTransposed = false,
-): Kernel {
-  const key = `texture|${JSON.stringify(tile)}|${biasType}|${batchRank}|${accumulate}|` +
-    `${JSON.stringify(epilogue)}|${aTransposed}`;
+function textureKernel(tile: TextureTile, o: TextureKernelOptions): Kernel {
+  const key = `texture|${JSON.stringify(tile)}|${JSON.stringify(o)}`;
   return cached(key, () => {
     const { rowsPerThread: RM, vec4PerThread: CN, wgX, wgY } = tile;
+    const { biasType, batchRank, accumulate, epilogue, aTransposed, bTransposed } = o;
     if (aTransposed && RM % 4 !== 0) throw new Error("matmul: Aᵀ texels need rows in fours");
     const body: string[] = [];
     if (aTransposed) {
@@ -737,6 +746,22 @@ function textureKernel(
       }
     }
     for (let c = 0; c < CN; c++) {
+      if (bTransposed) {
+        // TB holds Bᵀ packed: texel (k4, n) = B[4k4…4k4+3, n]. Four k's of one column per load,
+        // regrouped into the four k rows of four columns the plain layout would have loaded.
+        for (let j = 0; j < 4; j++) {
+          body.push(
+            `    let u${c}_${j} = textureLoad(TB, vec2u(k4, 4u * (n4 + ${c}u) + ${j}u));`,
+          );
+        }
+        for (let j = 0; j < 4; j++) {
+          const l = "xyzw"[j];
+          body.push(
+            `    let b${c}_${j} = vec4f(u${c}_0.${l}, u${c}_1.${l}, u${c}_2.${l}, u${c}_3.${l});`,
+          );
+        }
+        continue;
+      }
       for (let j = 0; j < 4; j++) {
         body.push(
           `    let b${c}_${j} = textureLoad(TB, vec2u(n4 + ${c}u, B_base + 4u * k4 + ${j}u));`,
@@ -758,14 +783,32 @@ function textureKernel(
       }
       body.push("    }");
     }
+    // The packed copy of C: the values the buffer receives (α·acc), zero past column N so the
+    // texture reads as a pack of C would (no K guard in the kernels that read it).
+    const packLines: string[] = [];
+    if (o.packOut) {
+      for (let r = 0; r < RM; r++) {
+        packLines.push(`  if (m_out + ${r}u < params.M) {`);
+        for (let c = 0; c < CN; c++) {
+          packLines.push(
+            `    textureStore(P, vec2u(n4 + ${c}u, m_out + ${r}u), select(vec4f(0.0), ` +
+              `params.alpha * acc[${r * CN + c}], n_out + ${4 * c}u + vec4u(0u, 1u, 2u, 3u) < ` +
+              `vec4u(params.N)));`,
+          );
+        }
+        packLines.push("  }");
+      }
+    }
+    const name = `matmul_texture${aTransposed ? "_tA" : ""}${bTransposed ? "_tB" : ""}`;
     return defineKernel({
-      name: aTransposed ? "matmul_texture_tA" : "matmul_texture",
+      name,
       bindings: [
         { name: "TA", texture: "rgba32float", access: "read" },
         { name: "TB", texture: "rgba32float", access: "read" },
         ...biasBinding(biasType),
         ...epilogueDecls(epilogue).bindings,
         { name: "C", type: "f32", access: "read_write" },
+        ...(o.packOut ? [{ name: "P", texture: "rgba32float", access: "write" } as const] : []),
       ],
       params: [
         ["M", "u32"],
@@ -780,10 +823,11 @@ function textureKernel(
       ],
       source: /* wgsl */ `${epilogueDecls(epilogue).helpers}
 // Matmul from packed textures: TA texel (k4, row) holds A[row, 4k4…4k4+3], TB texel (n4, k)
-// holds B[k, 4n4…4n4+3]; batch entries are stacked down the rows. Thread (x, y) owns ${RM} rows
-// × ${CN} vec4 columns of C and reads its operands straight from the textures (no workgroup
-// memory: on software rasterisers texture loads are the fast path and barriers are not).
-// Rows and columns past the edge read harmless texels whose results are never stored.
+// holds B[k, 4n4…4n4+3] (or, transposed packs, the layouts named above); batch entries are
+// stacked down the rows. Thread (x, y) owns ${RM} rows × ${CN} vec4 columns of C and reads its
+// operands straight from the textures (no workgroup memory: on software rasterisers texture
+// loads are the fast path and barriers are not). Rows and columns past the edge read harmless
+// texels whose results are never stored.
 @compute @workgroup_size(${wgX}, ${wgY})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wid: vec3u) {
   let z = wid.z + params.batch_base;
@@ -799,6 +843,7 @@ ${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }]
 ${body.join("\n")}
   }
 ${storeLines(RM, CN, biasType !== null, accumulate, epilogue)}
+${packLines.join("\n")}
 }`,
     });
   });
@@ -979,8 +1024,8 @@ interface Packed {
 
 /**
  * Pack `count` matrices of an operand (entries `zBase…` over `dims`) into a scratch texture,
- * stacked every `rowsPadded` rows; served from (and kept in) the pack cache for frozen weights
- * and, when `reuse` is set, for a layer input.
+ * stacked every `rowsPadded` rows; served from (and kept in) the pack cache for frozen weights,
+ * small trainable parameters and, when `reuse` is set, for a layer input.
  */
 function pack(
   o: MatrixOperand,
@@ -997,7 +1042,12 @@ function pack(
   const hit = packCache.get(t.buffer, key);
   if (hit) return { tex: hit, cached: true };
   const tex = packInto(o, dims, zBase, count, rowsPadded);
-  const cached = (pinned || reuse) && packCache.put(t.buffer, key, tex, pinned);
+  // A small trainable parameter (LoRA's A and B, a head's weight) is read by its forward product
+  // and again by its backward ones: its pack stays until the optimizer's write invalidates it.
+  // (Products read parameters through views, which carry the category but not requiresGrad.)
+  const parameter = t.category === "trainable" &&
+    tex.width * tex.height * 16 <= packCache.smallBytes;
+  const cached = (pinned || reuse || parameter) && packCache.put(t.buffer, key, tex, pinned);
   return { tex, cached };
 }
 
@@ -1105,50 +1155,124 @@ function runTextureKChunks(plan: MatmulPlan, max: number): void {
       bias: k0 === 0 ? plan.bias : null,
       accumulate: k0 === 0 ? plan.accumulate : true,
       reuseA: false,
+      packOut: false,
     });
   }
 }
 
-/** Record the product over packed textures `ta`, `tb` (row strides per batch dim given). */
+/** Packed operands of one texture product and how the kernel reads them. */
+interface TextureOperands {
+  a: Packed;
+  b: Packed;
+  /** Texture rows per batch dim of A and B (empty for a single product). */
+  rowStridesA: readonly number[];
+  rowStridesB: readonly number[];
+  /** A arrives as a pack of Aᵀ (see {@link cachedTransposePack}). */
+  aTransposed: boolean;
+  /** B arrives as a pack of Bᵀ (a weight's own row-major pack, see {@link naturalOf}). */
+  bTransposed: boolean;
+}
+
+/** Record the product over packed textures; `packOut` also receives C in the packed layout. */
 function productFromTextures(
   plan: MatmulPlan,
-  pa: Packed,
-  pb: Packed,
-  rowStridesA: readonly number[],
-  rowStridesB: readonly number[],
-  aTransposed = false,
+  o: TextureOperands,
+  packOut: ScratchTexture | null = null,
 ): void {
-  const ta = pa.tex, tb = pb.tex;
   const tile = plan.N <= 64 ? TEXTURE_TILE_NARROW : TEXTURE_TILE;
-  const kernel = textureKernel(
-    tile,
-    plan.bias?.dtype ?? null,
-    plan.batchDims.length,
-    plan.accumulate,
-    epilogueOf(plan),
-    aTransposed,
-  );
+  const kernel = textureKernel(tile, {
+    biasType: plan.bias?.dtype ?? null,
+    batchRank: plan.batchDims.length,
+    accumulate: plan.accumulate,
+    epilogue: epilogueOf(plan),
+    aTransposed: o.aTransposed,
+    bTransposed: o.bTransposed,
+    packOut: packOut !== null,
+  });
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
-    p[`A_bs${i}`] = rowStridesA[i];
-    p[`B_bs${i}`] = rowStridesB[i];
+    p[`A_bs${i}`] = o.rowStridesA[i];
+    p[`B_bs${i}`] = o.rowStridesB[i];
   });
   dispatchBatches(
     kernel,
     [
-      ta,
-      tb,
+      o.a.tex,
+      o.b.tex,
       ...(plan.bias ? [plan.bias] : []),
       ...(plan.residual ? [plan.residual] : []),
       plan.out,
+      ...(packOut ? [packOut] : []),
     ],
     p,
     Math.ceil(plan.N / (4 * tile.vec4PerThread * tile.wgX)),
     Math.ceil(plan.M / (tile.rowsPerThread * tile.wgY)),
     plan.batch,
   );
-  if (!pa.cached) rt().textures.release(ta);
-  if (!pb.cached) rt().textures.release(tb);
+  if (!o.a.cached) rt().textures.release(o.a.tex);
+  if (!o.b.cached) rt().textures.release(o.b.tex);
+}
+
+/**
+ * The row-major operand behind a transposed B (B = Wᵀ of a row-major W [N, K]): packing W as it
+ * lies gives the texture a `bTransposed` product reads, and the same pack serves every other
+ * product that reads W (g·W reads it as a plain B, the A-layout pack is the B-layout one), so a
+ * weight is packed once for its forward and backward. Null when B is not such a view.
+ */
+function naturalOf(b: MatrixOperand, max: number): MatrixOperand | null {
+  if (!b.transposed || b.rows === 1 || 4 * Math.ceil(b.cols / 4) > max) return null;
+  return {
+    tensor: b.tensor,
+    rows: b.cols,
+    cols: b.rows,
+    offset: b.offset,
+    rowStride: b.colStride,
+    colStride: 1,
+    transposed: false,
+    batchStrides: [],
+  };
+}
+
+/** The output of a single product as the operand a later product would read it as. */
+function outputOperand(plan: MatmulPlan): MatrixOperand {
+  const v = plan.out.view([plan.M, plan.N], contiguousStrides([plan.M, plan.N]), plan.outOffset);
+  const o = matrixOf(v, [], []);
+  v.dispose();
+  return { ...o, tensor: plan.out };
+}
+
+/**
+ * One product (no batch) whose operands fit a texture: A from its pack (or the cached pack of
+ * Aᵀ), B from its pack (or a transposed weight's own pack); with `packOut` the output's pack is
+ * written by the same dispatch and left in the cache for the products that read it next.
+ */
+function runTextureSingle(plan: MatmulPlan, kPad: number, max: number): void {
+  const cachedT = cachedTransposePack(plan);
+  const a: Packed = cachedT
+    ? { tex: cachedT, cached: true }
+    : pack(plan.a, [], 0, 1, plan.M, plan.reuseA);
+  const natural = naturalOf(plan.b, max);
+  // W's rows padded to fours: the key a plain B-layout pack of W (g·W) looks up.
+  const b = natural
+    ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4))
+    : pack(plan.b, [], 0, 1, kPad);
+  const wantPack = (plan.packOut ?? false) && plan.M <= max && !plan.accumulate &&
+    !plan.bias && !plan.dropout && !plan.residual;
+  const out = wantPack ? rt().textures.acquire(Math.ceil(plan.N / 4), plan.M) : null;
+  productFromTextures(plan, {
+    a,
+    b,
+    rowStridesA: [],
+    rowStridesB: [],
+    aTransposed: cachedT !== null,
+    bTransposed: natural !== null,
+  }, out);
+  if (out) {
+    // Registered after the dispatch, so the entry carries the version the write gave C.
+    const o = outputOperand(plan);
+    const key = packKey(o, [], 0, 1, plan.M);
+    if (!packCache.put(plan.out.buffer, key, out, false)) rt().textures.release(out);
+  }
 }
 
 function runTexture(plan: MatmulPlan): void {
@@ -1171,31 +1295,29 @@ function runTexture(plan: MatmulPlan): void {
         M: rows,
         a: { ...plan.a, rows, offset: plan.a.offset + r0 * plan.a.rowStride },
         outOffset: plan.outOffset + r0 * N,
+        packOut: false,
       });
     }
+    return;
+  }
+  if (plan.batch === 1) {
+    runTextureSingle(plan, kPad, max);
     return;
   }
   const own = (o: MatrixOperand) =>
     batchDims.map((d, i) => ({ d, s: o.batchStrides[i] })).filter((x) => x.s !== 0);
   const countOf = (dims: PackDim[]) => dims.reduce((p, x) => p * x.d, 1);
   const ownA = own(plan.a), ownB = own(plan.b);
-  const cachedT = cachedTransposePack(plan);
-  if (cachedT && kPad <= max) {
-    const tb = pack(plan.b, [], 0, 1, kPad);
-    productFromTextures(plan, { tex: cachedT, cached: true }, tb, [], [], true);
-    return;
-  }
+  const plain = { aTransposed: false, bTransposed: false };
   if (countOf(ownA) * M <= max && countOf(ownB) * kPad <= max) {
     // Each operand's distinct matrices fit one texture: pack each once.
-    const ta = pack(plan.a, ownA, 0, countOf(ownA), M, plan.reuseA);
-    const tb = pack(plan.b, ownB, 0, countOf(ownB), kPad);
-    productFromTextures(
-      plan,
-      ta,
-      tb,
-      packedRowStrides(batchDims, plan.a.batchStrides, M),
-      packedRowStrides(batchDims, plan.b.batchStrides, kPad),
-    );
+    productFromTextures(plan, {
+      a: pack(plan.a, ownA, 0, countOf(ownA), M, plan.reuseA),
+      b: pack(plan.b, ownB, 0, countOf(ownB), kPad),
+      rowStridesA: packedRowStrides(batchDims, plan.a.batchStrides, M),
+      rowStridesB: packedRowStrides(batchDims, plan.b.batchStrides, kPad),
+      ...plain,
+    });
     return;
   }
   // A tall batch: pack the matrices of a chunk of batch entries at a time, one per entry.
@@ -1203,14 +1325,15 @@ function runTexture(plan: MatmulPlan): void {
   const chunk = Math.floor(max / Math.max(M, kPad));
   for (let z0 = 0; z0 < plan.batch; z0 += chunk) {
     const count = Math.min(chunk, plan.batch - z0);
-    const ta = pack(plan.a, all(plan.a), z0, count, M, plan.reuseA);
-    const tb = pack(plan.b, all(plan.b), z0, count, kPad);
     productFromTextures(
       { ...plan, batchDims: [count], batch: count, outOffset: plan.outOffset + z0 * M * N },
-      ta,
-      tb,
-      [M],
-      [kPad],
+      {
+        a: pack(plan.a, all(plan.a), z0, count, M, plan.reuseA),
+        b: pack(plan.b, all(plan.b), z0, count, kPad),
+        rowStridesA: [M],
+        rowStridesB: [kPad],
+        ...plain,
+      },
     );
   }
 }
@@ -1234,6 +1357,12 @@ export interface MatmulOptions {
    * operands may keep A's staged copy for the next product that reads it unchanged.
    */
   reuseA?: boolean;
+  /**
+   * The result is read next by other products (LoRA's h = xd·Aᵀ by h·Bᵀ and dB = gᵀ·h): variants
+   * that stage operands may write the staged copy in the same dispatch as the result. Honoured
+   * for a plain product (no bias, accumulation or epilogue).
+   */
+  packOut?: boolean;
   /** Scale the product by α before the bias is added (default 1). */
   alpha?: number;
   /**
@@ -1392,6 +1521,7 @@ function prepare(
     out,
     outOffset: into ? into.offset : 0,
     reuseA: options.reuseA ?? false,
+    packOut: options.packOut ?? false,
     alpha: options.alpha ?? 1,
     accumulate: into !== undefined,
     dropout: options.dropout ?? null,
@@ -1587,6 +1717,45 @@ function rowsOf(x: Tensor): Tensor {
   return v;
 }
 
+/** y2 = x2·Wᵀ + b (+ epilogue) for x2 [rows, dIn] and W [dOut, dIn], W read transposed in place. */
+function linearProduct(
+  x2: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  extra: Pick<MatmulOptions, "residual" | "dropout"> = {},
+): Tensor {
+  const wT = transposedView(weight);
+  // x2 is a layer input: q, k and v (and LoRA's A) read it in a row.
+  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, ...extra });
+  wT.dispose();
+  return y2;
+}
+
+/**
+ * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x),
+ * dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is kept when a second
+ * product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
+ */
+function linearGrads(
+  g2: Tensor,
+  x: Tensor,
+  x2: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  gReadAgain = false,
+): [Tensor | null, Tensor | null, Tensor | null] {
+  const reuseG = gReadAgain || weight.requiresGrad || (bias?.requiresGrad ?? false);
+  const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape) : null;
+  let dw: Tensor | null = null;
+  if (weight.requiresGrad) {
+    const gT = transposedView(g2);
+    dw = matmulRaw(gT, x2);
+    gT.dispose();
+  }
+  const db = bias?.requiresGrad ? sumRows(g2) : null;
+  return [dx, dw, db];
+}
+
 /**
  * y = x·Wᵀ + b with `weight` stored [dOut, dIn] as in Hugging Face nn.Linear; x is [..., dIn].
  * W is read transposed in place and may be f16 (a frozen weight). Differentiable: dx = g·W,
@@ -1610,28 +1779,13 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     throw new Error(`linear: bias ${bias} must have shape [${dOut}] (weight ${weight})`);
   }
   const x2 = rowsOf(x);
-  const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
-  wT.dispose();
-  const outShape = [...x.shape.slice(0, -1), dOut];
-  const y = reshapeTo(y2, outShape);
+  const y = reshapeTo(linearProduct(x2, weight, bias), [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g) => {
     const g2 = rowsOf(g);
-    // g's pack (reuseA) also serves dW = gᵀ·x and db = gᵀ·1.
-    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
-    const dx = x.requiresGrad
-      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
-      : null;
-    let dw: Tensor | null = null;
-    if (weight.requiresGrad) {
-      const gT = transposedView(g2);
-      dw = matmulRaw(gT, x2);
-      gT.dispose();
-    }
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    const grads = linearGrads(g2, x, x2, weight, bias);
     g2.dispose();
-    return [dx, dw, db];
+    return grads;
   }, [weight, x2]);
   // Only dW reads x in backward: a frozen weight's layer input is not kept for it.
   if (!recorded.requiresGrad || !weight.requiresGrad) x2.dispose();
@@ -1684,22 +1838,22 @@ export function lowRankLinear(
   }
   const x2 = rowsOf(x);
   const xd2 = xd === x ? x2 : rowsOf(xd);
-  const wT = transposedView(weight), aT = transposedView(loraA), bT = transposedView(loraB);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true });
-  // xd is read again only when it is x itself (no dropout); h's small pack serves dB = gᵀ·h.
-  const h = matmulRaw(xd2, aT, { reuseA: xd === x });
+  const aT = transposedView(loraA), bT = transposedView(loraB);
+  const y2 = linearProduct(x2, weight, bias);
+  // xd is read again only when it is x itself (no dropout). h is read only by products (h·Bᵀ
+  // now, dB = gᵀ·h in backward): its pack is written with it and stays cached (it is small).
+  const h = matmulRaw(xd2, aT, { reuseA: xd === x, packOut: true });
   matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
-  for (const t of [wT, aT, bT]) t.dispose();
+  for (const t of [aT, bT]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
   const recorded = record("lowRankLinear", y, inputs, (g) => {
     const g2 = rowsOf(g);
     const gT = transposedView(g2);
-    const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: true }), x.shape) : null;
-    const dw = weight.requiresGrad ? matmulRaw(gT, x2) : null;
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true);
     const dh = loraA.requiresGrad || xd.requiresGrad
-      ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true })
+      ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
       : null;
     const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
     let dA: Tensor | null = null, dxd: Tensor | null = null;
@@ -1775,9 +1929,7 @@ export function linearResidual(
   const x2 = rowsOf(x);
   const res = residual.isContiguous && residual.dtype === "f32" ? residual : copyOf(residual);
   const res2 = res.view([x2.shape[0], dOut], [dOut, 1]);
-  const wT = transposedView(weight);
-  const y2 = matmulRaw(x2, wT, { bias, reuseA: true, residual: res2, dropout: dp });
-  wT.dispose();
+  const y2 = linearProduct(x2, weight, bias, { residual: res2, dropout: dp });
   res2.dispose();
   if (res !== residual) res.dispose();
   const y = reshapeTo(y2, outShape);
@@ -1785,17 +1937,7 @@ export function linearResidual(
   const recorded = record("linearResidual", y, inputs, (g) => {
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const reuseG = weight.requiresGrad || (bias?.requiresGrad ?? false);
-    const dx = x.requiresGrad
-      ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape)
-      : null;
-    let dw: Tensor | null = null;
-    if (weight.requiresGrad) {
-      const gT = transposedView(g2);
-      dw = matmulRaw(gT, x2);
-      gT.dispose();
-    }
-    const db = bias?.requiresGrad ? sumRows(g2) : null;
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias);
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];

@@ -17,6 +17,8 @@ import {
   type HostArray,
   mul,
   noGrad,
+  reshape,
+  rt,
   scaledDotProductAttention,
   scopeAsync,
   sum,
@@ -685,3 +687,89 @@ Deno.test("attention dropout options are validated with named errors", () => {
   );
   q.dispose();
 });
+
+variantTest(
+  "attention output and gradients are stored heads-interleaved: merging heads is a view both ways",
+  async () => {
+    // The encoder's pattern: projections [B, T, H·D] split into heads, attention, merged back.
+    const c: Case = { B: 2, Hq: 3, Hkv: 3, T: 5, S: 5, D: 8 };
+    const [q, k, v] = inputs(c, 150);
+    const toHeads = (a: Float64Array) => {
+      // [B, H, T, D] → [B, T, H, D] host layout, the projections' own layout.
+      const o = new Float64Array(a.length);
+      for (let b = 0; b < c.B; b++) {
+        for (let h = 0; h < c.Hq; h++) {
+          for (let t = 0; t < c.T; t++) {
+            for (let d = 0; d < c.D; d++) {
+              o[((b * c.T + t) * c.Hq + h) * c.D + d] = a[((b * c.Hq + h) * c.T + t) * c.D + d];
+            }
+          }
+        }
+      }
+      return o;
+    };
+    await scopeAsync(async () => {
+      const proj = [q, k, v].map((a) =>
+        tensor(Float32Array.from(toHeads(a)), [c.B, c.T, c.Hq * c.D], { requiresGrad: true })
+      );
+      const [qt, kt, vt] = proj.map((p) => transpose(reshape(p, [c.B, c.T, c.Hq, c.D]), 1, 2));
+      const out = run(c, qt, kt, vt);
+      assert.deepEqual(out.shape, [c.B, c.Hq, c.T, c.D]);
+      const back = transpose(out, 1, 2);
+      assert.ok(back.isContiguous, "transpose(out, 1, 2) is contiguous: the merge is a view");
+      const before = rt().dispatchCount;
+      const merged = reshape(back, [c.B, c.T, c.Hq * c.D]);
+      assert.equal(rt().dispatchCount, before, "merging heads dispatches nothing");
+      assertClose(
+        await merged.read(),
+        toHeads(referenceAttention(c, q, k, v)),
+        FORWARD_TOL,
+        "merged output",
+      );
+      // Weights make every output element's gradient distinct.
+      const w = tensor(Float32Array.from(randomArray(merged.size, 151, -1, 1)), merged.shape);
+      backward(sum(mul(merged, w)));
+      for (const p of proj) {
+        assert.ok(p.grad, "each projection gets a gradient");
+        assert.deepEqual(p.grad.shape, p.shape);
+      }
+      // Against finite differences of the same composition, checked per projection.
+      const wHost = await w.read();
+      const loss = (qa: Float64Array, ka: Float64Array, va: Float64Array) => {
+        const o = toHeads(referenceAttention(c, qa, ka, va));
+        return o.reduce((s, x, i) => s + x * wHost[i], 0);
+      };
+      const eps = 1e-3;
+      const fromHeads = (a: ArrayLike<number>) => {
+        const o = new Float64Array(a.length);
+        for (let b = 0; b < c.B; b++) {
+          for (let h = 0; h < c.Hq; h++) {
+            for (let t = 0; t < c.T; t++) {
+              for (let d = 0; d < c.D; d++) {
+                o[((b * c.Hq + h) * c.T + t) * c.D + d] = a[((b * c.T + t) * c.Hq + h) * c.D + d];
+              }
+            }
+          }
+        }
+        return o;
+      };
+      const base = [q, k, v];
+      for (let which = 0; which < 3; which++) {
+        const got = await proj[which].grad!.read();
+        for (const i of [0, 7, 41, got.length - 1]) {
+          const plus = base.map((a) => Float64Array.from(toHeads(a)));
+          const minus = base.map((a) => Float64Array.from(toHeads(a)));
+          plus[which][i] += eps;
+          minus[which][i] -= eps;
+          const f = (xs: Float64Array[]) =>
+            loss(...(xs.map(fromHeads) as [Float64Array, Float64Array, Float64Array]));
+          const fd = (f(plus) - f(minus)) / (2 * eps);
+          assert.ok(
+            Math.abs(got[i] - fd) <= 2e-3 + 2e-3 * Math.abs(fd),
+            `grad of projection ${which} element ${i}: ${got[i]} vs finite difference ${fd}`,
+          );
+        }
+      }
+    });
+  },
+);

@@ -804,3 +804,73 @@ Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing 
       clearPackCache();
     }));
 });
+
+Deno.test("texture variant: a LoRA step packs each weight once and h, dh with the products that write them", async () => {
+  // rows 24 and r 8 keep the packs aligned (the shared A- and B-layout keys need multiples of 4).
+  const [rows, dIn, dOut, r, s] = [24, 12, 20, 8, 0.5];
+  const run = (variant: string) =>
+    withVariant("matmul", variant, () =>
+      scopeAsync(async () => {
+        clearPackCache();
+        const mk = (n: number, seed: number, shape: number[], opts = {}) =>
+          tensor(Float32Array.from(randomArray(n, seed)), shape, opts);
+        const x = mk(rows * dIn, 131, [rows, dIn], { requiresGrad: true });
+        const w = mk(dOut * dIn, 132, [dOut, dIn], { category: "weights" });
+        const la = mk(r * dIn, 133, [r, dIn], { requiresGrad: true, category: "trainable" });
+        const lb = mk(dOut * r, 134, [dOut, r], { requiresGrad: true, category: "trainable" });
+        const weights = mk(rows * dOut, 135, [rows, dOut]);
+        const d0 = rt().dispatchCount;
+        const y = lowRankLinear(x, w, undefined, x, la, lb, s);
+        const forward = rt().dispatchCount - d0;
+        const loss = sum(mulOp(y, weights));
+        const d1 = rt().dispatchCount;
+        backward(loss);
+        const backwardCount = rt().dispatchCount - d1;
+        const out = [await y.read()];
+        for (const t of [x, la, lb]) out.push(await t.grad!.read());
+        return { out, forward, backwardCount };
+      }));
+  const tex = await run("texture");
+  const buf = await run("buffer");
+  // Forward: the buffer variant's dispatches plus the packs of x, W, A and B (h's pack is
+  // written by h = x·Aᵀ itself, not packed for h·Bᵀ).
+  assert.equal(tex.forward, buf.forward + 4, "forward dispatches on the texture variant");
+  // Backward: plus g's pack only — dx = g·W, dh = s·g·B (writing dh's pack), dB = s·gᵀ·h,
+  // dxd = dh·A and dA = dhᵀ·x read every weight, h and dh from the cache.
+  assert.equal(
+    tex.backwardCount,
+    buf.backwardCount + 1,
+    "backward dispatches on the texture variant",
+  );
+  const names = ["y", "dx", "dA", "dB"];
+  tex.out.forEach((t, i) => assertClose(t, buf.out[i], TOL, `texture vs buffer: ${names[i]}`));
+});
+
+Deno.test("texture variant: a transposed weight is read from its own row-major pack, exactly as the plain pack", async () => {
+  await withVariant("matmul", "texture", async () => {
+    clearPackCache();
+    const [rows, dIn, dOut] = [33, 130, 7];
+    const xv = randomArray(rows * dIn, 141), wv = randomArray(dOut * dIn, 142);
+    const x = tensor(Float32Array.from(xv), [rows, dIn]);
+    const w = tensor(Float32Array.from(wv), [dOut, dIn], { category: "weights" });
+    // x·Wᵀ through the transposed view (W's own pack) and through a materialised Wᵀ.
+    const viaView = matmulRaw(x, transpose(w));
+    const wT = tensor(
+      Float32Array.from(
+        { length: dIn * dOut },
+        (_, i) => wv[(i % dOut) * dIn + Math.floor(i / dOut)],
+      ),
+      [dIn, dOut],
+    );
+    const viaCopy = matmulRaw(x, wT);
+    assertClose(await viaView.read(), await viaCopy.read(), { atol: 0, rtol: 0 }, "bit-identical");
+    assertClose(await viaView.read(), refLinear(xv, wv, null, rows, dIn, dOut), TOL, "reference");
+    // g·W reads the same pack: only g's pack and the product are dispatched.
+    const g = tensor(Float32Array.from(randomArray(rows * dOut, 143)), [rows, dOut]);
+    const d0 = rt().dispatchCount;
+    const dx = matmulRaw(g, w);
+    assert.equal(rt().dispatchCount - d0, 2, "g·W reuses W's pack");
+    assert.equal((await dx.read()).length, rows * dIn);
+    for (const t of [x, w, wT, viaView, viaCopy, g, dx]) t.dispose();
+  });
+});
