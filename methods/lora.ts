@@ -137,18 +137,18 @@ export class LoraLinear extends Module implements LinearLike {
   forward(x: Tensor): Tensor {
     const base = this.base;
     if (base instanceof Linear && this.loraBias === null) {
-      // One fused op: the update is added in the product's epilogue and only xd and xd·Aᵀ are
-      // kept for backward (the same dropout stream is drawn as below). PEFT's lora_bias takes
-      // the composed path.
-      const xd = ForwardContext.current().dropout(x, this.dropout);
+      // One fused op: the update is added in the product's epilogue, the dropout is applied
+      // inside it (the same stream is drawn as below) and only x·Aᵀ's input mask (recomputed)
+      // and h are kept for backward. PEFT's lora_bias takes the composed path.
       return lowRankLinear(
         x,
         base.weight,
         base.bias ?? undefined,
-        xd,
+        x,
         this.loraA,
         this.loraB,
         this.scaling,
+        ForwardContext.current().fusedDropout(this.dropout),
       );
     }
     const y = base.forward(x);

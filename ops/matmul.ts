@@ -658,9 +658,9 @@ export const TEXTURE_TILE_NARROW: TextureTile = {
  * r ≥ rows and columns ≥ cols are written as 0 so the product needs no K guard. Grid z walks the
  * matrices: entry `z_base + gid.z` decomposed over the packed batch dims.
  */
-function packKernel(srcType: DType, packRank: number, vec4: boolean): Kernel {
-  return cached(`pack|${srcType}|${packRank}|${vec4}`, () => {
-    const params: [string, "u32"][] = [
+function packKernel(srcType: DType, packRank: number, vec4: boolean, dropout = false): Kernel {
+  return cached(`pack|${srcType}|${packRank}|${vec4}|${dropout}`, () => {
+    const params: [string, "u32" | "f32"][] = [
       ["rows", "u32"],
       ["rows_padded", "u32"],
       ["cols", "u32"],
@@ -677,14 +677,31 @@ function packKernel(srcType: DType, packRank: number, vec4: boolean): Kernel {
         `  base += (rest % params.pd${d}) * params.ps${d}; rest = rest / params.pd${d};`,
       );
     }
+    if (dropout) {
+      params.push(["drop_seed", "u32"], ["drop_stream", "u32"], ["drop_threshold", "u32"], [
+        "drop_scale",
+        "f32",
+      ]);
+    }
+    // Dropout (a single matrix): element (r, c) is kept by the mask `dropout` draws for index
+    // r·cols + c, the element's row-major index in the operand, and scaled as it scales.
+    const keep = (v: string, c: string) =>
+      `select(0.0, ${v} * params.drop_scale, ` +
+      `rng_u32(params.drop_seed, params.drop_stream, r * params.cols + ${c}) >= ` +
+      "params.drop_threshold)";
+    const vecLoad = dropout
+      ? `    let s = src[(base + r * params.sr) / 4u + x];
+    for (var j = 0u; j < 4u; j++) { v[j] = ${keep("s[j]", "4u * x + j")}; }`
+      : "    v = src[(base + r * params.sr) / 4u + x];";
+    const element = `f32(src[base + r * params.sr + c * params.sc])`;
     return defineKernel({
-      name: "matmul_pack",
+      name: dropout ? "matmul_pack_dropout" : "matmul_pack",
       bindings: [
         { name: "src", type: vec4 ? "vec4f" : srcType, access: "read" },
         { name: "dst", texture: "rgba32float", access: "write" },
       ],
       params,
-      source: /* wgsl */ `
+      source: /* wgsl */ `${dropout ? RNG_WGSL : ""}
 // One thread per texel, threads walking each row's texels in order (64 per workgroup, matrix
 // entry in grid z): on software adapters neighbouring lanes then read neighbouring elements,
 // about twice as fast as 8×8 tiles. The vec4 form (a row-major f32 operand whose rows, columns
@@ -699,11 +716,9 @@ ${walk.join("\n")}
   var v = vec4f(0.0);
   if (r < params.rows) {
 ${
-        vec4
-          ? "    v = src[(base + r * params.sr) / 4u + x];"
-          : `    for (var j = 0u; j < 4u; j++) {
+        vec4 ? vecLoad : `    for (var j = 0u; j < 4u; j++) {
       let c = 4u * x + j;
-      if (c < params.cols) { v[j] = f32(src[base + r * params.sr + c * params.sc]); }
+      if (c < params.cols) { v[j] = ${dropout ? keep(element, "c") : element}; }
     }`
       }
   }
@@ -1100,6 +1115,7 @@ function packInto(
   zBase: number,
   count: number,
   rowsPadded: number,
+  drop?: EpilogueDropout,
 ): ScratchTexture {
   const texels = Math.ceil(o.cols / 4);
   const tex = rt().textures.acquire(texels, count * rowsPadded);
@@ -1120,8 +1136,15 @@ function packInto(
   const vec4 = o.tensor.dtype === "f32" && o.colStride === 1 && o.cols % 4 === 0 &&
     o.offset % 4 === 0 && (o.rows === 1 || o.rowStride % 4 === 0) &&
     dims.every((x) => x.s % 4 === 0);
+  if (drop) {
+    if (count !== 1 || dims.length > 0) throw new Error("matmul: a dropout pack is one matrix");
+    p.drop_seed = seedU32(drop.seed);
+    p.drop_stream = drop.stream;
+    p.drop_threshold = dropoutThreshold(drop.p);
+    p.drop_scale = 1 / (1 - drop.p);
+  }
   const [gx, gy] = grid1d(Math.ceil((texels * rowsPadded) / 64));
-  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4), [o.tensor, tex], p, [
+  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4, !!drop), [o.tensor, tex], p, [
     gx,
     gy,
     count,
@@ -1246,16 +1269,21 @@ function outputOperand(plan: MatmulPlan): MatrixOperand {
  * Aᵀ), B from its pack (or a transposed weight's own pack); with `packOut` the output's pack is
  * written by the same dispatch and left in the cache for the products that read it next.
  */
-function runTextureSingle(plan: MatmulPlan, kPad: number, max: number): void {
-  const cachedT = cachedTransposePack(plan);
-  const a: Packed = cachedT
-    ? { tex: cachedT, cached: true }
-    : pack(plan.a, [], 0, 1, plan.M, plan.reuseA);
-  const natural = naturalOf(plan.b, max);
+function runTextureSingle(
+  plan: MatmulPlan,
+  kPad: number,
+  max: number,
+  given: { a?: Packed; b?: Packed } = {},
+): void {
+  const cachedT = given.a ? null : cachedTransposePack(plan);
+  const a: Packed = given.a ??
+    (cachedT ? { tex: cachedT, cached: true } : pack(plan.a, [], 0, 1, plan.M, plan.reuseA));
+  const natural = given.b ? null : naturalOf(plan.b, max);
   // W's rows padded to fours: the key a plain B-layout pack of W (g·W) looks up.
-  const b = natural
-    ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4))
-    : pack(plan.b, [], 0, 1, kPad);
+  const b = given.b ??
+    (natural
+      ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4))
+      : pack(plan.b, [], 0, 1, kPad));
   const wantPack = (plan.packOut ?? false) && plan.M <= max && !plan.accumulate &&
     !plan.bias && !plan.dropout && !plan.residual;
   const out = wantPack ? rt().textures.acquire(Math.ceil(plan.N / 4), plan.M) : null;
@@ -1793,12 +1821,52 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
 }
 
 /**
+ * A·B where the operand on `side` enters as dropout(operand) — the mask `dropout(t, p, {seed,
+ * stream})` draws for the operand's tensor t — applied while packing it, on the texture variant,
+ * so the dropped copy is never stored. False (nothing recorded) when this call would not run as
+ * one texture product; the caller then materialises the dropout.
+ */
+function maskedOperandProduct(
+  a: Tensor,
+  b: Tensor,
+  side: "a" | "b",
+  drop: EpilogueDropout,
+  options: MatmulOptions = {},
+): Tensor | null {
+  const masked = side === "a" ? a : b;
+  if (masked.dtype !== "f32" || masked.rank !== 2 || !(drop.p > 0 && drop.p < 1)) return null;
+  const call = prepare(a, b, undefined, options);
+  const plan = call.plan;
+  const max = rt().textures.maxDimension;
+  const kPad = plan ? 4 * Math.ceil(plan.K / 4) : 0;
+  const o = plan && (side === "a" ? plan.a : plan.b);
+  // The mask index r·cols + c is the element's row-major index in the rank-2 operand, whether
+  // the plan reads it in place or from a copy.
+  if (
+    !plan || !o || plan.batch !== 1 || plan.M > max || kPad > max ||
+    Math.ceil(plan.N / 4) > max ||
+    MATMUL.choose(matmulShapes(plan), matmulKey(matmulShapes(plan))).name !== "texture"
+  ) {
+    for (const t of call.temps) t.dispose();
+    call.out.dispose();
+    return null;
+  }
+  const tex = packInto(o, [], 0, 1, side === "a" ? plan.M : kPad, drop);
+  runTextureSingle(plan, kPad, max, { [side]: { tex, cached: false } });
+  return finish(call);
+}
+
+/**
  * A Linear with a low-rank update, LoRA's forward, as one op:
  * y = x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ with W [dOut, dIn], A [r, dIn], B [dOut, r]; `xd` is the adapter's
- * input (x after LoRA dropout, or x itself). The update's product lands on the base output in the
- * matmul's epilogue (C += s·h·Bᵀ), so no base output, update or scaled copy is materialised, and
- * backward keeps only xd and h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every
- * input: dx = g·W, dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
+ * input (x after LoRA dropout, or x itself). With `inputDropout`, the adapter's input is
+ * dropout(xd) with that (p, seed, stream) — the mask `dropout` draws — applied inside the op: on
+ * the texture variant while packing x for xd·Aᵀ (and again for dA in backward), so the dropped
+ * copy is neither stored nor kept for backward, and its gradient is added onto dx in the epilogue
+ * of dh·A. The update's product lands on the base output in the matmul's epilogue (C += s·h·Bᵀ),
+ * so no base output, update or scaled copy is materialised, and backward keeps only xd and
+ * h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every input: dx = g·W,
+ * dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
  *
  * @example
  * ```ts
@@ -1817,6 +1885,7 @@ export function lowRankLinear(
   loraA: Tensor,
   loraB: Tensor,
   scaling: number,
+  inputDropout?: LinearDropout,
 ): Tensor {
   if (weight.rank !== 2) throw new Error(`lowRankLinear: weight ${weight} must be [dOut, dIn]`);
   const [dOut, dIn] = weight.shape;
@@ -1836,40 +1905,74 @@ export function lowRankLinear(
   if (bias && (bias.rank !== 1 || bias.shape[0] !== dOut)) {
     throw new Error(`lowRankLinear: bias ${bias} must have shape [${dOut}]`);
   }
+  if (inputDropout && !(inputDropout.p >= 0 && inputDropout.p <= 1)) {
+    throw new Error(`lowRankLinear: inputDropout.p must be in [0, 1], got ${inputDropout.p}`);
+  }
+  const drop = inputDropout && inputDropout.p > 0 ? inputDropout : undefined;
   const x2 = rowsOf(x);
-  const xd2 = xd === x ? x2 : rowsOf(xd);
   const aT = transposedView(loraA), bT = transposedView(loraB);
+  // The fused dropout needs the adapter's input to be x itself (read in place) and a texture
+  // product; otherwise the dropout op runs first and the op proceeds on its output.
+  const hMasked = drop && xd === x
+    ? maskedOperandProduct(x2, aT, "a", drop, { packOut: true })
+    : null;
+  if (drop && !hMasked) {
+    aT.dispose();
+    bT.dispose();
+    x2.dispose();
+    const dropped = dropoutOp(xd, drop.p, { seed: drop.seed, stream: drop.stream });
+    return lowRankLinear(x, weight, bias, dropped, loraA, loraB, scaling);
+  }
+  const xd2 = xd === x ? x2 : rowsOf(xd);
   const y2 = linearProduct(x2, weight, bias);
   // xd is read again only when it is x itself (no dropout). h is read only by products (h·Bᵀ
   // now, dB = gᵀ·h in backward): its pack is written with it and stays cached (it is small).
-  const h = matmulRaw(xd2, aT, { reuseA: xd === x, packOut: true });
+  const h = hMasked ?? matmulRaw(xd2, aT, { reuseA: xd === x, packOut: true });
   matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
   for (const t of [aT, bT]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
-  const inputs = bias ? [x, weight, bias, xd, loraA, loraB] : [x, weight, xd, loraA, loraB];
+  // With the fused dropout xd is x: its gradient is x's (summed in dh·A's epilogue).
+  const fused = hMasked !== null;
+  const inputs = [x, weight, ...(bias ? [bias] : []), ...(fused ? [] : [xd]), loraA, loraB];
   const recorded = record("lowRankLinear", y, inputs, (g) => {
     const g2 = rowsOf(g);
     const gT = transposedView(g2);
     // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
     const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true);
-    const dh = loraA.requiresGrad || xd.requiresGrad
+    const needDxd = fused ? x.requiresGrad : xd.requiresGrad;
+    const dh = loraA.requiresGrad || needDxd
       ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
       : null;
     const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
     let dA: Tensor | null = null, dxd: Tensor | null = null;
     if (dh) {
       // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
-      if (xd.requiresGrad) dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
+      if (needDxd && fused && dx) {
+        // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store.
+        const into = dx.view([x2.shape[0], dIn], [dIn, 1]);
+        matmulRaw(dh, loraA, { into, dropout: drop, reuseA: true });
+        into.dispose();
+      } else if (needDxd) {
+        dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
+      }
       if (loraA.requiresGrad) {
         const dhT = transposedView(dh);
-        dA = matmulRaw(dhT, xd2);
+        dA = fused ? maskedOperandProduct(dhT, x2, "b", drop!) : null;
+        if (!dA) {
+          // Not one texture product (or no fused dropout): dA reads xd as a tensor.
+          const xdT = fused
+            ? dropoutOp(x2, drop!.p, { seed: drop!.seed, stream: drop!.stream })
+            : xd2;
+          dA = matmulRaw(dhT, xdT);
+          if (xdT !== xd2) xdT.dispose();
+        }
         dhT.dispose();
       }
       dh.dispose();
     }
     gT.dispose();
     g2.dispose();
-    return bias ? [dx, dw, db, dxd, dA, dB] : [dx, dw, dxd, dA, dB];
+    return [dx, dw, ...(bias ? [db] : []), ...(fused ? [] : [dxd]), dA, dB];
   }, [weight, loraA, loraB, x2, xd2, h]);
   if (!recorded.requiresGrad) {
     x2.dispose();

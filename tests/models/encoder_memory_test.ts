@@ -45,11 +45,13 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
   const mask = tensor(Float32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]), [B, T]);
   const labels = tensor(Int32Array.from([0, 1]), [B]);
   const f = 4, n = B * T, h = REF.hidden;
-  // Per layer: LoRA's dropped inputs xd (q, v), the q/k/v projections and the attention output
-  // (attention's rule reads them), the inputs of both LayerNorms (a1 and o), all [n, h]; LoRA's
+  // Per layer: the layer input x, which LoRA's fused input dropout re-masks in backward for dA
+  // (one tensor shared by q and v: no dropped copies are stored), the q/k/v projections and the
+  // attention output (attention's rule reads them), the inputs of both LayerNorms (a1 and o), all
+  // [n, h]; LoRA's
   // h = xd·Aᵀ [n, r] (q, v); intermediate.dense's output (GELU reads it) [n, inter]; attention's
   // keep flags [B, T] and log-sum-exp [B, heads, T]; both LayerNorms' mean and 1/σ [n].
-  const perLayer = f * (8 * n * h + 2 * n * R + n * REF.inter + n + B * REF.heads * T + 4 * n);
+  const perLayer = f * (7 * n * h + 2 * n * R + n * REF.inter + n + B * REF.heads * T + 4 * n);
   // Head: the dropped [CLS] row (dense's input), tanh's output, its dropped copy (out_proj's
   // input), [B, h] each, and the logits.
   const head = f * (3 * B * h + B * REF.labels);

@@ -874,3 +874,69 @@ Deno.test("texture variant: a transposed weight is read from its own row-major p
     for (const t of [x, w, wT, viaView, viaCopy, g, dx]) t.dispose();
   });
 });
+
+Deno.test("lowRankLinear: inputDropout inside the op equals dropout then the op, bit for bit", async () => {
+  // rows 37 and dIn 10 exercise the unaligned packs; rows 24 × dIn 12 the vec4 ones.
+  for (const [rows, dIn, dOut, r] of [[37, 10, 7, 3], [24, 12, 20, 8]]) {
+    for (const v of VARIANTS) {
+      await withVariant("matmul", v, () =>
+        scopeAsync(async () => {
+          clearPackCache();
+          const s = 0.75, drop = { p: 0.3, seed: 91, stream: 4 };
+          const mk = (n: number, seed: number, shape: number[], opts = {}) =>
+            tensor(Float32Array.from(randomArray(n, seed)), shape, { requiresGrad: true, ...opts });
+          const x = mk(rows * dIn, 161, [rows, dIn]);
+          const w = mk(dOut * dIn, 162, [dOut, dIn]);
+          const b = mk(dOut, 163, [dOut]);
+          const la = mk(r * dIn, 164, [r, dIn], { category: "trainable" });
+          const lb = mk(dOut * r, 165, [dOut, r], { category: "trainable" });
+          const weights = tensor(Float32Array.from(randomArray(rows * dOut, 166)), [rows, dOut]);
+          const run = async (fused: boolean) => {
+            clearPackCache(); // each run packs its own operands (A and B stay valid between)
+            const y = fused
+              ? lowRankLinear(x, w, b, x, la, lb, s, drop)
+              : lowRankLinear(x, w, b, dropout(x, drop.p, drop), la, lb, s);
+            const out = [await y.read()];
+            backward(sum(mulOp(y, weights)));
+            for (const t of [x, w, b, la, lb]) {
+              out.push(await t.grad!.read());
+              t.grad!.dispose();
+              t.grad = null;
+            }
+            return out;
+          };
+          // The composed graph first: it leaves the engine's constants (the ones column of the
+          // bias gradient) made, which would otherwise count against it.
+          const d1 = rt().dispatchCount;
+          const composed = await run(false);
+          const composedCount = rt().dispatchCount - d1;
+          const d0 = rt().dispatchCount;
+          const fused = await run(true);
+          const fusedCount = rt().dispatchCount - d0;
+          const names = ["y", "dx", "dW", "db", "dA", "dB"];
+          fused.forEach((f, i) =>
+            assertClose(f, composed[i], { atol: 0, rtol: 0 }, `${v} ${rows}×${dIn}: ${names[i]}`)
+          );
+          if (v === "texture") {
+            // The dropout, its backward and the sum of x's two gradients are fused away; the
+            // packs of xd in forward and backward become the masked packs of x.
+            assert.ok(fusedCount <= composedCount - 3, `${fusedCount} vs ${composedCount}`);
+          }
+        }));
+    }
+  }
+  assert.throws(
+    () =>
+      lowRankLinear(
+        tensor([[1, 2]]),
+        tensor([[1, 0]]),
+        undefined,
+        tensor([[1, 2]]),
+        tensor([[1, 1]]),
+        tensor([[1]]),
+        1,
+        { p: 2, seed: 0, stream: 0 },
+      ),
+    /inputDropout\.p must be in \[0, 1\]/,
+  );
+});
