@@ -74,10 +74,10 @@ import {
   zeros,
 } from "../ops/mod.ts";
 import { ForwardContext } from "../models/context.ts";
-import { allLinears, type LinearLike, Module } from "../models/module.ts";
+import { type LinearLike, Module } from "../models/module.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, architectureOf, mergeLowRank, trainHead } from "./lora.ts";
+import { architectureOf, mergeLowRank, targetedLinears, trainHead } from "./lora.ts";
 import {
   ADAPTER_CONFIG,
   ADAPTER_WEIGHTS,
@@ -639,15 +639,7 @@ export function applyAdaLora(
         "so that there is a budgeting phase",
     );
   }
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `AdaLoRA: no Linear module matches targets [${
-        ctx.targets.join(", ")
-      }]; Linear modules here ` +
-        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "AdaLoRA");
   model.setRequiresGrad(false);
   const r = config.initR;
   const scaling = config.alpha / (r + 1e-5);

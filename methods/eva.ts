@@ -54,14 +54,14 @@ import {
   transpose,
   zeros,
 } from "../ops/mod.ts";
-import { allLinears, type LinearLike, Module } from "../models/module.ts";
+import { type LinearLike, Module } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import {
-  adaptableLinears,
   LoraLinear,
   loraPeftConfig,
   loraScaling,
   mergeLowRank,
+  targetedLinears,
   trainHead,
 } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
@@ -239,13 +239,7 @@ export interface EvaAdapter extends Adapter {
 
 /** Apply EVA to the targeted Linear layers of `model` (LoRA until the data pass re-initialises it). */
 export function applyEva(model: Module, config: EvaConfig, ctx: MethodContext): EvaAdapter {
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `EVA: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "EVA");
   model.setRequiresGrad(false);
   const layers: EvaLayer[] = targets.map(([name, base]) => ({
     name,

@@ -12,10 +12,10 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
-import { allLinears, Linear, type Module } from "../models/module.ts";
+import { Linear, type Module } from "../models/module.ts";
 import type { Tensor } from "../ops/mod.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { targetedLinears, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { ConfigSchema, Method, MethodContext } from "./types.ts";
 
@@ -37,16 +37,7 @@ function trainedParameters(
   ctx: MethodContext,
 ): [string, Tensor][] {
   if (!config.targetsOnly) return model.namedParameters();
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `full fine-tuning (targetsOnly): no Linear module matches targets [${
-        ctx.targets.join(", ")
-      }]; Linear modules here end in ${
-        [...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")
-      }`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "full fine-tuning (targetsOnly)");
   model.setRequiresGrad(false);
   const out: [string, Tensor][] = [];
   for (const [name, layer] of targets) {

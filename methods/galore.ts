@@ -78,11 +78,11 @@ import {
   zeroGrad,
   zeros,
 } from "../ops/mod.ts";
-import { allLinears, Linear, type Module } from "../models/module.ts";
+import { Linear, type Module } from "../models/module.ts";
 import { openSafetensors, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
 import { signOfLargest } from "./signs.ts";
-import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
+import { architectureOf, targetedLinears, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, Method, MethodContext } from "./types.ts";
 
@@ -520,13 +520,7 @@ export function applyGalore(
   config: GaloreConfig,
   ctx: MethodContext,
 ): GaloreAdapter {
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `GaLore: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "GaLore");
   model.setRequiresGrad(false);
   const head = trainHead(model, ctx);
   const weights: [string, Tensor][] = [];

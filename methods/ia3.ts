@@ -25,7 +25,7 @@ import { z } from "zod";
 import { cast, mul, noGrad, ones, reshape, scope, type Tensor } from "../ops/mod.ts";
 import { allLinears, Linear, type LinearLike, matchesTarget, Module } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, trainHead } from "./lora.ts";
+import { targetedLinears, trainHead } from "./lora.ts";
 import { loadInto, readAdapter, writeAdapter } from "./peft.ts";
 import type { ConfigSchema, Method } from "./types.ts";
 
@@ -125,13 +125,7 @@ export const ia3: Method<Ia3Config> = {
   config: Ia3ConfigSchema,
   defaultTargets: (model) => IA3_DEFAULTS[architecture(model)].targets,
   apply(model, config, ctx) {
-    const targets = adaptableLinears(model, ctx);
-    if (targets.length === 0) {
-      throw new Error(
-        `IA3: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-          `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-      );
-    }
+    const targets = targetedLinears(model, ctx, "IA3");
     const feedforward = config.feedforward ?? IA3_DEFAULTS[architecture(model)].feedforward;
     const isFeedforward = (n: string) => feedforward.some((f) => matchesTarget(n, f));
     if (config.feedforward) {

@@ -181,6 +181,25 @@ export function adaptableLinears(model: Module, ctx: MethodContext): [string, Li
   return findLinears(model, ctx.targets).filter(([n]) => !inHead(n));
 }
 
+/**
+ * {@link adaptableLinears}, refusing an empty match: the error names the method (`who`), the
+ * targets asked for and the suffixes the model's Linear modules do have.
+ */
+export function targetedLinears(
+  model: Module,
+  ctx: MethodContext,
+  who: string,
+): [string, LinearLike][] {
+  const targets = adaptableLinears(model, ctx);
+  if (targets.length === 0) {
+    throw new Error(
+      `${who}: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
+        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
+    );
+  }
+  return targets;
+}
+
 /** Make the head modules trainable (f32, category "trainable"); returns their parameters. */
 export function trainHead(model: Module, ctx: MethodContext): [string, Tensor][] {
   const params = headParameters(model, ctx.headModules);
@@ -294,13 +313,7 @@ export function applyLora(
   ctx: MethodContext,
   method = "lora",
 ): Adapter {
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `LoRA: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "LoRA");
   model.setRequiresGrad(false);
   const layers: [string, LoraLinear][] = targets.map(([name, base], i) => {
     const { r, alpha } = moduleRankAlpha(config, name);

@@ -42,15 +42,15 @@ import {
   tensor,
   zeros,
 } from "../ops/mod.ts";
-import { allLinears, Linear, type Module } from "../models/module.ts";
+import { Linear, type Module } from "../models/module.ts";
 import { buildGroups } from "./groups.ts";
 import {
-  adaptableLinears,
   type LoraConfig,
   LoraLinear,
   loraPeftConfig,
   loraScaling,
   mergeLowRank,
+  targetedLinears,
   trainHead,
   usesModuleOptions,
 } from "./lora.ts";
@@ -113,15 +113,7 @@ export class ResidualLora {
       // The residual start and its rank-2r conversion assume one r and one α for every module.
       throw new Error(`${spec.method}: ${perModule} is not supported for a residual start`);
     }
-    const targets = adaptableLinears(model, ctx);
-    if (targets.length === 0) {
-      throw new Error(
-        `${spec.method}: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear ` +
-          `modules here end in ${
-            [...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")
-          }`,
-      );
-    }
+    const targets = targetedLinears(model, ctx, spec.method);
     const needed = (spec.directionsPerRank ?? 1) * config.r;
     for (const [name, base] of targets) {
       if (!(base instanceof Linear)) {

@@ -64,10 +64,10 @@ import {
   tensor,
   zeros,
 } from "../ops/mod.ts";
-import { allLinears, Linear, type LinearLike, Module, ParamModule } from "../models/module.ts";
+import { Linear, type LinearLike, Module, ParamModule } from "../models/module.ts";
 import { openSafetensors, type SafetensorsEntry, writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, architectureOf, trainHead } from "./lora.ts";
+import { architectureOf, targetedLinears, trainHead } from "./lora.ts";
 import { toEntries, writeInto, writeTextAtomic } from "./peft.ts";
 import type { Adapter, ConfigSchema, DataPass, Method, MethodContext } from "./types.ts";
 
@@ -249,13 +249,7 @@ export interface SiftAdapter extends Adapter {
 
 /** Apply SIFT to the targeted Linear layers of `model` (selection happens in beforeTraining). */
 export function applySift(model: Module, config: SiftConfig, ctx: MethodContext): SiftAdapter {
-  const targets = adaptableLinears(model, ctx);
-  if (targets.length === 0) {
-    throw new Error(
-      `SIFT: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-        `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-    );
-  }
+  const targets = targetedLinears(model, ctx, "SIFT");
   const bases: [string, Linear][] = targets.map(([name, l]) => {
     if (!(l instanceof Linear)) {
       throw new Error(`SIFT: ${name} is already adapted; SIFT needs a plain Linear`);

@@ -41,10 +41,10 @@ import {
   zeros,
 } from "../ops/mod.ts";
 import { ForwardContext } from "../models/context.ts";
-import { allLinears, type LinearLike, Module } from "../models/module.ts";
+import { type LinearLike, Module } from "../models/module.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { buildGroups } from "./groups.ts";
-import { adaptableLinears, mergeLowRank, trainHead } from "./lora.ts";
+import { mergeLowRank, targetedLinears, trainHead } from "./lora.ts";
 import {
   ADAPTER_CONFIG,
   ADAPTER_WEIGHTS,
@@ -176,13 +176,7 @@ export const vera: Method<VeraConfig> = {
   name: "vera",
   config: VeraConfigSchema,
   apply(model, config, ctx) {
-    const targets = adaptableLinears(model, ctx);
-    if (targets.length === 0) {
-      throw new Error(
-        `VeRA: no Linear module matches targets [${ctx.targets.join(", ")}]; Linear modules here ` +
-          `end in ${[...new Set(allLinears(model).map(([n]) => n.split(".").pop()))].join(", ")}`,
-      );
-    }
+    const targets = targetedLinears(model, ctx, "VeRA");
     model.setRequiresGrad(false);
     const maxDin = Math.max(...targets.map(([, l]) => l.inFeatures));
     const maxDout = Math.max(...targets.map(([, l]) => l.outFeatures));

@@ -15,6 +15,7 @@ import {
   evalLogits,
   fixedBatchLoss,
   ROBERTA_HEAD,
+  TINY_ROBERTA,
   tinyRoberta,
 } from "./support.ts";
 
@@ -22,7 +23,7 @@ await setup();
 
 const { weights: W, model } = tinyRoberta();
 const ctx = contextBuilder();
-const H = 16;
+const H = TINY_ROBERTA.hidden;
 
 /** The names targetsOnly should train for `targets` (2 layers) plus the head's. */
 function expectedNames(targets: string[]): string[] {
