@@ -60,6 +60,27 @@ interface Case {
   dropout?: AttentionDropout;
 }
 
+/**
+ * Host layouts of a [B, heads, T, D] tensor: `toTokens` true maps [B, H, T, D] → [B, T, H, D]
+ * (the projections' own layout), false the inverse.
+ */
+function swapHeadsAndTokens(a: ArrayLike<number>, c: Case, toTokens: boolean): Float64Array {
+  const o = new Float64Array(a.length);
+  for (let b = 0; b < c.B; b++) {
+    for (let h = 0; h < c.Hq; h++) {
+      for (let t = 0; t < c.T; t++) {
+        for (let d = 0; d < c.D; d++) {
+          const heads = ((b * c.Hq + h) * c.T + t) * c.D + d;
+          const tokens = ((b * c.T + t) * c.Hq + h) * c.D + d;
+          if (toTokens) o[tokens] = a[heads];
+          else o[heads] = a[tokens];
+        }
+      }
+    }
+  }
+  return o;
+}
+
 const FORWARD_TOL = { atol: 2e-5, rtol: 2e-4 };
 /** Tighter than checkGradients' default so that a 0.1% slip in one gradient term is caught. */
 const GRAD_TOL = { atol: 3e-5, rtol: 3e-4 };
@@ -694,20 +715,7 @@ variantTest(
     // The encoder's pattern: projections [B, T, H·D] split into heads, attention, merged back.
     const c: Case = { B: 2, Hq: 3, Hkv: 3, T: 5, S: 5, D: 8 };
     const [q, k, v] = inputs(c, 150);
-    const toHeads = (a: Float64Array) => {
-      // [B, H, T, D] → [B, T, H, D] host layout, the projections' own layout.
-      const o = new Float64Array(a.length);
-      for (let b = 0; b < c.B; b++) {
-        for (let h = 0; h < c.Hq; h++) {
-          for (let t = 0; t < c.T; t++) {
-            for (let d = 0; d < c.D; d++) {
-              o[((b * c.T + t) * c.Hq + h) * c.D + d] = a[((b * c.Hq + h) * c.T + t) * c.D + d];
-            }
-          }
-        }
-      }
-      return o;
-    };
+    const toHeads = (a: Float64Array) => swapHeadsAndTokens(a, c, true);
     await scopeAsync(async () => {
       const proj = [q, k, v].map((a) =>
         tensor(Float32Array.from(toHeads(a)), [c.B, c.T, c.Hq * c.D], { requiresGrad: true })
@@ -740,19 +748,7 @@ variantTest(
         return o.reduce((s, x, i) => s + x * wHost[i], 0);
       };
       const eps = 1e-3;
-      const fromHeads = (a: ArrayLike<number>) => {
-        const o = new Float64Array(a.length);
-        for (let b = 0; b < c.B; b++) {
-          for (let h = 0; h < c.Hq; h++) {
-            for (let t = 0; t < c.T; t++) {
-              for (let d = 0; d < c.D; d++) {
-                o[((b * c.Hq + h) * c.T + t) * c.D + d] = a[((b * c.T + t) * c.Hq + h) * c.D + d];
-              }
-            }
-          }
-        }
-        return o;
-      };
+      const fromHeads = (a: ArrayLike<number>) => swapHeadsAndTokens(a, c, false);
       const base = [q, k, v];
       for (let which = 0; which < 3; which++) {
         const got = await proj[which].grad!.read();
