@@ -223,13 +223,11 @@ ${stats}
 function inputGradKernel(centered: boolean, wg: number, xt: FloatType, wt: FloatType): Kernel {
   const perThread = wg <= ROW_PER_THREAD_MAX_WG;
   return cached(`dx|${centered}|${perThread ? "row" : wg}|${xt}|${wt}`, () => {
-    // One workgroup per row: one strided pass accumulates Σĝ and Σĝ·x̂ (two shared trees), a
-    // second pass writes dx. One row per thread: the same two passes over the whole row.
+    // One pass accumulates Σĝ and Σĝ·x̂, a second writes dx. One workgroup per row: each thread
+    // takes a stride of the row and two shared trees sum the partials. One row per thread: the
+    // same two passes over the whole row, no tree.
     const xhat = `${centred(centered, "f32(x[base + j])", "first", "mean")} * rstd`;
-    const rowSource = `
-@compute @workgroup_size(${ROWS_PER_GROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let row = ${linearIndex(ROWS_PER_GROUP)};
+    const passes = (from: string, step: string, reduce: string, sg: string, sgx: string) => `
   if (row >= params.rows) { return; }
   let d = params.d;
   let base = params.x_off + row * d;
@@ -239,19 +237,41 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let rstd = rstd_in[row];
   var sg: f32 = 0.0;
   var sgx: f32 = 0.0;
-  for (var j = 0u; j < d; j++) {
+  for (var j = ${from}; j < d; j += ${step}) {
     let gh = g[gbase + j] * f32(w[params.w_off + j]);
     sg += gh;
     sgx += gh * ${xhat};
-  }
+  }${reduce}
   let inv_d = 1.0 / f32(d);
-  let mean_g = ${centered ? "sg * inv_d" : "0.0"};
-  let mean_gx = sgx * inv_d;
-  for (var j = 0u; j < d; j++) {
+  let mean_g = ${centered ? `${sg} * inv_d` : "0.0"};
+  let mean_gx = ${sgx} * inv_d;
+  for (var j = ${from}; j < d; j += ${step}) {
     let gh = g[gbase + j] * f32(w[params.w_off + j]);
     dx[row * d + j] = rstd * (gh - mean_g - ${xhat} * mean_gx);
   }
 }`;
+    const rowSource = `
+@compute @workgroup_size(${ROWS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${linearIndex(ROWS_PER_GROUP)};${passes("0u", "1u", "", "sg", "sgx")}`;
+    const tree = `
+  s_g[l] = sg;
+  s_gx[l] = sgx;
+  workgroupBarrier();
+  for (var h = ${wg / 2}u; h > 0u; h = h >> 1u) {
+    if (l < h) {
+      s_g[l] = s_g[l] + s_g[l + h];
+      s_gx[l] = s_gx[l] + s_gx[l + h];
+    }
+    workgroupBarrier();
+  }`;
+    const groupSource = `
+var<workgroup> s_g: array<f32, ${wg}>;
+var<workgroup> s_gx: array<f32, ${wg}>;
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let row = wid.x + wid.y * nwg.x;${passes("l", `${wg}u`, tree, "s_g[0]", "s_gx[0]")}`;
     return defineKernel({
       name: centered ? "layer_norm_backward" : "rms_norm_backward",
       bindings: [
@@ -266,45 +286,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
         "g_off",
         "u32",
       ]],
-      source: perThread ? rowSource : `
-var<workgroup> s_g: array<f32, ${wg}>;
-var<workgroup> s_gx: array<f32, ${wg}>;
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
-        @builtin(num_workgroups) nwg: vec3u) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= params.rows) { return; }
-  let d = params.d;
-  let base = params.x_off + row * d;
-  let gbase = params.g_off + row * d;
-  ${firstOf(centered)}
-  let mean = ${centered ? "mean_in[row]" : "0.0"};
-  let rstd = rstd_in[row];
-  var sg: f32 = 0.0;
-  var sgx: f32 = 0.0;
-  for (var j = l; j < d; j += ${wg}u) {
-    let gh = g[gbase + j] * f32(w[params.w_off + j]);
-    sg += gh;
-    sgx += gh * ${xhat};
-  }
-  s_g[l] = sg;
-  s_gx[l] = sgx;
-  workgroupBarrier();
-  for (var h = ${wg / 2}u; h > 0u; h = h >> 1u) {
-    if (l < h) {
-      s_g[l] = s_g[l] + s_g[l + h];
-      s_gx[l] = s_gx[l] + s_gx[l + h];
-    }
-    workgroupBarrier();
-  }
-  let inv_d = 1.0 / f32(d);
-  let mean_g = ${centered ? "s_g[0] * inv_d" : "0.0"};
-  let mean_gx = s_gx[0] * inv_d;
-  for (var j = l; j < d; j += ${wg}u) {
-    let gh = g[gbase + j] * f32(w[params.w_off + j]);
-    dx[row * d + j] = rstd * (gh - mean_g - ${xhat} * mean_gx);
-  }
-}`,
+      source: perThread ? rowSource : groupSource,
     });
   });
 }
