@@ -88,7 +88,10 @@ export function pairedEffects(runs: readonly PairableRun[]): PairedEffect[] {
   const setting = (r: PairableRun, k: string) => r.settings[k] ?? "default";
   const methods = [...new Set(runs.map((r) => r.method))];
   const out: PairedEffect[] = [];
-  const pooled = new Map<string, { diffs: number[]; tasks: Map<string, number[]> }>();
+  const pooled = new Map<
+    string,
+    { diffs: number[]; tasks: Map<string, number[]>; methods: number }
+  >();
   const keysInOrder: string[] = [];
   for (const method of methods) {
     const mine = runs.filter((r) => r.method === method);
@@ -112,9 +115,10 @@ export function pairedEffects(runs: readonly PairableRun[]): PairedEffect[] {
         ]);
       const groups = new Map<string, Map<string, PairableRun>>();
       for (const r of mine) {
-        const g = groups.get(others(r)) ?? new Map<string, PairableRun>();
+        const id = others(r);
+        const g = groups.get(id) ?? new Map<string, PairableRun>();
         g.set(setting(r, key), r);
-        groups.set(others(r), g);
+        groups.set(id, g);
       }
       for (const value of values.slice(1)) {
         const diffs: number[] = [];
@@ -130,22 +134,20 @@ export function pairedEffects(runs: readonly PairableRun[]): PairedEffect[] {
         out.push(effect(method, key, value, base, diffs, tasks));
         const id = JSON.stringify([key, value, base]);
         if (!pooled.has(id)) {
-          pooled.set(id, { diffs: [], tasks: new Map() });
+          pooled.set(id, { diffs: [], tasks: new Map(), methods: 0 });
           keysInOrder.push(id);
         }
         const p = pooled.get(id)!;
+        p.methods++;
         p.diffs.push(...diffs);
         for (const [t, ds] of tasks) p.tasks.set(t, [...(p.tasks.get(t) ?? []), ...ds]);
       }
     }
   }
   for (const id of keysInOrder) {
-    const [key, value, base] = JSON.parse(id) as [string, string, string];
-    const contributing = out.filter((e) =>
-      e.setting === key && e.value === value && e.base === base
-    );
-    if (contributing.length < 2) continue;
     const p = pooled.get(id)!;
+    if (p.methods < 2) continue;
+    const [key, value, base] = JSON.parse(id) as [string, string, string];
     out.push(effect("all", key, value, base, p.diffs, p.tasks));
   }
   return out;
