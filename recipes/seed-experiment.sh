@@ -8,8 +8,13 @@
 # 2. the encoder: recipes/pretrain-roberta-small.yaml (resumes a stopped run; skipped when done),
 # 3. the sweep: sweeps/seed-small-encoder.yaml (600 cells; finished cells are skipped, a stopped
 #    cell resumes from its checkpoint), in this process (no process start per cell),
-# 4. the report: runs/seed-small-encoder/report.{md,tex,csv,html} with the paired effects.
-# Every step can be killed and the command rerun: it continues where it stopped.
+# 4. the report: bench/results/seed-small-encoder/report.{md,tex,csv,html} with the paired effects,
+#    built from the archive of finished cells there (cells/{id}/: summary.json, config.json,
+#    metrics.jsonl, sweep-cell.json, adapter_config.json: a few KB each, committed).
+# Every step can be killed and the command rerun: it continues where it stopped. A fresh clone
+# that regenerates the encoder gets the archived cells back (skipped by the sweep) only when the
+# encoder's SHA-256 equals the one they were trained on (bench/results/seed-small-encoder/
+# base-model.sha256); pretraining is deterministic, so on the same kind of machine it does.
 # Extra arguments go to the sweep (e.g. --shard 0/2 on two machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +30,51 @@ if [ ! -f runs/corpus/manifest.json ]; then
 fi
 
 if [ ! -f runs/pretrain-roberta-small/summary.json ]; then
-  # --resume starts from step 0 when the run has no checkpoint yet.
-  deno task train --config recipes/pretrain-roberta-small.yaml --resume
+  # A stopped run resumes from its checkpoint; --resume refuses a folder that does not exist yet.
+  resume=()
+  if [ -d runs/pretrain-roberta-small ]; then resume=(--resume); fi
+  deno task train --config recipes/pretrain-roberta-small.yaml "${resume[@]}"
 fi
 
+RESULTS=bench/results/seed-small-encoder
+SWEEP=runs/seed-small-encoder
+MODEL=runs/pretrain-roberta-small/model/model.safetensors
+have="$(sha256sum "$MODEL" | cut -d' ' -f1)"
+mkdir -p "$RESULTS/cells" "$SWEEP"
+if [ -f "$RESULTS/base-model.sha256" ]; then
+  want="$(cut -d' ' -f1 "$RESULTS/base-model.sha256")"
+  if [ "$have" = "$want" ]; then
+    for cell in "$RESULTS"/cells/*/; do
+      [ -f "$cell/summary.json" ] || continue
+      id="$(basename "$cell")"
+      if [ ! -f "$SWEEP/$id/summary.json" ]; then
+        mkdir -p "$SWEEP/$id"
+        cp "$cell"/*.json "$cell"/metrics.jsonl "$SWEEP/$id/"
+      fi
+    done
+  else
+    echo "seed-experiment: $MODEL (sha256 $have) is not the encoder the archived cells in" \
+      "$RESULTS/cells were trained on ($want); they are not restored" >&2
+  fi
+else
+  echo "$have  $MODEL" >"$RESULTS/base-model.sha256"
+fi
+
+# Archive every finished cell's small files, also when the sweep is stopped or fails.
+archive() {
+  for summary in "$SWEEP"/*/summary.json; do
+    [ -f "$summary" ] || continue
+    dir="$(dirname "$summary")"
+    dest="$RESULTS/cells/$(basename "$dir")"
+    [ -f "$dest/summary.json" ] && continue
+    mkdir -p "$dest.tmp"
+    cp "$dir"/summary.json "$dir"/config.json "$dir"/metrics.jsonl "$dest.tmp/"
+    [ -f "$dir/sweep-cell.json" ] && cp "$dir/sweep-cell.json" "$dest.tmp/"
+    [ -f "$dir/adapter/adapter_config.json" ] && cp "$dir/adapter/adapter_config.json" "$dest.tmp/"
+    mv "$dest.tmp" "$dest"
+  done
+}
+trap archive EXIT
 deno task sweep sweeps/seed-small-encoder.yaml --in-process "$@"
-deno task report runs/seed-small-encoder
+archive
+deno task report "$RESULTS/cells" --out "$RESULTS"
