@@ -1086,8 +1086,10 @@ export function scaledDotProductAttention(
     ]);
   }
   const operands = ATTENTION.choose(shapes).run;
-  // The kernels read the mask as contiguous f32 keep flags, whatever its dtype or layout.
-  const keep = mask ? map([mask], "select(0.0, 1.0, a != 0.0)") : undefined;
+  // The kernels read the mask as contiguous f32 keep flags (nonzero keeps), from offset 0: such a
+  // mask is bound as it is, any other dtype or layout is converted first.
+  const direct = mask && mask.dtype === "f32" && mask.isContiguous && mask.offset === 0;
+  const keep = mask && !direct ? map([mask], "select(0.0, 1.0, a != 0.0)") : mask;
   const masked = keep ? [keep] : [];
   const out = headsInterleaved(batch, queryHeads, queryLen, headDim);
   const lse = empty([batch, queryHeads, queryLen]);
@@ -1116,7 +1118,7 @@ export function scaledDotProductAttention(
   );
   if (!needsGrad(q, k, v)) {
     lse.dispose();
-    keep?.dispose();
+    if (keep !== mask) keep?.dispose();
     return out;
   }
   return record("scaledDotProductAttention", out, [q, k, v], (gradOut) => {
@@ -1167,5 +1169,5 @@ export function scaledDotProductAttention(
     }
     delta.dispose();
     return [gradQ, gradK, gradV];
-  });
+  }, keep === mask && mask ? [q, k, v, out, mask] : [q, k, v, out]);
 }

@@ -252,6 +252,25 @@ variantTest(
       return await out.read();
     });
     assert.deepEqual(Array.from(viaI32), Array.from(f32));
+    // Bound in place (contiguous f32 at offset 0) with other nonzero values, and converted from a
+    // view at an offset: both must give exactly what the 0/1 mask gives.
+    const S = c.S, weighted = c.mask.map((m, i) => m * (i % 2 ? 2.5 : -0.5));
+    for (const layout of ["in place", "offset view"]) {
+      const again = await scopeAsync(async () => {
+        const padded = tensor([...new Array(S).fill(0), ...weighted], [c.B + 1, S]);
+        const mask = layout === "in place"
+          ? tensor(weighted, [c.B, S])
+          : padded.view([c.B, S], [S, 1], S);
+        const out = scaledDotProductAttention(
+          tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
+          tensor(Float32Array.from(k), [c.B, c.Hkv, S, c.D]),
+          tensor(Float32Array.from(v), [c.B, c.Hkv, S, c.D]),
+          { keyPaddingMask: mask },
+        );
+        return await out.read();
+      });
+      assert.deepEqual(Array.from(again), Array.from(f32), layout);
+    }
   },
 );
 
