@@ -416,7 +416,9 @@ function storeLines(
             `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
         }
         if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
-        lines.push(`    if (${n} < params.N) { ${at} = ${prior}${value}; }`);
+        // Accumulating adds the whole epilogue value: C + (dropped + residual).
+        const sum = accumulate && epilogue.residual ? `${prior}(${value})` : `${prior}${value}`;
+        lines.push(`    if (${n} < params.N) { ${at} = ${sum}; }`);
       }
     }
     lines.push("  }");
@@ -1400,7 +1402,10 @@ export interface MatmulOptions {
   into?: Tensor;
   /** Dropout on α·A·B + bias in the epilogue (the mask `dropout` draws for the same call). */
   dropout?: EpilogueDropout;
-  /** Added last (after the dropout): contiguous f32 of the result's shape. */
+  /**
+   * Added last (after the dropout): contiguous f32 of the result's shape. With `into`, the sum
+   * dropout(α·A·B + bias) + residual is what is added into the target.
+   */
   residual?: Tensor;
 }
 
@@ -1760,9 +1765,30 @@ function linearProduct(
 }
 
 /**
- * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x),
- * dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is kept when a second
- * product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
+ * A·B as a gradient of shape `shape` (A [rows, K], B [K, n], rows·n elements): a new tensor, or,
+ * given `target` (autograd's pending gradient of the same input, see {@link BackwardFn}), added
+ * into it in the product's epilogue and `target` returned — the bits `target + A·B` as a separate
+ * add would give (the epilogue adds α·A·B onto C exactly as the add would).
+ */
+function gradProduct(
+  a: Tensor,
+  b: Tensor,
+  shape: readonly number[],
+  target: Tensor | null,
+  options: MatmulOptions = {},
+): Tensor {
+  if (!target) return reshapeTo(matmulRaw(a, b, options), shape);
+  const n = b.shape[b.rank - 1];
+  const into = target.view([a.shape[0], n], [n, 1]);
+  matmulRaw(a, b, { ...options, into });
+  into.dispose();
+  return target;
+}
+
+/**
+ * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x; added into
+ * `dxInto` when given), dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is
+ * kept when a second product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
  */
 function linearGrads(
   g2: Tensor,
@@ -1771,9 +1797,10 @@ function linearGrads(
   weight: Tensor,
   bias: Tensor | undefined,
   gReadAgain = false,
+  dxInto: Tensor | null = null,
 ): [Tensor | null, Tensor | null, Tensor | null] {
   const reuseG = gReadAgain || weight.requiresGrad || (bias?.requiresGrad ?? false);
-  const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape) : null;
+  const dx = x.requiresGrad ? gradProduct(g2, weight, x.shape, dxInto, { reuseA: reuseG }) : null;
   let dw: Tensor | null = null;
   if (weight.requiresGrad) {
     const gT = transposedView(g2);
@@ -1809,9 +1836,10 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const x2 = rowsOf(x);
   const y = reshapeTo(linearProduct(x2, weight, bias), [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  const recorded = record("linear", y, inputs, (g) => {
+  const recorded = record("linear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
-    const grads = linearGrads(g2, x, x2, weight, bias);
+    // x's gradient is added onto another consumer's pending one in dx's epilogue.
+    const grads = linearGrads(g2, x, x2, weight, bias, false, sumInto?.(0) ?? null);
     g2.dispose();
     return grads;
   }, [weight, x2]);
@@ -1934,11 +1962,14 @@ export function lowRankLinear(
   // With the fused dropout xd is x: its gradient is x's (summed in dh·A's epilogue).
   const fused = hMasked !== null;
   const inputs = [x, weight, ...(bias ? [bias] : []), ...(fused ? [] : [xd]), loraA, loraB];
-  const recorded = record("lowRankLinear", y, inputs, (g) => {
+  const recorded = record("lowRankLinear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
     const gT = transposedView(g2);
+    // x's pending gradient from its other consumers: dx is added onto it in an epilogue (the
+    // last one that writes dx, so the sum's bits are those of a separate add).
+    const dxInto = x.requiresGrad ? sumInto?.(0) ?? null : null;
     // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
-    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true);
+    let [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true, fused ? null : dxInto);
     const needDxd = fused ? x.requiresGrad : xd.requiresGrad;
     const dh = loraA.requiresGrad || needDxd
       ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
@@ -1948,12 +1979,22 @@ export function lowRankLinear(
     if (dh) {
       // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
       if (needDxd && fused && dx) {
-        // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store.
-        const into = dx.view([x2.shape[0], dIn], [dIn, 1]);
-        matmulRaw(dh, loraA, { into, dropout: drop, reuseA: true });
+        // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store;
+        // with a pending gradient P of x, P += dropout(dh·A) + g·W in the same store.
+        const rows = x2.shape[0];
+        const into = (dxInto ?? dx).view([rows, dIn], [dIn, 1]);
+        const gw = dxInto ? dx.view([rows, dIn], [dIn, 1]) : undefined;
+        matmulRaw(dh, loraA, { into, dropout: drop, reuseA: true, residual: gw });
         into.dispose();
+        if (gw && dxInto) {
+          gw.dispose();
+          dx.dispose();
+          dx = dxInto;
+        }
       } else if (needDxd) {
-        dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
+        // xd's pending gradient (x's when xd is x, which dx was just added onto) takes dxd too.
+        const xdInto = sumInto?.(bias ? 3 : 2) ?? null;
+        dxd = gradProduct(dh, loraA, xd.shape, xdInto, { reuseA: true });
       }
       if (loraA.requiresGrad) {
         const dhT = transposedView(dh);
@@ -2037,10 +2078,10 @@ export function linearResidual(
   if (res !== residual) res.dispose();
   const y = reshapeTo(y2, outShape);
   const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
-  const recorded = record("linearResidual", y, inputs, (g) => {
+  const recorded = record("linearResidual", y, inputs, (g, sumInto) => {
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias);
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, false, sumInto?.(0) ?? null);
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];
