@@ -18,8 +18,7 @@
  */
 import {
   add,
-  addN,
-  embedding,
+  embeddingSum,
   gelu,
   isGradEnabled,
   layerNorm,
@@ -297,11 +296,12 @@ export class EncoderModel extends Container {
     const table = (n: string) => (emb.getModule(n) as ParamModule).get("weight");
     const types = inputs.tokenTypeIds ?? tensor(new Int32Array(b * t), [b, t]);
     const positionIds = tensor(positions, [b, t]);
-    const word = embedding(table("word_embeddings"), inputs.ids);
-    const position = embedding(table("position_embeddings"), positionIds);
-    const type = embedding(table("token_type_embeddings"), types);
-    const summed = addN([word, position, type]);
-    for (const e of [word, position, type]) done(e);
+    // word + position + token type, looked up and added in one kernel.
+    const summed = embeddingSum([
+      { weight: table("word_embeddings"), ids: inputs.ids },
+      { weight: table("position_embeddings"), ids: positionIds },
+      { weight: table("token_type_embeddings"), ids: types },
+    ]);
     done(positionIds);
     if (types !== inputs.tokenTypeIds) done(types);
     const ln = emb.getModule("LayerNorm") as ParamModule;
