@@ -157,9 +157,10 @@ export class EncoderLayer extends Container {
     out.add("LayerNorm", layerNormModule(w, `${prefix}.output.LayerNorm`, h));
   }
 
+  /** LayerNorm `path`; its output is read next by products (its pack is written with it). */
   #norm(path: string, x: Tensor): Tensor {
     const p = this.getModule(path) as ParamModule;
-    return layerNorm(x, p.get("weight"), p.get("bias"), this.dims.layerNormEps);
+    return layerNorm(x, p.get("weight"), p.get("bias"), this.dims.layerNormEps, { packOut: true });
   }
 
   #lin(path: string, x: Tensor): Tensor {

@@ -1033,6 +1033,52 @@ export function packCacheBytes(): number {
   return packCache.bytes;
 }
 
+/**
+ * A texture for an elementwise or row-wise producer (LayerNorm) to write its [rows, cols] f32
+ * output into in the packed A layout as it stores it — texel (x, r) holds elements (r, 4x…4x+3),
+ * zero past `cols` — so the products that read the output next find its pack in the cache
+ * instead of packing it (see {@link keepOutputPack}). Null when products would not read packs
+ * here (the texture variant is not the one chosen for such a product) or the output does not fit.
+ */
+export function outputPackTexture(rows: number, cols: number): ScratchTexture | null {
+  const max = rt().textures.maxDimension;
+  if (rows === 0 || cols === 0 || rows > max || Math.ceil(cols / 4) > max) return null;
+  const shapes: MatmulShapes = {
+    M: rows,
+    N: cols,
+    K: cols,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  if (MATMUL.choose(shapes, matmulKey(shapes)).name !== "texture") return null;
+  return rt().textures.acquire(Math.ceil(cols / 4), rows);
+}
+
+/**
+ * Keep the pack a producer wrote of `out` (contiguous f32 [..., cols], rows·cols elements) with
+ * {@link outputPackTexture}: registered after the producer's dispatch, so the entry carries the
+ * write version that dispatch gave `out`'s buffer, it serves the products that read `out` as
+ * their left operand (held like a layer input's pack, for the forward pass).
+ */
+export function keepOutputPack(out: Tensor, tex: ScratchTexture): void {
+  const cols = out.shape[out.rank - 1];
+  const o: MatrixOperand = {
+    tensor: out,
+    rows: out.size / cols,
+    cols,
+    offset: out.offset,
+    rowStride: cols,
+    colStride: 1,
+    transposed: false,
+    batchStrides: [],
+  };
+  const key = packKey(o, [], 0, 1, o.rows);
+  if (!packCache.put(out.buffer, key, tex, false)) rt().textures.release(tex);
+}
+
 /** A packed operand: the texture, and whether the cache owns it (then it is not released). */
 interface Packed {
   tex: ScratchTexture;

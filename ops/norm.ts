@@ -23,6 +23,7 @@
  */
 import { record } from "./autograd.ts";
 import { map } from "./elementwise.ts";
+import { keepOutputPack, outputPackTexture } from "./matmul.ts";
 import {
   defineKernel,
   grid1d,
@@ -57,6 +58,8 @@ interface NormVariant {
   centered: boolean;
   /** A bias is added in the forward. */
   bias: boolean;
+  /** The forward also writes y into the texture P, packed for the products that read it. */
+  packOut?: boolean;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("norm", key, build);
@@ -93,6 +96,9 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
         ? [{ name: "mean_out", type: "f32" as const, access: "read_write" as const }]
         : []),
       { name: "rstd_out", type: "f32" as const, access: "read_write" as const },
+      ...(v.packOut
+        ? [{ name: "P", texture: "rgba32float" as const, access: "write" as const }]
+        : []),
     ],
     params,
   };
@@ -100,11 +106,29 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
 
 /** Forward, one row per thread: y = (x − mean)·rstd·w + b, saving (shifted mean,) rstd. */
 function forwardRowKernel(v: NormVariant, xt: FloatType, wt: FloatType): Kernel {
-  return cached(`fwd-row|${v.centered}|${v.bias}|${xt}|${wt}`, () => {
+  return cached(`fwd-row|${v.centered}|${v.bias}|${!!v.packOut}|${xt}|${wt}`, () => {
     // Thread `row` reads its row three times (mean, centred squares, output); the row stays in
-    // cache between passes. Neighbouring threads read addresses d apart.
+    // cache between passes. Neighbouring threads read addresses d apart. With packOut the output
+    // pass walks the row in fours and stores each four as one texel of P too (zero past d).
     const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
     const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
+    const value = `${shift} * rstd * f32(w[params.w_off + j])${addBias}`;
+    const output = v.packOut
+      ? `for (var j4 = 0u; j4 < (d + 3u) / 4u; j4++) {
+    var t = vec4f(0.0);
+    for (var l = 0u; l < 4u; l++) {
+      let j = 4u * j4 + l;
+      if (j < d) {
+        let v = ${value};
+        y[row * d + j] = v;
+        t[l] = v;
+      }
+    }
+    textureStore(P, vec2u(j4, row), t);
+  }`
+      : `for (var j = 0u; j < d; j++) {
+    y[row * d + j] = ${value};
+  }`;
     return defineKernel({
       ...forwardSpec(v, xt, wt),
       source: `
@@ -130,9 +154,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   }
   let rstd = inverseSqrt(sq / f32(d) + params.eps);
   rstd_out[row] = rstd;
-  for (var j = 0u; j < d; j++) {
-    y[row * d + j] = ${shift} * rstd * f32(w[params.w_off + j])${addBias};
-  }
+  ${output}
 }`,
     });
   });
@@ -141,6 +163,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 /** Forward: y = (x − mean)·rstd·w + b, saving the shifted mean (centred only) and rstd per row. */
 function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType): Kernel {
   if (wg <= ROW_PER_THREAD_MAX_WG) return forwardRowKernel(v, xt, wt);
+  if (v.packOut) throw new Error("norm: packOut needs the row-per-thread kernel");
   return cached(`fwd|${v.centered}|${v.bias}|${wg}|${xt}|${wt}`, () => {
     // One workgroup per contiguous row. Centred: each thread runs Welford over its strided slice
     // of x − x₀ and the tree merges (count, mean, M2) triples by Chan's rule. Uncentred: a plain
@@ -416,6 +439,7 @@ function normOp(
   bias: Tensor | null,
   eps: number,
   centered: boolean,
+  options: NormOptions = {},
 ): Tensor {
   const xt = floatType(x, `${name} input`);
   const wt = floatType(weight, `${name} weight`);
@@ -442,8 +466,11 @@ function normOp(
   const rstd = empty([rows]);
   const wg = rowThreads(d);
   const rowGrid = grid1d(wg <= ROW_PER_THREAD_MAX_WG ? Math.ceil(rows / ROWS_PER_GROUP) : rows);
+  // The packed copy for the products that read y next: written by the row-per-thread kernel
+  // (software adapters, where products read packs); elsewhere they pack y themselves.
+  const pack = options.packOut && wg <= ROW_PER_THREAD_MAX_WG ? outputPackTexture(rows, d) : null;
   if (rows > 0) {
-    const k = forwardKernel({ centered, bias: bias !== null }, wg, xt, wt);
+    const k = forwardKernel({ centered, bias: bias !== null, packOut: pack !== null }, wg, xt, wt);
     const params: Record<string, number> = {
       rows,
       d,
@@ -453,7 +480,8 @@ function normOp(
     };
     if (bias) params.b_off = bias.offset;
     const bufs = [xc, weight, ...(bias ? [bias] : []), y, ...(mean ? [mean] : []), rstd];
-    rt().dispatch(k, bufs, params, rowGrid);
+    rt().dispatch(k, pack ? [...bufs, pack] : bufs, params, rowGrid);
+    if (pack) keepOutputPack(y, pack);
   }
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const out = record(name, y, inputs, (gOut) => {
@@ -529,8 +557,25 @@ function normOp(
  * console.log(await y.toArray()); // ≈ [-1.2247, 0, 1.2247]
  * ```
  */
-export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 1e-5): Tensor {
-  return normOp("layerNorm", x, weight, bias, eps, true);
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  eps = 1e-5,
+  options: NormOptions = {},
+): Tensor {
+  return normOp("layerNorm", x, weight, bias, eps, true, options);
+}
+
+/** Options of {@link layerNorm} and {@link rmsNorm}. */
+export interface NormOptions {
+  /**
+   * The output is read next by matrix products (a transformer block's input feeding its
+   * projections): where products read packed operands (the matmul's texture variant), the
+   * normalisation writes the output's pack in the same dispatch and leaves it cached for them.
+   * A hint: the values are the same either way.
+   */
+  packOut?: boolean;
 }
 
 /**
@@ -545,6 +590,6 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 
  * console.log(await y.toArray()); // ≈ [0.8485, 1.1314]
  * ```
  */
-export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
-  return normOp("rmsNorm", x, weight, null, eps, false);
+export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6, options: NormOptions = {}): Tensor {
+  return normOp("rmsNorm", x, weight, null, eps, false, options);
 }
