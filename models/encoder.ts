@@ -306,10 +306,13 @@ export class EncoderModel extends Container {
     done(positionIds);
     if (types !== inputs.tokenTypeIds) done(types);
     const ln = emb.getModule("LayerNorm") as ParamModule;
-    const normed = layerNorm(summed, ln.get("weight"), ln.get("bias"), d.layerNormEps);
+    // The embeddings' dropout runs in the LayerNorm's kernel, which also packs the result for
+    // the first layer's projections.
+    let x = layerNorm(summed, ln.get("weight"), ln.get("bias"), d.layerNormEps, {
+      dropout: ctx.fusedDropout(d.hiddenDropout),
+      packOut: true,
+    });
     done(summed);
-    let x = ctx.dropout(normed, d.hiddenDropout);
-    done(normed, x);
     const layers = this.getModule(`${d.kind}.encoder.layer`);
     for (let i = 0; i < d.numLayers; i++) {
       const next = (layers.getModule(String(i)) as EncoderLayer).forward(

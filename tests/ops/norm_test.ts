@@ -3,6 +3,7 @@ import {
   backward,
   cast,
   clearPackCache,
+  dropout,
   gpu,
   layerNorm,
   linear,
@@ -335,4 +336,59 @@ Deno.test("packOut: the norm writes its output's pack for the next product, bits
       }
     }
   }
+});
+
+Deno.test("norm dropout: dropout inside the kernel equals the norm then dropout, bit for bit", async () => {
+  for (const [rows, d] of [[37, 10], [6, 33], [130, 7]]) {
+    for (const threads of [null, 32]) {
+      await withRowThreads(threads, async () => {
+        for (const centered of [true, false]) {
+          for (const p of [0.3, 0, 1]) {
+            const run = (fused: boolean) =>
+              scopeAsync(async () => {
+                let seed = 3 * rows + d;
+                const mk = (shape: number[]) =>
+                  tensor(
+                    Float32Array.from(randomArray(shape.reduce((a, n) => a * n), seed++)),
+                    shape,
+                    { requiresGrad: true },
+                  );
+                const [x, w, b] = [mk([rows, d]), mk([d]), mk([d])];
+                const drop = { p, seed: 17, stream: 5 };
+                const norm = (options = {}) =>
+                  centered ? layerNorm(x, w, b, 1e-5, options) : rmsNorm(x, w, 1e-6, options);
+                const d0 = rt().dispatchCount;
+                const y = fused ? norm({ dropout: drop, packOut: true }) : dropout(norm(), p, drop);
+                const forwardDispatches = rt().dispatchCount - d0;
+                const upstream = Float32Array.from(randomArray(rows * d, 11));
+                backward(sum(mul(y, tensor(upstream, [rows, d]))));
+                const out = [await y.read()];
+                for (const t of [x, w, b]) if (t.grad) out.push(await t.grad.read());
+                const bits = out.map((a) =>
+                  Array.from(new Uint32Array((a as Float32Array).buffer))
+                );
+                return { bits, forwardDispatches };
+              });
+            const fused = await run(true), composed = await run(false);
+            const what = `${rows}×${d} rows ${threads} ${
+              centered ? "layerNorm" : "rmsNorm"
+            } p ${p}`;
+            assert.equal(fused.bits.length, composed.bits.length, what);
+            composed.bits.forEach((c, i) => assert.deepEqual(fused.bits[i], c, `${what}: ${i}`));
+            // 0 < p < 1: the mask is applied in the norm's own dispatch.
+            const saved = p > 0 && p < 1 ? 1 : 0;
+            assert.equal(fused.forwardDispatches, composed.forwardDispatches - saved, what);
+          }
+        }
+      });
+    }
+  }
+  await scopeAsync(() => {
+    const x = tensor([[1, 2, 3]]), w = tensor([1, 1, 1]);
+    assert.throws(
+      () => layerNorm(x, w, null, 1e-5, { dropout: { p: 1.5, seed: 0, stream: 0 } }),
+      /layerNorm: dropout p must be in \[0, 1\], got 1.5/,
+    );
+    return Promise.resolve();
+  });
 });
