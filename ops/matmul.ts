@@ -2125,9 +2125,26 @@ export function linearResidual(
   const y = reshapeTo(y2, outShape);
   const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
   const recorded = record("linearResidual", y, inputs, (g, sumInto) => {
+    const dxInto = x.requiresGrad ? sumInto?.(0) ?? null : null;
+    if (dp && x.requiresGrad && !weight.requiresGrad && !(bias?.requiresGrad ?? false)) {
+      // Only dx reads the dropped gradient (W and b frozen): on the texture variant the mask is
+      // applied while packing g for dx = dropout(g)·W, so no dropped copy is made.
+      const g2 = rowsOf(g);
+      const rows = g2.shape[0];
+      const into = dxInto?.view([rows, dIn], [dIn, 1]);
+      const dx = maskedOperandProduct(g2, weight, "a", dp, into ? { into } : {});
+      g2.dispose();
+      into?.dispose();
+      if (dx) {
+        let gx = dxInto;
+        if (gx) dx.dispose(); // a view of the pending gradient it was added into
+        else gx = reshapeTo(dx, x.shape);
+        return bias ? [gx, null, null, g] : [gx, null, g];
+      }
+    }
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, false, sumInto?.(0) ?? null);
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, false, dxInto);
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];

@@ -780,6 +780,49 @@ Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equal
   );
 });
 
+Deno.test("linearResidual with W and b frozen: dx = dropout(g)·W masks g while packing it, bit for bit", async () => {
+  for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33]]) {
+    for (const v of VARIANTS) {
+      await withVariant("matmul", v, () =>
+        scopeAsync(async () => {
+          const mk = (shape: number[], seed: number, requiresGrad: boolean) =>
+            tensor(Float32Array.from(randomArray(size(shape), seed)), shape, { requiresGrad });
+          const x = mk([rows, dIn], 131, true), w = mk([dOut, dIn], 132, false);
+          const b = mk([dOut], 133, false), r = mk([rows, dOut], 134, false);
+          const w2 = mk([dOut, dIn], 135, false);
+          const drop = { p: 0.3, seed: 78, stream: 6 };
+          const weights = tensor(Float32Array.from(randomArray(rows * dOut, 136)), [rows, dOut]);
+          // Alone, and with x's gradient pending from a second consumer (added into it).
+          for (const shared of [false, true]) {
+            const run = async (fused: boolean) => {
+              clearPackCache();
+              const xi = add(x, tensor(new Float32Array(rows * dIn), [rows, dIn]));
+              const y = fused
+                ? linearResidual(xi, w, b, r, drop)
+                : add(dropout(linear(xi, w, b), drop.p, drop), r);
+              const loss = sum(mulOp(y, weights));
+              const total = shared ? add(loss, sum(mulOp(linear(xi, w2), weights))) : loss;
+              const d0 = rt().dispatchCount;
+              backward(total);
+              const dispatches = rt().dispatchCount - d0;
+              const g = Array.from(
+                new Uint32Array(((await x.grad!.read()) as Float32Array).buffer),
+              );
+              x.grad!.dispose();
+              x.grad = null;
+              return { g, dispatches };
+            };
+            const composed = await run(false), fused = await run(true);
+            const what = `${v} ${rows}×${dIn}→${dOut}${shared ? " shared" : ""}`;
+            assert.deepEqual(fused.g, composed.g, what);
+            // Texture: the dropout map is gone (its mask is applied in dx's pack of g).
+            if (v === "texture") assert.ok(fused.dispatches < composed.dispatches, what);
+          }
+        }));
+    }
+  }
+});
+
 Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing gᵀ", async () => {
   await withVariant("matmul", "texture", () =>
     scopeAsync(async () => {
