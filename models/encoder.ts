@@ -204,6 +204,7 @@ export class EncoderLayer extends Container {
     const attn = scaledDotProductAttention(q, k, v, {
       keyPaddingMask: keyMask,
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
+      packOut: true, // read next by attention.output.dense
     });
     for (const p of [q, k, v]) done(p);
     const byToken = transpose(attn, 1, 2);

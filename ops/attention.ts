@@ -35,6 +35,7 @@ import {
   rt,
   type ScratchTexture,
 } from "./runtime.ts";
+import { keepOutputPack, outputPackTexture } from "./matmul.ts";
 import { empty, type Tensor } from "./tensor.ts";
 import { type KernelFamily, kernelFamily } from "./variants.ts";
 
@@ -50,6 +51,13 @@ export interface AttentionOptions {
   tiling?: AttentionTiling;
   /** Dropout on the attention probabilities (training); absent or p = 0: none. */
   dropout?: AttentionDropout;
+  /**
+   * The output, merged to [B, T, Hq·D], is read next by a matrix product (a transformer's
+   * attention output projection): where products read packed operands (the matmul's texture
+   * variant) and D is a multiple of 4, the forward kernel writes that matrix's pack as it stores
+   * the output and leaves it cached for the product. A hint: the values are the same either way.
+   */
+  packOut?: boolean;
 }
 
 /**
@@ -133,6 +141,8 @@ interface TileShape {
   tile: number;
   /** "texture": operand rows per texture line (a power of two). */
   lineRows: number;
+  /** Forward only: the output is also stored into texture P as the pack of [B·T, Hq·D]. */
+  packOut?: boolean;
 }
 
 /** Running maximum before any key was seen; finite so that no kernel ever handles infinities. */
@@ -677,6 +687,7 @@ ${unroll(nv, (c) => `acc${r}_${c} += ${pd} * vc${c};`, "        ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "out", type: "f32", access: "read_write" },
         { name: "lse", type: "f32", access: "read_write" },
+        ...(s.packOut ? [{ name: "P", texture: "rgba32float", access: "write" } as const] : []),
       ],
       params: paramsOf(s, FORWARD_PARAMS),
       source: `${constants(s)}
@@ -707,6 +718,16 @@ ${
               " * inv",
               "    ",
             )
+          }${
+            s.packOut
+              ? "\n" + unroll(
+                nv,
+                (c) =>
+                  `textureStore(P, vec2u(head${r} * ${D / 4}u + ${c}u, b * params.tq + pos${r}), ` +
+                  `acc${r}_${c} * inv);`,
+                "    ",
+              )
+              : ""
           }
     lse[out_row${r}] = select(EMPTY_ROW_LSE, m${r} + log(l${r}), l${r} > 0.0);
   }`, "  ")
@@ -1095,6 +1116,12 @@ export function scaledDotProductAttention(
   const lse = empty([batch, queryHeads, queryLen]);
   const rowCount = (queryHeads / kvHeads) * queryLen;
   const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, !!drop, tiling);
+  // The merged output's pack for the product that reads it next: texel (c, b·T + t) holds
+  // columns 4c…4c+3 of [B·T, Hq·D], whole within one head when D is a multiple of 4.
+  const width = queryHeads * headDim;
+  const pack = options.packOut && headDim % 4 === 0
+    ? outputPackTexture(batch * queryLen, width)
+    : null;
   const params: Record<string, number> = {
     ...geometryValues(shapes, causal, scale),
     ...dropoutValues(drop),
@@ -1108,14 +1135,15 @@ export function scaledDotProductAttention(
     batch,
   ];
   dispatchStreamed(
-    forwardKernel(rowShape),
+    forwardKernel({ ...rowShape, packOut: pack !== null }),
     rowShape,
     [q],
     [k, v],
-    [...masked, out, lse],
+    [...masked, out, lse, ...(pack ? [pack] : [])],
     params,
     rowGrid,
   );
+  if (pack) keepOutputPack(out, pack, width);
   if (!needsGrad(q, k, v)) {
     lse.dispose();
     if (keep !== mask) keep?.dispose();

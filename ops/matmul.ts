@@ -1058,13 +1058,17 @@ export function outputPackTexture(rows: number, cols: number): ScratchTexture | 
 }
 
 /**
- * Keep the pack a producer wrote of `out` (contiguous f32 [..., cols], rows·cols elements) with
- * {@link outputPackTexture}: registered after the producer's dispatch, so the entry carries the
- * write version that dispatch gave `out`'s buffer, it serves the products that read `out` as
- * their left operand (held like a layer input's pack, for the forward pass).
+ * Keep the pack a producer wrote of `out` with {@link outputPackTexture}: `out`'s storage read as
+ * row-major [rows, cols] from its offset (`cols` defaults to its last dimension; attention's
+ * heads-interleaved output is [B·T, H·D]). Registered after the producer's dispatch, so the entry
+ * carries the write version that dispatch gave `out`'s buffer, it serves the products that read
+ * that matrix as their left operand (held like a layer input's pack, for the forward pass).
  */
-export function keepOutputPack(out: Tensor, tex: ScratchTexture): void {
-  const cols = out.shape[out.rank - 1];
+export function keepOutputPack(
+  out: Tensor,
+  tex: ScratchTexture,
+  cols: number = out.shape[out.rank - 1],
+): void {
   const o: MatrixOperand = {
     tensor: out,
     rows: out.size / cols,

@@ -13,8 +13,11 @@ import {
   attentionDropoutKeep,
   type AttentionTiling,
   backward,
+  clearPackCache,
   gpu,
   type HostArray,
+  linear,
+  MATMUL,
   mul,
   noGrad,
   reshape,
@@ -786,5 +789,60 @@ variantTest(
         }
       }
     });
+  },
+);
+
+variantTest(
+  "attention packOut: the merged output's pack serves the next product, bits unchanged",
+  async () => {
+    // D 8 and 16 pack (whole texels per head); D 6 cannot and must fall back. Masked, dropped out.
+    for (const [B, H, T, D] of [[2, 3, 7, 8], [1, 2, 33, 16], [2, 2, 5, 6]]) {
+      for (const mm of MATMUL.variantNames()) {
+        await withVariant("matmul", mm, async () => {
+          const run = (packOut: boolean) =>
+            scopeAsync(async () => {
+              clearPackCache();
+              const mk = (shape: number[], seed: number) =>
+                tensor(
+                  Float32Array.from(randomArray(shape.reduce((a, n) => a * n), seed)),
+                  shape,
+                  { requiresGrad: true },
+                );
+              const [q, k, v] = [
+                mk([B, H, T, D], 301),
+                mk([B, H, T, D], 302),
+                mk([B, H, T, D], 303),
+              ];
+              const w = mk([5, H * D], 304);
+              const mask = tensor(Array.from({ length: B * T }, (_, i) => (i % 5 === 3 ? 0 : 1)), [
+                B,
+                T,
+              ]);
+              const out = scaledDotProductAttention(q, k, v, {
+                keyPaddingMask: mask,
+                dropout: { p: 0.2, seed: 4, stream: 9 },
+                packOut,
+              });
+              const merged = reshape(transpose(out, 1, 2), [B, T, H * D]);
+              const d0 = rt().dispatchCount;
+              const y = linear(merged, w);
+              const productDispatches = rt().dispatchCount - d0;
+              const upstream = Float32Array.from(randomArray(B * T * 5, 305));
+              backward(sum(mul(y, tensor(upstream, [B, T, 5]))));
+              const values = [await out.read(), await y.read()];
+              for (const t of [q, k, v, w]) values.push(await t.grad!.read());
+              const bits = values.map((a) =>
+                Array.from(new Uint32Array((a as Float32Array).buffer))
+              );
+              return { bits, productDispatches };
+            });
+          const plain = await run(false), hinted = await run(true);
+          const what = `${mm} B${B} H${H} T${T} D${D}`;
+          plain.bits.forEach((b, i) => assert.deepEqual(hinted.bits[i], b, `${what}: output ${i}`));
+          const packs = mm === "texture" && D % 4 === 0 ? 1 : 0;
+          assert.equal(hinted.productDispatches, plain.productDispatches - packs, what);
+        });
+      }
+    }
   },
 );
