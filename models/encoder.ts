@@ -205,6 +205,7 @@ export class EncoderLayer extends Container {
       keyPaddingMask: keyMask,
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
       packOut: true, // read next by attention.output.dense
+      packGrads: true, // read next by the q, k, v projections' backward
     });
     for (const p of [q, k, v]) done(p);
     const byToken = transpose(attn, 1, 2);

@@ -58,6 +58,12 @@ export interface AttentionOptions {
    * the output and leaves it cached for the product. A hint: the values are the same either way.
    */
   packOut?: boolean;
+  /**
+   * q, k and v's gradients, merged to [B, L, H·D], are read next by matrix products (the
+   * backward of the projections that made q, k and v): as `packOut`, the backward kernels write
+   * their packs as they store the gradients.
+   */
+  packGrads?: boolean;
 }
 
 /**
@@ -344,6 +350,34 @@ function storeRow(
     (d) => `${target}[${base} + ${d}u] = ${reg(d >> 2)}.${"xyzw"[d & 3]}${factor};`,
     indent,
   );
+}
+
+/**
+ * WGSL storing a row's vec4 registers `reg(c)` (times `factor`) into texture `target` as the pack
+ * of the merged [B·L, H·D] matrix: texel (head·D/4 + c, tokenRow). D is a multiple of 4, so a
+ * head's columns are whole texels and the values are the ones {@link storeRow} writes.
+ */
+function storePackedRow(
+  headDim: number,
+  target: string,
+  head: string,
+  tokenRow: string,
+  reg: (c: number) => string,
+  factor: string,
+  indent: string,
+): string {
+  return unroll(
+    vecsPerRow(headDim),
+    (c) =>
+      `textureStore(${target}, vec2u(${head} * ${headDim / 4}u + ${c}u, ${tokenRow}), ` +
+      `${reg(c)}${factor});`,
+    indent,
+  );
+}
+
+/** Write-only texture bindings for a kernel's packed outputs. */
+function packBindings(names: readonly string[]) {
+  return names.map((name) => ({ name, texture: "rgba32float", access: "write" } as const));
 }
 
 const GEOMETRY_PARAMS: [string, "u32" | "f32"][] = [
@@ -687,7 +721,7 @@ ${unroll(nv, (c) => `acc${r}_${c} += ${pd} * vc${c};`, "        ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "out", type: "f32", access: "read_write" },
         { name: "lse", type: "f32", access: "read_write" },
-        ...(s.packOut ? [{ name: "P", texture: "rgba32float", access: "write" } as const] : []),
+        ...packBindings(s.packOut ? ["P"] : []),
       ],
       params: paramsOf(s, FORWARD_PARAMS),
       source: `${constants(s)}
@@ -720,13 +754,16 @@ ${
             )
           }${
             s.packOut
-              ? "\n" + unroll(
-                nv,
-                (c) =>
-                  `textureStore(P, vec2u(head${r} * ${D / 4}u + ${c}u, b * params.tq + pos${r}), ` +
-                  `acc${r}_${c} * inv);`,
-                "    ",
-              )
+              ? "\n" +
+                storePackedRow(
+                  D,
+                  "P",
+                  `head${r}`,
+                  `b * params.tq + pos${r}`,
+                  (c) => `acc${r}_${c}`,
+                  " * inv",
+                  "    ",
+                )
               : ""
           }
     lse[out_row${r}] = select(EMPTY_ROW_LSE, m${r} + log(l${r}), l${r} > 0.0);
@@ -807,6 +844,7 @@ ${unroll(nv, (c) => `dq${r}_${c} += ds * kc${c};`, "        ")}
         ...LSE_DELTA_BINDINGS,
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_q", type: "f32", access: "read_write" },
+        ...packBindings(s.packOut ? ["PQ"] : []),
       ],
       params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
@@ -837,6 +875,19 @@ ${
               " * params.scale",
               "    ",
             )
+          }${
+            s.packOut
+              ? "\n" +
+                storePackedRow(
+                  D,
+                  "PQ",
+                  `head${r}`,
+                  `b * params.tq + pos${r}`,
+                  (c) => `dq${r}_${c}`,
+                  " * params.scale",
+                  "    ",
+                )
+              : ""
           }
   }`, "  ")
       }
@@ -892,6 +943,7 @@ ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_k", type: "f32", access: "read_write" },
         { name: "grad_v", type: "f32", access: "read_write" },
+        ...packBindings(s.packOut ? ["PK", "PV"] : []),
       ],
       params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
@@ -941,7 +993,22 @@ ${
               "    ",
             )
           }
-${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}
+${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}${
+            s.packOut
+              ? ["PK", "PV"].map((t) =>
+                "\n" +
+                storePackedRow(
+                  D,
+                  t,
+                  "kvh",
+                  `b * params.sk + key${r}`,
+                  (c) => `${t === "PK" ? "dk" : "dv"}${r}_${c}`,
+                  "",
+                  "    ",
+                )
+              ).join("")
+              : ""
+          }
   }`, "  ")
       }
 }`,
@@ -1122,6 +1189,7 @@ export function scaledDotProductAttention(
   const pack = options.packOut && headDim % 4 === 0
     ? outputPackTexture(batch * queryLen, width)
     : null;
+  const packGrads = (options.packGrads ?? false) && headDim % 4 === 0;
   const params: Record<string, number> = {
     ...geometryValues(shapes, causal, scale),
     ...dropoutValues(drop),
@@ -1166,34 +1234,47 @@ export function scaledDotProductAttention(
       grid1d(Math.ceil(rows / 64)),
     );
     const gradParams = { ...params, ...stridedValues("grad_out", gradOut) };
-    let gradQ: Tensor | null = null;
-    if (q.requiresGrad) {
-      gradQ = headsInterleaved(batch, queryHeads, queryLen, headDim);
-      dispatchStreamed(
-        gradQueryKernel(rowShape),
-        rowShape,
-        [q, gradOut],
-        [k, v],
-        [lse, delta, ...masked, gradQ],
-        gradParams,
-        rowGrid,
-      );
-    }
+    // dK, dV first, then dQ: with their packs kept (packGrads), the pack cache's two layer-input
+    // slots then hold v's and q's, which the projections' backward read first and last.
     let gradK: Tensor | null = null;
     let gradV: Tensor | null = null;
     if (k.requiresGrad || v.requiresGrad) {
       gradK = headsInterleaved(batch, kvHeads, keyLen, headDim);
       gradV = headsInterleaved(batch, kvHeads, keyLen, headDim);
       const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, !!drop, tiling);
+      const kvWidth = kvHeads * headDim;
+      const packK = packGrads ? outputPackTexture(batch * keyLen, kvWidth) : null;
+      const packV = packK ? outputPackTexture(batch * keyLen, kvWidth) : null;
       dispatchStreamed(
-        gradKeyValueKernel(keyShape),
+        gradKeyValueKernel({ ...keyShape, packOut: packV !== null }),
         keyShape,
         [k, v],
         [q, gradOut],
-        [lse, delta, ...masked, gradK, gradV],
+        [lse, delta, ...masked, gradK, gradV, ...(packK && packV ? [packK, packV] : [])],
         gradParams,
         [Math.ceil(keyLen / (keyShape.threads * keyShape.rowsPerThread)), kvHeads, batch],
       );
+      // A pack is kept only for a gradient that flows on (k may be a frozen projection's).
+      if (packK && packV) {
+        if (k.requiresGrad) keepOutputPack(gradK, packK, kvWidth);
+        else rt().textures.release(packK);
+        keepOutputPack(gradV, packV, kvWidth);
+      }
+    }
+    let gradQ: Tensor | null = null;
+    if (q.requiresGrad) {
+      gradQ = headsInterleaved(batch, queryHeads, queryLen, headDim);
+      const packQ = packGrads ? outputPackTexture(batch * queryLen, width) : null;
+      dispatchStreamed(
+        gradQueryKernel({ ...rowShape, packOut: packQ !== null }),
+        rowShape,
+        [q, gradOut],
+        [k, v],
+        [lse, delta, ...masked, gradQ, ...(packQ ? [packQ] : [])],
+        gradParams,
+        rowGrid,
+      );
+      if (packQ) keepOutputPack(gradQ, packQ, width);
     }
     delta.dispose();
     return [gradQ, gradK, gradV];
