@@ -217,7 +217,7 @@ export class EncoderLayer extends Container {
     const h1 = this.#norm("attention.output.LayerNorm", a1);
     done(a1);
     const i1 = this.#lin("intermediate.dense", h1);
-    const inter = gelu(i1);
+    const inter = gelu(i1, { packOut: true }); // read next by output.dense
     done(i1);
     const o = this.#residual("output.dense", inter, h1, ctx);
     done(inter);

@@ -18,7 +18,14 @@
  */
 import { onBackwardStart, record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
-import { add as binaryAdd, assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import {
+  add as binaryAdd,
+  assign,
+  broadcastShapes,
+  fillInto,
+  map,
+  registerOutputPacks,
+} from "./elementwise.ts";
 import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
 import { reduceRaw, sumTo } from "./reduce.ts";
@@ -897,6 +904,8 @@ interface PackEntry {
   tex: ScratchTexture;
   bytes: number;
   pinned: boolean;
+  /** Written by the tensor's producer (keepOutputPack), not by a product that read it. */
+  produced?: boolean;
 }
 
 /**
@@ -956,7 +965,13 @@ class PackCache {
   }
 
   /** Keep `tex` for (buffer, key); false when over budget (the caller releases it). */
-  put(buffer: GPUBuffer, key: string, tex: ScratchTexture, pinned: boolean): boolean {
+  put(
+    buffer: GPUBuffer,
+    key: string,
+    tex: ScratchTexture,
+    pinned: boolean,
+    produced = false,
+  ): boolean {
     this.#hook();
     const bytes = tex.width * tex.height * 16;
     if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
@@ -967,6 +982,7 @@ class PackCache {
       tex,
       bytes,
       pinned,
+      produced,
     };
     const list = this.#byBuffer.get(buffer) ?? [];
     list.push(e);
@@ -984,7 +1000,7 @@ class PackCache {
     return true;
   }
 
-  #remove(e: PackEntry): void {
+  #remove(e: PackEntry, release = true): void {
     const list = this.#byBuffer.get(e.buffer)!;
     list.splice(list.indexOf(e), 1);
     if (list.length === 0) this.#byBuffer.delete(e.buffer);
@@ -993,7 +1009,19 @@ class PackCache {
       this.#transient.splice(this.#transient.indexOf(e), 1);
       this.#transientBytes -= e.bytes;
     }
-    rt().textures.release(e.tex);
+    if (release) rt().textures.release(e.tex);
+  }
+
+  /**
+   * Hand a producer's pack of (buffer, key) over to a product that reads it once: the entry
+   * leaves the cache (its texture is the caller's to release), so the pack lives no longer than
+   * the product's own pack would have. False (nothing changes) for any other entry.
+   */
+  handOver(buffer: GPUBuffer, key: string): boolean {
+    const e = this.#byBuffer.get(buffer)?.find((x) => x.key === key);
+    if (!e?.produced) return false;
+    this.#remove(e, false);
+    return true;
   }
 
   /** Drop the full-size layer-input entries (small ones, weights and constants stay). */
@@ -1080,8 +1108,14 @@ export function keepOutputPack(
     batchStrides: [],
   };
   const key = packKey(o, [], 0, 1, o.rows);
-  if (!packCache.put(out.buffer, key, tex, false)) rt().textures.release(tex);
+  if (!packCache.put(out.buffer, key, tex, false, true)) rt().textures.release(tex);
 }
+
+// Elementwise kernels write their outputs' packs through these (see MapOptions.packOut).
+registerOutputPacks({
+  texture: outputPackTexture,
+  keep: (out, tex) => keepOutputPack(out, tex),
+});
 
 /** A packed operand: the texture, and whether the cache owns it (then it is not released). */
 interface Packed {
@@ -1107,6 +1141,7 @@ function pack(
   // Any product may find a pack another left (an A-layout pack is also the B-layout one).
   const key = packKey(o, dims, zBase, count, rowsPadded);
   const hit = packCache.get(t.buffer, key);
+  if (hit && !reuse && packCache.handOver(t.buffer, key)) return { tex: hit, cached: false };
   if (hit) return { tex: hit, cached: true };
   const tex = packInto(o, dims, zBase, count, rowsPadded);
   // A small trainable parameter (LoRA's A and B, a head's weight) is read by its forward product
