@@ -18,8 +18,7 @@
  */
 import {
   add,
-  addN,
-  embedding,
+  embeddingSum,
   gelu,
   isGradEnabled,
   layerNorm,
@@ -158,9 +157,10 @@ export class EncoderLayer extends Container {
     out.add("LayerNorm", layerNormModule(w, `${prefix}.output.LayerNorm`, h));
   }
 
+  /** LayerNorm `path`; its output is read next by products (its pack is written with it). */
   #norm(path: string, x: Tensor): Tensor {
     const p = this.getModule(path) as ParamModule;
-    return layerNorm(x, p.get("weight"), p.get("bias"), this.dims.layerNormEps);
+    return layerNorm(x, p.get("weight"), p.get("bias"), this.dims.layerNormEps, { packOut: true });
   }
 
   #lin(path: string, x: Tensor): Tensor {
@@ -204,6 +204,8 @@ export class EncoderLayer extends Container {
     const attn = scaledDotProductAttention(q, k, v, {
       keyPaddingMask: keyMask,
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
+      packOut: true, // read next by attention.output.dense
+      packGrads: true, // read next by the q, k, v projections' backward
     });
     for (const p of [q, k, v]) done(p);
     const byToken = transpose(attn, 1, 2);
@@ -215,7 +217,7 @@ export class EncoderLayer extends Container {
     const h1 = this.#norm("attention.output.LayerNorm", a1);
     done(a1);
     const i1 = this.#lin("intermediate.dense", h1);
-    const inter = gelu(i1);
+    const inter = gelu(i1, { packOut: true }); // read next by output.dense
     done(i1);
     const o = this.#residual("output.dense", inter, h1, ctx);
     done(inter);
@@ -297,18 +299,22 @@ export class EncoderModel extends Container {
     const table = (n: string) => (emb.getModule(n) as ParamModule).get("weight");
     const types = inputs.tokenTypeIds ?? tensor(new Int32Array(b * t), [b, t]);
     const positionIds = tensor(positions, [b, t]);
-    const word = embedding(table("word_embeddings"), inputs.ids);
-    const position = embedding(table("position_embeddings"), positionIds);
-    const type = embedding(table("token_type_embeddings"), types);
-    const summed = addN([word, position, type]);
-    for (const e of [word, position, type]) done(e);
+    // word + position + token type, looked up and added in one kernel.
+    const summed = embeddingSum([
+      { weight: table("word_embeddings"), ids: inputs.ids },
+      { weight: table("position_embeddings"), ids: positionIds },
+      { weight: table("token_type_embeddings"), ids: types },
+    ]);
     done(positionIds);
     if (types !== inputs.tokenTypeIds) done(types);
     const ln = emb.getModule("LayerNorm") as ParamModule;
-    const normed = layerNorm(summed, ln.get("weight"), ln.get("bias"), d.layerNormEps);
+    // The embeddings' dropout runs in the LayerNorm's kernel, which also packs the result for
+    // the first layer's projections.
+    let x = layerNorm(summed, ln.get("weight"), ln.get("bias"), d.layerNormEps, {
+      dropout: ctx.fusedDropout(d.hiddenDropout),
+      packOut: true,
+    });
     done(summed);
-    let x = ctx.dropout(normed, d.hiddenDropout);
-    done(normed, x);
     const layers = this.getModule(`${d.kind}.encoder.layer`);
     for (let i = 0; i < d.numLayers; i++) {
       const next = (layers.getModule(String(i)) as EncoderLayer).forward(

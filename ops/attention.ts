@@ -35,6 +35,7 @@ import {
   rt,
   type ScratchTexture,
 } from "./runtime.ts";
+import { keepOutputPack, outputPackTexture } from "./matmul.ts";
 import { empty, type Tensor } from "./tensor.ts";
 import { type KernelFamily, kernelFamily } from "./variants.ts";
 
@@ -50,6 +51,19 @@ export interface AttentionOptions {
   tiling?: AttentionTiling;
   /** Dropout on the attention probabilities (training); absent or p = 0: none. */
   dropout?: AttentionDropout;
+  /**
+   * The output, merged to [B, T, Hq·D], is read next by a matrix product (a transformer's
+   * attention output projection): where products read packed operands (the matmul's texture
+   * variant) and D is a multiple of 4, the forward kernel writes that matrix's pack as it stores
+   * the output and leaves it cached for the product. A hint: the values are the same either way.
+   */
+  packOut?: boolean;
+  /**
+   * q, k and v's gradients, merged to [B, L, H·D], are read next by matrix products (the
+   * backward of the projections that made q, k and v): as `packOut`, the backward kernels write
+   * their packs as they store the gradients.
+   */
+  packGrads?: boolean;
 }
 
 /**
@@ -133,6 +147,8 @@ interface TileShape {
   tile: number;
   /** "texture": operand rows per texture line (a power of two). */
   lineRows: number;
+  /** Forward only: the output is also stored into texture P as the pack of [B·T, Hq·D]. */
+  packOut?: boolean;
 }
 
 /** Running maximum before any key was seen; finite so that no kernel ever handles infinities. */
@@ -334,6 +350,34 @@ function storeRow(
     (d) => `${target}[${base} + ${d}u] = ${reg(d >> 2)}.${"xyzw"[d & 3]}${factor};`,
     indent,
   );
+}
+
+/**
+ * WGSL storing a row's vec4 registers `reg(c)` (times `factor`) into texture `target` as the pack
+ * of the merged [B·L, H·D] matrix: texel (head·D/4 + c, tokenRow). D is a multiple of 4, so a
+ * head's columns are whole texels and the values are the ones {@link storeRow} writes.
+ */
+function storePackedRow(
+  headDim: number,
+  target: string,
+  head: string,
+  tokenRow: string,
+  reg: (c: number) => string,
+  factor: string,
+  indent: string,
+): string {
+  return unroll(
+    vecsPerRow(headDim),
+    (c) =>
+      `textureStore(${target}, vec2u(${head} * ${headDim / 4}u + ${c}u, ${tokenRow}), ` +
+      `${reg(c)}${factor});`,
+    indent,
+  );
+}
+
+/** Write-only texture bindings for a kernel's packed outputs. */
+function packBindings(names: readonly string[]) {
+  return names.map((name) => ({ name, texture: "rgba32float", access: "write" } as const));
 }
 
 const GEOMETRY_PARAMS: [string, "u32" | "f32"][] = [
@@ -677,6 +721,7 @@ ${unroll(nv, (c) => `acc${r}_${c} += ${pd} * vc${c};`, "        ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "out", type: "f32", access: "read_write" },
         { name: "lse", type: "f32", access: "read_write" },
+        ...packBindings(s.packOut ? ["P"] : []),
       ],
       params: paramsOf(s, FORWARD_PARAMS),
       source: `${constants(s)}
@@ -707,6 +752,19 @@ ${
               " * inv",
               "    ",
             )
+          }${
+            s.packOut
+              ? "\n" +
+                storePackedRow(
+                  D,
+                  "P",
+                  `head${r}`,
+                  `b * params.tq + pos${r}`,
+                  (c) => `acc${r}_${c}`,
+                  " * inv",
+                  "    ",
+                )
+              : ""
           }
     lse[out_row${r}] = select(EMPTY_ROW_LSE, m${r} + log(l${r}), l${r} > 0.0);
   }`, "  ")
@@ -786,6 +844,7 @@ ${unroll(nv, (c) => `dq${r}_${c} += ds * kc${c};`, "        ")}
         ...LSE_DELTA_BINDINGS,
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_q", type: "f32", access: "read_write" },
+        ...packBindings(s.packOut ? ["PQ"] : []),
       ],
       params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
@@ -816,6 +875,19 @@ ${
               " * params.scale",
               "    ",
             )
+          }${
+            s.packOut
+              ? "\n" +
+                storePackedRow(
+                  D,
+                  "PQ",
+                  `head${r}`,
+                  `b * params.tq + pos${r}`,
+                  (c) => `dq${r}_${c}`,
+                  " * params.scale",
+                  "    ",
+                )
+              : ""
           }
   }`, "  ")
       }
@@ -871,6 +943,7 @@ ${unroll(nv, (c) => `dk${r}_${c} += ds * qc${c};`, "          ")}
         ...(s.masked ? [KEEP_BINDING] : []),
         { name: "grad_k", type: "f32", access: "read_write" },
         { name: "grad_v", type: "f32", access: "read_write" },
+        ...packBindings(s.packOut ? ["PK", "PV"] : []),
       ],
       params: paramsOf(s, BACKWARD_PARAMS),
       source: `${constants(s)}
@@ -920,7 +993,22 @@ ${
               "    ",
             )
           }
-${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}
+${storeRow(D, "grad_v", "o", (c) => `dv${r}_${c}`, "", "    ")}${
+            s.packOut
+              ? ["PK", "PV"].map((t) =>
+                "\n" +
+                storePackedRow(
+                  D,
+                  t,
+                  "kvh",
+                  `b * params.sk + key${r}`,
+                  (c) => `${t === "PK" ? "dk" : "dv"}${r}_${c}`,
+                  "",
+                  "    ",
+                )
+              ).join("")
+              : ""
+          }
   }`, "  ")
       }
 }`,
@@ -1086,13 +1174,22 @@ export function scaledDotProductAttention(
     ]);
   }
   const operands = ATTENTION.choose(shapes).run;
-  // The kernels read the mask as contiguous f32 keep flags, whatever its dtype or layout.
-  const keep = mask ? map([mask], "select(0.0, 1.0, a != 0.0)") : undefined;
+  // The kernels read the mask as contiguous f32 keep flags (nonzero keeps), from offset 0: such a
+  // mask is bound as it is, any other dtype or layout is converted first.
+  const direct = mask && mask.dtype === "f32" && mask.isContiguous && mask.offset === 0;
+  const keep = mask && !direct ? map([mask], "select(0.0, 1.0, a != 0.0)") : mask;
   const masked = keep ? [keep] : [];
   const out = headsInterleaved(batch, queryHeads, queryLen, headDim);
   const lse = empty([batch, queryHeads, queryLen]);
   const rowCount = (queryHeads / kvHeads) * queryLen;
   const rowShape = tileShape(operands, headDim, rowCount, keep !== undefined, !!drop, tiling);
+  // The merged output's pack for the product that reads it next: texel (c, b·T + t) holds
+  // columns 4c…4c+3 of [B·T, Hq·D], whole within one head when D is a multiple of 4.
+  const width = queryHeads * headDim;
+  const pack = options.packOut && headDim % 4 === 0
+    ? outputPackTexture(batch * queryLen, width)
+    : null;
+  const packGrads = (options.packGrads ?? false) && headDim % 4 === 0;
   const params: Record<string, number> = {
     ...geometryValues(shapes, causal, scale),
     ...dropoutValues(drop),
@@ -1106,17 +1203,18 @@ export function scaledDotProductAttention(
     batch,
   ];
   dispatchStreamed(
-    forwardKernel(rowShape),
+    forwardKernel({ ...rowShape, packOut: pack !== null }),
     rowShape,
     [q],
     [k, v],
-    [...masked, out, lse],
+    [...masked, out, lse, ...(pack ? [pack] : [])],
     params,
     rowGrid,
   );
+  if (pack) keepOutputPack(out, pack, width);
   if (!needsGrad(q, k, v)) {
     lse.dispose();
-    keep?.dispose();
+    if (keep !== mask) keep?.dispose();
     return out;
   }
   return record("scaledDotProductAttention", out, [q, k, v], (gradOut) => {
@@ -1136,36 +1234,49 @@ export function scaledDotProductAttention(
       grid1d(Math.ceil(rows / 64)),
     );
     const gradParams = { ...params, ...stridedValues("grad_out", gradOut) };
-    let gradQ: Tensor | null = null;
-    if (q.requiresGrad) {
-      gradQ = headsInterleaved(batch, queryHeads, queryLen, headDim);
-      dispatchStreamed(
-        gradQueryKernel(rowShape),
-        rowShape,
-        [q, gradOut],
-        [k, v],
-        [lse, delta, ...masked, gradQ],
-        gradParams,
-        rowGrid,
-      );
-    }
+    // dK, dV first, then dQ: with their packs kept (packGrads), the pack cache's two layer-input
+    // slots then hold v's and q's, which the projections' backward read first and last.
     let gradK: Tensor | null = null;
     let gradV: Tensor | null = null;
     if (k.requiresGrad || v.requiresGrad) {
       gradK = headsInterleaved(batch, kvHeads, keyLen, headDim);
       gradV = headsInterleaved(batch, kvHeads, keyLen, headDim);
       const keyShape = tileShape(operands, headDim, keyLen, keep !== undefined, !!drop, tiling);
+      const kvWidth = kvHeads * headDim;
+      const packK = packGrads ? outputPackTexture(batch * keyLen, kvWidth) : null;
+      const packV = packK ? outputPackTexture(batch * keyLen, kvWidth) : null;
       dispatchStreamed(
-        gradKeyValueKernel(keyShape),
+        gradKeyValueKernel({ ...keyShape, packOut: packV !== null }),
         keyShape,
         [k, v],
         [q, gradOut],
-        [lse, delta, ...masked, gradK, gradV],
+        [lse, delta, ...masked, gradK, gradV, ...(packK && packV ? [packK, packV] : [])],
         gradParams,
         [Math.ceil(keyLen / (keyShape.threads * keyShape.rowsPerThread)), kvHeads, batch],
       );
+      // A pack is kept only for a gradient that flows on (k may be a frozen projection's).
+      if (packK && packV) {
+        if (k.requiresGrad) keepOutputPack(gradK, packK, kvWidth);
+        else rt().textures.release(packK);
+        keepOutputPack(gradV, packV, kvWidth);
+      }
+    }
+    let gradQ: Tensor | null = null;
+    if (q.requiresGrad) {
+      gradQ = headsInterleaved(batch, queryHeads, queryLen, headDim);
+      const packQ = packGrads ? outputPackTexture(batch * queryLen, width) : null;
+      dispatchStreamed(
+        gradQueryKernel({ ...rowShape, packOut: packQ !== null }),
+        rowShape,
+        [q, gradOut],
+        [k, v],
+        [lse, delta, ...masked, gradQ, ...(packQ ? [packQ] : [])],
+        gradParams,
+        rowGrid,
+      );
+      if (packQ) keepOutputPack(gradQ, packQ, width);
     }
     delta.dispose();
     return [gradQ, gradK, gradV];
-  });
+  }, keep === mask && mask ? [q, k, v, out, mask] : [q, k, v, out]);
 }

@@ -17,8 +17,17 @@
  */
 import { type Tensor, withCategory } from "./tensor.ts";
 
-/** Computes the gradients of an op's inputs from the gradient of its output (null: none). */
-export type BackwardFn = (gradOutput: Tensor) => (Tensor | null)[];
+/**
+ * Computes the gradients of an op's inputs from the gradient of its output (null: none).
+ * `sumInto(i)`, when given, is the gradient already pending for input i (another consumer's),
+ * contiguous f32 and owned by nobody else, or null: a rule may add its gradient for input i into
+ * it (a product's accumulating epilogue) and return that tensor as input i's gradient, which then
+ * counts as summed — no separate add. A rule that ignores it returns fresh gradients as before.
+ */
+export type BackwardFn = (
+  gradOutput: Tensor,
+  sumInto?: (input: number) => Tensor | null,
+) => (Tensor | null)[];
 
 interface Node {
   output: Tensor;
@@ -202,9 +211,22 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
         // A rule that computes a leaf's gradient allocates in "grads", so that gradient (which
         // becomes `.grad`) is counted there from the start; its other results move back above.
         const leafRule = node.inputs.some((t) => t.requiresGrad && !produced.has(t) && !t.grad);
+        // A pending gradient the rule may sum into in place: held by this key alone, owning its
+        // storage, and not the gradient the rule reads.
+        const handed = new Set<Tensor>();
+        const sumInto = (j: number): Tensor | null => {
+          const input = node.inputs[j];
+          const before = input?.requiresGrad && produced.has(input) ? grads.get(input) : undefined;
+          if (
+            !before || holders.get(before) !== 1 || !before.ownsStorage || before.dtype !== "f32" ||
+            before.sharesStorage(g) || before === gradOutput
+          ) return null;
+          handed.add(before);
+          return before;
+        };
         const inputGrads = withCategory(
           leafRule ? "grads" : "activations",
-          () => node.backward(g),
+          () => node.backward(g, sumInto),
         );
         // Leaf gradients computed fresh by this rule become `.grad` as they are (no copy, and
         // no second buffer at the peak); a tensor also stored or handed to a second input is
@@ -220,6 +242,8 @@ export function backward(loss: Tensor, gradOutput?: Tensor): void {
           }
           if (produced.has(input)) {
             const before = grads.get(input);
+            // The rule summed into the pending gradient it was handed (sumInto).
+            if (before === gi && handed.has(gi)) return;
             if (
               before && holders.get(before) === 1 && before.ownsStorage &&
               !before.sharesStorage(gi)

@@ -11,7 +11,14 @@
  * @module
  */
 import { record, registerGradArith } from "./autograd.ts";
-import { defineKernel, grid1d, type Kernel, linearIndex, rt } from "./runtime.ts";
+import {
+  defineKernel,
+  grid1d,
+  type Kernel,
+  linearIndex,
+  rt,
+  type ScratchTexture,
+} from "./runtime.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
 import {
   BYTES_PER_ELEMENT,
@@ -46,6 +53,27 @@ export interface MapOptions {
   helpers?: string;
   /** Category of a newly allocated output. */
   category?: TensorOptions["category"];
+  /**
+   * The output is read next by matrix products: where they read packed operands, the kernel
+   * also writes its pack (see {@link registerOutputPacks}). Honoured for a contiguous f32 output
+   * of contiguous inputs whose last dimension is a multiple of 4; a hint otherwise.
+   */
+  packOut?: boolean;
+}
+
+/** How a producer obtains and registers the packed copy of its output (the matmul's cache). */
+export interface OutputPacks {
+  /** A texture for the pack of a [rows, cols] output, or null where products read no packs. */
+  texture(rows: number, cols: number): ScratchTexture | null;
+  /** Register `tex` as the pack of `out` (after the dispatch that wrote both). */
+  keep(out: Tensor, tex: ScratchTexture): void;
+}
+
+let outputPacks: OutputPacks | null = null;
+
+/** Called once by the matmul module (which owns the pack cache); avoids an import cycle. */
+export function registerOutputPacks(p: OutputPacks): void {
+  outputPacks = p;
 }
 
 /** The shape all `shapes` broadcast to (NumPy rules), or an error naming both. */
@@ -122,6 +150,12 @@ export function map(inputs: readonly Tensor[], expr: string, options: MapOptions
   // An input living in the output's buffer is read through the output binding: WebGPU forbids
   // binding one buffer as read-only and read-write in the same dispatch.
   const aliased = inputs.map((t) => options.out !== undefined && t.buffer === out.buffer);
+  // The output's pack, written one texel (four elements of a row) per thread.
+  const cols = shape.length ? shape[shape.length - 1] : 1;
+  const pack = options.packOut && outputPacks && out.dtype === "f32" && outContig &&
+      inContig.every((c) => c) && !aliased.some((a) => a) && cols % 4 === 0
+    ? outputPacks.texture(n / cols, cols)
+    : null;
   const names = "abcdefghijklmnop";
   const scalars = Object.keys(options.scalars ?? {}).sort();
   const uints = Object.keys(options.uints ?? {}).sort();
@@ -135,6 +169,7 @@ export function map(inputs: readonly Tensor[], expr: string, options: MapOptions
     scalars.join(","),
     uints.join(","),
     options.helpers ?? "",
+    pack ? "pack" : "",
   ].join("|");
   let kernel = kernelCache.get(key);
   if (!kernel) {
@@ -147,6 +182,7 @@ export function map(inputs: readonly Tensor[], expr: string, options: MapOptions
     });
     for (const s of scalars) params.push([`s_${s}`, "f32"]);
     for (const u of uints) params.push([`u_${u}`, "u32"]);
+    if (pack) params.push(["texels", "u32"]);
     const strided = !outContig || inContig.some((c) => !c);
     const lines: string[] = [];
     if (strided) {
@@ -171,7 +207,22 @@ export function map(inputs: readonly Tensor[], expr: string, options: MapOptions
     for (const s of scalars) lines.push(`  let s_${s} = params.s_${s};`);
     for (const u of uints) lines.push(`  let u_${u} = params.u_${u};`);
     const oIdx = outContig ? "params.out_off + i" : "o_idx";
-    lines.push(`  out[${oIdx}] = ${wgslType(out.dtype)}(${expr});`);
+    if (pack) {
+      // Thread t computes elements 4t…4t+3 (one row's texel) and stores them as texel t too.
+      lines.push(`  let v = f32(${expr});`, "  out[params.out_off + i] = v;", "  texel[e] = v;");
+    } else lines.push(`  out[${oIdx}] = ${wgslType(out.dtype)}(${expr});`);
+    const body = pack
+      ? `  let t = ${linearIndex(WG)};
+  if (4u * t >= params.n) { return; }
+  var texel = vec4f(0.0);
+  for (var e = 0u; e < 4u; e++) {
+    let i = 4u * t + e;
+${lines.map((l) => `  ${l}`).join("\n")}
+  }
+  textureStore(P, vec2u(t % params.texels, t / params.texels), texel);`
+      : `  let i = ${linearIndex(WG)};
+  if (i >= params.n) { return; }
+${lines.join("\n")}`;
     kernel = defineKernel({
       name: `map(${expr.slice(0, 40)})`,
       bindings: [
@@ -179,15 +230,14 @@ export function map(inputs: readonly Tensor[], expr: string, options: MapOptions
           aliased[k] ? [] : [{ name: `in${k}`, type: t.dtype, access: "read" as const }]
         ),
         { name: "out", type: out.dtype, access: "read_write" },
+        ...(pack ? [{ name: "P", texture: "rgba32float", access: "write" } as const] : []),
       ],
       params,
       source: `${ELEMENTWISE_HELPERS}
 ${options.helpers ?? ""}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = ${linearIndex(WG)};
-  if (i >= params.n) { return; }
-${lines.join("\n")}
+${body}
 }`,
     });
     kernelCache.set(key, kernel);
@@ -202,6 +252,12 @@ ${lines.join("\n")}
   for (const s of scalars) p[`s_${s}`] = options.scalars![s];
   for (const u of uints) p[`u_${u}`] = options.uints![u];
   const bound = inputs.filter((_, k) => !aliased[k]);
+  if (pack) {
+    p.texels = cols / 4;
+    rt().dispatch(kernel, [...bound, out, pack], p, grid1d(Math.ceil(n / 4 / WG)));
+    outputPacks!.keep(out, pack);
+    return out;
+  }
   rt().dispatch(kernel, [...bound, out], p, grid1d(Math.ceil(n / WG)));
   return out;
 }
@@ -339,10 +395,16 @@ function savedBy(expr: string, operands: Partial<Record<GradOperand, Tensor>>): 
   return [...operandsOf(expr)].flatMap((n) => n === "g" || !operands[n] ? [] : [operands[n]!]);
 }
 
+/** Options of {@link unary} (and the unary ops built on it). */
+export interface UnaryOptions {
+  /** The output is read next by matrix products (an FFN activation): see {@link MapOptions}. */
+  packOut?: boolean;
+}
+
 /** Apply a unary op from {@link UNARY} (differentiable). */
-export function unary(op: UnaryOp, x: Tensor): Tensor {
+export function unary(op: UnaryOp, x: Tensor, options: UnaryOptions = {}): Tensor {
   const def: UnaryDef = UNARY[op];
-  const y = map([x], def.fwd);
+  const y = map([x], def.fwd, { packOut: options.packOut });
   const saves = def.grad ? savedBy(def.grad, { a: x, y }) : [];
   return record(op, y, [x], (g) => {
     if (!def.grad) return [null];
@@ -455,8 +517,8 @@ export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
 export const relu = (x: Tensor): Tensor => unary("relu", x);
 /** x·σ(x) (SwiGLU's gate activation). */
 export const silu = (x: Tensor): Tensor => unary("silu", x);
-/** GELU, erf form: x·Φ(x). */
-export const gelu = (x: Tensor): Tensor => unary("gelu", x);
+/** GELU, erf form: x·Φ(x). `options`: see {@link UnaryOptions} (a transformer FFN's packs). */
+export const gelu = (x: Tensor, options?: UnaryOptions): Tensor => unary("gelu", x, options);
 
 /** Comparison ops: 1.0 where true, 0.0 elsewhere; no gradient. */
 export const eq = (a: TensorLike, b: TensorLike): Tensor => binary("eq", a, b);

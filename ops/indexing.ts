@@ -1,5 +1,6 @@
 /**
- * Indexing: `embedding`, `indexSelect` and `scatterAdd`, with deterministic backward rules.
+ * Indexing: `embedding` (and `embeddingSum`, several lookups added in one kernel), `indexSelect`
+ * and `scatterAdd`, with deterministic backward rules.
  *
  * A gather is a plain kernel; its adjoint (a scatter-add) is where care is needed. WGSL has no f32
  * atomics, and compare-and-swap loops add in whatever order threads arrive, so the sums (and hence
@@ -316,33 +317,144 @@ function checkFloat(t: Tensor, op: string, what: string): void {
  * ```
  */
 export function embedding(weight: Tensor, ids: Tensor): Tensor {
-  if (weight.rank !== 2) throw new Error(`embedding: weight ${weight} must be [V, D]`);
-  checkFloat(weight, "embedding", "weight");
-  const [vocab, width] = weight.shape;
-  const values = hostIndices(ids, "embedding", "ids");
+  const values = checkedIds(weight, ids, "embedding");
+  const y = gatherRaw(weight, 0, ids, [...ids.shape, weight.shape[1]]);
+  return record("embedding", y, [weight, ids], (g) => [embeddingGrad(weight, values, g), null]);
+}
+
+/** Validate an embedding's weight [V, D] and ids; returns the ids' host values. */
+function checkedIds(weight: Tensor, ids: Tensor, op: string): Int32Array {
+  if (weight.rank !== 2) throw new Error(`${op}: weight ${weight} must be [V, D]`);
+  checkFloat(weight, op, "weight");
+  const vocab = weight.shape[0];
+  const values = hostIndices(ids, op, "ids");
   checkRange(
     values,
     ids.shape,
     vocab,
-    (id, at) => `embedding: id ${id} at position ${at} of ids ${ids} is outside [0, V = ${vocab})`,
+    (id, at) => `${op}: id ${id} at position ${at} of ids ${ids} is outside [0, V = ${vocab})`,
   );
-  const y = gatherRaw(weight, 0, ids, [...ids.shape, width]);
-  return record("embedding", y, [weight, ids], (g) => {
-    if (!weight.requiresGrad) return [null, null];
-    const groups = groupPositions(values, vocab);
-    const acc = weight.grad;
-    if (
-      acc && !acc.disposed && acc.dtype === "f32" && acc.isContiguous &&
-      acc.shape.join() === weight.shape.join()
-    ) {
-      // A leaf that already holds a gradient (a tied decoder's, or an earlier micro-batch's):
-      // add the occurring rows into it rather than building a [V, D] sum for autograd to add,
-      // which would write and read the whole table twice. Same sums, same order of addition.
-      segmentSumRaw(g, groups, weight.shape, 0, acc);
-      return [null, null];
-    }
-    return [segmentSumRaw(g, groups, weight.shape, 0), null];
+  return values;
+}
+
+/**
+ * The gradient of an embedding table from its output's gradient g [..., D]: the scatter-add of
+ * g's rows by id (null when the table needs none). A table that already holds a `.grad` (a tied
+ * decoder's, or an earlier micro-batch's) gets the occurring rows added into it rather than a
+ * [V, D] sum for autograd to add, which would write and read the whole table twice. Same sums,
+ * same order of addition.
+ */
+function embeddingGrad(weight: Tensor, values: Int32Array, g: Tensor): Tensor | null {
+  if (!weight.requiresGrad) return null;
+  const groups = groupPositions(values, weight.shape[0]);
+  const acc = weight.grad;
+  if (
+    acc && !acc.disposed && acc.dtype === "f32" && acc.isContiguous &&
+    acc.shape.join() === weight.shape.join()
+  ) {
+    segmentSumRaw(g, groups, weight.shape, 0, acc);
+    return null;
+  }
+  return segmentSumRaw(g, groups, weight.shape, 0);
+}
+
+const embeddingSumCache = new Map<string, Kernel>();
+
+function embeddingSumKernel(types: readonly DType[]): Kernel {
+  const id = types.join();
+  let k = embeddingSumCache.get(id);
+  if (k) return k;
+  const n = types.length;
+  const terms = types.map((_, t) =>
+    `f32(w${t}[params.w${t}_off + u32(ids${t}[params.ids${t}_off + r]) * params.width + c])`
+  );
+  k = defineKernel({
+    name: `embedding_sum(${n})`,
+    bindings: [
+      ...types.map((type, t) => ({ name: `w${t}`, type, access: "read" as const })),
+      ...types.map((_, t) => ({ name: `ids${t}`, type: "i32" as const, access: "read" as const })),
+      { name: "out", type: "f32", access: "read_write" },
+    ],
+    params: [
+      ["total", "u32"],
+      ["width", "u32"],
+      ...types.flatMap((_, t) =>
+        [[`w${t}_off`, "u32"], [`ids${t}_off`, "u32"]] as [string, "u32"][]
+      ),
+    ],
+    source: /* wgsl */ `
+// Sum of ${n} embedding lookups: out[r, c] = Σ_t w_t[ids_t[r], c], added left to right (the bits
+// of gathering each table and adding the rows in order). One thread per output element;
+// neighbouring threads walk c, so each table row's reads coalesce. Ids were range-checked.
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${linearIndex(WG)};
+  if (i >= params.total) { return; }
+  let c = i % params.width;
+  let r = i / params.width;
+  out[i] = ${terms.join(" + ")};
+}`,
   });
+  embeddingSumCache.set(id, k);
+  return k;
+}
+
+/**
+ * Σ_t embedding(tables[t].weight, tables[t].ids) in one kernel — a transformer's word, position
+ * and token-type embeddings — with the bits of the separate lookups added in order. Every
+ * weight is [V_t, D] (f32 or f16, widened) with the same D, every ids tensor i32 of one shape;
+ * the result is [...ids.shape, D]. Each table's gradient is the scatter-add of the output
+ * gradient by its own ids, as {@link embedding}'s.
+ *
+ * @example
+ * ```ts
+ * import { embeddingSum, init, tensor } from "./mod.ts";
+ * await init();
+ * const word = tensor([[0, 0], [1, 1], [2, 2]]), position = tensor([[10, 10], [20, 20]]);
+ * const y = embeddingSum([
+ *   { weight: word, ids: tensor(new Int32Array([2, 0])) },
+ *   { weight: position, ids: tensor(new Int32Array([0, 1])) },
+ * ]); // [[12, 12], [20, 20]]
+ * ```
+ */
+export function embeddingSum(tables: readonly { weight: Tensor; ids: Tensor }[]): Tensor {
+  if (tables.length === 0) throw new Error("embeddingSum: at least one table is needed");
+  if (tables.length > 8) throw new Error(`embeddingSum: at most 8 tables, got ${tables.length}`);
+  const values = tables.map(({ weight, ids }) => checkedIds(weight, ids, "embeddingSum"));
+  const { weight: w0, ids: ids0 } = tables[0];
+  for (const { weight, ids } of tables) {
+    if (weight.shape[1] !== w0.shape[1]) {
+      throw new Error(`embeddingSum: weight ${weight} must have width D = ${w0.shape[1]} (${w0})`);
+    }
+    if (ids.shape.join() !== ids0.shape.join()) {
+      throw new Error(`embeddingSum: ids ${ids} must have the shape of ${ids0}`);
+    }
+  }
+  const width = w0.shape[1];
+  const y = empty([...ids0.shape, width]);
+  if (y.size > 0) {
+    const ws = tables.map((t) => rowMajor(t.weight));
+    const is = tables.map((t) => rowMajor(t.ids));
+    const p: Record<string, number> = { total: y.size, width };
+    ws.forEach((w, t) => (p[`w${t}_off`] = w.offset));
+    is.forEach((x, t) => (p[`ids${t}_off`] = x.offset));
+    rt().dispatch(
+      embeddingSumKernel(ws.map((w) => w.dtype)),
+      [...ws, ...is, y],
+      p,
+      grid1d(Math.ceil(y.size / WG)),
+    );
+    ws.forEach((w, t) => w !== tables[t].weight && w.dispose());
+    is.forEach((x, t) => x !== tables[t].ids && x.dispose());
+  }
+  const inputs = tables.flatMap((t) => [t.weight, t.ids]);
+  return record(
+    "embeddingSum",
+    y,
+    inputs,
+    (g) => tables.flatMap((t, i) => [embeddingGrad(t.weight, values[i], g), null]),
+    [],
+  );
 }
 
 /**

@@ -18,7 +18,14 @@
  */
 import { onBackwardStart, record } from "./autograd.ts";
 import type { Gpu } from "./device.ts";
-import { add as binaryAdd, assign, broadcastShapes, fillInto, map } from "./elementwise.ts";
+import {
+  add as binaryAdd,
+  assign,
+  broadcastShapes,
+  fillInto,
+  map,
+  registerOutputPacks,
+} from "./elementwise.ts";
 import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
 import { reduceRaw, sumTo } from "./reduce.ts";
@@ -416,7 +423,9 @@ function storeLines(
             `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
         }
         if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
-        lines.push(`    if (${n} < params.N) { ${at} = ${prior}${value}; }`);
+        // Accumulating adds the whole epilogue value: C + (dropped + residual).
+        const sum = accumulate && epilogue.residual ? `${prior}(${value})` : `${prior}${value}`;
+        lines.push(`    if (${n} < params.N) { ${at} = ${sum}; }`);
       }
     }
     lines.push("  }");
@@ -895,6 +904,8 @@ interface PackEntry {
   tex: ScratchTexture;
   bytes: number;
   pinned: boolean;
+  /** Written by the tensor's producer (keepOutputPack), not by a product that read it. */
+  produced?: boolean;
 }
 
 /**
@@ -954,7 +965,13 @@ class PackCache {
   }
 
   /** Keep `tex` for (buffer, key); false when over budget (the caller releases it). */
-  put(buffer: GPUBuffer, key: string, tex: ScratchTexture, pinned: boolean): boolean {
+  put(
+    buffer: GPUBuffer,
+    key: string,
+    tex: ScratchTexture,
+    pinned: boolean,
+    produced = false,
+  ): boolean {
     this.#hook();
     const bytes = tex.width * tex.height * 16;
     if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
@@ -965,6 +982,7 @@ class PackCache {
       tex,
       bytes,
       pinned,
+      produced,
     };
     const list = this.#byBuffer.get(buffer) ?? [];
     list.push(e);
@@ -982,7 +1000,7 @@ class PackCache {
     return true;
   }
 
-  #remove(e: PackEntry): void {
+  #remove(e: PackEntry, release = true): void {
     const list = this.#byBuffer.get(e.buffer)!;
     list.splice(list.indexOf(e), 1);
     if (list.length === 0) this.#byBuffer.delete(e.buffer);
@@ -991,7 +1009,19 @@ class PackCache {
       this.#transient.splice(this.#transient.indexOf(e), 1);
       this.#transientBytes -= e.bytes;
     }
-    rt().textures.release(e.tex);
+    if (release) rt().textures.release(e.tex);
+  }
+
+  /**
+   * Hand a producer's pack of (buffer, key) over to a product that reads it once: the entry
+   * leaves the cache (its texture is the caller's to release), so the pack lives no longer than
+   * the product's own pack would have. False (nothing changes) for any other entry.
+   */
+  handOver(buffer: GPUBuffer, key: string): boolean {
+    const e = this.#byBuffer.get(buffer)?.find((x) => x.key === key);
+    if (!e?.produced) return false;
+    this.#remove(e, false);
+    return true;
   }
 
   /** Drop the full-size layer-input entries (small ones, weights and constants stay). */
@@ -1031,6 +1061,62 @@ export function packCacheBytes(): number {
   return packCache.bytes;
 }
 
+/**
+ * A texture for an elementwise or row-wise producer (LayerNorm) to write its [rows, cols] f32
+ * output into in the packed A layout as it stores it — texel (x, r) holds elements (r, 4x…4x+3),
+ * zero past `cols` — so the products that read the output next find its pack in the cache
+ * instead of packing it (see {@link keepOutputPack}). Null when products would not read packs
+ * here (the texture variant is not the one chosen for such a product) or the output does not fit.
+ */
+export function outputPackTexture(rows: number, cols: number): ScratchTexture | null {
+  const max = rt().textures.maxDimension;
+  if (rows === 0 || cols === 0 || rows > max || Math.ceil(cols / 4) > max) return null;
+  const shapes: MatmulShapes = {
+    M: rows,
+    N: cols,
+    K: cols,
+    batch: 1,
+    aMatrices: 1,
+    bMatrices: 1,
+    aDtype: "f32",
+    bDtype: "f32",
+  };
+  if (MATMUL.choose(shapes, matmulKey(shapes)).name !== "texture") return null;
+  return rt().textures.acquire(Math.ceil(cols / 4), rows);
+}
+
+/**
+ * Keep the pack a producer wrote of `out` with {@link outputPackTexture}: `out`'s storage read as
+ * row-major [rows, cols] from its offset (`cols` defaults to its last dimension; attention's
+ * heads-interleaved output is [B·T, H·D]). Registered after the producer's dispatch, so the entry
+ * carries the write version that dispatch gave `out`'s buffer, it serves the products that read
+ * that matrix as their left operand (held like a layer input's pack, for the forward pass).
+ */
+export function keepOutputPack(
+  out: Tensor,
+  tex: ScratchTexture,
+  cols: number = out.shape[out.rank - 1],
+): void {
+  const o: MatrixOperand = {
+    tensor: out,
+    rows: out.size / cols,
+    cols,
+    offset: out.offset,
+    rowStride: cols,
+    colStride: 1,
+    transposed: false,
+    batchStrides: [],
+  };
+  const key = packKey(o, [], 0, 1, o.rows);
+  if (!packCache.put(out.buffer, key, tex, false, true)) rt().textures.release(tex);
+}
+
+// Elementwise kernels write their outputs' packs through these (see MapOptions.packOut).
+registerOutputPacks({
+  texture: outputPackTexture,
+  keep: (out, tex) => keepOutputPack(out, tex),
+});
+
 /** A packed operand: the texture, and whether the cache owns it (then it is not released). */
 interface Packed {
   tex: ScratchTexture;
@@ -1055,6 +1141,7 @@ function pack(
   // Any product may find a pack another left (an A-layout pack is also the B-layout one).
   const key = packKey(o, dims, zBase, count, rowsPadded);
   const hit = packCache.get(t.buffer, key);
+  if (hit && !reuse && packCache.handOver(t.buffer, key)) return { tex: hit, cached: false };
   if (hit) return { tex: hit, cached: true };
   const tex = packInto(o, dims, zBase, count, rowsPadded);
   // A small trainable parameter (LoRA's A and B, a head's weight) is read by its forward product
@@ -1400,7 +1487,10 @@ export interface MatmulOptions {
   into?: Tensor;
   /** Dropout on α·A·B + bias in the epilogue (the mask `dropout` draws for the same call). */
   dropout?: EpilogueDropout;
-  /** Added last (after the dropout): contiguous f32 of the result's shape. */
+  /**
+   * Added last (after the dropout): contiguous f32 of the result's shape. With `into`, the sum
+   * dropout(α·A·B + bias) + residual is what is added into the target.
+   */
   residual?: Tensor;
 }
 
@@ -1760,9 +1850,30 @@ function linearProduct(
 }
 
 /**
- * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x),
- * dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is kept when a second
- * product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
+ * A·B as a gradient of shape `shape` (A [rows, K], B [K, n], rows·n elements): a new tensor, or,
+ * given `target` (autograd's pending gradient of the same input, see {@link BackwardFn}), added
+ * into it in the product's epilogue and `target` returned — the bits `target + A·B` as a separate
+ * add would give (the epilogue adds α·A·B onto C exactly as the add would).
+ */
+function gradProduct(
+  a: Tensor,
+  b: Tensor,
+  shape: readonly number[],
+  target: Tensor | null,
+  options: MatmulOptions = {},
+): Tensor {
+  if (!target) return reshapeTo(matmulRaw(a, b, options), shape);
+  const n = b.shape[b.rank - 1];
+  const into = target.view([a.shape[0], n], [n, 1]);
+  matmulRaw(a, b, { ...options, into });
+  into.dispose();
+  return target;
+}
+
+/**
+ * The gradients of y = x·Wᵀ + b from g2 = dy as [rows, dOut]: dx = g·W (shaped as x; added into
+ * `dxInto` when given), dW = gᵀ·x2, db = Σ g, each null when its input needs none. g's pack is
+ * kept when a second product reads it (dW, db, or `gReadAgain`: LoRA's dh = s·g·B).
  */
 function linearGrads(
   g2: Tensor,
@@ -1771,9 +1882,10 @@ function linearGrads(
   weight: Tensor,
   bias: Tensor | undefined,
   gReadAgain = false,
+  dxInto: Tensor | null = null,
 ): [Tensor | null, Tensor | null, Tensor | null] {
   const reuseG = gReadAgain || weight.requiresGrad || (bias?.requiresGrad ?? false);
-  const dx = x.requiresGrad ? reshapeTo(matmulRaw(g2, weight, { reuseA: reuseG }), x.shape) : null;
+  const dx = x.requiresGrad ? gradProduct(g2, weight, x.shape, dxInto, { reuseA: reuseG }) : null;
   let dw: Tensor | null = null;
   if (weight.requiresGrad) {
     const gT = transposedView(g2);
@@ -1809,9 +1921,10 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const x2 = rowsOf(x);
   const y = reshapeTo(linearProduct(x2, weight, bias), [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  const recorded = record("linear", y, inputs, (g) => {
+  const recorded = record("linear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
-    const grads = linearGrads(g2, x, x2, weight, bias);
+    // x's gradient is added onto another consumer's pending one in dx's epilogue.
+    const grads = linearGrads(g2, x, x2, weight, bias, false, sumInto?.(0) ?? null);
     g2.dispose();
     return grads;
   }, [weight, x2]);
@@ -1934,11 +2047,14 @@ export function lowRankLinear(
   // With the fused dropout xd is x: its gradient is x's (summed in dh·A's epilogue).
   const fused = hMasked !== null;
   const inputs = [x, weight, ...(bias ? [bias] : []), ...(fused ? [] : [xd]), loraA, loraB];
-  const recorded = record("lowRankLinear", y, inputs, (g) => {
+  const recorded = record("lowRankLinear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
     const gT = transposedView(g2);
+    // x's pending gradient from its other consumers: dx is added onto it in an epilogue (the
+    // last one that writes dx, so the sum's bits are those of a separate add).
+    const dxInto = x.requiresGrad ? sumInto?.(0) ?? null : null;
     // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
-    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true);
+    let [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true, fused ? null : dxInto);
     const needDxd = fused ? x.requiresGrad : xd.requiresGrad;
     const dh = loraA.requiresGrad || needDxd
       ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
@@ -1948,12 +2064,22 @@ export function lowRankLinear(
     if (dh) {
       // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
       if (needDxd && fused && dx) {
-        // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store.
-        const into = dx.view([x2.shape[0], dIn], [dIn, 1]);
-        matmulRaw(dh, loraA, { into, dropout: drop, reuseA: true });
+        // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store;
+        // with a pending gradient P of x, P += dropout(dh·A) + g·W in the same store.
+        const rows = x2.shape[0];
+        const into = (dxInto ?? dx).view([rows, dIn], [dIn, 1]);
+        const gw = dxInto ? dx.view([rows, dIn], [dIn, 1]) : undefined;
+        matmulRaw(dh, loraA, { into, dropout: drop, reuseA: true, residual: gw });
         into.dispose();
+        if (gw && dxInto) {
+          gw.dispose();
+          dx.dispose();
+          dx = dxInto;
+        }
       } else if (needDxd) {
-        dxd = reshapeTo(matmulRaw(dh, loraA, { reuseA: true }), xd.shape);
+        // xd's pending gradient (x's when xd is x, which dx was just added onto) takes dxd too.
+        const xdInto = sumInto?.(bias ? 3 : 2) ?? null;
+        dxd = gradProduct(dh, loraA, xd.shape, xdInto, { reuseA: true });
       }
       if (loraA.requiresGrad) {
         const dhT = transposedView(dh);
@@ -2037,10 +2163,27 @@ export function linearResidual(
   if (res !== residual) res.dispose();
   const y = reshapeTo(y2, outShape);
   const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
-  const recorded = record("linearResidual", y, inputs, (g) => {
+  const recorded = record("linearResidual", y, inputs, (g, sumInto) => {
+    const dxInto = x.requiresGrad ? sumInto?.(0) ?? null : null;
+    if (dp && x.requiresGrad && !weight.requiresGrad && !(bias?.requiresGrad ?? false)) {
+      // Only dx reads the dropped gradient (W and b frozen): on the texture variant the mask is
+      // applied while packing g for dx = dropout(g)·W, so no dropped copy is made.
+      const g2 = rowsOf(g);
+      const rows = g2.shape[0];
+      const into = dxInto?.view([rows, dIn], [dIn, 1]);
+      const dx = maskedOperandProduct(g2, weight, "a", dp, into ? { into } : {});
+      g2.dispose();
+      into?.dispose();
+      if (dx) {
+        let gx = dxInto;
+        if (gx) dx.dispose(); // a view of the pending gradient it was added into
+        else gx = reshapeTo(dx, x.shape);
+        return bias ? [gx, null, null, g] : [gx, null, g];
+      }
+    }
     const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
     const g2 = rowsOf(gd);
-    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias);
+    const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, false, dxInto);
     g2.dispose();
     if (gd !== g) gd.dispose();
     return bias ? [dx, dw, db, g] : [dx, dw, g];

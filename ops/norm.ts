@@ -23,6 +23,9 @@
  */
 import { record } from "./autograd.ts";
 import { map } from "./elementwise.ts";
+import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
+import { type EpilogueDropout, keepOutputPack, outputPackTexture } from "./matmul.ts";
+import { RNG_WGSL, seedU32 } from "./random.ts";
 import {
   defineKernel,
   grid1d,
@@ -57,6 +60,28 @@ interface NormVariant {
   centered: boolean;
   /** A bias is added in the forward. */
   bias: boolean;
+  /** The forward also writes y into the texture P, packed for the products that read it. */
+  packOut?: boolean;
+  /** The forward's output is dropout(y) (the mask of `dropout` for the same seed and stream). */
+  dropout?: boolean;
+}
+
+/**
+ * WGSL for output element j of `row`: (x − mean)·rstd·w (+ b), with the dropout mask applied
+ * when the variant drops (its index the element's row-major one, as the dropout op's).
+ */
+function outputValue(v: NormVariant, shift: string): string {
+  const value = `${shift} * rstd * f32(w[params.w_off + j])${
+    v.bias ? " + f32(b[params.b_off + j])" : ""
+  }`;
+  if (!v.dropout) return value;
+  return `select(0.0, (${value}) * params.drop_scale, ` +
+    "rng_u32(params.drop_seed, params.drop_stream, row * d + j) >= params.drop_threshold)";
+}
+
+/** The kernel cache key of a forward variant. */
+function variantKey(v: NormVariant): string {
+  return `${v.centered}|${v.bias}|${!!v.packOut}|${!!v.dropout}`;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("norm", key, build);
@@ -82,6 +107,12 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
   params.push(["w_off", "u32"]);
   if (v.bias) params.push(["b_off", "u32"]);
   params.push(["eps", "f32"]);
+  if (v.dropout) {
+    params.push(["drop_seed", "u32"], ["drop_stream", "u32"], ["drop_threshold", "u32"], [
+      "drop_scale",
+      "f32",
+    ]);
+  }
   return {
     name: v.centered ? "layer_norm" : "rms_norm",
     bindings: [
@@ -93,6 +124,9 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
         ? [{ name: "mean_out", type: "f32" as const, access: "read_write" as const }]
         : []),
       { name: "rstd_out", type: "f32" as const, access: "read_write" as const },
+      ...(v.packOut
+        ? [{ name: "P", texture: "rgba32float" as const, access: "write" as const }]
+        : []),
     ],
     params,
   };
@@ -100,14 +134,31 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
 
 /** Forward, one row per thread: y = (x − mean)·rstd·w + b, saving (shifted mean,) rstd. */
 function forwardRowKernel(v: NormVariant, xt: FloatType, wt: FloatType): Kernel {
-  return cached(`fwd-row|${v.centered}|${v.bias}|${xt}|${wt}`, () => {
+  return cached(`fwd-row|${variantKey(v)}|${xt}|${wt}`, () => {
     // Thread `row` reads its row three times (mean, centred squares, output); the row stays in
-    // cache between passes. Neighbouring threads read addresses d apart.
+    // cache between passes. Neighbouring threads read addresses d apart. With packOut the output
+    // pass walks the row in fours and stores each four as one texel of P too (zero past d).
     const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
-    const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
+    const value = outputValue(v, shift);
+    const output = v.packOut
+      ? `for (var j4 = 0u; j4 < (d + 3u) / 4u; j4++) {
+    var t = vec4f(0.0);
+    for (var l = 0u; l < 4u; l++) {
+      let j = 4u * j4 + l;
+      if (j < d) {
+        let v = ${value};
+        y[row * d + j] = v;
+        t[l] = v;
+      }
+    }
+    textureStore(P, vec2u(j4, row), t);
+  }`
+      : `for (var j = 0u; j < d; j++) {
+    y[row * d + j] = ${value};
+  }`;
     return defineKernel({
       ...forwardSpec(v, xt, wt),
-      source: `
+      source: `${v.dropout ? RNG_WGSL : ""}
 @compute @workgroup_size(${ROWS_PER_GROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let row = ${linearIndex(ROWS_PER_GROUP)};
@@ -130,9 +181,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   }
   let rstd = inverseSqrt(sq / f32(d) + params.eps);
   rstd_out[row] = rstd;
-  for (var j = 0u; j < d; j++) {
-    y[row * d + j] = ${shift} * rstd * f32(w[params.w_off + j])${addBias};
-  }
+  ${output}
 }`,
     });
   });
@@ -141,7 +190,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 /** Forward: y = (x − mean)·rstd·w + b, saving the shifted mean (centred only) and rstd per row. */
 function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType): Kernel {
   if (wg <= ROW_PER_THREAD_MAX_WG) return forwardRowKernel(v, xt, wt);
-  return cached(`fwd|${v.centered}|${v.bias}|${wg}|${xt}|${wt}`, () => {
+  if (v.packOut) throw new Error("norm: packOut needs the row-per-thread kernel");
+  return cached(`fwd|${variantKey(v)}|${wg}|${xt}|${wt}`, () => {
     // One workgroup per contiguous row. Centred: each thread runs Welford over its strided slice
     // of x − x₀ and the tree merges (count, mean, M2) triples by Chan's rule. Uncentred: a plain
     // Σx² tree. A second pass normalises and writes.
@@ -193,11 +243,10 @@ function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType)
   if (l == 0u) { rstd_out[row] = rstd; }`;
     const shared = (v.centered ? ["s_cnt", "s_mu", "s_m2"] : ["s_m2"])
       .map((nm) => `var<workgroup> ${nm}: array<f32, ${wg}>;`).join("\n");
-    const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
-    const addBias = v.bias ? " + f32(b[params.b_off + j])" : "";
+    const value = outputValue(v, centred(v.centered, "f32(x[base + j])", "first", "mean"));
     return defineKernel({
       ...forwardSpec(v, xt, wt),
-      source: `
+      source: `${v.dropout ? RNG_WGSL : ""}
 ${shared}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32,
@@ -209,7 +258,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
   ${firstOf(v.centered)}
 ${stats}
   for (var j = l; j < d; j += ${wg}u) {
-    y[row * d + j] = ${shift} * rstd * f32(w[params.w_off + j])${addBias};
+    y[row * d + j] = ${value};
   }
 }`,
     });
@@ -416,6 +465,7 @@ function normOp(
   bias: Tensor | null,
   eps: number,
   centered: boolean,
+  options: NormOptions = {},
 ): Tensor {
   const xt = floatType(x, `${name} input`);
   const wt = floatType(weight, `${name} weight`);
@@ -435,6 +485,18 @@ function normOp(
     }
   }
   if (!(eps >= 0)) throw new Error(`${name}: eps must be ≥ 0, got ${eps}`);
+  const dp = options.dropout;
+  if (dp && !(dp.p >= 0 && dp.p <= 1)) {
+    throw new Error(`${name}: dropout p must be in [0, 1], got ${dp.p}`);
+  }
+  if (dp && (dp.p === 0 || dp.p === 1)) {
+    // No mask to fuse: p = 0 is the plain norm, p = 1 the dropout op's zeros.
+    const y = normOp(name, x, weight, bias, eps, centered, { packOut: options.packOut });
+    if (dp.p === 0) return y;
+    const dropped = dropoutOp(y, 1, { seed: dp.seed, stream: dp.stream });
+    y.release();
+    return dropped;
+  }
   const rows = x.size / d;
   const xc = dense(x);
   const y = empty(x.shape);
@@ -442,8 +504,17 @@ function normOp(
   const rstd = empty([rows]);
   const wg = rowThreads(d);
   const rowGrid = grid1d(wg <= ROW_PER_THREAD_MAX_WG ? Math.ceil(rows / ROWS_PER_GROUP) : rows);
+  // The packed copy for the products that read y next: written by the row-per-thread kernel
+  // (software adapters, where products read packs); elsewhere they pack y themselves.
+  const pack = options.packOut && wg <= ROW_PER_THREAD_MAX_WG ? outputPackTexture(rows, d) : null;
+  const drop = options.dropout;
   if (rows > 0) {
-    const k = forwardKernel({ centered, bias: bias !== null }, wg, xt, wt);
+    const k = forwardKernel(
+      { centered, bias: bias !== null, packOut: pack !== null, dropout: drop !== undefined },
+      wg,
+      xt,
+      wt,
+    );
     const params: Record<string, number> = {
       rows,
       d,
@@ -452,12 +523,21 @@ function normOp(
       eps,
     };
     if (bias) params.b_off = bias.offset;
+    if (drop) {
+      params.drop_seed = seedU32(drop.seed);
+      params.drop_stream = drop.stream;
+      params.drop_threshold = dropoutThreshold(drop.p);
+      params.drop_scale = 1 / (1 - drop.p);
+    }
     const bufs = [xc, weight, ...(bias ? [bias] : []), y, ...(mean ? [mean] : []), rstd];
-    rt().dispatch(k, bufs, params, rowGrid);
+    rt().dispatch(k, pack ? [...bufs, pack] : bufs, params, rowGrid);
+    if (pack) keepOutputPack(y, pack);
   }
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const out = record(name, y, inputs, (gOut) => {
-    const g = dense(gOut);
+    // The output dropout's backward: the same mask on the incoming gradient.
+    const gd = drop ? dropoutOp(gOut, drop.p, { seed: drop.seed, stream: drop.stream }) : gOut;
+    const g = dense(gd);
     const stats = mean ? [mean, rstd] : [rstd];
     let dx: Tensor | null = null;
     if (x.requiresGrad) {
@@ -504,7 +584,8 @@ function normOp(
           return [pw ? sums[0] : null, pb ? sums.at(-1)! : null];
         })();
     }
-    if (g !== gOut) g.dispose();
+    if (g !== gd) g.dispose();
+    if (gd !== gOut) gd.dispose();
     return bias ? [dx, dw, db] : [dx, dw];
   }, [xc, weight, ...(mean ? [mean] : []), rstd]);
   // The statistics (and a contiguous copy of x) serve the backward alone: they go as soon as it
@@ -529,8 +610,31 @@ function normOp(
  * console.log(await y.toArray()); // ≈ [-1.2247, 0, 1.2247]
  * ```
  */
-export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 1e-5): Tensor {
-  return normOp("layerNorm", x, weight, bias, eps, true);
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  eps = 1e-5,
+  options: NormOptions = {},
+): Tensor {
+  return normOp("layerNorm", x, weight, bias, eps, true, options);
+}
+
+/** Options of {@link layerNorm} and {@link rmsNorm}. */
+export interface NormOptions {
+  /**
+   * The output is read next by matrix products (a transformer block's input feeding its
+   * projections): where products read packed operands (the matmul's texture variant), the
+   * normalisation writes the output's pack in the same dispatch and leaves it cached for them.
+   * A hint: the values are the same either way.
+   */
+  packOut?: boolean;
+  /**
+   * Dropout on the output, in the same kernel: the result is dropout(norm(x)) with the mask
+   * `dropout(y, p, {seed, stream})` draws (an embedding block's LayerNorm and its dropout).
+   * Nothing more is kept for backward, which applies the mask to the incoming gradient.
+   */
+  dropout?: EpilogueDropout;
 }
 
 /**
@@ -545,6 +649,6 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps = 
  * console.log(await y.toArray()); // ≈ [0.8485, 1.1314]
  * ```
  */
-export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
-  return normOp("rmsNorm", x, weight, null, eps, false);
+export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6, options: NormOptions = {}): Tensor {
+  return normOp("rmsNorm", x, weight, null, eps, false, options);
 }

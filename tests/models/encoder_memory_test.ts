@@ -50,8 +50,9 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
   // attention output (attention's rule reads them), the inputs of both LayerNorms (a1 and o), all
   // [n, h]; LoRA's
   // h = xd·Aᵀ [n, r] (q, v); intermediate.dense's output (GELU reads it) [n, inter]; attention's
-  // keep flags [B, T] and log-sum-exp [B, heads, T]; both LayerNorms' mean and 1/σ [n].
-  const perLayer = f * (7 * n * h + 2 * n * R + n * REF.inter + n + B * REF.heads * T + 4 * n);
+  // log-sum-exp [B, heads, T] (the f32 padding mask is read in place: no keep flags); both
+  // LayerNorms' mean and 1/σ [n].
+  const perLayer = f * (7 * n * h + 2 * n * R + n * REF.inter + B * REF.heads * T + 4 * n);
   // Head: the dropped [CLS] row (dense's input), tanh's output, its dropped copy (out_proj's
   // input), [B, h] each, and the logits.
   const head = f * (3 * B * h + B * REF.labels);

@@ -13,8 +13,11 @@ import {
   attentionDropoutKeep,
   type AttentionTiling,
   backward,
+  clearPackCache,
   gpu,
   type HostArray,
+  linear,
+  MATMUL,
   mul,
   noGrad,
   reshape,
@@ -252,6 +255,25 @@ variantTest(
       return await out.read();
     });
     assert.deepEqual(Array.from(viaI32), Array.from(f32));
+    // Bound in place (contiguous f32 at offset 0) with other nonzero values, and converted from a
+    // view at an offset: both must give exactly what the 0/1 mask gives.
+    const S = c.S, weighted = c.mask.map((m, i) => m * (i % 2 ? 2.5 : -0.5));
+    for (const layout of ["in place", "offset view"]) {
+      const again = await scopeAsync(async () => {
+        const padded = tensor([...new Array(S).fill(0), ...weighted], [c.B + 1, S]);
+        const mask = layout === "in place"
+          ? tensor(weighted, [c.B, S])
+          : padded.view([c.B, S], [S, 1], S);
+        const out = scaledDotProductAttention(
+          tensor(Float32Array.from(q), [c.B, c.Hq, c.T, c.D]),
+          tensor(Float32Array.from(k), [c.B, c.Hkv, S, c.D]),
+          tensor(Float32Array.from(v), [c.B, c.Hkv, S, c.D]),
+          { keyPaddingMask: mask },
+        );
+        return await out.read();
+      });
+      assert.deepEqual(Array.from(again), Array.from(f32), layout);
+    }
   },
 );
 
@@ -767,5 +789,64 @@ variantTest(
         }
       }
     });
+  },
+);
+
+variantTest(
+  "attention packOut/packGrads: the packs the kernels write serve the projections, bits unchanged",
+  async () => {
+    // q, k, v are projections of x and the merged output feeds one: forward and backward products
+    // find the output's and the gradients' packs. D 8 and 16 pack (whole texels per head); D 6
+    // cannot and must fall back. Masked, with dropout.
+    for (const [B, H, T, D] of [[2, 3, 7, 8], [1, 2, 33, 16], [2, 2, 5, 6]]) {
+      for (const mm of MATMUL.variantNames()) {
+        await withVariant("matmul", mm, async () => {
+          const run = (hint: boolean) =>
+            scopeAsync(async () => {
+              clearPackCache();
+              let seed = 301;
+              const mk = (shape: number[]) =>
+                tensor(
+                  Float32Array.from(randomArray(shape.reduce((a, n) => a * n), seed++, -0.5, 0.5)),
+                  shape,
+                  { requiresGrad: true },
+                );
+              const x = mk([B, T, 12]);
+              const [wq, wk, wv] = [mk([H * D, 12]), mk([H * D, 12]), mk([H * D, 12])];
+              const wo = mk([5, H * D]);
+              const heads = (w: Tensor) => transpose(reshape(linear(x, w), [B, T, H, D]), 1, 2);
+              const mask = tensor(Array.from({ length: B * T }, (_, i) => (i % 5 === 3 ? 0 : 1)), [
+                B,
+                T,
+              ]);
+              const d0 = rt().dispatchCount;
+              const out = scaledDotProductAttention(heads(wq), heads(wk), heads(wv), {
+                keyPaddingMask: mask,
+                dropout: { p: 0.2, seed: 4, stream: 9 },
+                packOut: hint,
+                packGrads: hint,
+              });
+              const y = linear(reshape(transpose(out, 1, 2), [B, T, H * D]), wo);
+              const upstream = Float32Array.from(randomArray(B * T * 5, 305));
+              backward(sum(mul(y, tensor(upstream, [B, T, 5]))));
+              const dispatches = rt().dispatchCount - d0;
+              const values = [await out.read(), await y.read()];
+              for (const t of [x, wq, wk, wv, wo]) values.push(await t.grad!.read());
+              const bits = values.map((a) =>
+                Array.from(new Uint32Array((a as Float32Array).buffer))
+              );
+              return { bits, dispatches };
+            });
+          const plain = await run(false), hinted = await run(true);
+          const what = `${mm} B${B} H${H} T${T} D${D}`;
+          plain.bits.forEach((b, i) => assert.deepEqual(hinted.bits[i], b, `${what}: output ${i}`));
+          // Texture products: the output's pack and at least two of the three gradients' (the
+          // pack cache keeps two layer inputs) are not packed again.
+          if (mm === "texture" && D % 4 === 0) {
+            assert.ok(hinted.dispatches <= plain.dispatches - 3, `${what}: ${hinted.dispatches}`);
+          } else assert.equal(hinted.dispatches, plain.dispatches, what);
+        });
+      }
+    }
   },
 );

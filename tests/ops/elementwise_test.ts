@@ -10,26 +10,35 @@ import {
   addN,
   arange,
   assign,
+  backward,
   BINARY,
   binary,
   type BinaryOp,
   cast,
+  clearPackCache,
   div,
   f16ToF32,
   f32ToF16,
   fillInto,
   full,
+  gelu,
+  linear,
   map,
+  MATMUL,
+  matmulRaw,
   maximum,
   minimum,
   mul,
   ones,
+  packCacheBytes,
   pow,
   powScalar,
   rt,
   scope,
+  scopeAsync,
   slice,
   sub,
+  sum,
   type Tensor,
   tensor,
   transpose,
@@ -37,6 +46,7 @@ import {
   unary,
   type UnaryOp,
   where,
+  withVariant,
   zeros,
 } from "../../ops/mod.ts";
 import { assertClose, checkGradients, expectTensor, randomArray, setup } from "../helpers.ts";
@@ -636,4 +646,67 @@ Deno.test("zeros and fills of 0 use the driver's clear where aligned, a kernel e
   const neg = full([2], -0);
   assert.ok(Object.is((await neg.read())[0], -0));
   for (const t of [z, base, half, row, neg]) t.dispose();
+});
+
+Deno.test("map packOut: an elementwise output's pack serves the next product, bits unchanged", async () => {
+  // [37, 12] and [3, 5, 8] pack (last dim a multiple of 4); [7, 10] and a transposed (strided)
+  // input cannot and must fall back.
+  const cases: { shape: number[]; strided?: boolean; packs: boolean }[] = [
+    { shape: [37, 12], packs: true },
+    { shape: [3, 5, 8], packs: true },
+    { shape: [7, 10], packs: false },
+    { shape: [12, 8], strided: true, packs: false },
+  ];
+  for (const c of cases) {
+    for (const variant of MATMUL.variantNames()) {
+      await withVariant("matmul", variant, async () => {
+        const cols = c.shape.at(-1)!, n = c.shape.reduce((a, d) => a * d);
+        const run = (packOut: boolean) =>
+          scopeAsync(async () => {
+            clearPackCache();
+            const v = Float32Array.from(randomArray(n, 71, -3, 3));
+            const x = c.strided
+              ? transpose(tensor(v, [cols, n / cols]), 0, 1)
+              : tensor(v, c.shape, { requiresGrad: true });
+            const w = tensor(Float32Array.from(randomArray(5 * cols, 72)), [5, cols], {
+              requiresGrad: true,
+            });
+            const y = gelu(x, { packOut });
+            const d0 = rt().dispatchCount;
+            const z = linear(y, w);
+            const productDispatches = rt().dispatchCount - d0;
+            backward(
+              sum(mul(z, tensor(Float32Array.from(randomArray(n / cols * 5, 73)), z.shape))),
+            );
+            const out = [await y.read(), await z.read(), await w.grad!.read()];
+            if (x.grad) out.push(await x.grad.read());
+            const bits = out.map((a) => Array.from(new Uint32Array((a as Float32Array).buffer)));
+            return { bits, productDispatches };
+          });
+        const plain = await run(false), hinted = await run(true);
+        const what = `${variant} [${c.shape}]${c.strided ? " strided" : ""}`;
+        plain.bits.forEach((b, i) => assert.deepEqual(hinted.bits[i], b, `${what}: ${i}`));
+        const saved = variant === "texture" && c.packs ? 1 : 0;
+        assert.equal(hinted.productDispatches, plain.productDispatches - saved, what);
+      });
+    }
+  }
+});
+
+Deno.test("map packOut: a product that reads the pack once takes it out of the cache", async () => {
+  await withVariant("matmul", "texture", () =>
+    scopeAsync(async () => {
+      clearPackCache();
+      const x = tensor(Float32Array.from(randomArray(24 * 8, 74)), [24, 8]);
+      const w = tensor(Float32Array.from(randomArray(8 * 4, 75)), [8, 4]);
+      const before = packCacheBytes();
+      const y = map([x], "a * 2.0", { packOut: true });
+      assert.equal(packCacheBytes(), before + 24 * 2 * 16, "the pack is cached once written");
+      const plain = await matmulRaw(map([x], "a * 2.0"), w).read();
+      const d0 = rt().dispatchCount;
+      const z = matmulRaw(y, w); // no reuseA: the product takes the pack over and releases it
+      assert.equal(rt().dispatchCount - d0, 2, "packs w and runs the product, not y's pack");
+      assert.equal(packCacheBytes(), before, "neither pack is kept (w is no frozen weight)");
+      assert.deepEqual(Array.from(await z.read()), Array.from(plain));
+    }));
 });

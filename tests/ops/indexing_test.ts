@@ -2,13 +2,15 @@
  * Indexing against plain-TS references: embedding (f32 and f16 weights, ids of any shape, V = 1, 7,
  * 130 with repeated ids), indexSelect and scatterAdd along every dimension (strided inputs
  * included), their backward rules by finite differences, the bit-for-bit determinism of the
- * scatter-add, and the errors for bad ids.
+ * scatter-add, and the errors for bad ids; embeddingSum against the separate lookups added.
  */
 import assert from "node:assert/strict";
 import {
+  addN,
   arange,
   backward,
   embedding,
+  embeddingSum,
   f16ToF32,
   f32ToF16,
   groupPositions,
@@ -177,6 +179,64 @@ Deno.test("embedding backward is bit-for-bit deterministic and sums in position 
   assert.deepEqual(new Uint32Array(first.buffer), new Uint32Array(second.buffer));
   // The kernel adds in ascending position order in f32, as this host loop does.
   assertClose(first, scatterRef(upstream, [v, d], 0, ids, Math.fround), { atol: 0, rtol: 0 });
+});
+
+Deno.test("embeddingSum equals the lookups added in order, forward and backward, bit for bit", async () => {
+  // Tables of V = 130, 1 and 7 (the middle one f16, the last a transposed view), D = 33, ids of
+  // shape [3, 7]; the last table already holds a gradient (it is added into).
+  const [d, idsShape] = [33, [3, 7]];
+  const n = numelOf(idsShape);
+  const vocab = [130, 1, 7];
+  const upstream = tensor(Float32Array.from(randomArray(n * d, 201, -3, 3)), [...idsShape, d]);
+  const ids = vocab.map((v, t) => tensor(randomIds(n, v, 210 + t), idsShape));
+  const run = (fused: boolean) =>
+    scopeAsync(async () => {
+      const w0 = tensor(Float32Array.from(randomArray(130 * d, 220)), [130, d], {
+        requiresGrad: true,
+      });
+      const w1 = tensor(f32ToF16(Float32Array.from(randomArray(d, 221))), [1, d], {
+        dtype: "f16",
+      });
+      const w2Store = tensor(Float32Array.from(randomArray(d * 7, 222)), [d, 7]);
+      const w2 = transpose(w2Store, 0, 1);
+      w2.requiresGrad = true;
+      w2.grad = tensor(Float32Array.from(randomArray(7 * d, 223)), [7, d]).keep();
+      const weights = [w0, w1, w2];
+      const y = fused
+        ? embeddingSum(weights.map((weight, t) => ({ weight, ids: ids[t] })))
+        : addN(weights.map((w, t) => embedding(w, ids[t])));
+      assert.deepEqual(y.shape, [...idsShape, d]);
+      backward(sum(mul(y, upstream)));
+      const out = [await y.read(), await w0.grad!.read(), await w2.grad!.read()];
+      for (const w of [w0, w2]) w.dispose();
+      return out.map((a) => Array.from(new Uint32Array((a as Float32Array).buffer)));
+    });
+  const fused = await run(true), composed = await run(false);
+  ["y", "dw0", "dw2"].forEach((what, i) => assert.deepEqual(fused[i], composed[i], what));
+  scope(() => {
+    const w = tensor(new Float32Array(7 * 4), [7, 4]);
+    assert.throws(() => embeddingSum([]), /at least one table/);
+    assert.throws(
+      () => embeddingSum([{ weight: w, ids: tensor(new Int32Array([7]), [1]) }]),
+      /embeddingSum: id 7 at position \[0\].*V = 7/,
+    );
+    assert.throws(
+      () =>
+        embeddingSum([{ weight: w, ids: ids[2] }, {
+          weight: tensor(new Float32Array(7 * 5), [7, 5]),
+          ids: ids[2],
+        }]),
+      /must have width D = 4/,
+    );
+    assert.throws(
+      () =>
+        embeddingSum([{ weight: w, ids: ids[2] }, {
+          weight: w,
+          ids: tensor(new Int32Array(n), [n]),
+        }]),
+      /must have the shape of/,
+    );
+  });
 });
 
 Deno.test("indexSelect along every dimension, repeated indices, strided x", async () => {

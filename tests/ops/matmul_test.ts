@@ -780,6 +780,49 @@ Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equal
   );
 });
 
+Deno.test("linearResidual with W and b frozen: dx = dropout(g)·W masks g while packing it, bit for bit", async () => {
+  for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33]]) {
+    for (const v of VARIANTS) {
+      await withVariant("matmul", v, () =>
+        scopeAsync(async () => {
+          const mk = (shape: number[], seed: number, requiresGrad: boolean) =>
+            tensor(Float32Array.from(randomArray(size(shape), seed)), shape, { requiresGrad });
+          const x = mk([rows, dIn], 131, true), w = mk([dOut, dIn], 132, false);
+          const b = mk([dOut], 133, false), r = mk([rows, dOut], 134, false);
+          const w2 = mk([dOut, dIn], 135, false);
+          const drop = { p: 0.3, seed: 78, stream: 6 };
+          const weights = tensor(Float32Array.from(randomArray(rows * dOut, 136)), [rows, dOut]);
+          // Alone, and with x's gradient pending from a second consumer (added into it).
+          for (const shared of [false, true]) {
+            const run = async (fused: boolean) => {
+              clearPackCache();
+              const xi = add(x, tensor(new Float32Array(rows * dIn), [rows, dIn]));
+              const y = fused
+                ? linearResidual(xi, w, b, r, drop)
+                : add(dropout(linear(xi, w, b), drop.p, drop), r);
+              const loss = sum(mulOp(y, weights));
+              const total = shared ? add(loss, sum(mulOp(linear(xi, w2), weights))) : loss;
+              const d0 = rt().dispatchCount;
+              backward(total);
+              const dispatches = rt().dispatchCount - d0;
+              const g = Array.from(
+                new Uint32Array(((await x.grad!.read()) as Float32Array).buffer),
+              );
+              x.grad!.dispose();
+              x.grad = null;
+              return { g, dispatches };
+            };
+            const composed = await run(false), fused = await run(true);
+            const what = `${v} ${rows}×${dIn}→${dOut}${shared ? " shared" : ""}`;
+            assert.deepEqual(fused.g, composed.g, what);
+            // Texture: the dropout map is gone (its mask is applied in dx's pack of g).
+            if (v === "texture") assert.ok(fused.dispatches < composed.dispatches, what);
+          }
+        }));
+    }
+  }
+});
+
 Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing gᵀ", async () => {
   await withVariant("matmul", "texture", () =>
     scopeAsync(async () => {
@@ -939,4 +982,104 @@ Deno.test("lowRankLinear: inputDropout inside the op equals dropout then the op,
       ),
     /inputDropout\.p must be in \[0, 1\]/,
   );
+});
+
+Deno.test("backward: a shared input's gradient is summed in the consumers' product epilogues, bit for bit with separate adds", async () => {
+  // x feeds (in recording order) linear, linearResidual as its input, lowRankLinear with fused
+  // input dropout, lowRankLinear with xd = x, and last a residual: backward meets the residual's
+  // plain gradient first, then each product adds its dx onto the pending sum.
+  for (const [rows, dIn, dOut, r] of [[37, 10, 7, 3], [24, 12, 20, 8]]) {
+    for (const v of VARIANTS) {
+      await withVariant("matmul", v, () =>
+        scopeAsync(async () => {
+          clearPackCache();
+          let seed = 170;
+          const mk = (shape: number[], opts = {}) =>
+            tensor(Float32Array.from(randomArray(size(shape), seed++)), shape, {
+              requiresGrad: true,
+              ...opts,
+            });
+          const leaf = mk([rows, dIn]);
+          const zero = tensor(new Float32Array(rows * dIn), [rows, dIn]);
+          const [w1, b1, w2, b2, w3, w4, wr] = [
+            [dOut, dIn],
+            [dOut],
+            [dOut, dIn],
+            [dOut],
+            [dOut, dIn],
+            [dOut, dIn],
+            [dIn, dOut],
+          ].map((s) => mk(s));
+          const [la3, la4] = [mk([r, dIn], { category: "trainable" }), mk([r, dIn])];
+          const [lb3, lb4] = [mk([dOut, r], { category: "trainable" }), mk([dOut, r])];
+          const res = tensor(Float32Array.from(randomArray(rows * dOut, seed++)), [rows, dOut]);
+          const u = tensor(Float32Array.from(randomArray(rows * dOut, seed++)), [rows, dOut]);
+          const drop = { p: 0.25, seed: 5, stream: 2 };
+          // x's values without a gradient: lowRankLinear's dx and dxd alone (they sum as two
+          // gradients of x: dx first, then dxd).
+          const xc = tensor(await leaf.read(), [rows, dIn]);
+          const consumers: ((x: Tensor) => Tensor)[] = [
+            (x) => linear(x, w1, b1),
+            (x) => linearResidual(x, w2, b2, res, drop),
+            (x) => lowRankLinear(x, w3, undefined, x, la3, lb3, 0.5, drop),
+            (x) => lowRankLinear(x, w4, b1, x, la4, lb4, 2),
+            (x) => linearResidual(u, wr, undefined, x, { p: 0.2, seed: 6, stream: 1 }),
+            (x) => lowRankLinear(x, w4, b1, xc, la4, lb4, 2),
+            (x) => lowRankLinear(xc, w4, b1, x, la4, lb4, 2),
+            (x) => lowRankLinear(x, w3, undefined, xc, la3, lb3, 0.5, drop),
+            (x) => lowRankLinear(xc, w3, undefined, x, la3, lb3, 0.5, drop),
+          ];
+          // The gradients of x each consumer contributes, in the order autograd sums them. The
+          // fused input dropout (texture variant) gives one, dx + dropout(dh·A); the buffer
+          // variant runs dropout as its own op, whose gradient arrives after dx.
+          const parts = [[0], [1], v === "texture" ? [2] : [7, 8], [5, 6], [4]];
+          const outWeights = consumers.map((_, i) =>
+            tensor(
+              Float32Array.from(
+                randomArray(rows * (i === 4 ? dIn : dOut), 190 + [0, 1, 2, 3, 4, 3, 3, 2, 2][i]),
+              ),
+              [
+                rows,
+                i === 4 ? dIn : dOut,
+              ],
+            )
+          );
+          // x is an op's output (so its gradient is an intermediate that autograd sums), and the
+          // leaf's gradient is x's as it is.
+          const grads = async (which: number[]) => {
+            clearPackCache();
+            const x = add(leaf, zero);
+            const losses = which.map((i) => sum(mulOp(consumers[i](x), outWeights[i])));
+            const loss = losses.slice(1).reduce((a, b) => add(a, b), losses[0]);
+            const profiled = await rt().profile(() => backward(loss));
+            const g = (await leaf.grad!.read()) as Float32Array;
+            leaf.grad!.dispose();
+            leaf.grad = null;
+            for (const p of [w1, b1, w2, b2, w3, w4, wr, la3, la4, lb3, lb4]) {
+              p.grad?.dispose();
+              p.grad = null;
+            }
+            const adds = profiled?.find(([name]) => name === "map(a + b)")?.[1].count ?? null;
+            return { g, adds };
+          };
+          const alone = [];
+          for (let i = 0; i < consumers.length; i++) alone.push((await grads([i])).g);
+          // The sum autograd forms, in f32, in the order backward meets the gradients.
+          const order = [4, 3, 2, 1, 0].flatMap((i) => parts[i]);
+          const expected = Float32Array.from(alone[order[0]]);
+          for (const i of order.slice(1)) {
+            for (let j = 0; j < expected.length; j++) {
+              expected[j] = Math.fround(expected[j] + alone[i][j]);
+            }
+          }
+          const all = await grads([0, 1, 2, 3, 4]);
+          assertClose(all.g, expected, { atol: 0, rtol: 0 }, `${v} ${rows}×${dIn}: dx`);
+          // The loss's own adds have no backward kernels; every sum of x's gradient a product
+          // makes is fused (lowRankLinear with xd = x adds dx and dxd into it), leaving b1's (a
+          // shared leaf) and, on the buffer variant, the dropout op's gradient.
+          const separate = v === "texture" ? 1 : 2;
+          if (all.adds !== null) assert.equal(all.adds, separate, `${v}: separate adds`);
+        }));
+    }
+  }
 });

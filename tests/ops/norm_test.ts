@@ -2,13 +2,20 @@ import assert from "node:assert/strict";
 import {
   backward,
   cast,
+  clearPackCache,
+  dropout,
+  gpu,
   layerNorm,
+  linear,
+  MATMUL,
   mul,
   rmsNorm,
+  rt,
   scopeAsync,
   sum,
   tensor,
   transpose,
+  withVariant,
 } from "../../ops/mod.ts";
 import {
   assertClose,
@@ -269,4 +276,119 @@ Deno.test("weight and bias gradients summed over many chunks match the host, bot
       });
     });
   }
+});
+
+Deno.test("packOut: the norm writes its output's pack for the next product, bits unchanged", async () => {
+  // Widths 10 and 33 leave a ragged last texel (zero-filled); 37 rows are no tile multiple. Each
+  // variant of the product and each row layout of the norm (the pack is written by the
+  // row-per-thread kernel only) must give the unhinted bits, forward and backward.
+  for (const [rows, d, dOut] of [[37, 10, 7], [24, 33, 20], [5, 128, 64]]) {
+    for (const variant of MATMUL.variantNames()) {
+      for (const threads of [null, 32]) {
+        await withRowThreads(threads, () =>
+          withVariant("matmul", variant, async () => {
+            const run = (packOut: boolean, centered: boolean) =>
+              scopeAsync(async () => {
+                clearPackCache();
+                let seed = rows + d;
+                const mk = (shape: number[]) =>
+                  tensor(
+                    Float32Array.from(randomArray(shape.reduce((p, n) => p * n), seed++)),
+                    shape,
+                    {
+                      requiresGrad: true,
+                    },
+                  );
+                const [x, w, b, lw] = [mk([rows, d]), mk([d]), mk([d]), mk([dOut, d])];
+                const y = centered
+                  ? layerNorm(x, w, b, 1e-5, { packOut })
+                  : rmsNorm(x, w, 1e-6, { packOut });
+                const d0 = rt().dispatchCount;
+                const z = linear(y, lw);
+                const productDispatches = rt().dispatchCount - d0;
+                backward(
+                  sum(mul(z, tensor(Float32Array.from(randomArray(rows * dOut, 7)), [rows, dOut]))),
+                );
+                const out = [await y.read(), await z.read()];
+                for (const t of [x, w, b, lw]) if (t.grad) out.push(await t.grad.read());
+                return {
+                  bits: out.map((a) => Array.from(new Uint32Array((a as Float32Array).buffer))),
+                  productDispatches,
+                };
+              });
+            for (const centered of [true, false]) {
+              const plain = await run(false, centered), hinted = await run(true, centered);
+              const what = `${variant} rows ${threads} ${rows}×${d} ${
+                centered ? "layerNorm" : "rmsNorm"
+              }`;
+              plain.bits.forEach((b, i) =>
+                assert.deepEqual(hinted.bits[i], b, `${what}: output ${i}`)
+              );
+              // On the texture variant with one row per thread, the product finds y's pack.
+              const fused = variant === "texture" && threads === null && gpu().adapter.isFallback;
+              assert.equal(
+                hinted.productDispatches,
+                plain.productDispatches - (fused ? 1 : 0),
+                what,
+              );
+            }
+          }));
+      }
+    }
+  }
+});
+
+Deno.test("norm dropout: dropout inside the kernel equals the norm then dropout, bit for bit", async () => {
+  for (const [rows, d] of [[37, 10], [6, 33], [130, 7]]) {
+    for (const threads of [null, 32]) {
+      await withRowThreads(threads, async () => {
+        for (const centered of [true, false]) {
+          for (const p of [0.3, 0, 1]) {
+            const run = (fused: boolean) =>
+              scopeAsync(async () => {
+                let seed = 3 * rows + d;
+                const mk = (shape: number[]) =>
+                  tensor(
+                    Float32Array.from(randomArray(shape.reduce((a, n) => a * n), seed++)),
+                    shape,
+                    { requiresGrad: true },
+                  );
+                const [x, w, b] = [mk([rows, d]), mk([d]), mk([d])];
+                const drop = { p, seed: 17, stream: 5 };
+                const norm = (options = {}) =>
+                  centered ? layerNorm(x, w, b, 1e-5, options) : rmsNorm(x, w, 1e-6, options);
+                const d0 = rt().dispatchCount;
+                const y = fused ? norm({ dropout: drop, packOut: true }) : dropout(norm(), p, drop);
+                const forwardDispatches = rt().dispatchCount - d0;
+                const upstream = Float32Array.from(randomArray(rows * d, 11));
+                backward(sum(mul(y, tensor(upstream, [rows, d]))));
+                const out = [await y.read()];
+                for (const t of [x, w, b]) if (t.grad) out.push(await t.grad.read());
+                const bits = out.map((a) =>
+                  Array.from(new Uint32Array((a as Float32Array).buffer))
+                );
+                return { bits, forwardDispatches };
+              });
+            const fused = await run(true), composed = await run(false);
+            const what = `${rows}×${d} rows ${threads} ${
+              centered ? "layerNorm" : "rmsNorm"
+            } p ${p}`;
+            assert.equal(fused.bits.length, composed.bits.length, what);
+            composed.bits.forEach((c, i) => assert.deepEqual(fused.bits[i], c, `${what}: ${i}`));
+            // 0 < p < 1: the mask is applied in the norm's own dispatch.
+            const saved = p > 0 && p < 1 ? 1 : 0;
+            assert.equal(fused.forwardDispatches, composed.forwardDispatches - saved, what);
+          }
+        }
+      });
+    }
+  }
+  await scopeAsync(() => {
+    const x = tensor([[1, 2, 3]]), w = tensor([1, 1, 1]);
+    assert.throws(
+      () => layerNorm(x, w, null, 1e-5, { dropout: { p: 1.5, seed: 0, stream: 0 } }),
+      /layerNorm: dropout p must be in \[0, 1\], got 1.5/,
+    );
+    return Promise.resolve();
+  });
 });
