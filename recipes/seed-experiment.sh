@@ -10,14 +10,51 @@
 #    cell resumes from its checkpoint), in this process (no process start per cell),
 # 4. the report: bench/results/seed-small-encoder/report.{md,tex,csv,html} with the paired effects,
 #    built from the archive of finished cells there (cells/{id}/: summary.json, config.json,
-#    metrics.jsonl, sweep-cell.json, adapter_config.json: a few KB each, committed).
+#    metrics.jsonl, sweep-cell.json, adapter/adapter_config.json: a few KB each, committed).
 # Every step can be killed and the command rerun: it continues where it stopped. A fresh clone
 # that regenerates the encoder gets the archived cells back (skipped by the sweep) only when the
 # encoder's SHA-256 equals the one they were trained on (bench/results/seed-small-encoder/
 # base-model.sha256); pretraining is deterministic, so on the same kind of machine it does.
-# Extra arguments go to the sweep (e.g. --shard 0/2 on two machines).
+# Extra arguments go to the sweep (e.g. --shard 0/2 on two machines); with `report` as the only
+# argument the sweep is not run: finished cells are archived and the report rebuilt from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+RESULTS=bench/results/seed-small-encoder
+SWEEP=runs/seed-small-encoder
+MODEL=runs/pretrain-roberta-small/model/model.safetensors
+
+# Copy every finished cell's small files into the archive (atomically per cell; two shards
+# archiving the same cell at once leave one copy).
+archive() {
+  for summary in "$SWEEP"/*/summary.json; do
+    [ -f "$summary" ] || continue
+    dir="$(dirname "$summary")"
+    dest="$RESULTS/cells/$(basename "$dir")"
+    [ -f "$dest/summary.json" ] && continue
+    tmp="$dest.tmp-$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    cp "$dir"/summary.json "$dir"/config.json "$dir"/metrics.jsonl "$tmp/"
+    if [ -f "$dir/sweep-cell.json" ]; then cp "$dir/sweep-cell.json" "$tmp/"; fi
+    if [ -f "$dir/adapter/adapter_config.json" ]; then
+      mkdir -p "$tmp/adapter"
+      cp "$dir/adapter/adapter_config.json" "$tmp/adapter/"
+    fi
+    mv -T "$tmp" "$dest" 2>/dev/null || rm -rf "$tmp"
+  done
+}
+
+report() {
+  deno task report "$RESULTS/cells" --out "$RESULTS"
+}
+
+mkdir -p "$RESULTS/cells"
+if [ "$*" = "report" ]; then
+  archive
+  report
+  exit 0
+fi
 
 if [ ! -f runs/corpus/manifest.json ]; then
   for f in /usr/share/dictd/gcide.dict.dz /usr/share/wordnet/data.noun; do
@@ -36,11 +73,9 @@ if [ ! -f runs/pretrain-roberta-small/summary.json ]; then
   deno task train --config recipes/pretrain-roberta-small.yaml "${resume[@]}"
 fi
 
-RESULTS=bench/results/seed-small-encoder
-SWEEP=runs/seed-small-encoder
-MODEL=runs/pretrain-roberta-small/model/model.safetensors
+# Cells archived by an earlier run come back only onto the encoder they were trained on.
 have="$(sha256sum "$MODEL" | cut -d' ' -f1)"
-mkdir -p "$RESULTS/cells" "$SWEEP"
+mkdir -p "$SWEEP"
 if [ -f "$RESULTS/base-model.sha256" ]; then
   want="$(cut -d' ' -f1 "$RESULTS/base-model.sha256")"
   if [ "$have" = "$want" ]; then
@@ -49,32 +84,20 @@ if [ -f "$RESULTS/base-model.sha256" ]; then
       id="$(basename "$cell")"
       if [ ! -f "$SWEEP/$id/summary.json" ]; then
         mkdir -p "$SWEEP/$id"
-        cp "$cell"/*.json "$cell"/metrics.jsonl "$SWEEP/$id/"
+        cp -r "$cell"/. "$SWEEP/$id/"
       fi
     done
   else
     echo "seed-experiment: $MODEL (sha256 $have) is not the encoder the archived cells in" \
-      "$RESULTS/cells were trained on ($want); they are not restored" >&2
+      "$RESULTS/cells were trained on ($want). Move that archive and base-model.sha256 aside" \
+      "(e.g. mv $RESULTS $RESULTS.old) to start a new one, or regenerate the encoder" >&2
+    exit 1
   fi
 else
   echo "$have  $MODEL" >"$RESULTS/base-model.sha256"
 fi
 
-# Archive every finished cell's small files, also when the sweep is stopped or fails.
-archive() {
-  for summary in "$SWEEP"/*/summary.json; do
-    [ -f "$summary" ] || continue
-    dir="$(dirname "$summary")"
-    dest="$RESULTS/cells/$(basename "$dir")"
-    [ -f "$dest/summary.json" ] && continue
-    mkdir -p "$dest.tmp"
-    cp "$dir"/summary.json "$dir"/config.json "$dir"/metrics.jsonl "$dest.tmp/"
-    [ -f "$dir/sweep-cell.json" ] && cp "$dir/sweep-cell.json" "$dest.tmp/"
-    [ -f "$dir/adapter/adapter_config.json" ] && cp "$dir/adapter/adapter_config.json" "$dest.tmp/"
-    mv "$dest.tmp" "$dest"
-  done
-}
 trap archive EXIT
 deno task sweep sweeps/seed-small-encoder.yaml --in-process "$@"
 archive
-deno task report "$RESULTS/cells" --out "$RESULTS"
+report
