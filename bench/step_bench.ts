@@ -10,13 +10,25 @@
  * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
  * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
  * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
- * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}), --attention-dropout P
+ * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}; --matmul-only: those
+ * alone, no step), --attention-dropout P
  * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { init, linear, noGrad, randNormal, rt, scope, tensor } from "../ops/mod.ts";
+import {
+  defineKernel,
+  empty,
+  init,
+  matmulRaw,
+  noGrad,
+  randNormal,
+  rt,
+  scope,
+  tensor,
+  transpose,
+} from "../ops/mod.ts";
 import {
   categoryLine,
   measureStep,
@@ -80,6 +92,7 @@ function parseFlags() {
       json: { type: "string" },
       profile: { type: "boolean", default: false },
       matmul: { type: "boolean", default: false },
+      "matmul-only": { type: "boolean", default: false },
       "attention-dropout": { type: "string", default: "0.1" },
     },
   });
@@ -103,6 +116,7 @@ function parseFlags() {
     json: values.json,
     profile: values.profile!,
     matmul: values.matmul!,
+    matmulOnly: values["matmul-only"]!,
     attentionDropout: (() => {
       const p = Number(values["attention-dropout"]);
       if (!(p >= 0 && p < 1)) {
@@ -124,44 +138,155 @@ interface ModeResult {
   memory?: StepMeasure["peak"];
 }
 
+/** Load average (1/5/15 min) of a shared machine, printed with every figure. */
+function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "—";
+  }
+}
+
+/** One product of {@link narrowMatmul}: its label, FLOPs and a call that records it. */
+interface NarrowCase {
+  label: string;
+  /** The product kernel's name (its packs are timed apart). */
+  kernel: string;
+  flop: number;
+  call: () => void;
+  /** Recorded before each timing, untimed: leaves the packs the call expects. */
+  prepare?: () => void;
+  /** Rewrite the input from the host (its pack is then made again by the next call). */
+  rewrite?: () => void;
+  dispose: () => void;
+}
+
 /**
- * GFLOP/s of the reference encoder's narrow products, y = x·Wᵀ with a frozen W (1024×128 x and a
- * 128×128 W; 1024×512 x and a 128×512 W), median of 7 GPU-timed calls after a warm-up: "product"
- * is the steady state of a frozen weight and a reused layer input (both packs cached), "with
- * pack" rewrites x from the host before each call, so its pack is timed too (the first product
- * that reads a new activation).
+ * The reference encoder's narrow products with a frozen W [n, k] (x 1024×128 with a 128×128 W;
+ * x 1024×512 with a 128×512 W), as forward and backward run them: y = x·Wᵀ
+ * (`matmul_texture_tB`, x's pack reused), dx = g·W (`matmul_texture`) and dW = gᵀ·x
+ * (`matmul_texture_tA`, g's pack left by dx), plus the 1024³ y = x·Wᵀ for reference.
  */
-async function narrowMatmul(): Promise<string[]> {
-  const lines = [
-    "| shape | product GFLOP/s | with the input's pack GFLOP/s |",
-    "| --- | ---: | ---: |",
-  ];
-  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128]]) {
+function narrowCases(): NarrowCase[] {
+  const cases: NarrowCase[] = [];
+  const rnd = (shape: number[], seed: number, weights = false) =>
+    randNormal(shape, 0, 0.5, { seed, category: weights ? "weights" : undefined }).keep();
+  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128], [1024, 1024, 1024]]) {
     const host = Float32Array.from({ length: m * k }, (_, i) => Math.sin(i));
     const x = tensor(host, [m, k]).keep();
-    const w = randNormal([n, k], 0, 0.02, { seed: 5, category: "weights" }).keep();
-    const call = () => scope(() => noGrad(() => void linear(x, w)));
-    const timeOf = async (rewrite: boolean) => {
-      const ms: number[] = [];
-      for (let i = 0; i < 8; i++) {
-        const t = await rt().timeGpu(() => {
-          if (rewrite) rt().write(x.buffer, 0, host);
-          call();
-        });
-        if (i > 0) ms.push(t ?? NaN);
-      }
-      return median(ms);
-    };
+    const w = rnd([n, k], 2, true), g = rnd([m, n], 3);
+    const wT = transpose(w).keep(), gT = transpose(g).keep();
     const flop = 2 * m * n * k;
-    const cached = await timeOf(false), fresh = await timeOf(true);
+    const dispose = () => [x, w, g, wT, gT].forEach((t) => t.dispose());
+    cases.push({
+      label: `y = x·Wᵀ, ${m}×${k}·(${n}×${k})ᵀ`,
+      kernel: "matmul_texture_tB",
+      flop,
+      call: () => void matmulRaw(x, wT, { reuseA: true }),
+      rewrite: () => rt().write(x.buffer, 0, host),
+      dispose: () => {},
+    });
+    if (m === k) {
+      cases.at(-1)!.dispose = dispose;
+      continue;
+    }
+    cases.push({
+      label: `dx = g·W, ${m}×${n}·${n}×${k}`,
+      kernel: "matmul_texture",
+      flop,
+      call: () => void matmulRaw(g, w, { reuseA: true }),
+      dispose: () => {},
+    });
+    cases.push({
+      label: `dW = gᵀ·x, ${n}×${m}·${m}×${k}`,
+      kernel: "matmul_texture_tA",
+      flop,
+      // g's pack as dx leaves it (the product reads Aᵀ's texels from it); the other cases'
+      // layer inputs may have evicted it since.
+      prepare: () => matmulRaw(g, w, { reuseA: true }).dispose(),
+      call: () => void matmulRaw(gT, x),
+      dispose,
+    });
+  }
+  return cases;
+}
+
+/**
+ * GFLOP/s of the encoder's narrow products (see {@link narrowCases}), medians of 7 repeats with
+ * the cases interleaved (A/B/A/B, so load changes hit all alike): "kernel" is the product kernel
+ * alone in its timed pass (from a per-dispatch profile), "call in a batch" is 8 calls recorded in
+ * one pass divided by 8 (packs included, the fixed per-pass cost shared), "with the input's pack"
+ * rewrites x from the host before each forward call. Before them, the fixed cost of an empty
+ * dispatch: alone in its pass, and per dispatch in a pass of 100.
+ */
+async function narrowMatmul(): Promise<string[]> {
+  const med = (xs: number[]) => median(xs.filter(Number.isFinite));
+  const reps = 7, batch = 8;
+  const sink = empty([64]).keep();
+  const nothing = defineKernel({
+    name: "empty",
+    bindings: [{ name: "o", type: "f32", access: "read_write" }],
+    source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1.0; } }`,
+  });
+  const alone: number[] = [], inHundred: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    alone.push((await rt().timeGpu(() => rt().dispatch(nothing, [sink], {}, [1]))) ?? NaN);
+    const t = await rt().timeGpu(() => {
+      for (let i = 0; i < 100; i++) rt().dispatch(nothing, [sink], {}, [1]);
+    });
+    inHundred.push((t ?? NaN) / 100);
+  }
+  sink.dispose();
+  const lines = [
+    `empty dispatch: ${med(alone).toFixed(3)} ms alone in its pass, ${
+      med(inHundred).toFixed(4)
+    } ms each in a pass of 100 (load ${loadAverage()})`,
+    "",
+    "| product | kernel | kernel ms (GFLOP/s) | call in a batch of 8, ms (GFLOP/s) | " +
+    "with the input's pack, ms (GFLOP/s) | load |",
+    "| --- | --- | ---: | ---: | ---: | --- |",
+  ];
+  const cases = narrowCases();
+  const run = (f: () => void) => scope(() => noGrad(f));
+  for (const c of cases) for (let i = 0; i < 2; i++) run(c.call); // compile, fill the caches
+  await rt().sync();
+  const kernel = cases.map((): number[] => []);
+  const batched = cases.map((): number[] => []);
+  const fresh = cases.map((): number[] => []);
+  for (let r = 0; r < reps; r++) {
+    for (const [i, c] of cases.entries()) {
+      if (c.prepare) run(c.prepare);
+      const prof = await rt().profile(() => run(c.call));
+      const e = prof?.find(([name]) => name === c.kernel)?.[1];
+      kernel[i].push(e ? e.ms / e.count : NaN);
+      if (c.prepare) run(c.prepare);
+      const t = await rt().timeGpu(() =>
+        run(() => {
+          for (let j = 0; j < batch; j++) c.call();
+        })
+      );
+      batched[i].push((t ?? NaN) / batch);
+      if (c.rewrite) {
+        const rewrite = c.rewrite;
+        fresh[i].push(
+          (await rt().timeGpu(() => {
+            rewrite();
+            run(c.call);
+          })) ?? NaN,
+        );
+      }
+    }
+  }
+  const cell = (flop: number, ms: number) =>
+    Number.isFinite(ms) ? `${ms.toFixed(2)} (${(flop / ms / 1e6).toFixed(1)})` : "—";
+  for (const [i, c] of cases.entries()) {
     lines.push(
-      `| ${m}×${k}·(${n}×${k})ᵀ | ${(flop / cached / 1e6).toFixed(1)} (${
-        cached.toFixed(2)
-      } ms) | ` +
-        `${(flop / fresh / 1e6).toFixed(1)} (${fresh.toFixed(2)} ms) |`,
+      `| ${c.label} | ${c.kernel} | ${cell(c.flop, med(kernel[i]))} | ` +
+        `${cell(c.flop, med(batched[i]))} | ${c.rewrite ? cell(c.flop, med(fresh[i])) : "—"} | ` +
+        `${loadAverage()} |`,
     );
-    x.dispose();
-    w.dispose();
+    c.dispose();
   }
   return lines;
 }
@@ -169,6 +294,10 @@ async function narrowMatmul(): Promise<string[]> {
 async function main(): Promise<void> {
   const f = parseFlags();
   await init();
+  if (f.matmulOnly) {
+    console.log((await narrowMatmul()).join("\n"));
+    return;
+  }
   const cases = new Map<StepMode, StepCase>();
   const results = new Map<StepMode, ModeResult>(
     f.modes.map((m) => [m, { ours: [], peer: [], trainable: 0 }]),
