@@ -217,7 +217,9 @@ function narrowCases(): NarrowCase[] {
  * alone in its timed pass (from a per-dispatch profile), "call in a batch" is 8 calls recorded in
  * one pass divided by 8 (packs included, the fixed per-pass cost shared), "with the input's pack"
  * rewrites x from the host before each forward call. Before them, the fixed cost of an empty
- * dispatch: alone in its pass, and per dispatch in a pass of 100.
+ * dispatch: alone in its pass, and per dispatch in a pass of 100; after them the host-timed
+ * figures (n and 8n calls in one submit, no timestamps: the per-call difference, and the fixed
+ * submit-and-wait cost left over) and the adapter's present ceilings ({@link machineCeiling}).
  */
 async function narrowMatmul(): Promise<string[]> {
   const med = (xs: number[]) => median(xs.filter(Number.isFinite));
@@ -244,8 +246,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
     } ms each in a pass of 100 (load ${loadAverage()})`,
     "",
     "| product | kernel | kernel ms (GFLOP/s) | call in a batch of 8, ms (GFLOP/s) | " +
-    "with the input's pack, ms (GFLOP/s) | load |",
-    "| --- | --- | ---: | ---: | ---: | --- |",
+    "with the input's pack, ms (GFLOP/s) | host-timed call, ms (GFLOP/s) | " +
+    "host fixed cost ms | load |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
   ];
   const cases = narrowCases();
   const run = (f: () => void) => scope(() => noGrad(f));
@@ -254,6 +257,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   const kernel = cases.map((): number[] => []);
   const batched = cases.map((): number[] => []);
   const fresh = cases.map((): number[] => []);
+  const host = cases.map((): { per: number[]; fixed: number[] } => ({ per: [], fixed: [] }));
+  // Host wall time of n calls in one submit, waited for: no timestamps at all.
+  const hostMs = async (c: NarrowCase, n: number) => {
+    if (c.prepare) run(c.prepare);
+    await rt().sync();
+    const t0 = performance.now();
+    run(() => {
+      for (let j = 0; j < n; j++) c.call();
+    });
+    await rt().sync();
+    return performance.now() - t0;
+  };
   for (let r = 0; r < reps; r++) {
     for (const [i, c] of cases.entries()) {
       if (c.prepare) run(c.prepare);
@@ -276,6 +291,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
           })) ?? NaN,
         );
       }
+      // n and 8n calls, n making the smaller batch ≈ 25 ms: the difference over 7n calls is the
+      // per-product cost without the fixed submit-and-wait cost, which the rest is.
+      const n = Math.max(1, Math.round(25 / (med(kernel[i]) || 25)));
+      const few = await hostMs(c, n), many = await hostMs(c, 8 * n);
+      const per = (many - few) / (7 * n);
+      host[i].per.push(per);
+      host[i].fixed.push(few - n * per);
     }
   }
   const cell = (flop: number, ms: number) =>
@@ -284,10 +306,83 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
     lines.push(
       `| ${c.label} | ${c.kernel} | ${cell(c.flop, med(kernel[i]))} | ` +
         `${cell(c.flop, med(batched[i]))} | ${c.rewrite ? cell(c.flop, med(fresh[i])) : "—"} | ` +
-        `${loadAverage()} |`,
+        `${cell(c.flop, med(host[i].per))} | ${med(host[i].fixed).toFixed(1)} | ${loadAverage()} |`,
     );
     c.dispose();
   }
+  return [...lines, "", ...(await machineCeiling())];
+}
+
+/**
+ * What the adapter does now without a product's mix: FMA throughput with the accumulators in
+ * registers (8 vec4 per thread) and spilled (32, as the 8×16 texture tile holds), and the rate of
+ * rgba32float storage-texture loads (per lane). A product's per-k step costs its texel loads
+ * plus its FMAs at these rates, so they bound what any tile can reach on this machine at this
+ * load.
+ */
+async function machineCeiling(): Promise<string[]> {
+  const out = empty([64 * 64 * 4]).keep();
+  const tex = rt().textures.acquire(32, 1024);
+  const reps = 5, iters = 1024, threads = 64 * 64;
+  const fmaKernel = (acc: number) =>
+    defineKernel({
+      name: `ceiling_fma${acc}`,
+      bindings: [{ name: "o", type: "vec4f", access: "read_write" }],
+      params: [["iters", "u32"], ["s", "f32"], ["t", "f32"]],
+      source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+${Array.from({ length: acc }, (_, i) => `  var a${i} = vec4f(f32(gid.x + ${i}u));`).join("\n")}
+  for (var i = 0u; i < params.iters; i++) {
+${Array.from({ length: acc }, (_, i) => `    a${i} = a${i} * params.s + params.t;`).join("\n")}
+  }
+  o[gid.x] = ${Array.from({ length: acc }, (_, i) => `a${i}`).join(" + ")};
+}`,
+    });
+  const loads = 16;
+  const loadKernel = defineKernel({
+    name: "ceiling_texel_loads",
+    bindings: [
+      { name: "T", texture: "rgba32float", access: "read" },
+      { name: "o", type: "vec4f", access: "read_write" },
+    ],
+    params: [["iters", "u32"]],
+    source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  var s = vec4f(0.0);
+  for (var i = 0u; i < params.iters; i++) {
+${
+      Array.from(
+        { length: loads },
+        (_, j) => `    s += textureLoad(T, vec2u(i % 32u, (4u * gid.x + ${j}u) % 1024u));`,
+      ).join("\n")
+    }
+  }
+  o[gid.x] = s;
+}`,
+  });
+  const time = async (f: () => void) => {
+    const ms: number[] = [];
+    for (let r = 0; r < reps; r++) ms.push((await rt().timeGpu(f)) ?? NaN);
+    return median(ms);
+  };
+  const lines: string[] = [];
+  for (const acc of [8, 32]) {
+    const k = fmaKernel(acc);
+    const ms = await time(() => rt().dispatch(k, [out], { iters, s: 0.999, t: 1e-3 }, [64]));
+    const flop = threads * iters * acc * 8;
+    lines.push(
+      `FMA ceiling, ${acc} vec4 accumulators per thread: ${(flop / ms / 1e6).toFixed(1)} ` +
+        `GFLOP/s (load ${loadAverage()})`,
+    );
+  }
+  const ms = await time(() => rt().dispatch(loadKernel, [tex, out], { iters }, [64]));
+  lines.push(
+    `texel loads (rgba32float storage texture): ${
+      (threads * iters * loads / ms / 1e6).toFixed(2)
+    } G per second per lane (load ${loadAverage()})`,
+  );
+  rt().textures.release(tex);
+  out.dispose();
   return lines;
 }
 
