@@ -26,6 +26,7 @@ import {
   randNormal,
   rt,
   scope,
+  setPackByCopy,
   tensor,
   transpose,
 } from "../ops/mod.ts";
@@ -215,11 +216,13 @@ function narrowCases(): NarrowCase[] {
  * GFLOP/s of the encoder's narrow products (see {@link narrowCases}), medians of 7 repeats with
  * the cases interleaved (A/B/A/B, so load changes hit all alike): "kernel" is the product kernel
  * alone in its timed pass (from a per-dispatch profile), "call in a batch" is 8 calls recorded in
- * one pass divided by 8 (packs included, the fixed per-pass cost shared), "with the input's pack"
- * rewrites x from the host before each forward call. Before them, the fixed cost of an empty
- * dispatch: alone in its pass, and per dispatch in a pass of 100; after them the host-timed
- * figures (n and 8n calls in one submit, no timestamps: the per-call difference, and the fixed
- * submit-and-wait cost left over) and the adapter's present ceilings ({@link machineCeiling}).
+ * one pass divided by 8 (pack kernels included, the fixed per-pass cost shared; timestamps do not
+ * see the driver's copies), the host-timed figures come from n and 8n calls in one submit, no
+ * timestamps: the per-call difference, and the fixed submit-and-wait cost left over; "with the
+ * input's pack" rewrites x from the host before each forward call, its pack made by the pack
+ * kernel and by the driver's copy ({@link setPackByCopy}), A/B. Before them, the fixed cost of an
+ * empty dispatch: alone in its pass, and per dispatch in a pass of 100; after them the adapter's
+ * present ceilings ({@link machineCeiling}).
  */
 async function narrowMatmul(): Promise<string[]> {
   const med = (xs: number[]) => median(xs.filter(Number.isFinite));
@@ -246,9 +249,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
     } ms each in a pass of 100 (load ${loadAverage()})`,
     "",
     "| product | kernel | kernel ms (GFLOP/s) | call in a batch of 8, ms (GFLOP/s) | " +
-    "with the input's pack, ms (GFLOP/s) | host-timed call, ms (GFLOP/s) | " +
-    "host fixed cost ms | load |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    "host-timed call, ms (GFLOP/s) | host fixed cost ms | with the input's pack by the " +
+    "pack kernel, host-timed | with the input's pack by the driver's copy, host-timed | load |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
   ];
   const cases = narrowCases();
   const run = (f: () => void) => scope(() => noGrad(f));
@@ -256,18 +259,31 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   await rt().sync();
   const kernel = cases.map((): number[] => []);
   const batched = cases.map((): number[] => []);
-  const fresh = cases.map((): number[] => []);
+  const fresh = cases.map(() => ({ kernel: [] as number[], copy: [] as number[] }));
   const host = cases.map((): { per: number[]; fixed: number[] } => ({ per: [], fixed: [] }));
-  // Host wall time of n calls in one submit, waited for: no timestamps at all.
-  const hostMs = async (c: NarrowCase, n: number) => {
+  // Host wall time of n calls, waited for: no timestamps at all (the driver's copies, outside
+  // compute passes, escape those). With `rewrite` each call first rewrites x from the host, so
+  // its pack is made again (each write also submits what was recorded before it).
+  const hostMs = async (c: NarrowCase, n: number, rewrite = false) => {
     if (c.prepare) run(c.prepare);
     await rt().sync();
     const t0 = performance.now();
     run(() => {
-      for (let j = 0; j < n; j++) c.call();
+      for (let j = 0; j < n; j++) {
+        if (rewrite) c.rewrite!();
+        c.call();
+      }
     });
     await rt().sync();
     return performance.now() - t0;
+  };
+  // Per call from n and 8n calls, n making the smaller batch ≈ 25 ms: the difference over 7n
+  // calls is the per-call cost without the fixed submit-and-wait cost, which the rest is.
+  const perCall = async (c: NarrowCase, i: number, rewrite = false) => {
+    const n = Math.max(1, Math.round(25 / (med(kernel[i]) || 25)));
+    const few = await hostMs(c, n, rewrite), many = await hostMs(c, 8 * n, rewrite);
+    const per = (many - few) / (7 * n);
+    return { per, fixed: few - n * per };
   };
   for (let r = 0; r < reps; r++) {
     for (const [i, c] of cases.entries()) {
@@ -282,22 +298,17 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
         })
       );
       batched[i].push((t ?? NaN) / batch);
-      if (c.rewrite) {
-        const rewrite = c.rewrite;
-        fresh[i].push(
-          (await rt().timeGpu(() => {
-            rewrite();
-            run(c.call);
-          })) ?? NaN,
-        );
-      }
-      // n and 8n calls, n making the smaller batch ≈ 25 ms: the difference over 7n calls is the
-      // per-product cost without the fixed submit-and-wait cost, which the rest is.
-      const n = Math.max(1, Math.round(25 / (med(kernel[i]) || 25)));
-      const few = await hostMs(c, n), many = await hostMs(c, 8 * n);
-      const per = (many - few) / (7 * n);
+      const { per, fixed } = await perCall(c, i);
       host[i].per.push(per);
-      host[i].fixed.push(few - n * per);
+      host[i].fixed.push(fixed);
+      if (c.rewrite) {
+        // The input's pack by the pack kernel and by the driver's copy, A/B in every repeat.
+        for (const byCopy of [false, true]) {
+          setPackByCopy(byCopy);
+          fresh[i][byCopy ? "copy" : "kernel"].push((await perCall(c, i, true)).per);
+        }
+        setPackByCopy(true);
+      }
     }
   }
   const cell = (flop: number, ms: number) =>
@@ -305,8 +316,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   for (const [i, c] of cases.entries()) {
     lines.push(
       `| ${c.label} | ${c.kernel} | ${cell(c.flop, med(kernel[i]))} | ` +
-        `${cell(c.flop, med(batched[i]))} | ${c.rewrite ? cell(c.flop, med(fresh[i])) : "—"} | ` +
-        `${cell(c.flop, med(host[i].per))} | ${med(host[i].fixed).toFixed(1)} | ${loadAverage()} |`,
+        `${cell(c.flop, med(batched[i]))} | ${cell(c.flop, med(host[i].per))} | ` +
+        `${med(host[i].fixed).toFixed(1)} | ` +
+        `${c.rewrite ? cell(c.flop, med(fresh[i].kernel)) : "—"} | ` +
+        `${c.rewrite ? cell(c.flop, med(fresh[i].copy)) : "—"} | ${loadAverage()} |`,
     );
     c.dispose();
   }
@@ -323,7 +336,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
 async function machineCeiling(): Promise<string[]> {
   const out = empty([64 * 64 * 4]).keep();
   const tex = rt().textures.acquire(32, 1024);
-  const reps = 5, iters = 1024, threads = 64 * 64;
+  const reps = 7, iters = 1024, threads = 64 * 64;
   const fmaKernel = (acc: number) =>
     defineKernel({
       name: `ceiling_fma${acc}`,
@@ -360,25 +373,28 @@ ${
   o[gid.x] = s;
 }`,
   });
-  const time = async (f: () => void) => {
-    const ms: number[] = [];
-    for (let r = 0; r < reps; r++) ms.push((await rt().timeGpu(f)) ?? NaN);
-    return median(ms);
-  };
-  const lines: string[] = [];
-  for (const acc of [8, 32]) {
-    const k = fmaKernel(acc);
-    const ms = await time(() => rt().dispatch(k, [out], { iters, s: 0.999, t: 1e-3 }, [64]));
-    const flop = threads * iters * acc * 8;
-    lines.push(
-      `FMA ceiling, ${acc} vec4 accumulators per thread: ${(flop / ms / 1e6).toFixed(1)} ` +
-        `GFLOP/s (load ${loadAverage()})`,
+  // The three kernels interleaved, medians of `reps`.
+  const fma = [8, 32].map((acc) => ({ acc, k: fmaKernel(acc), ms: [] as number[] }));
+  const loadMs: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    for (const f of fma) {
+      const t = await rt().timeGpu(() =>
+        rt().dispatch(f.k, [out], { iters, s: 0.999, t: 1e-3 }, [64])
+      );
+      f.ms.push(t ?? NaN);
+    }
+    loadMs.push(
+      (await rt().timeGpu(() => rt().dispatch(loadKernel, [tex, out], { iters }, [64]))) ?? NaN,
     );
   }
-  const ms = await time(() => rt().dispatch(loadKernel, [tex, out], { iters }, [64]));
+  const lines = fma.map((f) =>
+    `FMA ceiling, ${f.acc} vec4 accumulators per thread: ${
+      (threads * iters * f.acc * 8 / median(f.ms) / 1e6).toFixed(1)
+    } GFLOP/s`
+  );
   lines.push(
     `texel loads (rgba32float storage texture): ${
-      (threads * iters * loads / ms / 1e6).toFixed(2)
+      (threads * iters * loads / median(loadMs) / 1e6).toFixed(2)
     } G per second per lane (load ${loadAverage()})`,
   );
   rt().textures.release(tex);
