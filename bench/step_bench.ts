@@ -16,6 +16,7 @@
  *
  * @module
  */
+import process from "node:process";
 import { parseArgs } from "node:util";
 import {
   defineKernel,
@@ -250,7 +251,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
     "",
     "| product | kernel | kernel ms (GFLOP/s) | call in a batch of 8, ms (GFLOP/s) | " +
     "host-timed call, ms (GFLOP/s) | host fixed cost ms | with the input's pack by the " +
-    "pack kernel, host-timed | with the input's pack by the driver's copy, host-timed | load |",
+    "pack kernel, host-timed ms, CPU ms | with the input's pack by the driver's copy, " +
+    "host-timed ms, CPU ms | load |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
   ];
   const cases = narrowCases();
@@ -259,7 +261,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   await rt().sync();
   const kernel = cases.map((): number[] => []);
   const batched = cases.map((): number[] => []);
-  const fresh = cases.map(() => ({ kernel: [] as number[], copy: [] as number[] }));
+  const fresh = cases.map(() => ({
+    kernel: { wall: [] as number[], cpu: [] as number[] },
+    copy: { wall: [] as number[], cpu: [] as number[] },
+  }));
   const host = cases.map((): { per: number[]; fixed: number[] } => ({ per: [], fixed: [] }));
   // Host wall time of n calls, waited for: no timestamps at all (the driver's copies, outside
   // compute passes, escape those). With `rewrite` each call first rewrites x from the host, so
@@ -267,7 +272,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   const hostMs = async (c: NarrowCase, n: number, rewrite = false) => {
     if (c.prepare) run(c.prepare);
     await rt().sync();
-    const t0 = performance.now();
+    const t0 = performance.now(), cpu0 = process.cpuUsage();
     run(() => {
       for (let j = 0; j < n; j++) {
         if (rewrite) c.rewrite!();
@@ -275,15 +280,16 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
       }
     });
     await rt().sync();
-    return performance.now() - t0;
+    const cpu = process.cpuUsage(cpu0);
+    return { wall: performance.now() - t0, cpu: (cpu.user + cpu.system) / 1000 };
   };
   // Per call from n and 8n calls, n making the smaller batch ≈ 25 ms: the difference over 7n
   // calls is the per-call cost without the fixed submit-and-wait cost, which the rest is.
   const perCall = async (c: NarrowCase, i: number, rewrite = false) => {
     const n = Math.max(1, Math.round(25 / (med(kernel[i]) || 25)));
     const few = await hostMs(c, n, rewrite), many = await hostMs(c, 8 * n, rewrite);
-    const per = (many - few) / (7 * n);
-    return { per, fixed: few - n * per };
+    const per = (many.wall - few.wall) / (7 * n);
+    return { per, fixed: few.wall - n * per, cpu: (many.cpu - few.cpu) / (7 * n) };
   };
   for (let r = 0; r < reps; r++) {
     for (const [i, c] of cases.entries()) {
@@ -305,7 +311,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
         // The input's pack by the pack kernel and by the driver's copy, A/B in every repeat.
         for (const byCopy of [false, true]) {
           setPackByCopy(byCopy);
-          fresh[i][byCopy ? "copy" : "kernel"].push((await perCall(c, i, true)).per);
+          const f = fresh[i][byCopy ? "copy" : "kernel"], t = await perCall(c, i, true);
+          f.wall.push(t.per);
+          f.cpu.push(t.cpu);
         }
         setPackByCopy(true);
       }
@@ -313,13 +321,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1
   }
   const cell = (flop: number, ms: number) =>
     Number.isFinite(ms) ? `${ms.toFixed(2)} (${(flop / ms / 1e6).toFixed(1)})` : "—";
+  // Wall ms (GFLOP/s) and the process's CPU ms per call (all its threads: robust to load).
+  const packCell = (t: { wall: number[]; cpu: number[] }) =>
+    t.wall.length ? `${med(t.wall).toFixed(2)}, CPU ${med(t.cpu).toFixed(2)}` : "—";
   for (const [i, c] of cases.entries()) {
     lines.push(
       `| ${c.label} | ${c.kernel} | ${cell(c.flop, med(kernel[i]))} | ` +
         `${cell(c.flop, med(batched[i]))} | ${cell(c.flop, med(host[i].per))} | ` +
         `${med(host[i].fixed).toFixed(1)} | ` +
-        `${c.rewrite ? cell(c.flop, med(fresh[i].kernel)) : "—"} | ` +
-        `${c.rewrite ? cell(c.flop, med(fresh[i].copy)) : "—"} | ${loadAverage()} |`,
+        `${packCell(fresh[i].kernel)} | ${packCell(fresh[i].copy)} | ${loadAverage()} |`,
     );
     c.dispose();
   }
