@@ -10,13 +10,27 @@
  * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
  * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
  * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
- * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}), --attention-dropout P
+ * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}; --matmul-only: those
+ * alone, no step), --attention-dropout P
  * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
  *
  * @module
  */
+import process from "node:process";
 import { parseArgs } from "node:util";
-import { init, linear, noGrad, randNormal, rt, scope, tensor } from "../ops/mod.ts";
+import {
+  defineKernel,
+  empty,
+  init,
+  matmulRaw,
+  noGrad,
+  randNormal,
+  rt,
+  scope,
+  setPackByCopy,
+  tensor,
+  transpose,
+} from "../ops/mod.ts";
 import {
   categoryLine,
   measureStep,
@@ -80,6 +94,7 @@ function parseFlags() {
       json: { type: "string" },
       profile: { type: "boolean", default: false },
       matmul: { type: "boolean", default: false },
+      "matmul-only": { type: "boolean", default: false },
       "attention-dropout": { type: "string", default: "0.1" },
     },
   });
@@ -103,6 +118,7 @@ function parseFlags() {
     json: values.json,
     profile: values.profile!,
     matmul: values.matmul!,
+    matmulOnly: values["matmul-only"]!,
     attentionDropout: (() => {
       const p = Number(values["attention-dropout"]);
       if (!(p >= 0 && p < 1)) {
@@ -124,51 +140,285 @@ interface ModeResult {
   memory?: StepMeasure["peak"];
 }
 
+/** Load average (1/5/15 min) of a shared machine, printed with every figure. */
+function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "—";
+  }
+}
+
+/** One product of {@link narrowMatmul}: its label, FLOPs and a call that records it. */
+interface NarrowCase {
+  label: string;
+  /** The product kernel's name (its packs are timed apart). */
+  kernel: string;
+  flop: number;
+  call: () => void;
+  /** Recorded before each timing, untimed: leaves the packs the call expects. */
+  prepare?: () => void;
+  /** Rewrite the input from the host (its pack is then made again by the next call). */
+  rewrite?: () => void;
+  dispose: () => void;
+}
+
 /**
- * GFLOP/s of the reference encoder's narrow products, y = x·Wᵀ with a frozen W (1024×128 x and a
- * 128×128 W; 1024×512 x and a 128×512 W), median of 7 GPU-timed calls after a warm-up: "product"
- * is the steady state of a frozen weight and a reused layer input (both packs cached), "with
- * pack" rewrites x from the host before each call, so its pack is timed too (the first product
- * that reads a new activation).
+ * The reference encoder's narrow products with a frozen W [n, k] (x 1024×128 with a 128×128 W;
+ * x 1024×512 with a 128×512 W), as forward and backward run them: y = x·Wᵀ
+ * (`matmul_texture_tB`, x's pack reused), dx = g·W (`matmul_texture`) and dW = gᵀ·x
+ * (`matmul_texture_tA`, g's pack left by dx), plus the 1024³ y = x·Wᵀ for reference.
  */
-async function narrowMatmul(): Promise<string[]> {
-  const lines = [
-    "| shape | product GFLOP/s | with the input's pack GFLOP/s |",
-    "| --- | ---: | ---: |",
-  ];
-  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128]]) {
+function narrowCases(): NarrowCase[] {
+  const cases: NarrowCase[] = [];
+  const rnd = (shape: number[], seed: number, weights = false) =>
+    randNormal(shape, 0, 0.5, { seed, category: weights ? "weights" : undefined }).keep();
+  for (const [m, k, n] of [[1024, 128, 128], [1024, 512, 128], [1024, 1024, 1024]]) {
     const host = Float32Array.from({ length: m * k }, (_, i) => Math.sin(i));
     const x = tensor(host, [m, k]).keep();
-    const w = randNormal([n, k], 0, 0.02, { seed: 5, category: "weights" }).keep();
-    const call = () => scope(() => noGrad(() => void linear(x, w)));
-    const timeOf = async (rewrite: boolean) => {
-      const ms: number[] = [];
-      for (let i = 0; i < 8; i++) {
-        const t = await rt().timeGpu(() => {
-          if (rewrite) rt().write(x.buffer, 0, host);
-          call();
-        });
-        if (i > 0) ms.push(t ?? NaN);
-      }
-      return median(ms);
-    };
+    const w = rnd([n, k], 2, true), g = rnd([m, n], 3);
+    const wT = transpose(w).keep(), gT = transpose(g).keep();
     const flop = 2 * m * n * k;
-    const cached = await timeOf(false), fresh = await timeOf(true);
-    lines.push(
-      `| ${m}×${k}·(${n}×${k})ᵀ | ${(flop / cached / 1e6).toFixed(1)} (${
-        cached.toFixed(2)
-      } ms) | ` +
-        `${(flop / fresh / 1e6).toFixed(1)} (${fresh.toFixed(2)} ms) |`,
-    );
-    x.dispose();
-    w.dispose();
+    const dispose = () => [x, w, g, wT, gT].forEach((t) => t.dispose());
+    cases.push({
+      label: `y = x·Wᵀ, ${m}×${k}·(${n}×${k})ᵀ`,
+      kernel: "matmul_texture_tB",
+      flop,
+      call: () => void matmulRaw(x, wT, { reuseA: true }),
+      rewrite: () => rt().write(x.buffer, 0, host),
+      dispose: () => {},
+    });
+    if (m === k) {
+      cases.at(-1)!.dispose = dispose;
+      continue;
+    }
+    cases.push({
+      label: `dx = g·W, ${m}×${n}·${n}×${k}`,
+      kernel: "matmul_texture",
+      flop,
+      call: () => void matmulRaw(g, w, { reuseA: true }),
+      dispose: () => {},
+    });
+    cases.push({
+      label: `dW = gᵀ·x, ${n}×${m}·${m}×${k}`,
+      kernel: "matmul_texture_tA",
+      flop,
+      // g's pack as dx leaves it (the product reads Aᵀ's texels from it); the other cases'
+      // layer inputs may have evicted it since.
+      prepare: () => matmulRaw(g, w, { reuseA: true }).dispose(),
+      call: () => void matmulRaw(gT, x),
+      dispose,
+    });
   }
+  return cases;
+}
+
+/**
+ * GFLOP/s of the encoder's narrow products (see {@link narrowCases}), medians of 7 repeats with
+ * the cases interleaved (A/B/A/B, so load changes hit all alike): "kernel" is the product kernel
+ * alone in its timed pass (from a per-dispatch profile), "call in a batch" is 8 calls recorded in
+ * one pass divided by 8 (pack kernels included, the fixed per-pass cost shared; timestamps do not
+ * see the driver's copies), the host-timed figures come from n and 8n calls in one submit, no
+ * timestamps: the per-call difference, and the fixed submit-and-wait cost left over; "with the
+ * input's pack" rewrites x from the host before each forward call, its pack made by the pack
+ * kernel and by the driver's copy ({@link setPackByCopy}), A/B. Before them, the fixed cost of an
+ * empty dispatch: alone in its pass, and per dispatch in a pass of 100; after them the adapter's
+ * present ceilings ({@link machineCeiling}).
+ */
+async function narrowMatmul(): Promise<string[]> {
+  const med = (xs: number[]) => median(xs.filter(Number.isFinite));
+  const reps = 7, batch = 8;
+  const sink = empty([64]).keep();
+  const nothing = defineKernel({
+    name: "empty",
+    bindings: [{ name: "o", type: "f32", access: "read_write" }],
+    source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) { if (gid.x == 0u) { o[0] = 1.0; } }`,
+  });
+  const alone: number[] = [], inHundred: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    alone.push((await rt().timeGpu(() => rt().dispatch(nothing, [sink], {}, [1]))) ?? NaN);
+    const t = await rt().timeGpu(() => {
+      for (let i = 0; i < 100; i++) rt().dispatch(nothing, [sink], {}, [1]);
+    });
+    inHundred.push((t ?? NaN) / 100);
+  }
+  sink.dispose();
+  const lines = [
+    `empty dispatch: ${med(alone).toFixed(3)} ms alone in its pass, ${
+      med(inHundred).toFixed(4)
+    } ms each in a pass of 100 (load ${loadAverage()})`,
+    "",
+    "| product | kernel | kernel ms (GFLOP/s) | call in a batch of 8, ms (GFLOP/s) | " +
+    "host-timed call, ms (GFLOP/s) | host fixed cost ms | with the input's pack by the " +
+    "pack kernel, host-timed ms, CPU ms | with the input's pack by the driver's copy, " +
+    "host-timed ms, CPU ms | load |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+  ];
+  const cases = narrowCases();
+  const run = (f: () => void) => scope(() => noGrad(f));
+  for (const c of cases) for (let i = 0; i < 2; i++) run(c.call); // compile, fill the caches
+  await rt().sync();
+  const kernel = cases.map((): number[] => []);
+  const batched = cases.map((): number[] => []);
+  const fresh = cases.map(() => ({
+    kernel: { wall: [] as number[], cpu: [] as number[] },
+    copy: { wall: [] as number[], cpu: [] as number[] },
+  }));
+  const host = cases.map((): { per: number[]; fixed: number[] } => ({ per: [], fixed: [] }));
+  // Host wall time of n calls, waited for: no timestamps at all (the driver's copies, outside
+  // compute passes, escape those). With `rewrite` each call first rewrites x from the host, so
+  // its pack is made again (each write also submits what was recorded before it).
+  const hostMs = async (c: NarrowCase, n: number, rewrite = false) => {
+    if (c.prepare) run(c.prepare);
+    await rt().sync();
+    const t0 = performance.now(), cpu0 = process.cpuUsage();
+    run(() => {
+      for (let j = 0; j < n; j++) {
+        if (rewrite) c.rewrite!();
+        c.call();
+      }
+    });
+    await rt().sync();
+    const cpu = process.cpuUsage(cpu0);
+    return { wall: performance.now() - t0, cpu: (cpu.user + cpu.system) / 1000 };
+  };
+  // Per call from n and 8n calls, n making the smaller batch ≈ 25 ms: the difference over 7n
+  // calls is the per-call cost without the fixed submit-and-wait cost, which the rest is.
+  const perCall = async (c: NarrowCase, i: number, rewrite = false) => {
+    const n = Math.max(1, Math.round(25 / (med(kernel[i]) || 25)));
+    const few = await hostMs(c, n, rewrite), many = await hostMs(c, 8 * n, rewrite);
+    const per = (many.wall - few.wall) / (7 * n);
+    return { per, fixed: few.wall - n * per, cpu: (many.cpu - few.cpu) / (7 * n) };
+  };
+  for (let r = 0; r < reps; r++) {
+    for (const [i, c] of cases.entries()) {
+      if (c.prepare) run(c.prepare);
+      const prof = await rt().profile(() => run(c.call));
+      const e = prof?.find(([name]) => name === c.kernel)?.[1];
+      kernel[i].push(e ? e.ms / e.count : NaN);
+      if (c.prepare) run(c.prepare);
+      const t = await rt().timeGpu(() =>
+        run(() => {
+          for (let j = 0; j < batch; j++) c.call();
+        })
+      );
+      batched[i].push((t ?? NaN) / batch);
+      const { per, fixed } = await perCall(c, i);
+      host[i].per.push(per);
+      host[i].fixed.push(fixed);
+      if (c.rewrite) {
+        // The input's pack by the pack kernel and by the driver's copy, A/B in every repeat.
+        for (const byCopy of [false, true]) {
+          setPackByCopy(byCopy);
+          const f = fresh[i][byCopy ? "copy" : "kernel"], t = await perCall(c, i, true);
+          f.wall.push(t.per);
+          f.cpu.push(t.cpu);
+        }
+        setPackByCopy(true);
+      }
+    }
+  }
+  const cell = (flop: number, ms: number) =>
+    Number.isFinite(ms) ? `${ms.toFixed(2)} (${(flop / ms / 1e6).toFixed(1)})` : "—";
+  // Wall ms (GFLOP/s) and the process's CPU ms per call (all its threads: robust to load).
+  const packCell = (t: { wall: number[]; cpu: number[] }) =>
+    t.wall.length ? `${med(t.wall).toFixed(2)}, CPU ${med(t.cpu).toFixed(2)}` : "—";
+  for (const [i, c] of cases.entries()) {
+    lines.push(
+      `| ${c.label} | ${c.kernel} | ${cell(c.flop, med(kernel[i]))} | ` +
+        `${cell(c.flop, med(batched[i]))} | ${cell(c.flop, med(host[i].per))} | ` +
+        `${med(host[i].fixed).toFixed(1)} | ` +
+        `${packCell(fresh[i].kernel)} | ${packCell(fresh[i].copy)} | ${loadAverage()} |`,
+    );
+    c.dispose();
+  }
+  return [...lines, "", ...(await machineCeiling())];
+}
+
+/**
+ * What the adapter does now without a product's mix: FMA throughput with the accumulators in
+ * registers (8 vec4 per thread) and spilled (32, as the 8×16 texture tile holds), and the rate of
+ * rgba32float storage-texture loads (per lane). A product's per-k step costs its texel loads
+ * plus its FMAs at these rates, so they bound what any tile can reach on this machine at this
+ * load.
+ */
+async function machineCeiling(): Promise<string[]> {
+  const out = empty([64 * 64 * 4]).keep();
+  const tex = rt().textures.acquire(32, 1024);
+  const reps = 7, iters = 1024, threads = 64 * 64;
+  const fmaKernel = (acc: number) =>
+    defineKernel({
+      name: `ceiling_fma${acc}`,
+      bindings: [{ name: "o", type: "vec4f", access: "read_write" }],
+      params: [["iters", "u32"], ["s", "f32"], ["t", "f32"]],
+      source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+${Array.from({ length: acc }, (_, i) => `  var a${i} = vec4f(f32(gid.x + ${i}u));`).join("\n")}
+  for (var i = 0u; i < params.iters; i++) {
+${Array.from({ length: acc }, (_, i) => `    a${i} = a${i} * params.s + params.t;`).join("\n")}
+  }
+  o[gid.x] = ${Array.from({ length: acc }, (_, i) => `a${i}`).join(" + ")};
+}`,
+    });
+  const loads = 16;
+  const loadKernel = defineKernel({
+    name: "ceiling_texel_loads",
+    bindings: [
+      { name: "T", texture: "rgba32float", access: "read" },
+      { name: "o", type: "vec4f", access: "read_write" },
+    ],
+    params: [["iters", "u32"]],
+    source: `@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  var s = vec4f(0.0);
+  for (var i = 0u; i < params.iters; i++) {
+${
+      Array.from(
+        { length: loads },
+        (_, j) => `    s += textureLoad(T, vec2u(i % 32u, (4u * gid.x + ${j}u) % 1024u));`,
+      ).join("\n")
+    }
+  }
+  o[gid.x] = s;
+}`,
+  });
+  // The three kernels interleaved, medians of `reps`.
+  const fma = [8, 32].map((acc) => ({ acc, k: fmaKernel(acc), ms: [] as number[] }));
+  const loadMs: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    for (const f of fma) {
+      const t = await rt().timeGpu(() =>
+        rt().dispatch(f.k, [out], { iters, s: 0.999, t: 1e-3 }, [64])
+      );
+      f.ms.push(t ?? NaN);
+    }
+    loadMs.push(
+      (await rt().timeGpu(() => rt().dispatch(loadKernel, [tex, out], { iters }, [64]))) ?? NaN,
+    );
+  }
+  const lines = fma.map((f) =>
+    `FMA ceiling, ${f.acc} vec4 accumulators per thread: ${
+      (threads * iters * f.acc * 8 / median(f.ms) / 1e6).toFixed(1)
+    } GFLOP/s`
+  );
+  lines.push(
+    `texel loads (rgba32float storage texture): ${
+      (threads * iters * loads / median(loadMs) / 1e6).toFixed(2)
+    } G per second per lane (load ${loadAverage()})`,
+  );
+  rt().textures.release(tex);
+  out.dispose();
   return lines;
 }
 
 async function main(): Promise<void> {
   const f = parseFlags();
   await init();
+  if (f.matmulOnly) {
+    console.log((await narrowMatmul()).join("\n"));
+    return;
+  }
   const cases = new Map<StepMode, StepCase>();
   const results = new Map<StepMode, ModeResult>(
     f.modes.map((m) => [m, { ours: [], peer: [], trainable: 0 }]),

@@ -1196,6 +1196,17 @@ function cachedTransposePack(plan: MatmulPlan): ScratchTexture | null {
   return packCache.get(a.tensor.buffer, packKey(g, [], 0, 1, plan.K));
 }
 
+let packByCopy = true;
+
+/**
+ * Whether a pack of one f32 matrix with 64-element aligned rows is the driver's buffer-to-texture
+ * copy (the default) or, false, the pack kernel like every other pack: for benchmarks and tests
+ * that compare the two (the textures hold the same bits either way).
+ */
+export function setPackByCopy(enabled: boolean): void {
+  packByCopy = enabled;
+}
+
 function packInto(
   o: MatrixOperand,
   dims: readonly PackDim[],
@@ -1223,6 +1234,18 @@ function packInto(
   const vec4 = o.tensor.dtype === "f32" && o.colStride === 1 && o.cols % 4 === 0 &&
     o.offset % 4 === 0 && (o.rows === 1 || o.rowStride % 4 === 0) &&
     dims.every((x) => x.s % 4 === 0);
+  // One matrix whose rows lie 64-element aligned (a layer's activation, a weight of width
+  // 64n) is a texel image as it is: the driver's copy moves it, far cheaper than the kernel's
+  // storage-buffer loads on software adapters. Its bits are the kernel's (f32 copied as is).
+  if (
+    packByCopy && vec4 && !drop && count === 1 && dims.length === 0 && zBase === 0 &&
+    rowsPadded === o.rows &&
+    (o.rows === 1 || o.rowStride % 64 === 0)
+  ) {
+    const bytesPerRow = o.rows === 1 ? 256 * Math.ceil(texels / 16) : o.rowStride * 4;
+    rt().copyToTexture(o.tensor.buffer, o.offset * 4, bytesPerRow, tex, texels, o.rows);
+    return tex;
+  }
   if (drop) {
     if (count !== 1 || dims.length > 0) throw new Error("matmul: a dropout pack is one matrix");
     p.drop_seed = seedU32(drop.seed);

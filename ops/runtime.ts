@@ -532,6 +532,37 @@ class Runtime {
   }
 
   /**
+   * Record a copy of `rows` rows of `texels` rgba32float texels each from `src` (row r starting at
+   * byte `offset + r·bytesPerRow`; `offset` a multiple of 16, `bytesPerRow` of 256) into the top
+   * left of `dst` (ends the current compute pass). The driver's copy moves the bits as they are.
+   * It counts in {@link Runtime.dispatchCount} as the pack dispatch it stands for, so counts of
+   * packs read the same whichever way an operand was packed.
+   */
+  copyToTexture(
+    src: GPUBuffer,
+    offset: number,
+    bytesPerRow: number,
+    dst: ScratchTexture,
+    texels: number,
+    rows: number,
+  ): void {
+    if (offset % 16 !== 0 || bytesPerRow % 256 !== 0) {
+      throw new Error(
+        `copyToTexture: offset ${offset} must be a multiple of 16 and bytesPerRow ${bytesPerRow} of 256`,
+      );
+    }
+    this.#endPass();
+    this.#ensureEncoder().copyBufferToTexture(
+      { buffer: src, offset, bytesPerRow, rowsPerImage: rows },
+      { texture: dst.texture },
+      [texels, rows],
+    );
+    this.#pendingBuffers.add(src);
+    this.#pendingDispatches++;
+    this.dispatchCount++;
+  }
+
+  /**
    * Record zeroing `bytes` of `dst` from `offset` (both multiples of 4; ends the current compute
    * pass). The driver's fill is far cheaper than a kernel writing zeros on software adapters.
    */

@@ -29,6 +29,7 @@ import {
   packCacheBytes,
   rt,
   scopeAsync,
+  setPackByCopy,
   slice,
   sum,
   type Tensor,
@@ -1082,4 +1083,53 @@ Deno.test("backward: a shared input's gradient is summed in the consumers' produ
         }));
     }
   }
+});
+
+Deno.test("texture variant: a pack moved by the driver's copy reads as the pack kernel's, bit for bit", async () => {
+  await withVariant("matmul", "texture", async () => {
+    clearPackCache();
+    // Rows 64-element aligned (128 apart) are copied into the texture; the same values 132
+    // apart are packed by the kernel. One row, and a matrix starting at an offset, copy too.
+    const [rows, dIn, dOut] = [33, 128, 7];
+    const xv = randomArray(rows * dIn, 151), wv = randomArray(dOut * dIn, 152);
+    const w = tensor(Float32Array.from(wv), [dOut, dIn], { category: "weights" });
+    const padded = (pitch: number, lead: number) => {
+      const v = new Float32Array((rows + lead) * pitch);
+      for (let r = 0; r < rows; r++) v.set(xv.slice(r * dIn, (r + 1) * dIn), (r + lead) * pitch);
+      const t = tensor(v, [rows + lead, pitch]);
+      return { t, x: slice(slice(t, 0, lead), 1, 0, dIn) };
+    };
+    const copied = padded(dIn, 0), offset = padded(dIn, 1), kernel = padded(dIn + 4, 0);
+    const d0 = rt().dispatchCount;
+    const y = matmulRaw(copied.x, transpose(w));
+    assert.equal(rt().dispatchCount - d0, 3, "x's copy, W's pack and the product");
+    const expected = await matmulRaw(kernel.x, transpose(w)).read();
+    assertClose(await y.read(), expected, { atol: 0, rtol: 0 }, "copied pack");
+    assertClose(
+      await matmulRaw(offset.x, transpose(w)).read(),
+      expected,
+      { atol: 0, rtol: 0 },
+      "copied pack at an offset",
+    );
+    assertClose(await y.read(), refLinear(xv, wv, null, rows, dIn, dOut), TOL, "reference");
+    const row = tensor(Float32Array.from(xv.slice(0, dIn)), [1, dIn]);
+    assertClose(
+      await matmulRaw(row, transpose(w)).read(),
+      expected.slice(0, dOut),
+      { atol: 0, rtol: 0 },
+      "one row",
+    );
+    // The same operand packed by the kernel (the copy switched off).
+    setPackByCopy(false);
+    try {
+      const d1 = rt().dispatchCount;
+      const viaKernel = matmulRaw(copied.x, transpose(w));
+      assert.equal(rt().dispatchCount - d1, 2, "x's pack kernel and the product (W cached)");
+      assertClose(await viaKernel.read(), expected, { atol: 0, rtol: 0 }, "pack kernel");
+      viaKernel.dispose();
+    } finally {
+      setPackByCopy(true);
+    }
+    for (const t of [w, copied.t, offset.t, kernel.t, y, row]) t.dispose();
+  });
 });
