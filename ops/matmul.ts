@@ -92,6 +92,8 @@ export interface MatmulPlan {
   readonly outOffset: number;
   /** A is read by several products in a row (a layer input): variants may keep its staging. */
   readonly reuseA?: boolean;
+  /** B likewise (a layer input or gradient read as a transposed right operand). */
+  readonly reuseB?: boolean;
   /** C is read next by other products: variants may stage it as they write it. */
   readonly packOut?: boolean;
   /** The product is scaled by this before the bias is added (1: plain). */
@@ -1137,7 +1139,7 @@ function pack(
   reuse = false,
 ): Packed {
   const t = o.tensor;
-  const pinned = (t.category === "weights" && !t.requiresGrad) || constantOperands.has(t);
+  const pinned = pinnedOperand(t);
   // Any product may find a pack another left (an A-layout pack is also the B-layout one).
   const key = packKey(o, dims, zBase, count, rowsPadded);
   const hit = packCache.get(t.buffer, key);
@@ -1151,6 +1153,11 @@ function pack(
     tex.width * tex.height * 16 <= packCache.smallBytes;
   const cached = (pinned || reuse || parameter) && packCache.put(t.buffer, key, tex, pinned);
   return { tex, cached };
+}
+
+/** Frozen weights and registered constants: their packs are kept for the run. */
+function pinnedOperand(t: Tensor): boolean {
+  return (t.category === "weights" && !t.requiresGrad) || constantOperands.has(t);
 }
 
 /** The cache key of a pack: the operand's layout and the texture's. */
@@ -1383,7 +1390,7 @@ function runTextureSingle(
   plan: MatmulPlan,
   kPad: number,
   max: number,
-  given: { a?: Packed; b?: Packed } = {},
+  given: { a?: Packed; b?: Packed; bNatural?: boolean } = {},
 ): void {
   const cachedT = given.a ? null : cachedTransposePack(plan);
   const a: Packed = given.a ??
@@ -1392,8 +1399,8 @@ function runTextureSingle(
   // W's rows padded to fours: the key a plain B-layout pack of W (g·W) looks up.
   const b = given.b ??
     (natural
-      ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4))
-      : pack(plan.b, [], 0, 1, kPad));
+      ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4), plan.reuseB)
+      : pack(plan.b, [], 0, 1, kPad, plan.reuseB));
   const wantPack = (plan.packOut ?? false) && plan.M <= max && !plan.accumulate &&
     !plan.bias && !plan.dropout && !plan.residual;
   const out = wantPack ? rt().textures.acquire(Math.ceil(plan.N / 4), plan.M) : null;
@@ -1403,7 +1410,7 @@ function runTextureSingle(
     rowStridesA: [],
     rowStridesB: [],
     aTransposed: cachedT !== null,
-    bTransposed: natural !== null,
+    bTransposed: natural !== null || (given.bNatural ?? false),
   }, out);
   if (out) {
     // Registered after the dispatch, so the entry carries the version the write gave C.
@@ -1495,6 +1502,11 @@ export interface MatmulOptions {
    * operands may keep A's staged copy for the next product that reads it unchanged.
    */
   reuseA?: boolean;
+  /**
+   * B is read by other products too (LoRA's hᵀ = A·xdᵀ reads the layer input x as Bᵀ): variants
+   * that stage operands may keep B's staged copy.
+   */
+  reuseB?: boolean;
   /**
    * The result is read next by other products (LoRA's h = xd·Aᵀ by h·Bᵀ and dB = gᵀ·h): variants
    * that stage operands may write the staged copy in the same dispatch as the result. Honoured
@@ -1662,6 +1674,7 @@ function prepare(
     out,
     outOffset: into ? into.offset : 0,
     reuseA: options.reuseA ?? false,
+    reuseB: options.reuseB ?? false,
     packOut: options.packOut ?? false,
     alpha: options.alpha ?? 1,
     accumulate: into !== undefined,
@@ -1992,6 +2005,48 @@ function maskedOperandProduct(
   return finish(call);
 }
 
+/** a·xᵀ through the transposed view of x. */
+function plainTransposedProduct(a: Tensor, x: Tensor, options: MatmulOptions): Tensor {
+  const xT = transposedView(x);
+  const out = matmulRaw(a, xT, options);
+  xT.dispose();
+  return out;
+}
+
+/**
+ * a·dropout(x)ᵀ for a row-major rank-2 x [N, K] — the mask `dropout(x, p, {seed, stream})`
+ * draws, applied while packing x as it lies (the pack a product reading x as its left operand
+ * would have), on the texture variant: LoRA's hᵀ = A·xdᵀ with the adapter's dropout fused. Null
+ * (nothing recorded) when this would not run as one texture product; the caller then
+ * materialises the dropout.
+ */
+function maskedTransposedProduct(
+  a: Tensor,
+  x: Tensor,
+  drop: EpilogueDropout,
+  options: MatmulOptions = {},
+): Tensor | null {
+  if (x.dtype !== "f32" || x.rank !== 2 || !(drop.p > 0 && drop.p < 1)) return null;
+  const xT = transposedView(x);
+  const call = prepare(a, xT, undefined, options);
+  const plan = call.plan;
+  const max = rt().textures.maxDimension;
+  const kPad = plan ? 4 * Math.ceil(plan.K / 4) : 0;
+  const o = plan && naturalOf(plan.b, max);
+  if (
+    !plan || !o || plan.batch !== 1 || plan.M > max || kPad > max || plan.N > max ||
+    MATMUL.choose(matmulShapes(plan), matmulKey(matmulShapes(plan))).name !== "texture"
+  ) {
+    for (const t of [...call.temps, call.out, xT]) t.dispose();
+    return null;
+  }
+  const tex = packInto(o, [], 0, 1, 4 * Math.ceil(o.rows / 4), drop);
+  runTextureSingle(plan, kPad, max, { b: { tex, cached: false }, bNatural: true });
+  const out = finish(call);
+  xT.dispose();
+  return out;
+}
+
 /**
  * A Linear with a low-rank update, LoRA's forward, as one op:
  * y = x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ with W [dOut, dIn], A [r, dIn], B [dOut, r]; `xd` is the adapter's
@@ -2046,14 +2101,18 @@ export function lowRankLinear(
   }
   const drop = inputDropout && inputDropout.p > 0 ? inputDropout : undefined;
   const x2 = rowsOf(x);
-  const aT = transposedView(loraA), bT = transposedView(loraB);
+  const bT = transposedView(loraB);
+  // The rank-r products run transposed — hᵀ = A·xdᵀ [r, rows] and dhᵀ = s·Bᵀ·gᵀ rather than
+  // h = xd·Aᵀ and dh = s·g·B — and h, dh are read as views of them: an output of r columns
+  // leaves most lanes of a software adapter's SIMD idle (lanes walk an output row), measured 6×
+  // slower than the transposed product at rows 1024, r 8 (bench/results/step-h10n.md); the
+  // products' terms and their order are the same either way.
   // The fused dropout needs the adapter's input to be x itself (read in place) and a texture
   // product; otherwise the dropout op runs first and the op proceeds on its output.
-  const hMasked = drop && xd === x
-    ? maskedOperandProduct(x2, aT, "a", drop, { packOut: true })
+  const hTMasked = drop && xd === x
+    ? maskedTransposedProduct(loraA, x2, drop, { packOut: true })
     : null;
-  if (drop && !hMasked) {
-    aT.dispose();
+  if (drop && !hTMasked) {
     bT.dispose();
     x2.dispose();
     const dropped = dropoutOp(xd, drop.p, { seed: drop.seed, stream: drop.stream });
@@ -2061,14 +2120,15 @@ export function lowRankLinear(
   }
   const xd2 = xd === x ? x2 : rowsOf(xd);
   const y2 = linearProduct(x2, weight, bias);
-  // xd is read again only when it is x itself (no dropout). h is read only by products (h·Bᵀ
+  // xd is read again only when it is x itself (no dropout). hᵀ is read only by products (h·Bᵀ
   // now, dB = gᵀ·h in backward): its pack is written with it and stays cached (it is small).
-  const h = hMasked ?? matmulRaw(xd2, aT, { reuseA: xd === x, packOut: true });
-  matmulRaw(h, bT, { alpha: scaling, into: y2, reuseA: true });
-  for (const t of [aT, bT]) t.dispose();
+  const hT = hTMasked ?? plainTransposedProduct(loraA, xd2, { reuseB: xd === x, packOut: true });
+  const h = transposedView(hT);
+  matmulRaw(h, bT, { alpha: scaling, into: y2 });
+  for (const t of [bT, h]) t.dispose();
   const y = reshapeTo(y2, [...x.shape.slice(0, -1), dOut]);
   // With the fused dropout xd is x: its gradient is x's (summed in dh·A's epilogue).
-  const fused = hMasked !== null;
+  const fused = hTMasked !== null;
   const inputs = [x, weight, ...(bias ? [bias] : []), ...(fused ? [] : [xd]), loraA, loraB];
   const recorded = record("lowRankLinear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
@@ -2076,16 +2136,26 @@ export function lowRankLinear(
     // x's pending gradient from its other consumers: dx is added onto it in an epilogue (the
     // last one that writes dx, so the sum's bits are those of a separate add).
     const dxInto = x.requiresGrad ? sumInto?.(0) ?? null : null;
-    // g's pack also serves dh = s·g·B and dB = s·gᵀ·h.
+    // g's pack also serves dhᵀ = s·Bᵀ·gᵀ and dB = s·gᵀ·h.
     let [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, true, fused ? null : dxInto);
     const needDxd = fused ? x.requiresGrad : xd.requiresGrad;
-    const dh = loraA.requiresGrad || needDxd
-      ? matmulRaw(g2, loraB, { alpha: scaling, reuseA: true, packOut: true })
-      : null;
-    const dB = loraB.requiresGrad ? matmulRaw(gT, h, { alpha: scaling }) : null;
+    let dhT: Tensor | null = null;
+    if (loraA.requiresGrad || needDxd) {
+      const lbT = transposedView(loraB);
+      dhT = matmulRaw(lbT, gT, { alpha: scaling, reuseB: true, packOut: true });
+      lbT.dispose();
+    }
+    let dB: Tensor | null = null;
+    if (loraB.requiresGrad) {
+      const hv = transposedView(hT);
+      dB = matmulRaw(gT, hv, { alpha: scaling });
+      hv.dispose();
+    }
     let dA: Tensor | null = null, dxd: Tensor | null = null;
-    if (dh) {
-      // dxd first: its pack of dh serves dA = dhᵀ·xd as well.
+    if (dhT) {
+      const dh = transposedView(dhT);
+      // dhᵀ's pack (written with it) serves dxd = dh·A (read as the pack of dh's transpose) and
+      // dA = dhᵀ·xd.
       if (needDxd && fused && dx) {
         // dx += dropout(dh·A): the dropout's backward and the sum of x's two paths in one store;
         // with a pending gradient P of x, P += dropout(dh·A) + g·W in the same store.
@@ -2105,7 +2175,6 @@ export function lowRankLinear(
         dxd = gradProduct(dh, loraA, xd.shape, xdInto, { reuseA: true });
       }
       if (loraA.requiresGrad) {
-        const dhT = transposedView(dh);
         dA = fused ? maskedOperandProduct(dhT, x2, "b", drop!) : null;
         if (!dA) {
           // Not one texture product (or no fused dropout): dA reads xd as a tensor.
@@ -2115,18 +2184,18 @@ export function lowRankLinear(
           dA = matmulRaw(dhT, xdT);
           if (xdT !== xd2) xdT.dispose();
         }
-        dhT.dispose();
       }
       dh.dispose();
+      dhT.dispose();
     }
     gT.dispose();
     g2.dispose();
     return [dx, dw, ...(bias ? [db] : []), ...(fused ? [] : [dxd]), dA, dB];
-  }, [weight, loraA, loraB, x2, xd2, h]);
+  }, [weight, loraA, loraB, x2, xd2, hT]);
   if (!recorded.requiresGrad) {
     x2.dispose();
     if (xd2 !== x2) xd2.dispose();
-    h.dispose();
+    hT.dispose();
   } else if (!weight.requiresGrad && xd2 !== x2) {
     x2.dispose(); // only dW reads x in backward
   }
