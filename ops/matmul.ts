@@ -966,6 +966,11 @@ class PackCache {
     return e.tex;
   }
 
+  /** Whether a frozen-weight texture of `bytes` more would be kept (within the budget). */
+  fitsPinned(bytes: number): boolean {
+    return this.#pinnedBytes + bytes <= this.pinnedBudget;
+  }
+
   /** Keep `tex` for (buffer, key); false when over budget (the caller releases it). */
   put(
     buffer: GPUBuffer,
@@ -1395,7 +1400,14 @@ function runTextureSingle(
   const cachedT = given.a ? null : cachedTransposePack(plan);
   const a: Packed = given.a ??
     (cachedT ? { tex: cachedT, cached: true } : pack(plan.a, [], 0, 1, plan.M, plan.reuseA));
-  const natural = given.b ? null : naturalOf(plan.b, max);
+  // A frozen weight read as Wᵀ gets a pack of its own in the plain B layout, kept for the run
+  // like its other packs: the kernel reads that layout ~30 % faster than W's own pack through
+  // `bTransposed` (bench/results/step-h10n.md). A weight that trains keeps the one shared pack
+  // (it would be packed twice every step), and so does a frozen one past the kept-pack budget
+  // (its strided pack would be made on every call, where W's own is a driver copy).
+  const ownPackT = !given.b && plan.b.transposed && pinnedOperand(plan.b.tensor) &&
+    packCache.fitsPinned(16 * Math.ceil(plan.N / 4) * kPad);
+  const natural = given.b || ownPackT ? null : naturalOf(plan.b, max);
   // W's rows padded to fours: the key a plain B-layout pack of W (g·W) looks up.
   const b = given.b ??
     (natural

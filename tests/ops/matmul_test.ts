@@ -879,43 +879,56 @@ Deno.test("texture variant: a LoRA step packs each weight once and h, dh with th
   // Forward: the buffer variant's dispatches plus the packs of x, W, A and B (h's pack is
   // written by h = x·Aᵀ itself, not packed for h·Bᵀ).
   assert.equal(tex.forward, buf.forward + 4, "forward dispatches on the texture variant");
-  // Backward: plus g's pack only — dx = g·W, dh = s·g·B (writing dh's pack), dB = s·gᵀ·h,
-  // dxd = dh·A and dA = dhᵀ·x read every weight, h and dh from the cache.
+  // Backward: plus g's pack and W's plain pack for dx = g·W (the forward read the frozen W
+  // through a pack of Wᵀ of its own; both stay for the run) — dhᵀ = s·Bᵀ·gᵀ (writing dhᵀ's
+  // pack), dB = s·gᵀ·h, dxd = dh·A and dA = dhᵀ·x read B, A, hᵀ and dhᵀ from the cache.
   assert.equal(
     tex.backwardCount,
-    buf.backwardCount + 1,
+    buf.backwardCount + 2,
     "backward dispatches on the texture variant",
   );
   const names = ["y", "dx", "dA", "dB"];
   tex.out.forEach((t, i) => assertClose(t, buf.out[i], TOL, `texture vs buffer: ${names[i]}`));
 });
 
-Deno.test("texture variant: a transposed weight is read from its own row-major pack, exactly as the plain pack", async () => {
+Deno.test("texture variant: a transposed weight is read from its own row-major pack when it trains, from a kept pack of Wᵀ when frozen, bit for bit as the plain pack", async () => {
   await withVariant("matmul", "texture", async () => {
-    clearPackCache();
     const [rows, dIn, dOut] = [33, 130, 7];
     const xv = randomArray(rows * dIn, 141), wv = randomArray(dOut * dIn, 142);
-    const x = tensor(Float32Array.from(xv), [rows, dIn]);
-    const w = tensor(Float32Array.from(wv), [dOut, dIn], { category: "weights" });
-    // x·Wᵀ through the transposed view (W's own pack) and through a materialised Wᵀ.
-    const viaView = matmulRaw(x, transpose(w));
-    const wT = tensor(
-      Float32Array.from(
-        { length: dIn * dOut },
-        (_, i) => wv[(i % dOut) * dIn + Math.floor(i / dOut)],
-      ),
-      [dIn, dOut],
+    const wTv = Float32Array.from(
+      { length: dIn * dOut },
+      (_, i) => wv[(i % dOut) * dIn + Math.floor(i / dOut)],
     );
-    const viaCopy = matmulRaw(x, wT);
-    assertClose(await viaView.read(), await viaCopy.read(), { atol: 0, rtol: 0 }, "bit-identical");
-    assertClose(await viaView.read(), refLinear(xv, wv, null, rows, dIn, dOut), TOL, "reference");
-    // g·W reads the same pack: only g's pack and the product are dispatched.
-    const g = tensor(Float32Array.from(randomArray(rows * dOut, 143)), [rows, dOut]);
-    const d0 = rt().dispatchCount;
-    const dx = matmulRaw(g, w);
-    assert.equal(rt().dispatchCount - d0, 2, "g·W reuses W's pack");
-    assert.equal((await dx.read()).length, rows * dIn);
-    for (const t of [x, w, wT, viaView, viaCopy, g, dx]) t.dispose();
+    for (const category of ["trainable", "weights"] as const) {
+      clearPackCache();
+      const x = tensor(Float32Array.from(xv), [rows, dIn]);
+      const w = tensor(Float32Array.from(wv), [dOut, dIn], { category });
+      // x·Wᵀ through the transposed view and through a materialised Wᵀ.
+      const viaView = matmulRaw(x, transpose(w));
+      const wT = tensor(wTv, [dIn, dOut]);
+      const viaCopy = matmulRaw(x, wT);
+      assertClose(await viaView.read(), await viaCopy.read(), { atol: 0, rtol: 0 }, category);
+      assertClose(await viaView.read(), refLinear(xv, wv, null, rows, dIn, dOut), TOL, category);
+      const g = tensor(Float32Array.from(randomArray(rows * dOut, 143)), [rows, dOut]);
+      const d0 = rt().dispatchCount;
+      const dx = matmulRaw(g, w);
+      const again = matmulRaw(x, transpose(w));
+      const d1 = rt().dispatchCount;
+      if (category === "trainable") {
+        // One pack of W serves both: g·W dispatches g's pack and the product; x·Wᵀ again packs
+        // x and runs.
+        assert.equal(d1 - d0, 4, "a trainable W is packed once for x·Wᵀ and g·W");
+      } else {
+        // g·W packs W as it lies (once: frozen packs are kept), x·Wᵀ reads its kept Wᵀ pack.
+        assert.equal(d1 - d0, 5, "a frozen W keeps a pack in each layout");
+        const d2 = rt().dispatchCount;
+        matmulRaw(g, w).dispose();
+        assert.equal(rt().dispatchCount - d2, 2, "the frozen W's packs are reused");
+      }
+      assertClose(await again.read(), await viaView.read(), { atol: 0, rtol: 0 }, "again");
+      assert.equal((await dx.read()).length, rows * dIn);
+      for (const t of [x, w, wT, viaView, viaCopy, g, dx, again]) t.dispose();
+    }
   });
 });
 
