@@ -172,11 +172,25 @@ export class EncoderLayer extends Container {
    * add in the product's epilogue: neither the Linear's output nor its dropped copy is kept); an
    * adapted layer composes the same steps. Both draw the same dropout stream.
    */
-  #residual(path: string, x: Tensor, residual: Tensor, ctx: ForwardContext): Tensor {
+  #residual(
+    path: string,
+    x: Tensor,
+    residual: Tensor,
+    ctx: ForwardContext,
+    inputGelu = false,
+  ): Tensor {
     const m = this.getModule(path);
     const p = this.dims.hiddenDropout;
     if (m instanceof Linear) {
-      return linearResidual(x, m.weight, m.bias ?? undefined, residual, ctx.fusedDropout(p));
+      const b = m.bias ?? undefined;
+      return linearResidual(x, m.weight, b, residual, ctx.fusedDropout(p), { inputGelu });
+    }
+    if (inputGelu) {
+      // An adapted output.dense reads gelu(x) as a tensor.
+      const a = gelu(x);
+      const out = this.#residual(path, a, residual, ctx);
+      done(a);
+      return out;
     }
     const y = (m as LinearLike).forward(x);
     const dropped = ctx.dropout(y, p);
@@ -217,10 +231,10 @@ export class EncoderLayer extends Container {
     const h1 = this.#norm("attention.output.LayerNorm", a1);
     done(a1);
     const i1 = this.#lin("intermediate.dense", h1);
-    const inter = gelu(i1, { packOut: true }); // read next by output.dense
+    // output.dense reads gelu(i1): a frozen one applies GELU while packing i1 (and its backward
+    // in dx's epilogue), so gelu(i1) is never stored.
+    const o = this.#residual("output.dense", i1, h1, ctx, true);
     done(i1);
-    const o = this.#residual("output.dense", inter, h1, ctx);
-    done(inter);
     done(h1);
     const out = this.#norm("output.LayerNorm", o);
     done(o);

@@ -22,9 +22,12 @@ import {
   add as binaryAdd,
   assign,
   broadcastShapes,
+  ELEMENTWISE_HELPERS,
   fillInto,
+  gelu as geluOp,
   map,
   registerOutputPacks,
+  UNARY,
 } from "./elementwise.ts";
 import { dropout as dropoutOp, dropoutThreshold } from "./dropout.ts";
 import { RNG_WGSL, seedU32 } from "./random.ts";
@@ -104,6 +107,8 @@ export interface MatmulPlan {
   readonly dropout?: EpilogueDropout | null;
   /** Added after the dropout: contiguous f32 of the output's shape (a residual). */
   readonly residual?: Tensor | null;
+  /** The value is multiplied by GELU′(z) of this contiguous f32 z of the output's shape. */
+  readonly geluGrad?: Tensor | null;
 }
 
 /** Dropout applied in a matmul's epilogue: the same (seed, stream) mask as ops/dropout.ts. */
@@ -254,7 +259,7 @@ export function matmulShapes(plan: MatmulPlan): MatmulShapes {
     bMatrices: ownMatrices(plan.batchDims, plan.b.batchStrides),
     aDtype: plan.a.tensor.dtype,
     bDtype: plan.b.tensor.dtype,
-    epilogue: !!(plan.dropout || plan.residual),
+    epilogue: !!(plan.dropout || plan.residual || plan.geluGrad),
   };
 }
 
@@ -297,6 +302,8 @@ interface KernelTypes {
 interface Epilogue {
   dropout: boolean;
   residual: boolean;
+  /** Multiply by GELU′(z[index]) first (the GELU's backward before a Linear's dx). */
+  geluGrad?: boolean;
 }
 
 const NO_EPILOGUE: Epilogue = { dropout: false, residual: false };
@@ -308,7 +315,10 @@ function epilogueDecls(e: Epilogue): {
   helpers: string;
 } {
   return {
-    bindings: e.residual ? [{ name: "residual", type: "f32", access: "read" }] : [],
+    bindings: [
+      ...(e.residual ? [{ name: "residual", type: "f32" as const, access: "read" as const }] : []),
+      ...(e.geluGrad ? [{ name: "gelu_in", type: "f32" as const, access: "read" as const }] : []),
+    ],
     params: [
       ...(e.dropout
         ? [["drop_seed", "u32"], ["drop_stream", "u32"], ["drop_threshold", "u32"], [
@@ -317,14 +327,19 @@ function epilogueDecls(e: Epilogue): {
         ]] as [string, "u32" | "f32"][]
         : []),
       ...(e.residual ? [["res_off", "u32"]] as [string, "u32"][] : []),
-      ...(e.dropout || e.residual ? [["e_off", "u32"]] as [string, "u32"][] : []),
+      ...(e.geluGrad ? [["gelu_off", "u32"]] as [string, "u32"][] : []),
+      ...(e.dropout || e.residual || e.geluGrad ? [["e_off", "u32"]] as [string, "u32"][] : []),
     ],
-    helpers: e.dropout ? RNG_WGSL : "",
+    helpers: (e.dropout ? RNG_WGSL : "") + (e.geluGrad ? geluWgsl() : ""),
   };
 }
 
 function epilogueOf(plan: MatmulPlan): Epilogue {
-  return { dropout: !!plan.dropout, residual: !!plan.residual };
+  return {
+    dropout: !!plan.dropout,
+    residual: !!plan.residual,
+    ...(plan.geluGrad ? { geluGrad: true } : {}),
+  };
 }
 
 /** Uniform values of a plan's epilogue. */
@@ -337,11 +352,22 @@ function epilogueParams(plan: MatmulPlan): Record<string, number> {
     p.drop_scale = 1 / (1 - plan.dropout.p);
   }
   if (plan.residual) p.res_off = plan.residual.offset;
-  if (plan.dropout || plan.residual) p.e_off = plan.out.offset;
+  if (plan.geluGrad) p.gelu_off = plan.geluGrad.offset;
+  if (plan.dropout || plan.residual || plan.geluGrad) p.e_off = plan.out.offset;
   return p;
 }
 
 const cached = (key: string, build: () => Kernel): Kernel => memoKernel("matmul", key, build);
+
+/**
+ * GELU and its derivative for packs and epilogues, from the elementwise op's own expressions
+ * (the gradient's `g` bound to 1: 1 · d is d exactly), so fused and separate ops agree in bits.
+ */
+const geluWgsl = (): string =>
+  `${ELEMENTWISE_HELPERS}
+fn gelu_f32(a: f32) -> f32 { return ${UNARY.gelu.fwd}; }
+fn gelu_grad_f32(a: f32) -> f32 { let g = 1.0; return ${UNARY.gelu.grad}; }
+`;
 
 /** WGSL that walks batch entry `z` into per-operand base offsets `<name>_base`. */
 function batchBases(batchRank: number, operands: { name: string; start: string }[]): string {
@@ -420,6 +446,9 @@ function storeLines(
         const at = `C[c_base + (m_out + ${i}u) * params.N + ${n}]`;
         const prior = accumulate ? `${at} + ` : "";
         let value = `params.alpha * acc[${i * vec4PerRow + j}][${l}]${bias}`;
+        if (epilogue.geluGrad) {
+          value = `(${value}) * gelu_grad_f32(gelu_in[params.gelu_off + ${index}])`;
+        }
         if (epilogue.dropout) {
           value = `select(0.0, (${value}) * params.drop_scale, ` +
             `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
@@ -620,6 +649,7 @@ function runBuffer(plan: MatmulPlan, tile: BufferTile = BUFFER_TILE): void {
     plan.b.tensor,
     ...(plan.bias ? [plan.bias] : []),
     ...(plan.residual ? [plan.residual] : []),
+    ...(plan.geluGrad ? [plan.geluGrad] : []),
     plan.out,
   ];
   dispatchBatches(
@@ -669,8 +699,15 @@ export const TEXTURE_TILE_NARROW: TextureTile = {
  * r ≥ rows and columns ≥ cols are written as 0 so the product needs no K guard. Grid z walks the
  * matrices: entry `z_base + gid.z` decomposed over the packed batch dims.
  */
-function packKernel(srcType: DType, packRank: number, vec4: boolean, dropout = false): Kernel {
-  return cached(`pack|${srcType}|${packRank}|${vec4}|${dropout}`, () => {
+function packKernel(
+  srcType: DType,
+  packRank: number,
+  vec4: boolean,
+  dropout = false,
+  gelu = false,
+): Kernel {
+  if (dropout && gelu) throw new Error("matmul: a pack applies dropout or GELU, not both");
+  return cached(`pack|${srcType}|${packRank}|${vec4}|${dropout}${gelu ? "|gelu" : ""}`, () => {
     const params: [string, "u32" | "f32"][] = [
       ["rows", "u32"],
       ["rows_padded", "u32"],
@@ -703,16 +740,22 @@ function packKernel(srcType: DType, packRank: number, vec4: boolean, dropout = f
     const vecLoad = dropout
       ? `    let s = src[(base + r * params.sr) / 4u + x];
     for (var j = 0u; j < 4u; j++) { v[j] = ${keep("s[j]", "4u * x + j")}; }`
+      : gelu
+      ? `    let s = src[(base + r * params.sr) / 4u + x];
+    for (var j = 0u; j < 4u; j++) { v[j] = gelu_f32(s[j]); }`
       : "    v = src[(base + r * params.sr) / 4u + x];";
-    const element = `f32(src[base + r * params.sr + c * params.sc])`;
+    const loaded = `f32(src[base + r * params.sr + c * params.sc])`;
+    // GELU (a Linear reading gelu(z)): the elementwise op's own expression, so the pack holds the
+    // bits gelu(z) would.
+    const element = gelu ? `gelu_f32(${loaded})` : loaded;
     return defineKernel({
-      name: dropout ? "matmul_pack_dropout" : "matmul_pack",
+      name: dropout ? "matmul_pack_dropout" : gelu ? "matmul_pack_gelu" : "matmul_pack",
       bindings: [
         { name: "src", type: vec4 ? "vec4f" : srcType, access: "read" },
         { name: "dst", texture: "rgba32float", access: "write" },
       ],
       params,
-      source: /* wgsl */ `${dropout ? RNG_WGSL : ""}
+      source: /* wgsl */ `${dropout ? RNG_WGSL : ""}${gelu ? geluWgsl() : ""}
 // One thread per texel, threads walking each row's texels in order (64 per workgroup, matrix
 // entry in grid z): on software adapters neighbouring lanes then read neighbouring elements,
 // about twice as fast as 8×8 tiles. The vec4 form (a row-major f32 operand whose rows, columns
@@ -1226,6 +1269,7 @@ function packInto(
   count: number,
   rowsPadded: number,
   drop?: EpilogueDropout,
+  gelu = false,
 ): ScratchTexture {
   const texels = Math.ceil(o.cols / 4);
   const tex = rt().textures.acquire(texels, count * rowsPadded);
@@ -1250,7 +1294,7 @@ function packInto(
   // 64n) is a texel image as it is: the driver's copy moves it, far cheaper than the kernel's
   // storage-buffer loads on software adapters. Its bits are the kernel's (f32 copied as is).
   if (
-    packByCopy && vec4 && !drop && count === 1 && dims.length === 0 && zBase === 0 &&
+    packByCopy && vec4 && !drop && !gelu && count === 1 && dims.length === 0 && zBase === 0 &&
     rowsPadded === o.rows &&
     (o.rows === 1 || o.rowStride % 64 === 0)
   ) {
@@ -1266,7 +1310,10 @@ function packInto(
     p.drop_scale = 1 / (1 - drop.p);
   }
   const [gx, gy] = grid1d(Math.ceil((texels * rowsPadded) / 64));
-  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4, !!drop), [o.tensor, tex], p, [
+  if (gelu && (count !== 1 || dims.length > 0)) {
+    throw new Error("matmul: a GELU pack is one matrix");
+  }
+  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4, !!drop, gelu), [o.tensor, tex], p, [
     gx,
     gy,
     count,
@@ -1346,6 +1393,7 @@ function productFromTextures(
       o.b.tex,
       ...(plan.bias ? [plan.bias] : []),
       ...(plan.residual ? [plan.residual] : []),
+      ...(plan.geluGrad ? [plan.geluGrad] : []),
       plan.out,
       ...(packOut ? [packOut] : []),
     ],
@@ -1414,7 +1462,7 @@ function runTextureSingle(
       ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4), plan.reuseB)
       : pack(plan.b, [], 0, 1, kPad, plan.reuseB));
   const wantPack = (plan.packOut ?? false) && plan.M <= max && !plan.accumulate &&
-    !plan.bias && !plan.dropout && !plan.residual;
+    !plan.bias && !plan.dropout && !plan.residual && !plan.geluGrad;
   const out = wantPack ? rt().textures.acquire(Math.ceil(plan.N / 4), plan.M) : null;
   productFromTextures(plan, {
     a,
@@ -1437,7 +1485,7 @@ function runTexture(plan: MatmulPlan): void {
   const { M, N, K, batchDims } = plan;
   const kPad = 4 * Math.ceil(K / 4);
   if (kPad > max) {
-    if (plan.batch !== 1 || plan.dropout || plan.residual) {
+    if (plan.batch !== 1 || plan.dropout || plan.residual || plan.geluGrad) {
       throw new Error(`matmul texture variant: K ${K} exceeds a texture (${max}) for this plan`);
     }
     runTextureKChunks(plan, max);
@@ -1539,6 +1587,12 @@ export interface MatmulOptions {
    * dropout(α·A·B + bias) + residual is what is added into the target.
    */
   residual?: Tensor;
+  /**
+   * The GELU's backward in the epilogue: (α·A·B + bias) · GELU′(z) for this z (contiguous f32 of
+   * the result's shape), before the dropout and residual — a Linear's dx turned into the
+   * gradient of the GELU's input (see {@link linearResidual}'s `inputGelu`).
+   */
+  geluGrad?: Tensor;
 }
 
 function shapeStr(t: Tensor): string {
@@ -1639,7 +1693,16 @@ function prepare(
   ) {
     throw new Error(`matmul: residual ${residual} must be contiguous f32 of shape [${finalShape}]`);
   }
-  if ((residual || options.dropout) && (numel(finalShape) === 0 || K === 0)) {
+  const geluIn = options.geluGrad;
+  if (
+    geluIn &&
+    (geluIn.dtype !== "f32" || !geluIn.isContiguous || geluIn.shape.join() !== finalShape.join())
+  ) {
+    throw new Error(
+      `matmul: geluGrad input ${geluIn} must be contiguous f32 of shape [${finalShape}]`,
+    );
+  }
+  if ((residual || options.dropout || geluIn) && (numel(finalShape) === 0 || K === 0)) {
     throw new Error("matmul: dropout and residual epilogues need a non-empty product with K > 0");
   }
   if (options.dropout && !(options.dropout.p > 0 && options.dropout.p < 1)) {
@@ -1692,6 +1755,7 @@ function prepare(
     accumulate: into !== undefined,
     dropout: options.dropout ?? null,
     residual: options.residual ?? null,
+    geluGrad: options.geluGrad ?? null,
   };
   return { plan, out, temps, finalShape };
 }
@@ -1983,20 +2047,23 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
 
 /**
  * A·B where the operand on `side` enters as dropout(operand) — the mask `dropout(t, p, {seed,
- * stream})` draws for the operand's tensor t — applied while packing it, on the texture variant,
- * so the dropped copy is never stored. False (nothing recorded) when this call would not run as
+ * stream})` draws for the operand's tensor t — or as gelu(operand), applied while packing it, on
+ * the texture variant, so the transformed copy is never stored. False (nothing recorded) when this call would not run as
  * one texture product; the caller then materialises the dropout.
  */
 function maskedOperandProduct(
   a: Tensor,
   b: Tensor,
   side: "a" | "b",
-  drop: EpilogueDropout,
+  drop: EpilogueDropout | "gelu",
   options: MatmulOptions = {},
 ): Tensor | null {
   const masked = side === "a" ? a : b;
-  if (masked.dtype !== "f32" || masked.rank !== 2 || !(drop.p > 0 && drop.p < 1)) return null;
-  const call = prepare(a, b, undefined, options);
+  const gelu = drop === "gelu";
+  if (masked.dtype !== "f32" || masked.rank !== 2 || !(gelu || (drop.p > 0 && drop.p < 1))) {
+    return null;
+  }
+  const call = prepare(a, b, options.bias, options);
   const plan = call.plan;
   const max = rt().textures.maxDimension;
   const kPad = plan ? 4 * Math.ceil(plan.K / 4) : 0;
@@ -2012,7 +2079,10 @@ function maskedOperandProduct(
     call.out.dispose();
     return null;
   }
-  const tex = packInto(o, [], 0, 1, side === "a" ? plan.M : kPad, drop);
+  const rows = side === "a" ? plan.M : kPad;
+  const tex = gelu
+    ? packInto(o, [], 0, 1, rows, undefined, true)
+    : packInto(o, [], 0, 1, rows, drop);
   runTextureSingle(plan, kPad, max, { [side]: { tex, cached: false } });
   return finish(call);
 }
@@ -2217,6 +2287,84 @@ export function lowRankLinear(
 /** Dropout of a fused linear: probability and the (seed, stream) of its mask. */
 export type LinearDropout = EpilogueDropout;
 
+/** Options of {@link linearResidual}. */
+export interface LinearResidualOptions {
+  /**
+   * The Linear reads gelu(x): y = dropout(gelu(x)·Wᵀ + b) + residual, x being the GELU's input
+   * (a transformer FFN's intermediate.dense output). With W and b frozen, on the texture
+   * variant, GELU runs while x is packed for the product and its backward in the epilogue of
+   * dx = g·W — gelu(x) is neither stored nor kept, and x's gradient comes out of that one
+   * product; otherwise the composed ops run. Either way the bits of gelu then linearResidual.
+   */
+  inputGelu?: boolean;
+}
+
+/**
+ * linearResidual over gelu(x) as one forward product and one backward product (see
+ * {@link LinearResidualOptions.inputGelu}); null when that does not apply.
+ */
+function geluLinearResidual(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | undefined,
+  residual: Tensor,
+  dp: LinearDropout | undefined,
+): Tensor | null {
+  const [dOut, dIn] = weight.shape;
+  if (
+    weight.requiresGrad || (bias?.requiresGrad ?? false) || x.dtype !== "f32" || dIn === 0 ||
+    x.size === 0 || dp?.p === 1 || !residual.isContiguous || residual.dtype !== "f32"
+  ) return null;
+  const x2 = rowsOf(x);
+  if (!x2.isContiguous) {
+    x2.dispose();
+    return null;
+  }
+  const rows = x2.shape[0];
+  const res2 = residual.view([rows, dOut], [dOut, 1]);
+  const wT = transposedView(weight);
+  const y2 = maskedOperandProduct(x2, wT, "a", "gelu", {
+    bias,
+    residual: res2,
+    dropout: dp,
+  });
+  wT.dispose();
+  res2.dispose();
+  if (!y2) {
+    x2.dispose();
+    return null;
+  }
+  const outShape = [...x.shape.slice(0, -1), dOut];
+  const y = reshapeTo(y2, outShape);
+  const inputs = bias ? [x, weight, bias, residual] : [x, weight, residual];
+  const recorded = record("linearResidual", y, inputs, (g, sumInto) => {
+    let gx: Tensor | null = null;
+    if (x.requiresGrad) {
+      // dx = (dropout(g)·W) · GELU′(x), the mask applied while packing g, GELU′ in the store.
+      const dxInto = sumInto?.(0) ?? null;
+      const g2 = rowsOf(g);
+      const into = dxInto?.view([rows, dIn], [dIn, 1]);
+      const opts: MatmulOptions = { geluGrad: x2, ...(into ? { into } : {}) };
+      let dx = dp ? maskedOperandProduct(g2, weight, "a", dp, opts) : null;
+      g2.dispose();
+      if (!dx) {
+        const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
+        const gd2 = rowsOf(gd);
+        dx = matmulRaw(gd2, weight, opts);
+        gd2.dispose();
+        if (gd !== g) gd.dispose();
+      }
+      into?.dispose();
+      gx = dxInto;
+      if (gx) dx.dispose(); // a view of the pending gradient it was added into
+      else gx = reshapeTo(dx, x.shape);
+    }
+    return bias ? [gx, null, null, g] : [gx, null, g];
+  }, [weight, x2]);
+  x2.release(); // freed once the rule that reads it has run (at once without one)
+  return recorded;
+}
+
 /**
  * y = dropout(x·Wᵀ + b) + residual — a Linear followed by dropout and a residual add (a
  * transformer sub-layer's output before its LayerNorm) as one op. Dropout and the add run in the
@@ -2239,6 +2387,7 @@ export function linearResidual(
   bias: Tensor | undefined,
   residual: Tensor,
   drop?: LinearDropout,
+  options: LinearResidualOptions = {},
 ): Tensor {
   if (weight.rank !== 2) throw new Error(`linearResidual: weight ${weight} must be [dOut, dIn]`);
   const [dOut, dIn] = weight.shape;
@@ -2253,6 +2402,15 @@ export function linearResidual(
     throw new Error(`linearResidual: dropout p must be in [0, 1], got ${drop.p}`);
   }
   const dp = drop && drop.p > 0 ? drop : undefined;
+  if (options.inputGelu) {
+    const fused = geluLinearResidual(x, weight, bias, residual, dp);
+    if (fused) return fused;
+    // Not one texture product, or W or b trains (their gradients read gelu(x)): the composed ops.
+    const a = geluOp(x, { packOut: true }); // its pack is read next, by the product
+    const y = linearResidual(a, weight, bias, residual, drop);
+    a.release();
+    return y;
+  }
   if (dIn === 0 || x.size === 0 || dp?.p === 1) {
     // Degenerate shapes or p = 1: the composed ops handle them.
     const y = linear(x, weight, bias);

@@ -49,7 +49,8 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
   // (one tensor shared by q and v: no dropped copies are stored), the q/k/v projections and the
   // attention output (attention's rule reads them), the inputs of both LayerNorms (a1 and o), all
   // [n, h]; LoRA's
-  // h = xd·Aᵀ [n, r] (q, v); intermediate.dense's output (GELU reads it) [n, inter]; attention's
+  // hᵀ = A·xdᵀ [r, n] (q, v); intermediate.dense's output (output.dense reads GELU of it in
+  // its pack and GELU′ of it in dx's epilogue) [n, inter]; attention's
   // log-sum-exp [B, heads, T] (the f32 padding mask is read in place: no keep flags); both
   // LayerNorms' mean and 1/σ [n].
   const perLayer = f * (7 * n * h + 2 * n * R + n * REF.inter + B * REF.heads * T + 4 * n);

@@ -15,6 +15,7 @@ import {
   dropout,
   expand,
   fillInto,
+  gelu as geluOp,
   type Gpu,
   gpu,
   linear,
@@ -820,6 +821,76 @@ Deno.test("linearResidual with W and b frozen: dx = dropout(g)·W masks g while 
             if (v === "texture") assert.ok(fused.dispatches < composed.dispatches, what);
           }
         }));
+    }
+  }
+});
+
+Deno.test("linearResidual with inputGelu: GELU in x's pack and its backward in dx's epilogue, bit for bit with gelu then the op", async () => {
+  for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33], [64, 32, 16]]) {
+    for (const v of VARIANTS) {
+      for (const drop of [undefined, { p: 0.3, seed: 78, stream: 6 }]) {
+        // W and b frozen (the fused path) and W training (the composed ops inside the op).
+        for (const trainW of [false, true]) {
+          await withVariant("matmul", v, () =>
+            scopeAsync(async () => {
+              const mk = (shape: number[], seed: number, requiresGrad: boolean) =>
+                tensor(Float32Array.from(randomArray(size(shape), seed)), shape, {
+                  requiresGrad,
+                });
+              // z spans GELU's curved part: values in [-3, 3].
+              const z = mulOp(mk([rows, dIn], 131, false), tensor([3]));
+              const zLeaf = tensor(await z.read() as Float32Array, [rows, dIn], {
+                requiresGrad: true,
+              });
+              const w = mk([dOut, dIn], 132, trainW), b = mk([dOut], 133, false);
+              const r = mk([rows, dOut], 134, true);
+              const weights = tensor(Float32Array.from(randomArray(rows * dOut, 136)), [
+                rows,
+                dOut,
+              ]);
+              // Shared: z's gradient is pending from a second consumer (added into it).
+              for (const shared of [false, true]) {
+                const run = async (fused: boolean) => {
+                  clearPackCache();
+                  const zi = add(zLeaf, tensor(new Float32Array(rows * dIn), [rows, dIn]));
+                  const y = fused
+                    ? linearResidual(zi, w, b, r, drop, { inputGelu: true })
+                    : linearResidual(geluOp(zi), w, b, r, drop);
+                  const loss = sum(mulOp(y, weights));
+                  const total = shared ? add(loss, sum(mulOp(zi, zi))) : loss;
+                  const d0 = rt().dispatchCount;
+                  backward(total);
+                  const dispatches = rt().dispatchCount - d0;
+                  const bits = async (t: Tensor) =>
+                    Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
+                  const out = {
+                    y: await bits(y),
+                    dz: await bits(zLeaf.grad!),
+                    dr: await bits(r.grad!),
+                    dw: trainW ? await bits(w.grad!) : [],
+                    dispatches,
+                  };
+                  for (const t of [zLeaf, r, w]) {
+                    t.grad?.dispose();
+                    t.grad = null;
+                  }
+                  return out;
+                };
+                const composed = await run(false), fused = await run(true);
+                const what = `${v} ${rows}×${dIn}→${dOut} p ${drop?.p ?? 0}${
+                  trainW ? " W trains" : ""
+                }${shared ? " shared" : ""}`;
+                for (const k of ["y", "dz", "dr", "dw"] as const) {
+                  assert.deepEqual(fused[k], composed[k], `${what}: ${k}`);
+                }
+                // Texture, W frozen: GELU's forward and backward maps are gone.
+                if (v === "texture" && !trainW) {
+                  assert.ok(fused.dispatches < composed.dispatches, what);
+                }
+              }
+            }));
+        }
+      }
     }
   }
 });
