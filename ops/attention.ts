@@ -35,7 +35,7 @@ import {
   rt,
   type ScratchTexture,
 } from "./runtime.ts";
-import { keepOutputPack, outputPackTexture } from "./matmul.ts";
+import { keepOutputPack, keepTexture, outputPackTexture, takeKeptTexture } from "./matmul.ts";
 import { empty, type Tensor } from "./tensor.ts";
 import { type KernelFamily, kernelFamily } from "./variants.ts";
 
@@ -1077,14 +1077,22 @@ function dispatchStreamed(
   after: readonly Bindable[],
   params: Record<string, number>,
   grid: [number, number, number],
+  keep = false,
 ): void {
   if (s.operands === "workgroup") {
     rt().dispatch(kernel, [...before, ...streamed, ...after], params, grid);
     return;
   }
-  const textures = streamed.map((t) => packRows(t, s));
+  // A pack the forward kept (`keep`) serves the backward kernel that streams the same operand
+  // in the same tile shape (dQ's reads k and v as the forward did), which then frees it.
+  const keys = streamed.map((t) =>
+    `attention|${JSON.stringify(s)}|${t.offset}|${t.shape.join()}|${t.strides.join()}`
+  );
+  const textures = streamed.map((t, i) => takeKeptTexture(t, keys[i]) ?? packRows(t, s));
   rt().dispatch(kernel, [...before, ...textures, ...after], params, grid);
-  for (const t of textures) rt().textures.release(t);
+  textures.forEach((tex, i) => {
+    if (!keep || !keepTexture(streamed[i], keys[i], tex)) rt().textures.release(tex);
+  });
 }
 
 // ---- the op --------------------------------------------------------------------------------------
@@ -1210,6 +1218,7 @@ export function scaledDotProductAttention(
     [...masked, out, lse, ...(pack ? [pack] : [])],
     params,
     rowGrid,
+    q.requiresGrad && needsGrad(q, k, v), // dQ's backward streams k and v again
   );
   if (pack) keepOutputPack(out, pack, width);
   if (!needsGrad(q, k, v)) {

@@ -951,6 +951,8 @@ interface PackEntry {
   pinned: boolean;
   /** Written by the tensor's producer (keepOutputPack), not by a product that read it. */
   produced?: boolean;
+  /** Kept for a later reader in another layout (see {@link keepTexture}). */
+  kept?: boolean;
 }
 
 /**
@@ -966,7 +968,14 @@ class PackCache {
   #transient: PackEntry[] = [];
   #pinnedBytes = 0;
   #transientBytes = 0;
+  #kept: PackEntry[] = [];
+  #keptBytes = 0;
   #hooked: unknown = null;
+  /**
+   * Most bytes of {@link keepTexture}'s textures held (attention's k and v packs, kept from the
+   * forward for dQ's backward); beyond it the oldest are dropped and made again by their reader.
+   */
+  keptBudget = 8 * 2 ** 20;
   /** Most bytes of frozen-weight textures held; weights beyond it are packed per call. */
   pinnedBudget = 64 * 2 ** 20;
   /**
@@ -1002,7 +1011,7 @@ class PackCache {
     }
     const e = list.find((x) => x.key === key);
     if (!e) return null;
-    if (!e.pinned) {
+    if (!e.pinned && !e.kept) {
       this.#transient.splice(this.#transient.indexOf(e), 1);
       this.#transient.push(e);
     }
@@ -1050,12 +1059,47 @@ class PackCache {
     return true;
   }
 
+  /** Keep `tex` for (buffer, key) in the kept class (see {@link keepTexture}). */
+  keep(buffer: GPUBuffer, key: string, tex: ScratchTexture): boolean {
+    this.#hook();
+    const bytes = tex.width * tex.height * 16;
+    if (bytes > this.keptBudget) return false;
+    const e: PackEntry = {
+      buffer,
+      key,
+      version: rt().writeVersion(buffer),
+      tex,
+      bytes,
+      pinned: false,
+      kept: true,
+    };
+    const list = this.#byBuffer.get(buffer) ?? [];
+    list.push(e);
+    this.#byBuffer.set(buffer, list);
+    this.#kept.push(e);
+    this.#keptBytes += bytes;
+    while (this.#keptBytes > this.keptBudget) this.#remove(this.#kept[0]);
+    return true;
+  }
+
+  /** Take (buffer, key)'s entry out of the cache: its texture is the caller's to release. */
+  take(buffer: GPUBuffer, key: string): ScratchTexture | null {
+    const tex = this.get(buffer, key);
+    if (!tex) return null;
+    const e = this.#byBuffer.get(buffer)!.find((x) => x.key === key)!;
+    this.#remove(e, false);
+    return tex;
+  }
+
   #remove(e: PackEntry, release = true): void {
     const list = this.#byBuffer.get(e.buffer)!;
     list.splice(list.indexOf(e), 1);
     if (list.length === 0) this.#byBuffer.delete(e.buffer);
     if (e.pinned) this.#pinnedBytes -= e.bytes;
-    else {
+    else if (e.kept) {
+      this.#kept.splice(this.#kept.indexOf(e), 1);
+      this.#keptBytes -= e.bytes;
+    } else {
       this.#transient.splice(this.#transient.indexOf(e), 1);
       this.#transientBytes -= e.bytes;
     }
@@ -1090,7 +1134,7 @@ class PackCache {
 
   /** Bytes of textures held. */
   get bytes(): number {
-    return this.#pinnedBytes + this.#transientBytes;
+    return this.#pinnedBytes + this.#transientBytes + this.#keptBytes;
   }
 }
 
@@ -1159,6 +1203,28 @@ export function keepOutputPack(
   };
   const key = packKey(o, [], 0, 1, o.rows);
   if (!packCache.put(out.buffer, key, tex, false, true)) rt().textures.release(tex);
+}
+
+/**
+ * Keep a texture another op made of `t`'s storage (in a layout of its own, named by `key`) for a
+ * later reader of the same values: attention keeps its forward packs of k and v for dQ's
+ * backward. Valid while `t`'s buffer is unchanged; dropped when the buffer is released or the
+ * kept textures pass {@link PackCache.keptBudget}. False (the caller releases it) when refused.
+ */
+export function keepTexture(t: Tensor, key: string, tex: ScratchTexture): boolean {
+  return packCache.keep(t.buffer, key, tex);
+}
+
+/** Set the most bytes {@link keepTexture} holds (0 keeps none); returns the previous budget. */
+export function setKeptTextureBudget(bytes: number): number {
+  const before = packCache.keptBudget;
+  packCache.keptBudget = bytes;
+  return before;
+}
+
+/** The texture {@link keepTexture} kept for (t, key), taken out of the cache (caller releases). */
+export function takeKeptTexture(t: Tensor, key: string): ScratchTexture | null {
+  return packCache.take(t.buffer, key);
 }
 
 // Elementwise kernels write their outputs' packs through these (see MapOptions.packOut).

@@ -24,6 +24,7 @@ import {
   rt,
   scaledDotProductAttention,
   scopeAsync,
+  setKeptTextureBudget,
   sum,
   tapeLength,
   type Tensor,
@@ -553,6 +554,45 @@ Deno.test("attention variants agree when packed rows wrap over several texture l
       assertClose(texture[i + 1], workgroup[i + 1], { atol: 1e-5, rtol: 1e-4 }, name)
     );
   }
+});
+
+Deno.test("attention on the texture variant keeps the forward's k and v packs for dQ's backward, bit for bit", async () => {
+  await withVariant("attention", "texture", async () => {
+    const [b, h, t, d] = [2, 2, 12, 8];
+    const mk = (seed: number) =>
+      tensor(Float32Array.from(randomArray(b * h * t * d, seed)), [b, h, t, d], {
+        requiresGrad: true,
+      });
+    const q = mk(301), k = mk(302), v = mk(303);
+    const w = tensor(Float32Array.from(randomArray(b * h * t * d, 304)), [b, h, t, d]);
+    const run = async (budget: number) => {
+      const before = setKeptTextureBudget(budget);
+      try {
+        return await scopeAsync(async () => {
+          clearPackCache();
+          const y = scaledDotProductAttention(q, k, v, { causal: true });
+          const loss = sum(mul(y, w));
+          const d0 = rt().dispatchCount;
+          backward(loss);
+          const dispatches = rt().dispatchCount - d0;
+          const grads = [];
+          for (const x of [q, k, v]) {
+            grads.push(
+              Array.from(new Uint32Array(((await x.grad!.read()) as Float32Array).buffer)),
+            );
+            x.grad!.dispose();
+            x.grad = null;
+          }
+          return { grads, dispatches };
+        });
+      } finally {
+        setKeptTextureBudget(before);
+      }
+    };
+    const repacked = await run(0), kept = await run(8 * 2 ** 20);
+    assert.deepEqual(kept.grads, repacked.grads, "the same gradients, bit for bit");
+    assert.equal(kept.dispatches, repacked.dispatches - 2, "dQ's backward packs neither k nor v");
+  });
 });
 
 Deno.test("attention rejects mismatched shapes, dtypes and masks with named errors", () => {
