@@ -82,9 +82,12 @@ if [ -f "$RESULTS/base-model.sha256" ]; then
     for cell in "$RESULTS"/cells/*/; do
       [ -f "$cell/summary.json" ] || continue
       id="$(basename "$cell")"
-      if [ ! -f "$SWEEP/$id/summary.json" ]; then
-        mkdir -p "$SWEEP/$id"
-        cp -r "$cell"/. "$SWEEP/$id/"
+      # Into a temporary folder, then renamed: two shards started together both restore, and
+      # the one that loses the rename leaves the winner's copy as it is.
+      if [ ! -e "$SWEEP/$id" ]; then
+        tmp="$(mktemp -d "$SWEEP/.restore-$id.XXXXXX")"
+        cp -r "$cell"/. "$tmp/"
+        mv -T "$tmp" "$SWEEP/$id" 2>/dev/null || rm -rf "$tmp"
       fi
     done
   else
