@@ -9,7 +9,8 @@
  *
  * Flags: --mode lora|full|both (default both), --rounds N (3), --steps N per round (5),
  * --warmup N (2), --no-peer, --python PATH (/usr/bin/python3), --json FILE (write the figures),
- * --profile (after the rounds, GPU time per kernel name of one step of each mode), --matmul
+ * --profile (after the rounds, GPU time per kernel name of one step of each mode; --profile-shapes:
+ * per kernel, grid and product shape), --matmul
  * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}; --matmul-only: those
  * alone, no step), --attention-dropout P
  * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
@@ -93,6 +94,7 @@ function parseFlags() {
       python: { type: "string", default: "/usr/bin/python3" },
       json: { type: "string" },
       profile: { type: "boolean", default: false },
+      "profile-shapes": { type: "boolean", default: false },
       matmul: { type: "boolean", default: false },
       "matmul-only": { type: "boolean", default: false },
       "attention-dropout": { type: "string", default: "0.1" },
@@ -116,7 +118,8 @@ function parseFlags() {
     peer: !values["no-peer"],
     python: values.python!,
     json: values.json,
-    profile: values.profile!,
+    profile: values.profile! || values["profile-shapes"]!,
+    profileShapes: values["profile-shapes"]!,
     matmul: values.matmul!,
     matmulOnly: values["matmul-only"]!,
     attentionDropout: (() => {
@@ -498,7 +501,7 @@ async function main(): Promise<void> {
   }
   if (f.profile) {
     for (const [m, c] of cases) {
-      const prof = await rt().profile(() => c.run());
+      const prof = await rt().profile(() => c.run(), 2048, f.profileShapes);
       if (!prof) {
         console.log("\n--profile: this adapter has no timestamp queries");
         break;
@@ -509,7 +512,7 @@ async function main(): Promise<void> {
           prof.reduce((n, [, e]) => n + e.count, 0)
         } dispatches`,
       );
-      for (const [name, e] of prof.slice(0, 25)) {
+      for (const [name, e] of prof.slice(0, f.profileShapes ? 40 : 25)) {
         console.log(
           `  ${e.ms.toFixed(2).padStart(8)} ms ${(100 * e.ms / total).toFixed(1).padStart(5)} % ` +
             `${String(e.count).padStart(4)}× ${name}`,

@@ -315,6 +315,7 @@ class Runtime {
   #align: number;
   #timing: { querySet: GPUQuerySet; next: number; capacity: number } | null = null;
   #profileNames: string[] | null = null;
+  #profileShapes = false;
   #lastTimestamps: number[] = [];
   #versions = new WeakMap<GPUBuffer, number>();
   #textureHolders: (() => void)[] = [];
@@ -504,7 +505,11 @@ class Runtime {
     if (this.#profileNames) {
       // Profiling: one pass per dispatch, so each gets its own pair of timestamps.
       this.#endPass();
-      this.#profileNames.push(k.name);
+      // With shapes: the grid and a product's M, N, K too (which call of a kernel costs what).
+      const mnk = "M" in params ? ` M${params.M} N${params.N} K${params.K}` : "";
+      this.#profileNames.push(
+        this.#profileShapes ? `${k.name} [${x},${y},${z}]${mnk}` : k.name,
+      );
     }
     const pass = this.#ensurePass();
     pass.setPipeline(pipeline);
@@ -659,14 +664,17 @@ class Runtime {
 
   /**
    * GPU time per kernel name of the work `fn` records (each dispatch timed alone), sorted by
-   * total time. Null without timestamp queries. Kernel names group variants (`map(a + b)` etc.).
+   * total time. Null without timestamp queries. Kernel names group variants (`map(a + b)` etc.);
+   * with `shapes`, dispatches group by kernel name, grid and (products) M, N, K.
    */
   async profile(
     fn: () => void,
     maxDispatches = 2048,
+    shapes = false,
   ): Promise<[string, { ms: number; count: number }][] | null> {
     if (!this.gpu.hasTimestamps) return null;
     this.#profileNames = [];
+    this.#profileShapes = shapes;
     let names: string[];
     try {
       await this.timeGpu(fn, maxDispatches);
