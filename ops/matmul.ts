@@ -2146,9 +2146,10 @@ function maskedOperandProduct(
     return null;
   }
   const rows = side === "a" ? plan.M : kPad;
-  const tex = gelu
-    ? packInto(o, [], 0, 1, rows, undefined, true)
-    : packInto(o, [], 0, 1, rows, drop);
+  // A dropout pack the forward kept for this product (LoRA's dA) is taken instead of made.
+  const kept = gelu ? null : takeKeptTexture(o.tensor, dropPackKey(o, rows, drop));
+  const tex = kept ??
+    (gelu ? packInto(o, [], 0, 1, rows, undefined, true) : packInto(o, [], 0, 1, rows, drop));
   runTextureSingle(plan, kPad, max, { [side]: { tex, cached: false } });
   return finish(call);
 }
@@ -2173,6 +2174,7 @@ function maskedTransposedProduct(
   x: Tensor,
   drop: EpilogueDropout,
   options: MatmulOptions = {},
+  keepPack = false,
 ): Tensor | null {
   if (x.dtype !== "f32" || x.rank !== 2 || !(drop.p > 0 && drop.p < 1)) return null;
   const xT = transposedView(x);
@@ -2188,11 +2190,21 @@ function maskedTransposedProduct(
     for (const t of [...call.temps, call.out, xT]) t.dispose();
     return null;
   }
-  const tex = packInto(o, [], 0, 1, 4 * Math.ceil(o.rows / 4), drop);
-  runTextureSingle(plan, kPad, max, { b: { tex, cached: false }, bNatural: true });
+  const rows = 4 * Math.ceil(o.rows / 4);
+  const tex = packInto(o, [], 0, 1, rows, drop);
+  runTextureSingle(plan, kPad, max, { b: { tex, cached: keepPack }, bNatural: true });
+  // With `keepPack` the dropped pack waits for dA = dhᵀ·dropout(x) in backward (the same texels).
+  if (keepPack && !keepTexture(o.tensor, dropPackKey(o, rows, drop), tex)) {
+    rt().textures.release(tex);
+  }
   const out = finish(call);
   xT.dispose();
   return out;
+}
+
+/** The kept-texture key of a dropout pack of `o` (see {@link maskedTransposedProduct}). */
+function dropPackKey(o: MatrixOperand, rowsPadded: number, drop: EpilogueDropout): string {
+  return `dropout|${packKey(o, [], 0, 1, rowsPadded)}|${drop.p}|${drop.seed}|${drop.stream}`;
 }
 
 /**
@@ -2200,9 +2212,9 @@ function maskedTransposedProduct(
  * y = x·Wᵀ + b + s·(xd·Aᵀ)·Bᵀ with W [dOut, dIn], A [r, dIn], B [dOut, r]; `xd` is the adapter's
  * input (x after LoRA dropout, or x itself). With `inputDropout`, the adapter's input is
  * dropout(xd) with that (p, seed, stream) — the mask `dropout` draws — applied inside the op: on
- * the texture variant while packing x for xd·Aᵀ (and again for dA in backward), so the dropped
- * copy is neither stored nor kept for backward, and its gradient is added onto dx in the epilogue
- * of dh·A. The update's product lands on the base output in the matmul's epilogue (C += s·h·Bᵀ),
+ * the texture variant while packing x for xd·Aᵀ, so the dropped copy is never stored (its pack is
+ * kept for dA in backward as a scratch texture, or made again there past the kept-texture
+ * budget), and its gradient is added onto dx in the epilogue of dh·A. The update's product lands on the base output in the matmul's epilogue (C += s·h·Bᵀ),
  * so no base output, update or scaled copy is materialised, and backward keeps only xd and
  * h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every input: dx = g·W,
  * dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
@@ -2258,7 +2270,7 @@ export function lowRankLinear(
   // The fused dropout needs the adapter's input to be x itself (read in place) and a texture
   // product; otherwise the dropout op runs first and the op proceeds on its output.
   const hTMasked = drop && xd === x
-    ? maskedTransposedProduct(loraA, x2, drop, { packOut: true })
+    ? maskedTransposedProduct(loraA, x2, drop, { packOut: true }, loraA.requiresGrad)
     : null;
   if (drop && !hTMasked) {
     bT.dispose();

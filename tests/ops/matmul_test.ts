@@ -30,6 +30,7 @@ import {
   packCacheBytes,
   rt,
   scopeAsync,
+  setKeptTextureBudget,
   setPackByCopy,
   slice,
   sum,
@@ -1067,6 +1068,47 @@ Deno.test("lowRankLinear: inputDropout inside the op equals dropout then the op,
       ),
     /inputDropout\.p must be in \[0, 1\]/,
   );
+});
+
+Deno.test("lowRankLinear with inputDropout: the forward's dropped pack of x serves dA in backward, bit for bit", async () => {
+  await withVariant("matmul", "texture", async () => {
+    const [rows, dIn, dOut, r, s] = [24, 12, 20, 8, 0.5];
+    const mk = (n: number, seed: number, shape: number[], opts = {}) =>
+      tensor(Float32Array.from(randomArray(n, seed)), shape, opts);
+    const x = mk(rows * dIn, 151, [rows, dIn], { requiresGrad: true });
+    const w = mk(dOut * dIn, 152, [dOut, dIn], { category: "weights" });
+    const la = mk(r * dIn, 153, [r, dIn], { requiresGrad: true, category: "trainable" });
+    const lb = mk(dOut * r, 154, [dOut, r], { requiresGrad: true, category: "trainable" });
+    const weights = mk(rows * dOut, 155, [rows, dOut]);
+    const drop = { p: 0.25, seed: 9, stream: 3 };
+    const run = async (budget: number) => {
+      const before = setKeptTextureBudget(budget);
+      try {
+        return await scopeAsync(async () => {
+          clearPackCache();
+          const y = lowRankLinear(x, w, undefined, x, la, lb, s, drop);
+          const loss = sum(mulOp(y, weights));
+          const d0 = rt().dispatchCount;
+          backward(loss);
+          const dispatches = rt().dispatchCount - d0;
+          const grads = [];
+          for (const t of [x, la, lb]) {
+            grads.push(
+              Array.from(new Uint32Array(((await t.grad!.read()) as Float32Array).buffer)),
+            );
+            t.grad!.dispose();
+            t.grad = null;
+          }
+          return { grads, dispatches };
+        });
+      } finally {
+        setKeptTextureBudget(before);
+      }
+    };
+    const repacked = await run(0), kept = await run(8 * 2 ** 20);
+    assert.deepEqual(kept.grads, repacked.grads, "the same gradients, bit for bit");
+    assert.equal(kept.dispatches, repacked.dispatches - 1, "dA reads the forward's dropped pack");
+  });
 });
 
 Deno.test("backward: a shared input's gradient is summed in the consumers' product epilogues, bit for bit with separate adds", async () => {
