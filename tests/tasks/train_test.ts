@@ -122,6 +122,29 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "fromScratch fine-tunes the architecture from a fresh initialisation, not the checkpoint",
+  ignore: !present,
+  fn: async () => {
+    const data = await sst2Subset(32);
+    const run = (fromScratch: boolean) =>
+      train(
+        baseConfig(data, join(work, `scratch-${fromScratch}`), { steps: 4, seed: 3, fromScratch }),
+        { progress: false, log: () => {} },
+      );
+    const pretrained = await run(false), scratch = await run(true);
+    ok(
+      !pretrained.newlyInitialized.some((n) => n.includes("attention")),
+      "the checkpoint's encoder weights are loaded",
+    );
+    ok(
+      scratch.newlyInitialized.some((n) => n.includes("attention.self.query")),
+      `every weight is initialised from scratch: ${scratch.newlyInitialized.slice(0, 3)}`,
+    );
+    ok(pretrained.finalLoss !== scratch.finalLoss, "different weights, different losses");
+  },
+});
+
 async function waitFor(
   path: string,
   minStep: number,

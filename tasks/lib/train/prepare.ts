@@ -124,6 +124,7 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       classificationHead: true,
       frozenDtype: config.frozenDtype,
       seed: config.seed,
+      fromScratch: config.fromScratch,
     });
     const classifier: Classifier = loaded.kind === "encoder"
       ? { kind: "encoder", model: loaded.model }
@@ -157,7 +158,11 @@ export async function prepare(config: RunConfig, log: (s: string) => void): Prom
       },
     };
   }
-  const loaded = await loadModel(modelDir, { frozenDtype: config.frozenDtype, seed: config.seed });
+  const loaded = await loadModel(modelDir, {
+    frozenDtype: config.frozenDtype,
+    seed: config.seed,
+    fromScratch: config.fromScratch,
+  });
   if (loaded.kind !== "decoder") {
     throw new Error(
       `commonsense tasks train a causal LM; ${config.model} is a ${loaded.config.model_type} encoder`,
