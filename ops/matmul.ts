@@ -1031,21 +1031,9 @@ class PackCache {
     pinned: boolean,
     produced = false,
   ): boolean {
-    this.#hook();
     const bytes = tex.width * tex.height * 16;
     if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
-    const e: PackEntry = {
-      buffer,
-      key,
-      version: rt().writeVersion(buffer),
-      tex,
-      bytes,
-      pinned,
-      produced,
-    };
-    const list = this.#byBuffer.get(buffer) ?? [];
-    list.push(e);
-    this.#byBuffer.set(buffer, list);
+    const e = this.#add({ buffer, key, tex, bytes, pinned, produced });
     if (pinned) this.#pinnedBytes += bytes;
     else {
       this.#transient.push(e);
@@ -1061,21 +1049,9 @@ class PackCache {
 
   /** Keep `tex` for (buffer, key) in the kept class (see {@link keepTexture}). */
   keep(buffer: GPUBuffer, key: string, tex: ScratchTexture): boolean {
-    this.#hook();
     const bytes = tex.width * tex.height * 16;
     if (bytes > this.keptBudget) return false;
-    const e: PackEntry = {
-      buffer,
-      key,
-      version: rt().writeVersion(buffer),
-      tex,
-      bytes,
-      pinned: false,
-      kept: true,
-    };
-    const list = this.#byBuffer.get(buffer) ?? [];
-    list.push(e);
-    this.#byBuffer.set(buffer, list);
+    const e = this.#add({ buffer, key, tex, bytes, pinned: false, kept: true });
     this.#kept.push(e);
     this.#keptBytes += bytes;
     while (this.#keptBytes > this.keptBudget) this.#remove(this.#kept[0]);
@@ -1089,6 +1065,16 @@ class PackCache {
     const e = this.#byBuffer.get(buffer)!.find((x) => x.key === key)!;
     this.#remove(e, false);
     return tex;
+  }
+
+  /** A new entry for `fields` (at the buffer's current write version), listed under its buffer. */
+  #add(fields: Omit<PackEntry, "version">): PackEntry {
+    this.#hook();
+    const e: PackEntry = { ...fields, version: rt().writeVersion(fields.buffer) };
+    const list = this.#byBuffer.get(e.buffer) ?? [];
+    list.push(e);
+    this.#byBuffer.set(e.buffer, list);
+    return e;
   }
 
   #remove(e: PackEntry, release = true): void {
