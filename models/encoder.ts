@@ -22,6 +22,7 @@ import {
   gelu,
   isGradEnabled,
   layerNorm,
+  linear,
   linearResidual,
   reshape,
   scaledDotProductAttention,
@@ -168,6 +169,21 @@ export class EncoderLayer extends Container {
   }
 
   /**
+   * intermediate.dense. Before a frozen plain output.dense (which reads gelu of this output
+   * through a pack), a plain one writes that pack in its own product (packGelu).
+   */
+  #intermediate(x: Tensor): Tensor {
+    const m = this.getModule("intermediate.dense");
+    const out = this.getModule("output.dense");
+    const frozen = out instanceof Linear && !out.weight.requiresGrad &&
+      !(out.bias?.requiresGrad ?? false);
+    if (m instanceof Linear && frozen) {
+      return linear(x, m.weight, m.bias ?? undefined, { packGelu: true });
+    }
+    return this.#lin("intermediate.dense", x);
+  }
+
+  /**
    * dropout(Linear `path`(x)) + residual. A plain Linear runs it as one fused op (dropout and the
    * add in the product's epilogue: neither the Linear's output nor its dropped copy is kept); an
    * adapted layer composes the same steps. Both draw the same dropout stream.
@@ -230,7 +246,7 @@ export class EncoderLayer extends Container {
     done(merged);
     const h1 = this.#norm("attention.output.LayerNorm", a1);
     done(a1);
-    const i1 = this.#lin("intermediate.dense", h1);
+    const i1 = this.#intermediate(h1);
     // output.dense reads gelu(i1): a frozen one applies GELU while packing i1 (and its backward
     // in dx's epilogue), so gelu(i1) is never stored.
     const o = this.#residual("output.dense", i1, h1, ctx, true);

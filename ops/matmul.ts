@@ -109,6 +109,8 @@ export interface MatmulPlan {
   readonly residual?: Tensor | null;
   /** The value is multiplied by GELU′(z) of this contiguous f32 z of the output's shape. */
   readonly geluGrad?: Tensor | null;
+  /** Also write gelu(C)'s pack and keep it for the product that reads gelu(C) next. */
+  readonly packGelu?: boolean;
 }
 
 /** Dropout applied in a matmul's epilogue: the same (seed, stream) mask as ops/dropout.ts. */
@@ -794,6 +796,8 @@ interface TextureKernelOptions {
   bTransposed: boolean;
   /** Also store C into the write-only texture P in the packed layout (texel (n4, m)). */
   packOut: boolean;
+  /** P receives gelu of C's values (bias included) instead of C's. */
+  packGelu?: boolean;
 }
 
 /** The product kernel reading A and B from packed textures. */
@@ -855,7 +859,25 @@ function textureKernel(tile: TextureTile, o: TextureKernelOptions): Kernel {
     // The packed copy of C: the values the buffer receives (α·acc), zero past column N so the
     // texture reads as a pack of C would (no K guard in the kernels that read it).
     const packLines: string[] = [];
-    if (o.packOut) {
+    if (o.packOut && o.packGelu) {
+      // gelu of the values C receives (the store's own expression, bias included), so P holds
+      // what packing gelu(C) would.
+      for (let r = 0; r < RM; r++) {
+        packLines.push(`  if (m_out + ${r}u < params.M) {`);
+        for (let c = 0; c < CN; c++) {
+          const lanes = [0, 1, 2, 3].map((l) => {
+            const n = `n_out + ${4 * c + l}u`;
+            const bias = biasType !== null ? ` + f32(bias[params.bias_off + ${n}])` : "";
+            return `select(0.0, gelu_f32(params.alpha * acc[${r * CN + c}][${l}]${bias}), ` +
+              `${n} < params.N)`;
+          });
+          packLines.push(
+            `    textureStore(P, vec2u(n4 + ${c}u, m_out + ${r}u), vec4f(${lanes.join(", ")}));`,
+          );
+        }
+        packLines.push("  }");
+      }
+    } else if (o.packOut) {
       for (let r = 0; r < RM; r++) {
         packLines.push(`  if (m_out + ${r}u < params.M) {`);
         for (let c = 0; c < CN; c++) {
@@ -890,7 +912,9 @@ function textureKernel(tile: TextureTile, o: TextureKernelOptions): Kernel {
         ...epilogueDecls(epilogue).params,
         ...batchParams(batchRank, ["A", "B"]),
       ],
-      source: /* wgsl */ `${epilogueDecls(epilogue).helpers}
+      source: /* wgsl */ `${epilogueDecls(epilogue).helpers}${
+        o.packGelu && !epilogue.geluGrad ? geluWgsl() : ""
+      }
 // Matmul from packed textures: TA texel (k4, row) holds A[row, 4k4…4k4+3], TB texel (n4, k)
 // holds B[k, 4n4…4n4+3] (or, transposed packs, the layouts named above); batch entries are
 // stacked down the rows. Thread (x, y) owns ${RM} rows × ${CN} vec4 columns of C and reads its
@@ -1432,6 +1456,7 @@ function productFromTextures(
     aTransposed: o.aTransposed,
     bTransposed: o.bTransposed,
     packOut: packOut !== null,
+    ...(packOut && plan.packGelu ? { packGelu: true } : {}),
   });
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {
@@ -1513,8 +1538,11 @@ function runTextureSingle(
     (natural
       ? pack(natural, [], 0, 1, 4 * Math.ceil(natural.rows / 4), plan.reuseB)
       : pack(plan.b, [], 0, 1, kPad, plan.reuseB));
-  const wantPack = (plan.packOut ?? false) && plan.M <= max && !plan.accumulate &&
-    !plan.bias && !plan.dropout && !plan.residual && !plan.geluGrad;
+  const plain = plan.M <= max && !plan.accumulate && !plan.dropout && !plan.residual &&
+    !plan.geluGrad;
+  // gelu(C)'s pack (bias allowed: the pack lines add it as the store does) or C's own.
+  const wantGelu = (plan.packGelu ?? false) && plain;
+  const wantPack = wantGelu || ((plan.packOut ?? false) && plain && !plan.bias);
   const out = wantPack ? rt().textures.acquire(Math.ceil(plan.N / 4), plan.M) : null;
   productFromTextures(plan, {
     a,
@@ -1527,9 +1555,16 @@ function runTextureSingle(
   if (out) {
     // Registered after the dispatch, so the entry carries the version the write gave C.
     const o = outputOperand(plan);
-    const key = packKey(o, [], 0, 1, plan.M);
-    if (!packCache.put(plan.out.buffer, key, out, false)) rt().textures.release(out);
+    const kept = wantGelu
+      ? keepTexture(plan.out, geluPackKey(o, plan.M), out)
+      : packCache.put(plan.out.buffer, packKey(o, [], 0, 1, plan.M), out, false);
+    if (!kept) rt().textures.release(out);
   }
+}
+
+/** The kept-texture key of gelu(o)'s pack (see {@link MatmulOptions.packGelu}). */
+function geluPackKey(o: MatrixOperand, rowsPadded: number): string {
+  return `gelu|${packKey(o, [], 0, 1, rowsPadded)}`;
 }
 
 function runTexture(plan: MatmulPlan): void {
@@ -1645,6 +1680,13 @@ export interface MatmulOptions {
    * gradient of the GELU's input (see {@link linearResidual}'s `inputGelu`).
    */
   geluGrad?: Tensor;
+  /**
+   * Also write gelu(α·A·B + bias)'s pack in the same dispatch, kept for the product that reads
+   * gelu of this result next (linearResidual's `inputGelu`): intermediate.dense before a frozen
+   * output.dense. Honoured on the texture variant for a single product without accumulation or
+   * other epilogue; otherwise that product packs gelu itself.
+   */
+  packGelu?: boolean;
 }
 
 function shapeStr(t: Tensor): string {
@@ -1808,6 +1850,7 @@ function prepare(
     dropout: options.dropout ?? null,
     residual: options.residual ?? null,
     geluGrad: options.geluGrad ?? null,
+    packGelu: options.packGelu ?? false,
   };
   return { plan, out, temps, finalShape };
 }
@@ -2004,7 +2047,7 @@ function linearProduct(
   x2: Tensor,
   weight: Tensor,
   bias: Tensor | undefined,
-  extra: Pick<MatmulOptions, "residual" | "dropout"> = {},
+  extra: Pick<MatmulOptions, "residual" | "dropout" | "packGelu"> = {},
 ): Tensor {
   const wT = transposedView(weight);
   // x2 is a layer input: q, k and v (and LoRA's A) read it in a row.
@@ -2073,7 +2116,12 @@ function linearGrads(
  * console.log(await y.toArray()); // [1.5, 4]
  * ```
  */
-export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+export function linear(
+  x: Tensor,
+  weight: Tensor,
+  bias?: Tensor,
+  options: Pick<MatmulOptions, "packGelu"> = {},
+): Tensor {
   if (weight.rank !== 2) throw new Error(`linear: weight ${weight} must be [dOut, dIn]`);
   const [dOut, dIn] = weight.shape;
   if (x.rank < 1 || x.shape[x.rank - 1] !== dIn) {
@@ -2083,7 +2131,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     throw new Error(`linear: bias ${bias} must have shape [${dOut}] (weight ${weight})`);
   }
   const x2 = rowsOf(x);
-  const y = reshapeTo(linearProduct(x2, weight, bias), [...x.shape.slice(0, -1), dOut]);
+  const y = reshapeTo(linearProduct(x2, weight, bias, options), [...x.shape.slice(0, -1), dOut]);
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const recorded = record("linear", y, inputs, (g, sumInto) => {
     const g2 = rowsOf(g);
@@ -2133,7 +2181,11 @@ function maskedOperandProduct(
   }
   const rows = side === "a" ? plan.M : kPad;
   // A dropout pack the forward kept for this product (LoRA's dA) is taken instead of made.
-  const kept = gelu ? null : takeKeptTexture(o.tensor, dropPackKey(o, rows, drop));
+  // So is gelu(x)'s pack written by the product that made x (MatmulOptions.packGelu).
+  const kept = takeKeptTexture(
+    o.tensor,
+    gelu ? geluPackKey(o, rows) : dropPackKey(o, rows, drop),
+  );
   const tex = kept ??
     (gelu ? packInto(o, [], 0, 1, rows, undefined, true) : packInto(o, [], 0, 1, rows, drop));
   runTextureSingle(plan, kPad, max, { [side]: { tex, cached: false } });

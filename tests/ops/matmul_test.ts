@@ -896,6 +896,41 @@ Deno.test("linearResidual with inputGelu: GELU in x's pack and its backward in d
   }
 });
 
+Deno.test("linear with packGelu writes gelu(y)'s pack for linearResidual's inputGelu, bit for bit", async () => {
+  await withVariant("matmul", "texture", async () => {
+    for (const [rows, dIn, dMid, dOut] of [[24, 12, 32, 16], [37, 10, 33, 7]]) {
+      await scopeAsync(async () => {
+        const mk = (shape: number[], seed: number, opts = {}) =>
+          tensor(Float32Array.from(randomArray(size(shape), seed)), shape, opts);
+        const x = mk([rows, dIn], 161, { requiresGrad: true });
+        const w1 = mk([dMid, dIn], 162, { category: "weights" }), b1 = mk([dMid], 163);
+        const w2 = mk([dOut, dMid], 164, { category: "weights" }), b2 = mk([dOut], 165);
+        const r = mk([rows, dOut], 166);
+        const weights = mk([rows, dOut], 167);
+        const drop = { p: 0.2, seed: 4, stream: 2 };
+        const run = async (packGelu: boolean) => {
+          clearPackCache();
+          const d0 = rt().dispatchCount;
+          const z = linear(x, mulOp(w1, tensor([3])), b1, { packGelu });
+          const y = linearResidual(z, w2, b2, r, drop, { inputGelu: true });
+          const forward = rt().dispatchCount - d0;
+          backward(sum(mulOp(y, weights)));
+          const bits = async (t: Tensor) =>
+            Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
+          const out = { y: await bits(y), dx: await bits(x.grad!), forward };
+          x.grad!.dispose();
+          x.grad = null;
+          return out;
+        };
+        const plain = await run(false), fused = await run(true);
+        assert.deepEqual(fused.y, plain.y, `${rows}×${dIn}: y`);
+        assert.deepEqual(fused.dx, plain.dx, `${rows}×${dIn}: dx`);
+        assert.equal(fused.forward, plain.forward - 1, "the GELU pack is written by the product");
+      });
+    }
+  });
+});
+
 Deno.test("texture variant: gᵀ·x reads the pack g·W left instead of packing gᵀ", async () => {
   await withVariant("matmul", "texture", () =>
     scopeAsync(async () => {
