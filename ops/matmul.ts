@@ -996,8 +996,9 @@ class PackCache {
   #keptBytes = 0;
   #hooked: unknown = null;
   /**
-   * Most bytes of {@link keepTexture}'s textures held (attention's k and v packs, kept from the
-   * forward for dQ's backward); beyond it the oldest are dropped and made again by their reader.
+   * Most bytes of {@link keepTexture}'s textures held (attention's k and v packs for dQ's
+   * backward, LoRA's dropped pack of x for dA, gelu(z)'s pack for output.dense); beyond it the
+   * oldest are dropped and made again by their reader.
    */
   keptBudget = 8 * 2 ** 20;
   /** Most bytes of frozen-weight textures held; weights beyond it are packed per call. */
@@ -1056,7 +1057,7 @@ class PackCache {
     produced = false,
   ): boolean {
     const bytes = tex.width * tex.height * 16;
-    if (pinned && this.#pinnedBytes + bytes > this.pinnedBudget) return false;
+    if (pinned && !this.fitsPinned(bytes)) return false;
     const e = this.#add({ buffer, key, tex, bytes, pinned, produced });
     if (pinned) this.#pinnedBytes += bytes;
     else {
@@ -1217,8 +1218,9 @@ export function keepOutputPack(
 
 /**
  * Keep a texture another op made of `t`'s storage (in a layout of its own, named by `key`) for a
- * later reader of the same values: attention keeps its forward packs of k and v for dQ's
- * backward. Valid while `t`'s buffer is unchanged; dropped when the buffer is released or the
+ * later reader of the same values: attention's forward packs of k and v for dQ's backward,
+ * LoRA's dropped pack of x for dA, intermediate.dense's pack of gelu(z) for output.dense. Valid
+ * while `t`'s buffer is unchanged; dropped when the buffer is released or the
  * kept textures pass {@link PackCache.keptBudget}. False (the caller releases it) when refused.
  */
 export function keepTexture(t: Tensor, key: string, tex: ScratchTexture): boolean {
@@ -2148,8 +2150,8 @@ export function linear(
 /**
  * A·B where the operand on `side` enters as dropout(operand) — the mask `dropout(t, p, {seed,
  * stream})` draws for the operand's tensor t — or as gelu(operand), applied while packing it, on
- * the texture variant, so the transformed copy is never stored. False (nothing recorded) when this call would not run as
- * one texture product; the caller then materialises the dropout.
+ * the texture variant, so the transformed copy is never stored. Null (nothing recorded) when
+ * this call would not run as one texture product; the caller then materialises the operand.
  */
 function maskedOperandProduct(
   a: Tensor,
@@ -2170,11 +2172,7 @@ function maskedOperandProduct(
   const o = plan && (side === "a" ? plan.a : plan.b);
   // The mask index r·cols + c is the element's row-major index in the rank-2 operand, whether
   // the plan reads it in place or from a copy.
-  if (
-    !plan || !o || plan.batch !== 1 || plan.M > max || kPad > max ||
-    Math.ceil(plan.N / 4) > max ||
-    MATMUL.choose(matmulShapes(plan), matmulKey(matmulShapes(plan))).name !== "texture"
-  ) {
+  if (!plan || !o || !oneTextureProduct(plan, kPad, max)) {
     for (const t of call.temps) t.dispose();
     call.out.dispose();
     return null;
@@ -2190,6 +2188,12 @@ function maskedOperandProduct(
     (gelu ? packInto(o, [], 0, 1, rows, undefined, true) : packInto(o, [], 0, 1, rows, drop));
   runTextureSingle(plan, kPad, max, { [side]: { tex, cached: false } });
   return finish(call);
+}
+
+/** Whether `plan` runs as one texture product whose operands and output fit a texture. */
+function oneTextureProduct(plan: MatmulPlan, kPad: number, max: number): boolean {
+  return plan.batch === 1 && plan.M <= max && kPad <= max && Math.ceil(plan.N / 4) <= max &&
+    MATMUL.choose(matmulShapes(plan), matmulKey(matmulShapes(plan))).name === "texture";
 }
 
 /** a·xᵀ through the transposed view of x. */
@@ -2221,10 +2225,8 @@ function maskedTransposedProduct(
   const max = rt().textures.maxDimension;
   const kPad = plan ? 4 * Math.ceil(plan.K / 4) : 0;
   const o = plan && naturalOf(plan.b, max);
-  if (
-    !plan || !o || plan.batch !== 1 || plan.M > max || kPad > max || plan.N > max ||
-    MATMUL.choose(matmulShapes(plan), matmulKey(matmulShapes(plan))).name !== "texture"
-  ) {
+  // B' = xᵀ is read through x's own pack: N of its rows down the texture.
+  if (!plan || !o || plan.N > max || !oneTextureProduct(plan, kPad, max)) {
     for (const t of [...call.temps, call.out, xT]) t.dispose();
     return null;
   }
@@ -2252,9 +2254,10 @@ function dropPackKey(o: MatrixOperand, rowsPadded: number, drop: EpilogueDropout
  * dropout(xd) with that (p, seed, stream) — the mask `dropout` draws — applied inside the op: on
  * the texture variant while packing x for xd·Aᵀ, so the dropped copy is never stored (its pack is
  * kept for dA in backward as a scratch texture, or made again there past the kept-texture
- * budget), and its gradient is added onto dx in the epilogue of dh·A. The update's product lands on the base output in the matmul's epilogue (C += s·h·Bᵀ),
- * so no base output, update or scaled copy is materialised, and backward keeps only xd and
- * h = xd·Aᵀ [..., r] (and x when W trains). Differentiable in every input: dx = g·W,
+ * budget), and its gradient is added onto dx in the epilogue of dh·A. The update's product lands
+ * on the base output in the matmul's epilogue (C += s·h·Bᵀ), so no base output, update or scaled
+ * copy is materialised, and backward keeps only xd and hᵀ = A·xdᵀ [r, ...] (and x when W
+ * trains). Differentiable in every input: dx = g·W,
  * dW = gᵀ·x, db = Σ g, dh = s·g·B, dB = s·gᵀ·h, dA = dhᵀ·xd, dxd = dh·A.
  *
  * @example

@@ -11,6 +11,7 @@ import {
   mul,
   scopeAsync,
   seededRandom,
+  setKeptTextureBudget,
   setRowThreads,
   sum,
   type Tensor,
@@ -178,4 +179,19 @@ export async function withRowThreads(
   } finally {
     setRowThreads(null);
   }
+}
+
+/** Run `fn` with the pack cache's kept-texture budget at `bytes` (restored after). */
+export async function withKeptTextureBudget<T>(bytes: number, fn: () => Promise<T>): Promise<T> {
+  const before = setKeptTextureBudget(bytes);
+  try {
+    return await fn();
+  } finally {
+    setKeptTextureBudget(before);
+  }
+}
+
+/** A tensor's f32 values as their bit patterns, for bit-for-bit comparisons. */
+export async function bitsOf(t: Tensor): Promise<number[]> {
+  return Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
 }

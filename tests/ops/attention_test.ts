@@ -24,7 +24,6 @@ import {
   rt,
   scaledDotProductAttention,
   scopeAsync,
-  setKeptTextureBudget,
   sum,
   tapeLength,
   type Tensor,
@@ -32,7 +31,14 @@ import {
   transpose,
   withVariant,
 } from "../../ops/mod.ts";
-import { assertClose, checkGradients, randomArray, setup } from "../helpers.ts";
+import {
+  assertClose,
+  bitsOf,
+  checkGradients,
+  randomArray,
+  setup,
+  withKeptTextureBudget,
+} from "../helpers.ts";
 
 await setup();
 
@@ -565,10 +571,9 @@ Deno.test("attention on the texture variant keeps the forward's k and v packs fo
       });
     const q = mk(301), k = mk(302), v = mk(303);
     const w = tensor(Float32Array.from(randomArray(b * h * t * d, 304)), [b, h, t, d]);
-    const run = async (budget: number) => {
-      const before = setKeptTextureBudget(budget);
-      try {
-        return await scopeAsync(async () => {
+    const run = (budget: number) =>
+      withKeptTextureBudget(budget, () =>
+        scopeAsync(async () => {
           clearPackCache();
           const y = scaledDotProductAttention(q, k, v, { causal: true });
           const loss = sum(mul(y, w));
@@ -577,18 +582,12 @@ Deno.test("attention on the texture variant keeps the forward's k and v packs fo
           const dispatches = rt().dispatchCount - d0;
           const grads = [];
           for (const x of [q, k, v]) {
-            grads.push(
-              Array.from(new Uint32Array(((await x.grad!.read()) as Float32Array).buffer)),
-            );
+            grads.push(await bitsOf(x.grad!));
             x.grad!.dispose();
             x.grad = null;
           }
           return { grads, dispatches };
-        });
-      } finally {
-        setKeptTextureBudget(before);
-      }
-    };
+        }));
     const repacked = await run(0), kept = await run(8 * 2 ** 20);
     assert.deepEqual(kept.grads, repacked.grads, "the same gradients, bit for bit");
     assert.equal(kept.dispatches, repacked.dispatches - 2, "dQ's backward packs neither k nor v");

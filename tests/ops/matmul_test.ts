@@ -30,7 +30,6 @@ import {
   packCacheBytes,
   rt,
   scopeAsync,
-  setKeptTextureBudget,
   setPackByCopy,
   slice,
   sum,
@@ -39,7 +38,15 @@ import {
   transpose,
   withVariant,
 } from "../../ops/mod.ts";
-import { assertClose, AWKWARD_SIZES, checkGradients, randomArray, setup } from "../helpers.ts";
+import {
+  assertClose,
+  AWKWARD_SIZES,
+  bitsOf,
+  checkGradients,
+  randomArray,
+  setup,
+  withKeptTextureBudget,
+} from "../helpers.ts";
 
 await setup();
 
@@ -862,13 +869,11 @@ Deno.test("linearResidual with inputGelu: GELU in x's pack and its backward in d
                   const d0 = rt().dispatchCount;
                   backward(total);
                   const dispatches = rt().dispatchCount - d0;
-                  const bits = async (t: Tensor) =>
-                    Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
                   const out = {
-                    y: await bits(y),
-                    dz: await bits(zLeaf.grad!),
-                    dr: await bits(r.grad!),
-                    dw: trainW ? await bits(w.grad!) : [],
+                    y: await bitsOf(y),
+                    dz: await bitsOf(zLeaf.grad!),
+                    dr: await bitsOf(r.grad!),
+                    dw: trainW ? await bitsOf(w.grad!) : [],
                     dispatches,
                   };
                   for (const t of [zLeaf, r, w]) {
@@ -915,9 +920,7 @@ Deno.test("linear with packGelu writes gelu(y)'s pack for linearResidual's input
           const y = linearResidual(z, w2, b2, r, drop, { inputGelu: true });
           const forward = rt().dispatchCount - d0;
           backward(sum(mulOp(y, weights)));
-          const bits = async (t: Tensor) =>
-            Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
-          const out = { y: await bits(y), dx: await bits(x.grad!), forward };
+          const out = { y: await bitsOf(y), dx: await bitsOf(x.grad!), forward };
           x.grad!.dispose();
           x.grad = null;
           return out;
@@ -1116,10 +1119,9 @@ Deno.test("lowRankLinear with inputDropout: the forward's dropped pack of x serv
     const lb = mk(dOut * r, 154, [dOut, r], { requiresGrad: true, category: "trainable" });
     const weights = mk(rows * dOut, 155, [rows, dOut]);
     const drop = { p: 0.25, seed: 9, stream: 3 };
-    const run = async (budget: number) => {
-      const before = setKeptTextureBudget(budget);
-      try {
-        return await scopeAsync(async () => {
+    const run = (budget: number) =>
+      withKeptTextureBudget(budget, () =>
+        scopeAsync(async () => {
           clearPackCache();
           const y = lowRankLinear(x, w, undefined, x, la, lb, s, drop);
           const loss = sum(mulOp(y, weights));
@@ -1128,18 +1130,12 @@ Deno.test("lowRankLinear with inputDropout: the forward's dropped pack of x serv
           const dispatches = rt().dispatchCount - d0;
           const grads = [];
           for (const t of [x, la, lb]) {
-            grads.push(
-              Array.from(new Uint32Array(((await t.grad!.read()) as Float32Array).buffer)),
-            );
+            grads.push(await bitsOf(t.grad!));
             t.grad!.dispose();
             t.grad = null;
           }
           return { grads, dispatches };
-        });
-      } finally {
-        setKeptTextureBudget(before);
-      }
-    };
+        }));
     const repacked = await run(0), kept = await run(8 * 2 ** 20);
     assert.deepEqual(kept.grads, repacked.grads, "the same gradients, bit for bit");
     assert.equal(kept.dispatches, repacked.dispatches - 1, "dA reads the forward's dropped pack");
