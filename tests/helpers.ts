@@ -18,6 +18,8 @@ import {
   tensor,
 } from "../ops/mod.ts";
 import { AssertionError } from "node:assert/strict";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 /** Initialise WebGPU once for a test file. */
 export async function setup(): Promise<void> {
@@ -194,4 +196,17 @@ export async function withKeptTextureBudget<T>(bytes: number, fn: () => Promise<
 /** A tensor's f32 values as their bit patterns, for bit-for-bit comparisons. */
 export async function bitsOf(t: Tensor): Promise<number[]> {
   return Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
+}
+
+/**
+ * Point the token cache (RUC_PEFT_CACHE) at one folder for the whole test process, and return it.
+ * `deno test --parallel` runs every test file in one process, so the environment is shared: a
+ * file that set its own folder would redirect the others' caches into a folder it then deletes.
+ * The folder is named by the process id, so every file of one run finds the same one.
+ */
+export function useTestTokenCache(): string {
+  const dir = join(tmpdir(), `ruc-peft-test-cache-${Deno.pid}`);
+  Deno.mkdirSync(dir, { recursive: true });
+  Deno.env.set("RUC_PEFT_CACHE", dir);
+  return dir;
 }

@@ -14,7 +14,7 @@
  */
 import { AssertionError, deepStrictEqual, ok, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
 import { epochBatches } from "../../tasks/lib/data/pipeline.ts";
@@ -27,7 +27,7 @@ const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 const MODEL = join(FIXTURES, "model");
 const DATA = join(FIXTURES, "data");
 const work = await Deno.makeTempDir({ prefix: "reference-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 
 /** Per-step loss agreement: |ours − reference| ≤ this × |reference|. */
 const LOSS_RTOL = 1e-5;

@@ -11,7 +11,7 @@
  */
 import { deepStrictEqual, equal, notDeepStrictEqual, ok, rejects } from "node:assert/strict";
 import { isAbsolute, join, relative } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeLlamaFixture, makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
@@ -34,7 +34,7 @@ const SST2 = `${SHARED}glue/tsv/SST-2/`;
 const present = await Deno.stat(`${SST2}train.tsv`).then(() => true, () => false) &&
   await Deno.stat(`${SHARED}models/stories260K/tok512.bin`).then(() => true, () => false);
 const work = await Deno.makeTempDir({ prefix: "output-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 
 const base = join(work, "roberta-tiny");
 const data = join(work, "sst2");

@@ -6,7 +6,7 @@
  */
 import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { convertLlama2c } from "../../models/llama2c.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
@@ -25,7 +25,7 @@ const hasStories = await Deno.stat(`${SHARED}models/stories260K/stories260K.bin`
   () => false,
 );
 const work = await Deno.makeTempDir({ prefix: "own-train-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 const roberta = join(work, "roberta-tiny");
 if (hasRoberta) await makeRobertaFixture(roberta, { seed: 1, initializerRange: 0.1 });
 const quiet = { progress: false, log: () => {} };

@@ -6,7 +6,7 @@
  */
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeLlamaFixture, makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
@@ -19,7 +19,7 @@ await setup();
 const SST2 = new URL("../../../shared/data/glue/tsv/SST-2/train.tsv", import.meta.url).pathname;
 const present = await Deno.stat(SST2).then(() => true, () => false);
 const work = await Deno.makeTempDir({ prefix: "pretrain-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "cache"));
+useTestTokenCache();
 
 const text = join(work, "corpus.txt");
 const encoder = join(work, "roberta-base-like");

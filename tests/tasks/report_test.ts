@@ -8,7 +8,7 @@
  */
 import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { type Summary, train } from "../../tasks/lib/train/trainer.ts";
@@ -34,7 +34,7 @@ const present = await Promise.all(
   ),
 ).then((all) => all.every(Boolean));
 const work = await Deno.makeTempDir({ prefix: "report-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 const MIB = 2 ** 20;
 
 /** A GLUE TSV folder with n short SST-2 sentences whose dev set is the train set. */

@@ -32,35 +32,54 @@ grid:
 const file = join(project, "sweeps", "paths.yaml");
 await Deno.writeTextFile(file, SWEEP);
 
-Deno.test("sweep paths resolve against the YAML's folder, whatever the working directory", () => {
-  const before = Deno.cwd();
-  Deno.chdir(join(work, "elsewhere"));
-  try {
-    // The file named relatively from elsewhere, as `deno task sweep ../project/sweeps/x.yaml`.
-    const plan = expandSweep(parseSweep(SWEEP, "../project/sweeps/paths.yaml"));
-    equal(plan.output, join(project, "runs", "paths"));
-    const models = plan.cells.map((c) => c.config.model);
-    equal(models[0], join(project, "models-local", "tiny"), "an explicit relative folder");
-    equal(models[1], "FacebookAI/roberta-base", "a Hub repo id stays one");
-    equal(models[2], join(project, "sweeps", "not-there"), "./x is local even when missing");
-    equal(models[3], "also/not-there", "owner/name without such a folder is a repo id");
-    equal(
-      models[4],
-      join(project, "sweeps", "local", "todo"),
-      "a missing folder in a local parent",
-    );
-    for (const c of plan.cells) {
-      equal(c.config.data, join(project, "data"));
-      equal(c.config.output, join(project, "runs", "paths", c.id));
-    }
-    // Ids hash the settings as written: the same file elsewhere gives the same ids.
-    Deno.chdir(project);
-    const again = expandSweep(parseSweep(SWEEP, "sweeps/paths.yaml"));
-    equal(again.cells.map((c) => c.id).join(), plan.cells.map((c) => c.id).join());
-    equal(again.cells[0].config.model, models[0]);
-  } finally {
-    Deno.chdir(before);
+/**
+ * Expand the sweep file in a child process whose working directory is `cwd`: `Deno.chdir` would
+ * move the working directory of every test file running beside this one (`deno test --parallel`
+ * shares one process), and a test elsewhere that names a path relative to it would then miss.
+ */
+async function expandFrom(cwd: string, file: string) {
+  const sweep = new URL("../../tasks/lib/sweep/sweep.ts", import.meta.url).href;
+  const config = new URL("../../deno.json", import.meta.url).pathname;
+  const script = `
+    import { expandSweep, parseSweep } from ${JSON.stringify(sweep)};
+    const plan = expandSweep(parseSweep(${JSON.stringify(SWEEP)}, ${JSON.stringify(file)}));
+    console.log(JSON.stringify({
+      output: plan.output,
+      cells: plan.cells.map((c) => ({ id: c.id, model: c.config.model, data: c.config.data,
+        output: c.config.output })),
+    }));`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", config, script],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  ok(out.success, text.decode(out.stderr));
+  return JSON.parse(text.decode(out.stdout)) as {
+    output: string;
+    cells: { id: string; model: string; data: string; output: string }[];
+  };
+}
+
+Deno.test("sweep paths resolve against the YAML's folder, whatever the working directory", async () => {
+  // The file named relatively from elsewhere, as `deno task sweep ../project/sweeps/x.yaml`.
+  const plan = await expandFrom(join(work, "elsewhere"), "../project/sweeps/paths.yaml");
+  equal(plan.output, join(project, "runs", "paths"));
+  const models = plan.cells.map((c) => c.model);
+  equal(models[0], join(project, "models-local", "tiny"), "an explicit relative folder");
+  equal(models[1], "FacebookAI/roberta-base", "a Hub repo id stays one");
+  equal(models[2], join(project, "sweeps", "not-there"), "./x is local even when missing");
+  equal(models[3], "also/not-there", "owner/name without such a folder is a repo id");
+  equal(models[4], join(project, "sweeps", "local", "todo"), "a missing folder in a local parent");
+  for (const c of plan.cells) {
+    equal(c.data, join(project, "data"));
+    equal(c.output, join(project, "runs", "paths", c.id));
   }
+  // Ids hash the settings as written: the same file elsewhere gives the same ids.
+  const again = await expandFrom(project, "sweeps/paths.yaml");
+  equal(again.cells.map((c) => c.id).join(), plan.cells.map((c) => c.id).join());
+  equal(again.cells[0].model, models[0]);
 });
 
 Deno.test("a missing local model folder is reported as a folder, not as a Hub repo", async () => {

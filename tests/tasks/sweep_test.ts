@@ -8,7 +8,7 @@
 import { deepEqual, equal, match, notEqual, ok, throws } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeLlamaFixture } from "../fixtures/make_fixtures.ts";
 import {
   canonicalJson,
@@ -28,7 +28,7 @@ import { parseSweepArgs } from "../../tasks/sweep.ts";
 const SST2 = new URL("../../../shared/data/glue/tsv/SST-2/", import.meta.url).pathname;
 const present = await Deno.stat(`${SST2}train.tsv`).then(() => true, () => false);
 const work = await Deno.makeTempDir({ prefix: "sweep-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 const SWEEP_SCRIPT = new URL("../../tasks/sweep.ts", import.meta.url).pathname;
 
 const GRID = `name: demo

@@ -6,7 +6,7 @@
  */
 import { equal, notDeepStrictEqual, ok } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { train } from "../../tasks/lib/train/trainer.ts";
@@ -22,7 +22,7 @@ Deno.test({
   ignore: !present,
   fn: async () => {
     const work = await Deno.makeTempDir({ prefix: "train-dropout-test-" });
-    Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+    useTestTokenCache();
     try {
       const lines = (await Deno.readTextFile(`${SST2}train.tsv`)).split("\n");
       const data = join(work, "sst2");

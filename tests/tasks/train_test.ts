@@ -5,7 +5,7 @@
  */
 import { equal, ok, rejects } from "node:assert/strict";
 import { join } from "node:path";
-import { setup } from "../helpers.ts";
+import { setup, useTestTokenCache } from "../helpers.ts";
 import { makeRobertaFixture } from "../fixtures/make_fixtures.ts";
 import { parseRunConfig } from "../../tasks/lib/train/config.ts";
 import { DivergedError, type Summary, train } from "../../tasks/lib/train/trainer.ts";
@@ -16,7 +16,7 @@ await setup();
 const SST2 = new URL("../../../shared/data/glue/tsv/SST-2/", import.meta.url).pathname;
 const present = await Deno.stat(`${SST2}train.tsv`).then(() => true, () => false);
 const work = await Deno.makeTempDir({ prefix: "train-test-" });
-Deno.env.set("RUC_PEFT_CACHE", join(work, "token-cache"));
+useTestTokenCache();
 
 /** A GLUE TSV folder whose dev set is the train set: dev accuracy then measures fitting. */
 async function sst2Subset(n: number): Promise<string> {
