@@ -427,7 +427,12 @@ function loadTile(o: {
  * Store a thread's vec4 accumulators, guarding the ragged edges: the epilogue scales by α, adds
  * the bias, and (accumulating) adds C's current value, so LoRA's s·(h·Bᵀ) lands on the base
  * output without a separate scale and add. α = 1 multiplies exactly, so plain products keep
- * their bits.
+ * their bits. The thread's bias values are loaded once, before the rows: C is written between
+ * the rows, and the compiler cannot know that C's stores leave the bias unchanged.
+ *
+ * With `pack` (a texture product's packOut) each row also stores its values into the write-only
+ * texture P in the packed layout (texel (n4, m)), zero past column N so P reads as a pack of C
+ * would: the values C receives, or (`pack.gelu`) gelu of them — computed once for both stores.
  */
 function storeLines(
   rowsPerThread: number,
@@ -435,14 +440,26 @@ function storeLines(
   hasBias: boolean,
   accumulate: boolean,
   epilogue: Epilogue = NO_EPILOGUE,
+  pack?: { gelu: boolean },
+  vec4C = false,
 ): string {
+  const plain = !accumulate && !epilogue.dropout && !epilogue.residual && !epilogue.geluGrad;
+  if (pack && !plain) throw new Error("matmul: a packed copy of C needs a plain store");
   const lines: string[] = [];
+  if (hasBias) {
+    for (let j = 0; j < vec4PerRow; j++) {
+      for (let l = 0; l < 4; l++) {
+        lines.push(`  let bias_${j}_${l} = f32(bias[params.bias_off + n_out + ${4 * j + l}u]);`);
+      }
+    }
+  }
   for (let i = 0; i < rowsPerThread; i++) {
     lines.push(`  if (m_out + ${i}u < params.M) {`);
     for (let j = 0; j < vec4PerRow; j++) {
+      const lanes: string[] = [];
       for (let l = 0; l < 4; l++) {
         const n = `n_out + ${4 * j + l}u`;
-        const bias = hasBias ? ` + f32(bias[params.bias_off + ${n}])` : "";
+        const bias = hasBias ? ` + bias_${j}_${l}` : "";
         // The element's row-major index in the whole output (row chunks keep it global).
         const index = `(c_base - params.e_off + (m_out + ${i}u) * params.N + ${n})`;
         const at = `C[c_base + (m_out + ${i}u) * params.N + ${n}]`;
@@ -456,9 +473,46 @@ function storeLines(
             `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
         }
         if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
+        if (vec4C) {
+          const v = `v_${i}_${j}_${l}`;
+          lines.push(`    let ${v} = ${value};`);
+          lanes.push(v);
+          continue;
+        }
+        if (pack) {
+          const v = `v_${i}_${j}_${l}`;
+          lines.push(`    let ${v} = ${value};`);
+          lines.push(`    if (${n} < params.N) { ${at} = ${v}; }`);
+          lanes.push(`select(0.0, ${pack.gelu ? `gelu_f32(${v})` : v}, ${n} < params.N)`);
+          continue;
+        }
         // Accumulating adds the whole epilogue value: C + (dropped + residual).
         const sum = accumulate && epilogue.residual ? `${prior}(${value})` : `${prior}${value}`;
         lines.push(`    if (${n} < params.N) { ${at} = ${sum}; }`);
+      }
+      if (vec4C) {
+        // C bound as vec4s (N and C's offset multiples of 4): one store per four columns.
+        const at = `C[(c_base + (m_out + ${i}u) * params.N + n_out) / 4u + ${j}u]`;
+        const v = `vec4f(${lanes.join(", ")})`;
+        lines.push(
+          `    if (n_out + ${4 * j}u < params.N) { ${at} = ${accumulate ? `${at} + ${v}` : v}; }`,
+        );
+        if (pack) {
+          const packed = pack.gelu
+            ? lanes.map((x) => `gelu_f32(${x})`).join(", ")
+            : lanes.join(", ");
+          lines.push(
+            `    if (n_out + ${
+              4 * j
+            }u < params.N) { textureStore(P, vec2u(n4 + ${j}u, m_out + ${i}u), vec4f(${packed})); }`,
+          );
+        }
+        continue;
+      }
+      if (pack) {
+        lines.push(
+          `    textureStore(P, vec2u(n4 + ${j}u, m_out + ${i}u), vec4f(${lanes.join(", ")}));`,
+        );
       }
     }
     lines.push("  }");
@@ -798,6 +852,8 @@ interface TextureKernelOptions {
   packOut: boolean;
   /** P receives gelu of C's values (bias included) instead of C's. */
   packGelu?: boolean;
+  /** C is bound as vec4s and stored four columns at a time (N and C's offset multiples of 4). */
+  vec4C?: boolean;
 }
 
 /** The product kernel reading A and B from packed textures. */
@@ -856,40 +912,6 @@ function textureKernel(tile: TextureTile, o: TextureKernelOptions): Kernel {
       }
       body.push("    }");
     }
-    // The packed copy of C: the values the buffer receives (α·acc), zero past column N so the
-    // texture reads as a pack of C would (no K guard in the kernels that read it).
-    const packLines: string[] = [];
-    if (o.packOut && o.packGelu) {
-      // gelu of the values C receives (the store's own expression, bias included), so P holds
-      // what packing gelu(C) would.
-      for (let r = 0; r < RM; r++) {
-        packLines.push(`  if (m_out + ${r}u < params.M) {`);
-        for (let c = 0; c < CN; c++) {
-          const lanes = [0, 1, 2, 3].map((l) => {
-            const n = `n_out + ${4 * c + l}u`;
-            const bias = biasType !== null ? ` + f32(bias[params.bias_off + ${n}])` : "";
-            return `select(0.0, gelu_f32(params.alpha * acc[${r * CN + c}][${l}]${bias}), ` +
-              `${n} < params.N)`;
-          });
-          packLines.push(
-            `    textureStore(P, vec2u(n4 + ${c}u, m_out + ${r}u), vec4f(${lanes.join(", ")}));`,
-          );
-        }
-        packLines.push("  }");
-      }
-    } else if (o.packOut) {
-      for (let r = 0; r < RM; r++) {
-        packLines.push(`  if (m_out + ${r}u < params.M) {`);
-        for (let c = 0; c < CN; c++) {
-          packLines.push(
-            `    textureStore(P, vec2u(n4 + ${c}u, m_out + ${r}u), select(vec4f(0.0), ` +
-              `params.alpha * acc[${r * CN + c}], n_out + ${4 * c}u + vec4u(0u, 1u, 2u, 3u) < ` +
-              `vec4u(params.N)));`,
-          );
-        }
-        packLines.push("  }");
-      }
-    }
     const name = `matmul_texture${aTransposed ? "_tA" : ""}${bTransposed ? "_tB" : ""}`;
     return defineKernel({
       name,
@@ -898,7 +920,7 @@ function textureKernel(tile: TextureTile, o: TextureKernelOptions): Kernel {
         { name: "TB", texture: "rgba32float", access: "read" },
         ...biasBinding(biasType),
         ...epilogueDecls(epilogue).bindings,
-        { name: "C", type: "f32", access: "read_write" },
+        { name: "C", type: o.vec4C ? "vec4f" : "f32", access: "read_write" },
         ...(o.packOut ? [{ name: "P", texture: "rgba32float", access: "write" } as const] : []),
       ],
       params: [
@@ -935,8 +957,17 @@ ${batchBases(batchRank, [{ name: "A", start: "0u" }, { name: "B", start: "0u" }]
   for (var k4 = 0u; k4 < k4_end; k4++) {
 ${body.join("\n")}
   }
-${storeLines(RM, CN, biasType !== null, accumulate, epilogue)}
-${packLines.join("\n")}
+${
+        storeLines(
+          RM,
+          CN,
+          biasType !== null,
+          accumulate,
+          epilogue,
+          o.packOut ? { gelu: !!o.packGelu } : undefined,
+          o.vec4C ?? false,
+        )
+      }
 }`,
     });
   });
@@ -1444,6 +1475,18 @@ interface TextureOperands {
 }
 
 /** Record the product over packed textures; `packOut` also receives C in the packed layout. */
+/**
+ * Whether a texture product stores C four columns at a time: measured on llvmpipe
+ * (bench/results/step-h10o.md), vec4 stores win for the products with a GELU-gradient or residual
+ * epilogue (the N 512 dx with GELU′: 6.9 → 5.8 ms; the residual products 7.2 → 5.5 ms at N 512)
+ * and lose for plain, bias-only and accumulating ones (plain N 128: 1.0 → 3.8 ms), so only the
+ * former take them. Needs N and C's offset in fours.
+ */
+function vec4Stores(plan: MatmulPlan): boolean {
+  return plan.N % 4 === 0 && plan.outOffset % 4 === 0 && !plan.accumulate &&
+    (!!plan.geluGrad || !!plan.residual);
+}
+
 function productFromTextures(
   plan: MatmulPlan,
   o: TextureOperands,
@@ -1459,6 +1502,7 @@ function productFromTextures(
     bTransposed: o.bTransposed,
     packOut: packOut !== null,
     ...(packOut && plan.packGelu ? { packGelu: true } : {}),
+    ...(vec4Stores(plan) ? { vec4C: true } : {}),
   });
   const p = commonParams(plan);
   plan.batchDims.forEach((_, i) => {

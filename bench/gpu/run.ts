@@ -59,7 +59,10 @@ interface KernelFigure {
 interface StepFigure {
   mode: StepMode;
   shape: StepShape;
+  /** Steps back to back, waited for once (see measureStep). */
   msPerStep: number;
+  /** One step waited for alone. */
+  syncedMs: number;
   tokensPerSecond: number;
   dispatchesPerStep: number;
   trainableParams: number;
@@ -149,14 +152,16 @@ async function stepFigures(small: boolean): Promise<StepFigure[]> {
     const fig: StepFigure = {
       mode,
       shape,
-      msPerStep: m.medianMs,
-      tokensPerSecond: (shape.batch * shape.seq) / (m.medianMs / 1000),
+      msPerStep: m.msPerStep,
+      syncedMs: m.syncedMs,
+      tokensPerSecond: (shape.batch * shape.seq) / (m.msPerStep / 1000),
       dispatchesPerStep: m.dispatches,
       trainableParams: c.trainable,
       peakBytes: m.peak,
     };
     console.log(
-      `  ${mode} step: ${m.medianMs.toFixed(1)} ms, ${m.dispatches} dispatches, peak ` +
+      `  ${mode} step: ${m.msPerStep.toFixed(1)} ms (${m.syncedMs.toFixed(1)} ms waited for ` +
+        `alone), ${m.dispatches} dispatches, peak ` +
         `${mib(m.peak.total)} MiB (${categoryLine(m.peak)})`,
     );
     out.push(fig);
@@ -199,7 +204,7 @@ interface PeerFile {
   torch?: string;
   implementation?: string;
   matmul?: { name: string; ms: number; gflops: number }[];
-  steps?: { mode: StepMode; msPerStep: number; peakBytes: number }[];
+  steps?: { mode: StepMode; msPerStep: number; syncedMs?: number; peakBytes: number }[];
 }
 
 async function readJson<T>(path: string): Promise<T | null> {
@@ -244,6 +249,9 @@ async function report(dir: string): Promise<void> {
     "",
     "## Training steps",
     "",
+    "Steps back to back, waited for once (as a training loop that reads the loss only when it " +
+      "logs); in brackets one step waited for alone.",
+    "",
     "| step | shape | ours ms | PyTorch ms | ratio | dispatches | ours peak MiB | PyTorch peak MiB | memory ratio |",
     "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
   );
@@ -253,7 +261,13 @@ async function report(dir: string): Promise<void> {
     lines.push(
       `| ${s.mode} | H${sh.hidden} L${sh.layers} ${sh.batch}×${sh.seq} | ${
         s.msPerStep.toFixed(1)
-      } | ${peer ? peer.msPerStep.toFixed(1) : "—"} | ${
+      } (${s.syncedMs.toFixed(1)}) | ${
+        peer
+          ? `${peer.msPerStep.toFixed(1)}${
+            peer.syncedMs !== undefined ? ` (${peer.syncedMs.toFixed(1)})` : ""
+          }`
+          : "—"
+      } | ${
         peer ? (s.msPerStep / peer.msPerStep).toFixed(2) + "×" : "—"
       } | ${s.dispatchesPerStep} | ${mib(s.peakBytes.total)} (${categoryLine(s.peakBytes)}) | ${
         peer ? mib(peer.peakBytes) : "—"

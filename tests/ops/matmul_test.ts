@@ -790,6 +790,25 @@ Deno.test("linearResidual: dropout(x·Wᵀ + b) + residual in the epilogue equal
   );
 });
 
+Deno.test("texture variant: residual epilogues stored four columns at a time give the composed ops' bits", async () => {
+  // N in fours: the product stores vec4s (N 70 above takes the scalar stores).
+  for (const [rows, dIn, dOut] of [[37, 12, 72], [16, 8, 128], [5, 4, 4]]) {
+    await withVariant("matmul", "texture", () =>
+      scopeAsync(async () => {
+        const mk = (shape: number[], seed: number) =>
+          tensor(Float32Array.from(randomArray(size(shape), seed)), shape);
+        const x = mk([rows, dIn], 141), w = mk([dOut, dIn], 142), b = mk([dOut], 143);
+        const r = mk([rows, dOut], 144);
+        for (const drop of [undefined, { p: 0.3, seed: 79, stream: 7 }]) {
+          const fused = await bitsOf(linearResidual(x, w, b, r, drop));
+          const y = linear(x, w, b);
+          const composed = await bitsOf(add(drop ? dropout(y, drop.p, drop) : y, r));
+          assert.deepEqual(fused, composed, `${rows}×${dIn}→${dOut} p ${drop?.p ?? 0}`);
+        }
+      }));
+  }
+});
+
 Deno.test("linearResidual with W and b frozen: dx = dropout(g)·W masks g while packing it, bit for bit", async () => {
   for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33]]) {
     for (const v of VARIANTS) {
@@ -834,7 +853,8 @@ Deno.test("linearResidual with W and b frozen: dx = dropout(g)·W masks g while 
 });
 
 Deno.test("linearResidual with inputGelu: GELU in x's pack and its backward in dx's epilogue, bit for bit with gelu then the op", async () => {
-  for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33], [64, 32, 16]]) {
+  // [37, 24, 12]: dz's product (N = 24, in fours) stores four columns at a time.
+  for (const [rows, dIn, dOut] of [[37, 12, 70], [24, 10, 33], [64, 32, 16], [37, 24, 12]]) {
     for (const v of VARIANTS) {
       for (const drop of [undefined, { p: 0.3, seed: 78, stream: 6 }]) {
         // W and b frozen (the fused path) and W training (the composed ops inside the op).
