@@ -103,10 +103,37 @@ export class ForwardContext {
     return dropoutCallStream(this.seed, this.step, this.#call++);
   }
 
+  #rowStep = 1;
+
+  /**
+   * Run `fn` on rows gathered every `step` rows of the tensors the model would have (an
+   * encoder's last layer computing only the [CLS] rows, one per T tokens): dropout inside draws
+   * each row's mask as row r·step of the whole, so the gathered rows get the bits they would
+   * have had. Streams are taken in the same order as ever.
+   */
+  withRowStep<T>(step: number, fn: () => T): T {
+    if (!Number.isInteger(step) || step < 1) {
+      throw new Error(`ForwardContext: row step must be an integer ≥ 1, got ${step}`);
+    }
+    const prev = this.#rowStep;
+    this.#rowStep = step;
+    try {
+      return fn();
+    } finally {
+      this.#rowStep = prev;
+    }
+  }
+
+  /** The mask options of the next dropout call (its stream, and the row step when not 1). */
+  #nextMask(): { seed: number; stream: number; rowStep?: number } {
+    const s = this.#nextStream();
+    return this.#rowStep === 1 ? s : { ...s, rowStep: this.#rowStep };
+  }
+
   /** Dropout with probability `p` when training; identity otherwise. */
   dropout(x: Tensor, p: number): Tensor {
     if (!this.training || p === 0) return x;
-    return dropout(x, p, { ...this.#nextStream(), training: true });
+    return dropout(x, p, { ...this.#nextMask(), training: true });
   }
 
   /**
@@ -114,9 +141,11 @@ export class ForwardContext {
    * fused kernel (linearResidual): the same stream `dropout` would take here; undefined in
    * evaluation or when `p` is 0.
    */
-  fusedDropout(p: number): { p: number; seed: number; stream: number } | undefined {
+  fusedDropout(
+    p: number,
+  ): { p: number; seed: number; stream: number; rowStep?: number } | undefined {
     if (!this.training || p === 0) return undefined;
-    return { p, ...this.#nextStream() };
+    return { p, ...this.#nextMask() };
   }
 
   /**

@@ -216,8 +216,14 @@ export class EncoderLayer extends Container {
     return out;
   }
 
-  /** x [B, T, H] → [B, T, H]; keyMask [B, T] (1 keep, 0 pad). */
-  forward(x: Tensor, keyMask: Tensor, ctx: ForwardContext): Tensor {
+  /**
+   * x [B, T, H] → [B, T, H]; keyMask [B, T] (1 keep, 0 pad). With `firstOnly` (the last layer
+   * under a [CLS]-pooling head) everything after the attention runs on the first token's rows
+   * alone and the output is [B, 1, H]: those rows' values and gradients are the full layer's
+   * (each op is row-wise, and dropout draws each row's mask of the whole tensor), for 1/T of the
+   * feed-forward work.
+   */
+  forward(x: Tensor, keyMask: Tensor, ctx: ForwardContext, firstOnly = false): Tensor {
     const [b, t, h] = x.shape;
     const nh = this.dims.numHeads;
     // Every view made on the way is released too: a view keeps its storage alive.
@@ -234,16 +240,41 @@ export class EncoderLayer extends Container {
     const attn = scaledDotProductAttention(q, k, v, {
       keyPaddingMask: keyMask,
       dropout: ctx.attentionDropout(this.dims.attentionDropout ?? 0),
-      packOut: true, // read next by attention.output.dense
+      packOut: !firstOnly, // read next by attention.output.dense (all its rows)
       packGrads: true, // read next by the q, k, v projections' backward
     });
     for (const p of [q, k, v]) done(p);
     const byToken = transpose(attn, 1, 2);
-    const merged = reshape(byToken, [b, t, h]);
+    const all = reshape(byToken, [b, t, h]);
     done(attn);
-    done(byToken, merged);
+    done(byToken, all);
+    if (firstOnly) {
+      // Row b of the [B, H] rows is row b·T of the [B·T, H] the layer would have.
+      return ctx.withRowStep(t, () => {
+        const first = (y: Tensor) => {
+          const row = slice(y, 1, 0, 1);
+          const out = reshape(row, [b, h]);
+          done(row, out);
+          return out;
+        };
+        const merged = first(all), residual = first(x);
+        done(all);
+        const out = this.#block(merged, residual, ctx);
+        done(merged);
+        done(residual);
+        const shaped = reshape(out, [b, 1, h]);
+        done(out, shaped);
+        return shaped;
+      });
+    }
+    const out = this.#block(all, x, ctx);
+    done(all);
+    return out;
+  }
+
+  /** attention.output (dense, dropout, residual x, LayerNorm) and the feed-forward block. */
+  #block(merged: Tensor, x: Tensor, ctx: ForwardContext): Tensor {
     const a1 = this.#residual("attention.output.dense", merged, x, ctx);
-    done(merged);
     const h1 = this.#norm("attention.output.LayerNorm", a1);
     done(a1);
     const i1 = this.#intermediate(h1);
@@ -304,10 +335,21 @@ export class EncoderModel extends Container {
     }
   }
 
-  /** Final hidden states [B, T, H] (dropout as `ctx` says; default: the running context). */
-  hidden(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
+  /**
+   * Final hidden states [B, T, H] (dropout as `ctx` says; default: the running context). With
+   * `firstOnly` and gradients recorded, the last layer computes only the first token's rows and
+   * the result is [B, 1, H] (see {@link EncoderLayer.forward}): for heads that read nothing else.
+   * Without gradients every row is computed (EVA's data pass captures whole layer inputs).
+   */
+  hidden(
+    inputs: EncoderInputs,
+    ctx: ForwardContext = ForwardContext.current(),
+    firstOnly = false,
+  ): Tensor {
     // Adapter layers (LoRA's dropout) read the running context: make it `ctx`.
-    if (ForwardContext.current() !== ctx) return ctx.run(() => this.hidden(inputs, ctx));
+    if (ForwardContext.current() !== ctx) {
+      return ctx.run(() => this.hidden(inputs, ctx, firstOnly));
+    }
     const d = this.dims;
     const [b, t] = inputs.ids.shape;
     const host = inputs.ids.hostData;
@@ -351,6 +393,7 @@ export class EncoderModel extends Container {
         x,
         inputs.attentionMask,
         ctx,
+        firstOnly && isGradEnabled() && i === d.numLayers - 1,
       );
       done(x);
       x = next;
@@ -382,6 +425,13 @@ export class EncoderForSequenceClassification extends EncoderModel {
     }
   }
 
+  /**
+   * Whether a training forward computes only the [CLS] rows after the last layer's attention
+   * (the head reads nothing else; see {@link EncoderLayer.forward}). The values are the same
+   * either way; false computes every row, as Hugging Face does.
+   */
+  firstTokenOnly = true;
+
   /** Names of the head's modules (trainable in every method, saved as modules_to_save). */
   get headModules(): string[] {
     return this.dims.kind === "roberta" ? ["classifier"] : ["classifier", "bert.pooler"];
@@ -393,7 +443,8 @@ export class EncoderForSequenceClassification extends EncoderModel {
    */
   forward(inputs: EncoderInputs, ctx: ForwardContext = ForwardContext.current()): Tensor {
     if (ForwardContext.current() !== ctx) return ctx.run(() => this.forward(inputs, ctx));
-    const h = this.hidden(inputs, ctx);
+    // Only the first token's rows are read: the last layer computes no others when training.
+    const h = this.hidden(inputs, ctx, this.firstTokenOnly);
     const firstRow = slice(h, 1, 0, 1);
     const first = squeeze(firstRow, 1); // the <s> / [CLS] token, [B, H]
     done(h);

@@ -26,6 +26,11 @@ export interface DropoutOptions {
   stream: number;
   /** False in evaluation: dropout is the identity (default true). */
   training?: boolean;
+  /**
+   * Row r (of the last dimension's rows) draws the mask of row r·rowStep (default 1): rows
+   * gathered every rowStep rows from a larger tensor keep the masks they have there.
+   */
+  rowStep?: number;
 }
 
 const TWO_POW_32 = 4294967296;
@@ -66,6 +71,9 @@ export function dropoutStream(step: number, site: number, sitesPerStep: number):
 // The kernel is the elementwise generator's: one thread per element, `i` its row-major index in
 // the output (= logical) shape, so strided inputs get the mask of their logical positions.
 const MASKED_SCALE = "select(0.0, a * s_scale, rng_u32(u_seed, u_stream, i) >= u_threshold)";
+// With row steps: row i / cols draws the mask of row (i / cols)·step.
+const MASKED_SCALE_ROWS = "select(0.0, a * s_scale, rng_u32(u_seed, u_stream, " +
+  "(i / u_cols) * u_rstep * u_cols + i % u_cols) >= u_threshold)";
 
 /**
  * Zero each element of `x` with probability `p` and scale the kept ones by 1/(1−p). The mask is a
@@ -82,7 +90,10 @@ const MASKED_SCALE = "select(0.0, a * s_scale, rng_u32(u_seed, u_stream, i) >= u
  */
 export function dropout(x: Tensor, p: number, options: DropoutOptions): Tensor {
   if (!(p >= 0 && p <= 1)) throw new Error(`dropout: p must be in [0, 1], got ${p}`);
-  const { seed, stream, training = true } = options;
+  const { seed, stream, training = true, rowStep = 1 } = options;
+  if (!Number.isInteger(rowStep) || rowStep < 1) {
+    throw new Error(`dropout: rowStep must be an integer ≥ 1, got ${rowStep}`);
+  }
   if (!Number.isInteger(seed)) throw new Error(`dropout: seed must be an integer, got ${seed}`);
   if (!Number.isInteger(stream) || stream < 0 || stream >= TWO_POW_32) {
     throw new Error(`dropout: stream must be an integer in [0, 2^32), got ${stream}`);
@@ -92,10 +103,12 @@ export function dropout(x: Tensor, p: number, options: DropoutOptions): Tensor {
   }
   if (!training || p === 0) return x;
   if (p === 1) return record("dropout", zeros(x.shape), [x], () => [zeros(x.shape)], []);
+  const cols = x.rank === 0 ? 1 : x.shape[x.rank - 1];
+  const uints = { seed: seedU32(seed), stream, threshold: dropoutThreshold(p) };
   const apply = (t: Tensor): Tensor =>
-    map([t], MASKED_SCALE, {
+    map([t], rowStep === 1 ? MASKED_SCALE : MASKED_SCALE_ROWS, {
       scalars: { scale: 1 / (1 - p) },
-      uints: { seed: seedU32(seed), stream, threshold: dropoutThreshold(p) },
+      uints: rowStep === 1 ? uints : { ...uints, cols, rstep: rowStep },
       helpers: RNG_WGSL,
     });
   // The mask is recomputed from its hash: backward reads nothing of the forward.

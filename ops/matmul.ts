@@ -121,6 +121,28 @@ export interface EpilogueDropout {
   seed: number;
   /** The dropout call's stream. */
   stream: number;
+  /**
+   * Row r of the masked matrix draws the mask of row r·rowStep (default 1): rows gathered from a
+   * larger tensor every rowStep rows (an encoder's [CLS] rows, one per T tokens) keep the masks
+   * they have there, so computing only those rows gives the same bits.
+   */
+  rowStep?: number;
+}
+
+/** The mask options `dropout` takes for an epilogue dropout's (seed, stream, row step). */
+function maskOf(d: EpilogueDropout): { seed: number; stream: number; rowStep?: number } {
+  return d.rowStep === undefined
+    ? { seed: d.seed, stream: d.stream }
+    : { seed: d.seed, stream: d.stream, rowStep: d.rowStep };
+}
+
+/** The mask row step of a dropout (1 unless {@link EpilogueDropout.rowStep} says otherwise). */
+function rowStepOf(d: EpilogueDropout | undefined | null): number {
+  const step = d?.rowStep ?? 1;
+  if (!Number.isInteger(step) || step < 1) {
+    throw new Error(`dropout: rowStep must be an integer ≥ 1, got ${d?.rowStep}`);
+  }
+  return step;
 }
 
 /** What a variant needs to know to say whether it supports a call. */
@@ -303,6 +325,8 @@ interface KernelTypes {
 /** Optional epilogue stages after α·acc + bias: dropout, then a residual add. */
 interface Epilogue {
   dropout: boolean;
+  /** The dropout's mask rows step (see {@link EpilogueDropout.rowStep}): a `drop_rstep` param. */
+  dropRows?: boolean;
   residual: boolean;
   /** Multiply by GELU′(z[index]) first (the GELU's backward before a Linear's dx). */
   geluGrad?: boolean;
@@ -328,6 +352,7 @@ function epilogueDecls(e: Epilogue): {
           "f32",
         ]] as [string, "u32" | "f32"][]
         : []),
+      ...(e.dropRows ? [["drop_rstep", "u32"]] as [string, "u32"][] : []),
       ...(e.residual ? [["res_off", "u32"]] as [string, "u32"][] : []),
       ...(e.geluGrad ? [["gelu_off", "u32"]] as [string, "u32"][] : []),
       ...(e.dropout || e.residual || e.geluGrad ? [["e_off", "u32"]] as [string, "u32"][] : []),
@@ -339,6 +364,7 @@ function epilogueDecls(e: Epilogue): {
 function epilogueOf(plan: MatmulPlan): Epilogue {
   return {
     dropout: !!plan.dropout,
+    ...(rowStepOf(plan.dropout) !== 1 ? { dropRows: true } : {}),
     residual: !!plan.residual,
     ...(plan.geluGrad ? { geluGrad: true } : {}),
   };
@@ -352,6 +378,7 @@ function epilogueParams(plan: MatmulPlan): Record<string, number> {
     p.drop_stream = plan.dropout.stream;
     p.drop_threshold = dropoutThreshold(plan.dropout.p);
     p.drop_scale = 1 / (1 - plan.dropout.p);
+    if (rowStepOf(plan.dropout) !== 1) p.drop_rstep = rowStepOf(plan.dropout);
   }
   if (plan.residual) p.res_off = plan.residual.offset;
   if (plan.geluGrad) p.gelu_off = plan.geluGrad.offset;
@@ -469,8 +496,13 @@ function storeLines(
           value = `(${value}) * gelu_grad_f32(gelu_in[params.gelu_off + ${index}])`;
         }
         if (epilogue.dropout) {
+          // The mask's index: the element's, or with row steps that of row r·step of the whole.
+          const maskIndex = epilogue.dropRows
+            ? `(((c_base - params.e_off) / params.N + m_out + ${i}u) * params.drop_rstep * ` +
+              `params.N + ${n})`
+            : index;
           value = `select(0.0, (${value}) * params.drop_scale, ` +
-            `rng_u32(params.drop_seed, params.drop_stream, ${index}) >= params.drop_threshold)`;
+            `rng_u32(params.drop_seed, params.drop_stream, ${maskIndex}) >= params.drop_threshold)`;
         }
         if (epilogue.residual) value = `${value} + residual[params.res_off + ${index}]`;
         if (vec4C) {
@@ -761,9 +793,13 @@ function packKernel(
   vec4: boolean,
   dropout = false,
   gelu = false,
+  dropRows = false,
 ): Kernel {
   if (dropout && gelu) throw new Error("matmul: a pack applies dropout or GELU, not both");
-  return cached(`pack|${srcType}|${packRank}|${vec4}|${dropout}${gelu ? "|gelu" : ""}`, () => {
+  const key = `pack|${srcType}|${packRank}|${vec4}|${dropout}${gelu ? "|gelu" : ""}${
+    dropRows ? "|rows" : ""
+  }`;
+  return cached(key, () => {
     const params: [string, "u32" | "f32"][] = [
       ["rows", "u32"],
       ["rows_padded", "u32"],
@@ -786,12 +822,15 @@ function packKernel(
         "drop_scale",
         "f32",
       ]);
+      if (dropRows) params.push(["drop_rstep", "u32"]);
     }
     // Dropout (a single matrix): element (r, c) is kept by the mask `dropout` draws for index
-    // r·cols + c, the element's row-major index in the operand, and scaled as it scales.
+    // r·cols + c, the element's row-major index in the operand (with row steps: that of row
+    // r·step), and scaled as it scales.
+    const maskRow = dropRows ? "r * params.drop_rstep" : "r";
     const keep = (v: string, c: string) =>
       `select(0.0, ${v} * params.drop_scale, ` +
-      `rng_u32(params.drop_seed, params.drop_stream, r * params.cols + ${c}) >= ` +
+      `rng_u32(params.drop_seed, params.drop_stream, ${maskRow} * params.cols + ${c}) >= ` +
       "params.drop_threshold)";
     const vecLoad = dropout
       ? `    let s = src[(base + r * params.sr) / 4u + x];
@@ -1417,12 +1456,14 @@ function packInto(
     p.drop_stream = drop.stream;
     p.drop_threshold = dropoutThreshold(drop.p);
     p.drop_scale = 1 / (1 - drop.p);
+    if (rowStepOf(drop) !== 1) p.drop_rstep = rowStepOf(drop);
   }
   const [gx, gy] = grid1d(Math.ceil((texels * rowsPadded) / 64));
   if (gelu && (count !== 1 || dims.length > 0)) {
     throw new Error("matmul: a GELU pack is one matrix");
   }
-  rt().dispatch(packKernel(o.tensor.dtype, dims.length, vec4, !!drop, gelu), [o.tensor, tex], p, [
+  const kernel = packKernel(o.tensor.dtype, dims.length, vec4, !!drop, gelu, rowStepOf(drop) !== 1);
+  rt().dispatch(kernel, [o.tensor, tex], p, [
     gx,
     gy,
     count,
@@ -2288,7 +2329,9 @@ function maskedTransposedProduct(
 
 /** The kept-texture key of a dropout pack of `o` (see {@link maskedTransposedProduct}). */
 function dropPackKey(o: MatrixOperand, rowsPadded: number, drop: EpilogueDropout): string {
-  return `dropout|${packKey(o, [], 0, 1, rowsPadded)}|${drop.p}|${drop.seed}|${drop.stream}`;
+  return `dropout|${packKey(o, [], 0, 1, rowsPadded)}|${drop.p}|${drop.seed}|${drop.stream}|${
+    rowStepOf(drop)
+  }`;
 }
 
 /**
@@ -2360,7 +2403,7 @@ export function lowRankLinear(
   if (drop && !hTMasked) {
     bT.dispose();
     x2.dispose();
-    const dropped = dropoutOp(xd, drop.p, { seed: drop.seed, stream: drop.stream });
+    const dropped = dropoutOp(xd, drop.p, maskOf(drop));
     return lowRankLinear(x, weight, bias, dropped, loraA, loraB, scaling);
   }
   const xd2 = xd === x ? x2 : rowsOf(xd);
@@ -2423,9 +2466,7 @@ export function lowRankLinear(
         dA = fused ? maskedOperandProduct(dhT, x2, "b", drop!) : null;
         if (!dA) {
           // Not one texture product (or no fused dropout): dA reads xd as a tensor.
-          const xdT = fused
-            ? dropoutOp(x2, drop!.p, { seed: drop!.seed, stream: drop!.stream })
-            : xd2;
+          const xdT = fused ? dropoutOp(x2, drop!.p, maskOf(drop!)) : xd2;
           dA = matmulRaw(dhT, xdT);
           if (xdT !== xd2) xdT.dispose();
         }
@@ -2511,7 +2552,7 @@ function geluLinearResidual(
       let dx = dp ? maskedOperandProduct(g2, weight, "a", dp, opts) : null;
       g2.dispose();
       if (!dx) {
-        const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
+        const gd = dp ? dropoutOp(g, dp.p, maskOf(dp)) : g;
         const gd2 = rowsOf(gd);
         dx = matmulRaw(gd2, weight, opts);
         gd2.dispose();
@@ -2577,7 +2618,7 @@ export function linearResidual(
   if (dIn === 0 || x.size === 0 || dp?.p === 1) {
     // Degenerate shapes or p = 1: the composed ops handle them.
     const y = linear(x, weight, bias);
-    const d = dp ? dropoutOp(y, dp.p, { seed: dp.seed, stream: dp.stream }) : y;
+    const d = dp ? dropoutOp(y, dp.p, maskOf(dp)) : y;
     return binaryAdd(d, residual);
   }
   const x2 = rowsOf(x);
@@ -2606,7 +2647,7 @@ export function linearResidual(
         return bias ? [gx, null, null, g] : [gx, null, g];
       }
     }
-    const gd = dp ? dropoutOp(g, dp.p, { seed: dp.seed, stream: dp.stream }) : g;
+    const gd = dp ? dropoutOp(g, dp.p, maskOf(dp)) : g;
     const g2 = rowsOf(gd);
     const [dx, dw, db] = linearGrads(g2, x, x2, weight, bias, false, dxInto);
     g2.dispose();

@@ -489,6 +489,9 @@ function normOp(
   if (dp && !(dp.p >= 0 && dp.p <= 1)) {
     throw new Error(`${name}: dropout p must be in [0, 1], got ${dp.p}`);
   }
+  if (dp && (dp.rowStep ?? 1) !== 1) {
+    throw new Error(`${name}: a fused dropout's rowStep is not supported (got ${dp.rowStep})`);
+  }
   if (dp && (dp.p === 0 || dp.p === 1)) {
     // No mask to fuse: p = 0 is the plain norm, p = 1 the dropout op's zeros.
     const y = normOp(name, x, weight, bias, eps, centered, { packOut: options.packOut });

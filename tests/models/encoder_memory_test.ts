@@ -54,6 +54,11 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
   // log-sum-exp [B, heads, T] (the f32 padding mask is read in place: no keep flags); both
   // LayerNorms' mean and 1/σ [n].
   const perLayer = f * (7 * n * h + 2 * n * R + n * REF.inter + B * REF.heads * T + 4 * n);
+  // The last layer runs what follows its attention on the [CLS] rows alone (the head reads
+  // nothing else): its attention part as above (x, q, k, v, the attention output, hᵀ, the
+  // log-sum-exp), then a1 and o [B, h], the FFN activation [B, inter] and the statistics [B].
+  const lastLayer = f *
+    (5 * n * h + 2 * n * R + B * REF.heads * T + 2 * B * h + B * REF.inter + 4 * B);
   // Head: the dropped [CLS] row (dense's input), tanh's output, its dropped copy (out_proj's
   // input), [B, h] each, and the logits.
   const head = f * (3 * B * h + B * REF.labels);
@@ -61,6 +66,8 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
   // the LayerNorm inputs and statistics, the FFN activation); views the products keep of LoRA's
   // inputs stay until the step's scope ends.
   const freedPerLayer = f * (6 * n * h + n * REF.inter + 4 * n);
+  const freedLast = f * (4 * n * h + 2 * B * h + B * REF.inter + 4 * B);
+  const layersBefore = REF.layers - 1;
   const s0 = rt().pool.stats().live.activations;
   let afterForward = 0, afterBackward = 0;
   scope(() => {
@@ -71,11 +78,16 @@ Deno.test("LoRA training step: the forward keeps only what backward reads, backw
     backward(loss);
     afterBackward = rt().pool.stats().live.activations - s0;
   });
-  equal(afterForward, REF.layers * perLayer + head, "activation bytes after the forward");
+  equal(
+    afterForward,
+    layersBefore * perLayer + lastLayer + head,
+    "activation bytes after the forward",
+  );
+  const freed = layersBefore * freedPerLayer + freedLast;
   ok(
-    afterBackward <= afterForward - REF.layers * freedPerLayer + f * 4,
+    afterBackward <= afterForward - freed + f * 4,
     `after backward ${afterBackward} bytes are live, expected at most ${
-      afterForward - REF.layers * freedPerLayer + f * 4
+      afterForward - freed + f * 4
     }`,
   );
   equal(rt().pool.stats().live.activations, s0, "the scope frees the rest");

@@ -194,3 +194,19 @@ Deno.test("dropoutStream gives every (step, site) its own stream", () => {
   assert.throws(() => dropoutStream(0, 24, 24), /site must be an integer in \[0, 24\)/);
   assert.throws(() => dropoutStream(-1, 0, 24), /step must be an integer ≥ 0/);
 });
+
+Deno.test("dropout rowStep: rows gathered every k rows get the masks of those rows of the whole", async () => {
+  const [rows, cols, step] = [12, 10, 4];
+  const full = ones([rows, cols]);
+  const whole = await dropout(full, 0.4, { seed: 9, stream: 3 }).read();
+  const gathered = ones([rows / step, cols]);
+  const some = await dropout(gathered, 0.4, { seed: 9, stream: 3, rowStep: step }).read();
+  for (let r = 0; r < rows / step; r++) {
+    assert.deepEqual(
+      Array.from(some.slice(r * cols, (r + 1) * cols)),
+      Array.from(whole.slice(r * step * cols, (r * step + 1) * cols)),
+      `row ${r}`,
+    );
+  }
+  assert.throws(() => dropout(gathered, 0.4, { seed: 9, stream: 3, rowStep: 0 }), /rowStep/);
+});
