@@ -15,7 +15,10 @@
  * per kernel, grid and product shape), --matmul
  * (GFLOP/s of the encoder's narrow linear shapes, see {@link narrowMatmul}; --matmul-only: those
  * alone, no step), --attention-dropout P
- * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it).
+ * (0.1; the peer always applies 0.1, so 0 only for comparing with engines that lack it),
+ * --all-rows (the last layer computes every row past its attention, as PyTorch/Hugging Face do;
+ * by default only the [CLS] rows the head reads, with the same values: see
+ * `EncoderForSequenceClassification.firstTokenOnly`).
  *
  * @module
  */
@@ -100,6 +103,7 @@ function parseFlags() {
       matmul: { type: "boolean", default: false },
       "matmul-only": { type: "boolean", default: false },
       "attention-dropout": { type: "string", default: "0.1" },
+      "all-rows": { type: "boolean", default: false },
     },
   });
   const int = (name: string, v: string | undefined, min: number): number => {
@@ -124,6 +128,7 @@ function parseFlags() {
     profileShapes: values["profile-shapes"]!,
     matmul: values.matmul!,
     matmulOnly: values["matmul-only"]!,
+    allRows: values["all-rows"]!,
     attentionDropout: (() => {
       const p = Number(values["attention-dropout"]);
       if (!(p >= 0 && p < 1)) {
@@ -438,7 +443,10 @@ async function main(): Promise<void> {
       let baseline = {};
       if (r === 0) {
         baseline = rt().pool.stats().live;
-        cases.set(m, await prepareStep(m, REFERENCE_STEP, 0, f.attentionDropout));
+        cases.set(
+          m,
+          await prepareStep(m, REFERENCE_STEP, 0, f.attentionDropout, !f.allRows),
+        );
         res.trainable = cases.get(m)!.trainable;
       }
       const ours = await measureStep(cases.get(m)!, f.steps, r === 0 ? f.warmup : 0, baseline);
@@ -463,7 +471,10 @@ async function main(): Promise<void> {
   console.log(
     `\nreference encoder step: hidden ${s.hidden}, ${s.layers} layers, ${s.heads} heads, FFN ` +
       `${s.ffn}, vocab ${s.vocab}, batch ${s.batch} × seq ${s.seq}, dropout 0.1, AdamW; ` +
-      `${f.rounds} rounds × ${f.steps} steps, adapter ${rt().gpu.adapter.name}\n`,
+      `${f.rounds} rounds × ${f.steps} steps, adapter ${rt().gpu.adapter.name}; ours ${
+        f.allRows ? "computing every row of the last layer" : "computing the last layer's " +
+          "rows past attention for [CLS] only (--all-rows: every row)"
+      }\n`,
   );
   // Ours per round: the round's steps back to back, waited for once (as train() runs them);
   // PyTorch's (synchronous on the CPU): the median of its round's steps. The machine is shared:

@@ -128,12 +128,15 @@ export async function prepareStep(
   shape: StepShape = REFERENCE_STEP,
   seed = 0,
   attentionDropout = DROPOUT,
+  firstTokenOnly = true,
 ): Promise<StepCase> {
   await init();
   const model = new EncoderForSequenceClassification(
     encoderDims(shape, attentionDropout),
     randomWeights(seed),
   );
+  // The last layer past its attention on the [CLS] rows alone (the default; same values).
+  model.firstTokenOnly = firstTokenOnly;
   const ctx: MethodContext = {
     targets: ["query", "value"],
     lrMultipliers: {},
