@@ -87,6 +87,21 @@ async function runPeer(
   return parsed as PeerResult;
 }
 
+const USAGE = `deno task bench:step [flags]: the reference encoder step, ours and PyTorch's, A/B/A/B
+  --mode lora|full|both   which steps (both)
+  --rounds N              rounds of each side (3)
+  --steps N               timed steps per round (5)
+  --warmup N              untimed steps first (2)
+  --no-peer               skip PyTorch
+  --python PATH           the peer's interpreter (/usr/bin/python3)
+  --json FILE             also write the figures as JSON
+  --profile               GPU time per kernel of one step of each mode (--profile-shapes: per
+                          kernel, grid and product shape)
+  --matmul                GFLOP/s of the encoder's narrow products (--matmul-only: those alone)
+  --attention-dropout P   attention-probability dropout of our step (0.1, as the peer's)
+  --all-rows              our last layer computes every row, as Hugging Face does (default: the
+                          [CLS] rows the head reads, the same values)`;
+
 function parseFlags() {
   const { values } = parseArgs({
     args: Deno.args,
@@ -104,8 +119,13 @@ function parseFlags() {
       "matmul-only": { type: "boolean", default: false },
       "attention-dropout": { type: "string", default: "0.1" },
       "all-rows": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
   const int = (name: string, v: string | undefined, min: number): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) {
@@ -548,4 +568,12 @@ async function main(): Promise<void> {
   for (const c of cases.values()) c.dispose();
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    // Flag errors (and any other) as one line, not a stack trace.
+    console.error(`bench:step: ${(e as Error).message} (see deno task bench:step --help)`);
+    Deno.exit(2);
+  }
+}
