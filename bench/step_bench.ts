@@ -443,7 +443,14 @@ ${
 }
 
 async function main(): Promise<void> {
-  const f = parseFlags();
+  let f: ReturnType<typeof parseFlags>;
+  try {
+    f = parseFlags();
+  } catch (e) {
+    // A bad flag is one line, not a stack trace.
+    console.error(`bench:step: ${(e as Error).message} (see deno task bench:step --help)`);
+    Deno.exit(2);
+  }
   await init();
   if (f.matmulOnly) {
     console.log((await narrowMatmul()).join("\n"));
@@ -568,12 +575,4 @@ async function main(): Promise<void> {
   for (const c of cases.values()) c.dispose();
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (e) {
-    // Flag errors (and any other) as one line, not a stack trace.
-    console.error(`bench:step: ${(e as Error).message} (see deno task bench:step --help)`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await main();
