@@ -332,8 +332,15 @@ ${stats}
  * Input gradient: with x̂ = (x − mean)·rstd and ĝ = g·w,
  * dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)); the mean(ĝ) term drops for RMSNorm.
  */
-function inputGradKernel(centered: boolean, wg: number, xt: FloatType, wt: FloatType): Kernel {
+function inputGradKernel(
+  centered: boolean,
+  wg: number,
+  xt: FloatType,
+  wt: FloatType,
+  vec4 = false,
+): Kernel {
   const perThread = wg <= ROW_PER_THREAD_MAX_WG;
+  if (perThread && vec4) return inputGradRowKernelVec4(centered, wt);
   return cached(`dx|${centered}|${perThread ? "row" : wg}|${xt}|${wt}`, () => {
     // One pass accumulates Σĝ and Σĝ·x̂, a second writes dx. One workgroup per row: each thread
     // takes a stride of the row and two shared trees sum the partials. One row per thread: the
@@ -399,6 +406,66 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
         "u32",
       ]],
       source: perThread ? rowSource : groupSource,
+    });
+  });
+}
+
+/**
+ * {@link inputGradKernel}'s row-per-thread form with x and g read as vec4s (f32, d and both
+ * offsets in fours): the same two passes visiting the elements in the same order, so the same bits.
+ */
+function inputGradRowKernelVec4(centered: boolean, wt: FloatType): Kernel {
+  return cached(`dx|${centered}|row|f32|${wt}|vec4`, () => {
+    const lanes = (body: (l: number) => string) => [0, 1, 2, 3].map(body).join("\n    ");
+    const xhat = (l: number) => `${centred(centered, `xv[${l}]`, "first", "mean")} * rstd`;
+    const gh = (l: number) => `gv[${l}] * f32(w[params.w_off + 4u * j4 + ${l}u])`;
+    return defineKernel({
+      name: centered ? "layer_norm_backward" : "rms_norm_backward",
+      bindings: [
+        { name: "x", type: "vec4f", access: "read" },
+        { name: "w", type: wt, access: "read" },
+        { name: "g", type: "vec4f", access: "read" },
+        ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
+        { name: "rstd_in", type: "f32", access: "read" },
+        { name: "dx", type: "f32", access: "read_write" },
+      ],
+      params: [["rows", "u32"], ["d", "u32"], ["x_off", "u32"], ["w_off", "u32"], [
+        "g_off",
+        "u32",
+      ]],
+      source: `
+@compute @workgroup_size(${ROWS_PER_GROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let row = ${linearIndex(ROWS_PER_GROUP)};
+  if (row >= params.rows) { return; }
+  let d = params.d;
+  let base4 = (params.x_off + row * d) / 4u;
+  let gbase4 = (params.g_off + row * d) / 4u;
+  ${centered ? "let first = x[base4].x;" : ""}
+  let mean = ${centered ? "mean_in[row]" : "0.0"};
+  let rstd = rstd_in[row];
+  var sg: f32 = 0.0;
+  var sgx: f32 = 0.0;
+  for (var j4 = 0u; j4 < d / 4u; j4++) {
+    let xv = x[base4 + j4];
+    let gv = g[gbase4 + j4];
+    ${lanes((l) => `{ let gh = ${gh(l)}; sg += gh; sgx += gh * ${xhat(l)}; }`)}
+  }
+  let inv_d = 1.0 / f32(d);
+  let mean_g = ${centered ? "sg * inv_d" : "0.0"};
+  let mean_gx = sgx * inv_d;
+  for (var j4 = 0u; j4 < d / 4u; j4++) {
+    let xv = x[base4 + j4];
+    let gv = g[gbase4 + j4];
+    ${
+        lanes((l) =>
+          `{ let gh = ${gh(l)}; dx[row * d + 4u * j4 + ${l}u] = rstd * (gh - mean_g - ${
+            xhat(l)
+          } * mean_gx); }`
+        )
+      }
+  }
+}`,
     });
   });
 }
@@ -609,7 +676,13 @@ function normOp(
     let dx: Tensor | null = null;
     if (x.requiresGrad) {
       dx = empty(x.shape);
-      const k = inputGradKernel(centered, wg, xt, wt);
+      const k = inputGradKernel(
+        centered,
+        wg,
+        xt,
+        wt,
+        xt === "f32" && d % 4 === 0 && xc.offset % 4 === 0 && g.offset % 4 === 0,
+      );
       rt().dispatch(k, [xc, weight, g, ...stats, dx], {
         rows,
         d,

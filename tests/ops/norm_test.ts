@@ -9,9 +9,11 @@ import {
   linear,
   MATMUL,
   mul,
+  reshape,
   rmsNorm,
   rt,
   scopeAsync,
+  slice,
   sum,
   tensor,
   transpose,
@@ -393,30 +395,41 @@ Deno.test("norm dropout: dropout inside the kernel equals the norm then dropout,
   });
 });
 
-Deno.test("norm forward: rows read as vec4s (d and offset in fours) give the scalar kernel's bits", async () => {
+Deno.test("norm: rows read as vec4s (d and offset in fours) give the scalar kernels' bits, forward and dx", async () => {
   for (const d of [4, 32, 128]) {
     await scopeAsync(async () => {
       const rows = 37;
       const values = Float32Array.from(randomArray(rows * d, 171 + d, -3, 5));
-      // The same values at offset 1 (read element by element) and at offset 0 (as vec4s).
-      const padded = new Float32Array(rows * d + 1);
-      padded.set(values, 1);
-      const odd = tensor(padded, [rows * d + 1]).view([rows, d], [d, 1], 1);
-      const even = tensor(values, [rows, d]);
       const w = tensor(Float32Array.from(randomArray(d, 172)), [d]);
       const b = tensor(Float32Array.from(randomArray(d, 173)), [d]);
-      const bits = async (y: { read(): Promise<ArrayLike<number>> }) =>
-        Array.from(new Uint32Array(((await y.read()) as Float32Array).buffer));
+      const weights = tensor(Float32Array.from(randomArray(rows * d, 174)), [rows, d]);
       const drop = { p: 0.25, seed: 5, stream: 2 };
-      for (
-        const [name, f] of [
-          ["layerNorm", (x: typeof odd) => layerNorm(x, w, b, 1e-5)],
-          ["layerNorm + dropout", (x: typeof odd) => layerNorm(x, w, b, 1e-5, { dropout: drop })],
-          ["layerNorm packOut", (x: typeof odd) => layerNorm(x, w, b, 1e-5, { packOut: true })],
-          ["rmsNorm", (x: typeof odd) => rmsNorm(x, w, 1e-6)],
-        ] as const
-      ) {
-        assert.deepEqual(await bits(f(even)), await bits(f(odd)), `${name}, d ${d}`);
+      const bitsOf = async (t: { read(): Promise<ArrayLike<number>> }) =>
+        Array.from(new Uint32Array(((await t.read()) as Float32Array).buffer));
+      type Norm = (x: ReturnType<typeof tensor>) => ReturnType<typeof tensor>;
+      const cases: [string, Norm][] = [
+        ["layerNorm", (x) => layerNorm(x, w, b, 1e-5)],
+        ["layerNorm + dropout", (x) => layerNorm(x, w, b, 1e-5, { dropout: drop })],
+        ["layerNorm packOut", (x) => layerNorm(x, w, b, 1e-5, { packOut: true })],
+        ["rmsNorm", (x) => rmsNorm(x, w, 1e-6)],
+      ];
+      for (const [name, f] of cases) {
+        // The same values at offset 1 of a leaf (read element by element) and at offset 0 (as
+        // vec4s); dx of the former is the leaf's gradient past its first element.
+        const padded = new Float32Array(rows * d + 1);
+        padded.set(values, 1);
+        const leaf = tensor(padded, [rows * d + 1], { requiresGrad: true });
+        const even = tensor(values, [rows, d], { requiresGrad: true });
+        // Each graph right before its backward (backward consumes the whole tape).
+        const yEven = f(even);
+        const bitsEven = await bitsOf(yEven);
+        backward(sum(mul(yEven, weights)));
+        const odd = reshape(slice(leaf, 0, 1, rows * d + 1), [rows, d]);
+        const yOdd = f(odd);
+        assert.deepEqual(bitsEven, await bitsOf(yOdd), `${name}, d ${d}: y`);
+        backward(sum(mul(yOdd, weights)));
+        const dOdd = (await bitsOf(leaf.grad!)).slice(1);
+        assert.deepEqual(await bitsOf(even.grad!), dOdd, `${name}, d ${d}: dx`);
       }
     });
   }
