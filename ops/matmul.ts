@@ -472,6 +472,8 @@ function storeLines(
 ): string {
   const plain = !accumulate && !epilogue.dropout && !epilogue.residual && !epilogue.geluGrad;
   if (pack && !plain) throw new Error("matmul: a packed copy of C needs a plain store");
+  // vec4 stores serve epilogue products only (see vec4Stores): no accumulation, no pack.
+  if (vec4C && (accumulate || pack)) throw new Error("matmul: vec4 stores of C store plainly");
   const lines: string[] = [];
   if (hasBias) {
     for (let j = 0; j < vec4PerRow; j++) {
@@ -525,20 +527,7 @@ function storeLines(
       if (vec4C) {
         // C bound as vec4s (N and C's offset multiples of 4): one store per four columns.
         const at = `C[(c_base + (m_out + ${i}u) * params.N + n_out) / 4u + ${j}u]`;
-        const v = `vec4f(${lanes.join(", ")})`;
-        lines.push(
-          `    if (n_out + ${4 * j}u < params.N) { ${at} = ${accumulate ? `${at} + ${v}` : v}; }`,
-        );
-        if (pack) {
-          const packed = pack.gelu
-            ? lanes.map((x) => `gelu_f32(${x})`).join(", ")
-            : lanes.join(", ");
-          lines.push(
-            `    if (n_out + ${
-              4 * j
-            }u < params.N) { textureStore(P, vec2u(n4 + ${j}u, m_out + ${i}u), vec4f(${packed})); }`,
-          );
-        }
+        lines.push(`    if (n_out + ${4 * j}u < params.N) { ${at} = vec4f(${lanes.join(", ")}); }`);
         continue;
       }
       if (pack) {

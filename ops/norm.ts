@@ -328,6 +328,30 @@ ${stats}
   });
 }
 
+/** The bindings and parameters the input-gradient kernels share (x and g as f32s or vec4s). */
+function inputGradSpec(
+  centered: boolean,
+  xt: FloatType | "vec4f",
+  wt: FloatType,
+  gt: "f32" | "vec4f",
+) {
+  return {
+    name: centered ? "layer_norm_backward" : "rms_norm_backward",
+    bindings: [
+      { name: "x", type: xt, access: "read" as const },
+      { name: "w", type: wt, access: "read" as const },
+      { name: "g", type: gt, access: "read" as const },
+      ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
+      { name: "rstd_in", type: "f32" as const, access: "read" as const },
+      { name: "dx", type: "f32" as const, access: "read_write" as const },
+    ],
+    params: [["rows", "u32"], ["d", "u32"], ["x_off", "u32"], ["w_off", "u32"], [
+      "g_off",
+      "u32",
+    ]] as [string, ParamType][],
+  };
+}
+
 /**
  * Input gradient: with x̂ = (x − mean)·rstd and ĝ = g·w,
  * dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)); the mean(ĝ) term drops for RMSNorm.
@@ -392,19 +416,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u
         @builtin(num_workgroups) nwg: vec3u) {
   let row = wid.x + wid.y * nwg.x;${passes("l", `${wg}u`, tree, "s_g[0]", "s_gx[0]")}`;
     return defineKernel({
-      name: centered ? "layer_norm_backward" : "rms_norm_backward",
-      bindings: [
-        { name: "x", type: xt, access: "read" },
-        { name: "w", type: wt, access: "read" },
-        { name: "g", type: "f32", access: "read" },
-        ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
-        { name: "rstd_in", type: "f32", access: "read" },
-        { name: "dx", type: "f32", access: "read_write" },
-      ],
-      params: [["rows", "u32"], ["d", "u32"], ["x_off", "u32"], ["w_off", "u32"], [
-        "g_off",
-        "u32",
-      ]],
+      ...inputGradSpec(centered, xt, wt, "f32"),
       source: perThread ? rowSource : groupSource,
     });
   });
@@ -420,19 +432,7 @@ function inputGradRowKernelVec4(centered: boolean, wt: FloatType): Kernel {
     const xhat = (l: number) => `${centred(centered, `xv[${l}]`, "first", "mean")} * rstd`;
     const gh = (l: number) => `gv[${l}] * f32(w[params.w_off + 4u * j4 + ${l}u])`;
     return defineKernel({
-      name: centered ? "layer_norm_backward" : "rms_norm_backward",
-      bindings: [
-        { name: "x", type: "vec4f", access: "read" },
-        { name: "w", type: wt, access: "read" },
-        { name: "g", type: "vec4f", access: "read" },
-        ...(centered ? [{ name: "mean_in", type: "f32" as const, access: "read" as const }] : []),
-        { name: "rstd_in", type: "f32", access: "read" },
-        { name: "dx", type: "f32", access: "read_write" },
-      ],
-      params: [["rows", "u32"], ["d", "u32"], ["x_off", "u32"], ["w_off", "u32"], [
-        "g_off",
-        "u32",
-      ]],
+      ...inputGradSpec(centered, "vec4f", wt, "vec4f"),
       source: `
 @compute @workgroup_size(${ROWS_PER_GROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {

@@ -13,22 +13,11 @@ import { writeInto } from "../../methods/peft.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { ForwardContext } from "../../models/context.ts";
 import { lora } from "../../methods/lora.ts";
-import { encoderDims, encoderWeights, hostSource } from "./fixtures.ts";
-import type { RefEncoderDims } from "./reference.ts";
+import { encoderDims, encoderWeights, hostSource, SMALL_ROBERTA } from "./fixtures.ts";
 
 await setup();
 
-const REF: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 40,
-  hidden: 16,
-  inter: 64,
-  layers: 2,
-  heads: 2,
-  eps: 1e-5,
-  pad: 1,
-  labels: 3,
-};
+const REF = { ...SMALL_ROBERTA, labels: 3 };
 
 // LoRA on every Linear: the adapters' dropout and the composed residual run in the shortcut;
 // on query,value: the plain Linears' fused epilogues (dropout, residual, GELU) do.

@@ -11,22 +11,11 @@ import { backward, crossEntropy, rt, scope, tensor } from "../../ops/mod.ts";
 import { EncoderForSequenceClassification } from "../../models/encoder.ts";
 import { ForwardContext } from "../../models/context.ts";
 import { lora } from "../../methods/lora.ts";
-import { encoderDims, encoderWeights, hostSource } from "./fixtures.ts";
-import type { RefEncoderDims } from "./reference.ts";
+import { encoderDims, encoderWeights, hostSource, SMALL_ROBERTA } from "./fixtures.ts";
 
 await setup();
 
-const REF: RefEncoderDims = {
-  kind: "roberta",
-  vocab: 40,
-  hidden: 16,
-  inter: 64,
-  layers: 2,
-  heads: 2,
-  eps: 1e-5,
-  pad: 1,
-  labels: 2,
-};
+const REF = SMALL_ROBERTA;
 const B = 2, T = 6, R = 4;
 
 Deno.test("LoRA training step: the forward keeps only what backward reads, backward frees it", async () => {

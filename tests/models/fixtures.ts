@@ -73,6 +73,19 @@ export function llamaDims(d: RefLlamaDims, numLabels = 0): LlamaDims {
   };
 }
 
+/** A two-layer RoBERTa small enough for whole training steps in tests (two labels). */
+export const SMALL_ROBERTA: RefEncoderDims = {
+  kind: "roberta",
+  vocab: 40,
+  hidden: 16,
+  inter: 64,
+  layers: 2,
+  heads: 2,
+  eps: 1e-5,
+  pad: 1,
+  labels: 2,
+};
+
 /** Random encoder weights including the classification head. */
 export function encoderWeights(d: RefEncoderDims, maxPositions: number, seed: number): HostWeights {
   const w: HostWeights = new Map();
