@@ -6,31 +6,36 @@
 #
 # 1. the corpus (GLUE + commonsense training splits, GCIDE, WordNet; skipped when already built),
 # 2. the encoder: recipes/pretrain-roberta-small.yaml (resumes a stopped run; skipped when done),
-# 3. the sweep: sweeps/seed-small-encoder.yaml (600 cells; finished cells are skipped, a stopped
-#    cell resumes from its checkpoint), in this process (no process start per cell),
-# 4. the report: bench/results/seed-small-encoder/report.{md,tex,csv,html} with the paired effects,
-#    built from the archive of finished cells there (cells/{id}/: summary.json, config.json,
-#    metrics.jsonl, sweep-cell.json, adapter/adapter_config.json: a few KB each, committed).
+# 3. the sweeps, in this process (no process start per cell; finished cells are skipped, a
+#    stopped cell resumes from its checkpoint), in this order:
+#    sweeps/seed-small-encoder.yaml (600 cells: the experiment itself),
+#    sweeps/seed-small-encoder-lr.yaml (36 cells: claim 2 at lower base rates),
+#    sweeps/seed-small-encoder-diagnostics.yaml (12 cells: can this encoder carry SST-2 at all),
+# 4. the reports: bench/results/{sweep}/report.{md,tex,csv,html} (with the paired effects), built
+#    from the archive of that sweep's finished cells there (cells/{id}/: summary.json,
+#    config.json, metrics.jsonl, sweep-cell.json, adapter/adapter_config.json: a few KB each,
+#    committed). bench/results/seed-small-encoder.md reads them.
 # Every step can be killed and the command rerun: it continues where it stopped. A fresh clone
-# that regenerates the encoder gets the archived cells back (skipped by the sweep) only when the
+# that regenerates the encoder gets the archived cells back (skipped by the sweeps) only when the
 # encoder's SHA-256 equals the one they were trained on (bench/results/seed-small-encoder/
 # base-model.sha256); pretraining is deterministic, so on the same kind of machine it does.
-# Extra arguments go to the sweep (e.g. --shard 0/2 on two machines); with `report` as the only
-# argument the sweep is not run: finished cells are archived and the report rebuilt from them.
+# Extra arguments go to every sweep (e.g. --shard 0/2 on two machines); with `report` as the only
+# argument no sweep is run: finished cells are archived and the reports rebuilt from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RESULTS=bench/results/seed-small-encoder
-SWEEP=runs/seed-small-encoder
+SWEEPS=(seed-small-encoder seed-small-encoder-lr seed-small-encoder-diagnostics)
+SHA_FILE=bench/results/seed-small-encoder/base-model.sha256
 MODEL=runs/pretrain-roberta-small/model/model.safetensors
 
-# Copy every finished cell's small files into the archive (atomically per cell; two shards
-# archiving the same cell at once leave one copy).
+# Copy every finished cell of sweep $1 (runs/$1) into its archive, bench/results/$1/cells
+# (atomically per cell; two shards archiving the same cell at once leave one copy).
 archive() {
-  for summary in "$SWEEP"/*/summary.json; do
+  local name="$1" summary dir dest tmp
+  for summary in "runs/$name"/*/summary.json; do
     [ -f "$summary" ] || continue
     dir="$(dirname "$summary")"
-    dest="$RESULTS/cells/$(basename "$dir")"
+    dest="bench/results/$name/cells/$(basename "$dir")"
     [ -f "$dest/summary.json" ] && continue
     tmp="$dest.tmp-$$"
     rm -rf "$tmp"
@@ -45,14 +50,39 @@ archive() {
   done
 }
 
-report() {
-  deno task report "$RESULTS/cells" --out "$RESULTS"
+# Put the archived cells of sweep $1 back into runs/$1, so the sweep skips them.
+restore() {
+  local name="$1" cell id tmp
+  mkdir -p "runs/$name"
+  for cell in "bench/results/$name/cells"/*/; do
+    [ -f "$cell/summary.json" ] || continue
+    id="$(basename "$cell")"
+    # Into a temporary folder, then renamed: two shards started together both restore, and
+    # the one that loses the rename leaves the winner's copy as it is.
+    if [ ! -e "runs/$name/$id" ]; then
+      tmp="$(mktemp -d "runs/$name/.restore-$id.XXXXXX")"
+      cp -r "$cell"/. "$tmp/"
+      mv -T "$tmp" "runs/$name/$id" 2>/dev/null || rm -rf "$tmp"
+    fi
+  done
 }
 
-mkdir -p "$RESULTS/cells"
+report() {
+  local name="$1"
+  # A sweep with no finished cell yet has no report.
+  compgen -G "bench/results/$name/cells/*/summary.json" >/dev/null || return 0
+  deno task report "bench/results/$name/cells" --out "bench/results/$name"
+}
+
+archive_all() {
+  local name
+  for name in "${SWEEPS[@]}"; do archive "$name"; done
+}
+
+for name in "${SWEEPS[@]}"; do mkdir -p "bench/results/$name/cells"; done
 if [ "$*" = "report" ]; then
-  archive
-  report
+  archive_all
+  for name in "${SWEEPS[@]}"; do report "$name"; done
   exit 0
 fi
 
@@ -75,32 +105,23 @@ fi
 
 # Cells archived by an earlier run come back only onto the encoder they were trained on.
 have="$(sha256sum "$MODEL" | cut -d' ' -f1)"
-mkdir -p "$SWEEP"
-if [ -f "$RESULTS/base-model.sha256" ]; then
-  want="$(cut -d' ' -f1 "$RESULTS/base-model.sha256")"
-  if [ "$have" = "$want" ]; then
-    for cell in "$RESULTS"/cells/*/; do
-      [ -f "$cell/summary.json" ] || continue
-      id="$(basename "$cell")"
-      # Into a temporary folder, then renamed: two shards started together both restore, and
-      # the one that loses the rename leaves the winner's copy as it is.
-      if [ ! -e "$SWEEP/$id" ]; then
-        tmp="$(mktemp -d "$SWEEP/.restore-$id.XXXXXX")"
-        cp -r "$cell"/. "$tmp/"
-        mv -T "$tmp" "$SWEEP/$id" 2>/dev/null || rm -rf "$tmp"
-      fi
-    done
-  else
+if [ -f "$SHA_FILE" ]; then
+  want="$(cut -d' ' -f1 "$SHA_FILE")"
+  if [ "$have" != "$want" ]; then
     echo "seed-experiment: $MODEL (sha256 $have) is not the encoder the archived cells in" \
-      "$RESULTS/cells were trained on ($want). Move that archive and base-model.sha256 aside" \
-      "(e.g. mv $RESULTS $RESULTS.old) to start a new one, or regenerate the encoder" >&2
+      "bench/results/seed-small-encoder*/cells were trained on ($want). Move those archives and" \
+      "$SHA_FILE aside (e.g. mv bench/results/seed-small-encoder bench/results/seed-small-encoder.old)" \
+      "to start new ones, or regenerate the encoder" >&2
     exit 1
   fi
+  for name in "${SWEEPS[@]}"; do restore "$name"; done
 else
-  echo "$have  $MODEL" >"$RESULTS/base-model.sha256"
+  echo "$have  $MODEL" >"$SHA_FILE"
 fi
 
-trap archive EXIT
-deno task sweep sweeps/seed-small-encoder.yaml --in-process "$@"
-archive
-report
+trap archive_all EXIT
+for name in "${SWEEPS[@]}"; do
+  deno task sweep "sweeps/$name.yaml" --in-process "$@"
+  archive "$name"
+  report "$name"
+done
